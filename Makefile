@@ -1,0 +1,46 @@
+# Personalized recommendations with a live feedback loop. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo demo-ci pipeline test lint unit ui clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@# CPU torch first: a later resolve would otherwise pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install torch (CPU) and the project, editable (idempotent)
+
+pipeline: install ## Materialize the whole asset graph once and exit
+	$(BIN)/python -m recsys_assets pipeline
+
+demo: install ## Run the whole loop on MovieLens-100k and serve the UIs (Ctrl-C stops everything)
+	$(BIN)/python -m recsys_assets demo
+
+demo-ci: install ## The demo's steps, non-interactively (no servers left running)
+	$(BIN)/python -m recsys_assets demo --no-serve
+
+ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint ## Lint, then the whole test suite (starts Azurite, Chromium as needed)
+	$(BIN)/python -m pytest
+
+clean: ## Remove local data, Dagster home and caches (keeps .venv)
+	rm -rf data .dagster_home .pytest_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""Command line: `python -m recsys_assets pipeline|demo`.
+
+`pipeline` materializes the whole asset graph once in a persistent Dagster instance (so the runs
+show up in the Dagster UI) and exits non-zero if any step or blocking check failed. `demo` runs the
+pipeline, then starts the Dagster UI until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from recsys_assets.settings import Settings, get_settings
+
+
+def _dagster_home(settings: Settings) -> Path:
+    home = Path(settings.dagster_home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def run_pipeline(settings: Settings) -> bool:
+    """Materialize every asset and run every check once; print where the results are."""
+    import dagster as dg
+
+    from recsys_assets.definitions import PIPELINE_JOB, build_definitions
+    from recsys_assets.storage import Storage
+
+    home = _dagster_home(settings)
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(PIPELINE_JOB)
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+    print()
+    print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} (Dagster home {home})")
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            print(f"  materialized {event.asset_key.to_user_string()}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            print(f"  check {ev.asset_check_key.name}: {'passed' if ev.passed else 'FAILED'}")
+        elif event.event_type_value == "STEP_FAILURE":
+            print(f"  step {event.step_key} FAILED: {event.event_specific_data.error.message.strip()}")
+    store = Storage.from_settings(settings)
+    print(f"tables under {store.uri()}; EDA report: {store.uri('reports', 'eda_report.html')}")
+    return bool(result.success)
+
+
+def run_dagster_ui(settings: Settings) -> int:
+    """Start `dagster dev` (webserver + daemon) in the foreground until Ctrl-C."""
+    _dagster_home(settings)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        "workspace.yaml",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(settings.dagster_port),
+    ]
+    print(f"Dagster UI: http://127.0.0.1:{settings.dagster_port}  (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # dagster dev ignores SIGTERM from a script; stop its whole process group instead
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            return proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recsys_assets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("pipeline", help="materialize the whole asset graph once and exit")
+    demo = sub.add_parser("demo", help="run the pipeline, then start the Dagster UI")
+    demo.add_argument("--no-serve", action="store_true", help="run the same steps and exit (no servers)")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    ok = run_pipeline(settings)
+    if not ok:
+        return 1
+    if args.command == "demo" and not args.no_serve:
+        return run_dagster_ui(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

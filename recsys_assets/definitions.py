@@ -1,0 +1,36 @@
+"""The Dagster code location: assembles assets, checks, jobs and resources from the settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from recsys_assets.assets.ingestion import build_ingestion_assets
+from recsys_assets.checks.ingestion import build_ingestion_checks
+from recsys_assets.resources import ParquetIOManager, StorageResource
+from recsys_assets.settings import Settings, get_settings
+
+PIPELINE_JOB = "pipeline_job"
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """Every asset, check, job and resource for one configuration."""
+    storage = StorageResource.from_settings(settings)
+    assets = build_ingestion_assets(settings)
+    checks = build_ingestion_checks(settings)
+    pipeline_job = dg.define_asset_job(
+        PIPELINE_JOB,
+        selection=dg.AssetSelection.all(),
+        description="Materializes the whole asset graph once.",
+    )
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[pipeline_job],
+        resources={"storage": storage, "io_manager": ParquetIOManager(storage=storage)},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Entry point for `dagster dev -w workspace.yaml`; settings come from RECSYS_* variables."""
+    return build_definitions(get_settings())

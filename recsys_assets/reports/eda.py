@@ -1,0 +1,131 @@
+"""The exploratory report on the cleaned interactions: one self-contained HTML file.
+
+plotly.js is embedded once, inline, so the report opens offline with no CDN.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+COLD_START_THRESHOLD = 5
+
+
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative counts (0: uniform, 1: one item takes all)."""
+    x = np.sort(np.asarray(values, dtype="float64"))
+    if x.size == 0 or x.sum() == 0:
+        return 0.0
+    n = x.size
+    cum = np.cumsum(x)
+    return float((n + 1 - 2 * (cum / cum[-1]).sum()) / n)
+
+
+def eda_summary(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> dict[str, Any]:
+    """The report's key numbers, also shown as asset metadata."""
+    n_users, n_items = len(users), len(items)
+    pairs = inter[["user_id", "item_id"]].drop_duplicates()
+    item_pop = inter.groupby("item_id").size().sort_values(ascending=False)
+    user_act = inter.groupby("user_id").size()
+    top20 = max(1, round(0.2 * len(item_pop)))
+    funnel = inter["event_type"].value_counts()
+    return {
+        "n_interactions": len(inter),
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_user_item_pairs": len(pairs),
+        "sparsity": float(1 - len(pairs) / max(1, n_users * n_items)),
+        "item_popularity_gini": gini(item_pop.to_numpy()),
+        "top20pct_items_share_of_events": float(item_pop.iloc[:top20].sum() / max(1, len(inter))),
+        "median_events_per_user": float(user_act.median()) if len(user_act) else 0.0,
+        "median_events_per_item": float(item_pop.median()) if len(item_pop) else 0.0,
+        "cold_users_share": float((users["n_interactions"] < COLD_START_THRESHOLD).mean()) if n_users else 0.0,
+        "cold_items_share": float((items["n_interactions"] < COLD_START_THRESHOLD).mean()) if n_items else 0.0,
+        "items_without_interactions": int((items["n_interactions"] == 0).sum()),
+        "time_min": str(inter["timestamp"].min()),
+        "time_max": str(inter["timestamp"].max()),
+        "event_types": {k: int(v) for k, v in funnel.items()},
+    }
+
+
+def _figures(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> list[tuple[str, go.Figure]]:
+    figs: list[tuple[str, go.Figure]] = []
+    pop = inter.groupby("item_id").size().sort_values(ascending=False).to_numpy()
+    fig = go.Figure(go.Scatter(x=np.arange(1, len(pop) + 1), y=pop, mode="lines", name="events"))
+    fig.update_layout(xaxis_title="item rank", yaxis_title="events", yaxis_type="log", xaxis_type="log")
+    figs.append(("Item popularity long tail", fig))
+
+    act = inter.groupby("user_id").size()
+    fig = go.Figure(go.Histogram(x=np.log10(act.to_numpy()), nbinsx=40))
+    fig.update_layout(xaxis_title="log10(events per user)", yaxis_title="users")
+    figs.append(("User activity distribution", fig))
+
+    span = inter["timestamp"].max() - inter["timestamp"].min()
+    freq = "h" if span <= pd.Timedelta(days=14) else "D" if span <= pd.Timedelta(days=400) else "W"
+    per = inter.set_index("timestamp").groupby([pd.Grouper(freq=freq), "event_type"]).size().unstack(fill_value=0)
+    fig = go.Figure([go.Scatter(x=per.index, y=per[c], mode="lines", name=c, stackgroup="one") for c in per.columns])
+    fig.update_layout(xaxis_title=f"time ({freq})", yaxis_title="events")
+    figs.append(("Events over time", fig))
+
+    order = ["view", "click", "favorite", "add_to_cart", "purchase", "rating"]
+    funnel = inter["event_type"].value_counts().reindex([o for o in order if o in set(inter["event_type"])])
+    fig = go.Figure(go.Funnel(y=list(funnel.index), x=list(funnel.to_numpy())))
+    figs.append(("Event-type funnel", fig))
+
+    ratings = inter.loc[inter["event_type"] == "rating", "value"]
+    if len(ratings):
+        counts = ratings.value_counts().sort_index()
+        fig = go.Figure(go.Bar(x=counts.index.astype(str), y=counts.to_numpy()))
+        fig.update_layout(xaxis_title="rating", yaxis_title="events")
+        figs.append(("Rating distribution", fig))
+
+    bins = [-1, 0, 5, 20, np.inf]
+    labels = ["0", "1-5", "6-20", "20+"]
+    u = pd.cut(users["n_interactions"], bins=bins, labels=labels).value_counts().reindex(labels)
+    i = pd.cut(items["n_interactions"], bins=bins, labels=labels).value_counts().reindex(labels)
+    fig = go.Figure([go.Bar(x=labels, y=u.to_numpy(), name="users"), go.Bar(x=labels, y=i.to_numpy(), name="items")])
+    fig.update_layout(barmode="group", xaxis_title="events in the log", yaxis_title="count")
+    figs.append(("Cold start: users and items by number of events", fig))
+    return figs
+
+
+def render_eda_report(
+    inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, summary: dict[str, Any], title: str
+) -> str:
+    """The full HTML document (plotly.js inline in the first figure only)."""
+    parts = []
+    for n, (name, fig) in enumerate(_figures(inter, items, users)):
+        fig.update_layout(height=380, margin=dict(l=50, r=20, t=30, b=50), template="plotly_white")
+        div = fig.to_html(full_html=False, include_plotlyjs=(n == 0), config={"displaylogo": False})
+        parts.append(f"<section><h2>{html.escape(name)}</h2>{div}</section>")
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>EDA report: {html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: .25rem .75rem; border-bottom: 1px solid #ddd; text-align: left; }}
+section {{ margin-top: 2rem; }}
+</style></head>
+<body>
+<h1>Exploratory data analysis</h1>
+<p>Source: {html.escape(title)}</p>
+<h2>Key numbers</h2>
+<table id="summary">{rows}</table>
+{"".join(parts)}
+</body></html>
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {x:,}" for k, x in v.items())
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)

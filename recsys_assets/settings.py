@@ -1,0 +1,184 @@
+"""Typed project settings: one object, read from `RECSYS_*` variables by `get_settings()` and passed in.
+
+Nothing in the project reads the environment at import time; the pipeline, the API and the console
+each call `get_settings()` once at start-up and hand the object down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recsys_assets.schema import CANONICAL_EVENT_TYPES
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "favorite": 3.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+}
+
+
+class TableSource(BaseModel):
+    """An optional side table (item catalog or user table) in CSV or Parquet."""
+
+    path: str
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    names: list[str] | None = None
+    # canonical column -> column in the file, for the columns whose names differ
+    columns: dict[str, str] = Field(default_factory=dict)
+    # separator of multi-valued columns (categories) inside one cell
+    list_separator: str = "|"
+
+
+class EventLogSource(BaseModel):
+    """A generic event log: one or many CSV/Parquet files or globs in the documented schema.
+
+    Required columns: user_id, item_id, event_type, timestamp. Optional: value, event_id,
+    recommendation_id, and a category column that becomes item metadata when no catalog is given.
+    """
+
+    paths: list[str]
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    # column names of a file without a header, in order
+    names: list[str] | None = None
+    # canonical column -> column in the file, for the columns whose names differ
+    columns: dict[str, str] = Field(default_factory=dict)
+    # event-type value in the file -> canonical event type
+    event_types: dict[str, str] = Field(default_factory=dict)
+    timestamp_unit: Literal["auto", "s", "ms", "us", "iso"] = "auto"
+    # a column of the log holding the item's category (e.g. Taobao's category_id)
+    category_column: str | None = None
+    items: TableSource | None = None
+    users: TableSource | None = None
+
+    @field_validator("event_types")
+    @classmethod
+    def _known_targets(cls, mapping: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(mapping.values()) - set(CANONICAL_EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"event_types maps to unknown event types {unknown}; known: {list(CANONICAL_EVENT_TYPES)}")
+        return mapping
+
+
+class Settings(BaseSettings):
+    """Every setting of the project. Environment variables: `RECSYS_<NAME>`, nested with `__`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    # --- storage ---
+    storage_uri: str = Field(
+        default="data",
+        description="Where every table and report lives: a local folder (default `data`) "
+        "or `abfs://container/prefix` for Azure Blob.",
+    )
+    azure_connection_string: str | None = Field(
+        default=None, description="Azure Storage connection string (Blob), used for abfs:// URIs."
+    )
+    azure_account_url: str | None = Field(
+        default=None,
+        description="Azure Blob account URL (e.g. https://acct.blob.core.windows.net), "
+        "used with DefaultAzureCredential when no connection string is set.",
+    )
+
+    # --- sources ---
+    source: Literal["movielens", "event_log"] = Field(
+        default="movielens",
+        description="`movielens`: MovieLens-100k from the recbole wheel; `event_log`: the files in `event_log`.",
+    )
+    event_log: EventLogSource | None = Field(
+        default=None, description="The generic event log source (JSON in `RECSYS_EVENT_LOG`)."
+    )
+
+    # --- cleaning ---
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Weight of each event type in the interaction matrix; ratings weigh their value.",
+    )
+    rating_min: float = Field(default=0.5, description="Smallest valid rating value.")
+    rating_max: float = Field(default=5.0, description="Largest valid rating value.")
+    time_min: dt.datetime = Field(
+        default=dt.datetime(1990, 1, 1, tzinfo=dt.UTC),
+        description="Events before this instant are rejected as out of range.",
+    )
+    time_max: dt.datetime | None = Field(
+        default=None,
+        description="Events after this instant are rejected as out of range (default: now + 1 day).",
+    )
+    kcore_user: int = Field(default=0, ge=0, description="Keep users with at least this many events (0: off).")
+    kcore_item: int = Field(default=0, ge=0, description="Keep items with at least this many events (0: off).")
+    reject_sample_size: int = Field(default=200, ge=0, description="Rejected rows kept per reason for inspection.")
+
+    # --- dagster ---
+    dagster_home: str = Field(
+        default=".dagster_home", description="Dagster instance folder used by `make pipeline`/`make demo`."
+    )
+    dagster_port: int = Field(default=3000, description="Port of the Dagster UI in `make demo`.")
+
+    @field_validator("time_min", "time_max")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage_uri(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme not in ("", "file", "abfs", "az") and not (len(scheme) == 1 and os.name == "nt"):
+            raise ValueError(
+                f"storage_uri {value!r}: unsupported scheme {scheme!r}; "
+                "use a local folder, file://..., or abfs://container/prefix"
+            )
+        if scheme in ("abfs", "az") and not urlparse(value).netloc:
+            raise ValueError(f"storage_uri {value!r}: abfs:// needs a container, e.g. abfs://recsys/data")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.source == "event_log" and self.event_log is None:
+            raise ValueError("source is 'event_log' but RECSYS_EVENT_LOG is not set")
+        if self.is_azure and not (self.azure_connection_string or self.azure_account_url):
+            raise ValueError(
+                "storage_uri is abfs:// but neither RECSYS_AZURE_CONNECTION_STRING nor RECSYS_AZURE_ACCOUNT_URL is set"
+            )
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be below rating_max")
+        return self
+
+    @property
+    def is_azure(self) -> bool:
+        return urlparse(self.storage_uri).scheme in ("abfs", "az")
+
+    @property
+    def time_upper(self) -> dt.datetime:
+        return self.time_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+
+    def local_root(self) -> Path:
+        """The storage folder when storage is local (raises for Azure)."""
+        if self.is_azure:
+            raise ValueError("storage is Azure Blob; there is no local root")
+        parsed = urlparse(self.storage_uri)
+        return Path(parsed.path if parsed.scheme == "file" else self.storage_uri).resolve()
+
+
+def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
+    """Build the settings from the environment (and an optional env file, or `RECSYS_ENV_FILE`)."""
+    env_file = env_file or os.environ.get("RECSYS_ENV_FILE")
+    return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

@@ -1,0 +1,98 @@
+"""Shared fixtures: settings on temporary folders, and real services started per session."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recsys_assets.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TAOBAO = ROOT.parent / "shared" / "datasets" / "taobao-sample" / "UserBehavior_head84k.csv"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Default settings (MovieLens-100k) on a temporary storage folder, isolated from the environment."""
+    for key in list(__import__("os").environ):
+        if key.startswith("RECSYS_"):
+            monkeypatch.delenv(key)
+    return get_settings(storage_uri=str(tmp_path / "data"), dagster_home=str(tmp_path / "dagster"))
+
+
+@pytest.fixture(scope="session")
+def taobao_path() -> Path:
+    if not TAOBAO.is_file():
+        pytest.fail(f"the Taobao sample is missing at {TAOBAO}")
+    return TAOBAO
+
+
+def _azurite_binary() -> str:
+    local = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    found = str(local) if local.exists() else shutil.which("azurite-blob")
+    if not found:
+        pytest.fail("azurite-blob not found: run `npm install azurite` in the project folder")
+    return found
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Azurite Blob service on 127.0.0.1; yields its connection string."""
+    port = free_port()
+    location = tmp_path_factory.mktemp("azurite")
+    proc = subprocess.Popen(
+        [
+            _azurite_binary(),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(location),
+            "--loose",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        yield (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
