@@ -5,9 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from recsys_assets.assets.ingestion import build_ingestion_assets
+from recsys_assets.assets.training import build_training_assets
 from recsys_assets.checks.ingestion import build_ingestion_checks
 from recsys_assets.resources import ParquetIOManager, StorageResource
 from recsys_assets.settings import Settings, get_settings
+from recsys_assets.tracking import MlflowTracking
 
 PIPELINE_JOB = "pipeline_job"
 
@@ -15,8 +17,9 @@ PIPELINE_JOB = "pipeline_job"
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Every asset, check, job and resource for one configuration."""
     storage = StorageResource.from_settings(settings)
-    assets = build_ingestion_assets(settings)
-    checks = build_ingestion_checks(settings)
+    training_assets, training_checks = build_training_assets(settings)
+    assets = build_ingestion_assets(settings) + training_assets
+    checks = build_ingestion_checks(settings) + training_checks
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
         selection=dg.AssetSelection.all(),
@@ -26,7 +29,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=[pipeline_job],
-        resources={"storage": storage, "io_manager": ParquetIOManager(storage=storage)},
+        resources={
+            "storage": storage,
+            "io_manager": ParquetIOManager(storage=storage),
+            "mlflow": MlflowTracking.from_settings(settings),
+        },
     )
 
 

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     )
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI in `make demo`.")
 
+    # --- tracking ---
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite "
+        "store with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
+    )
+
     @field_validator("time_min", "time_max")
     @classmethod
     def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:

@@ -1,0 +1,331 @@
+"""Training, evaluation and promotion assets: candidates on both protocols, the evaluation report,
+the challenger's serving artifact, and the champion (promoted only past a blocking check)."""
+
+import datetime as dt
+import json
+import tempfile
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from recsys_assets.artifact import ServingArtifact, read_from_storage, save_artifact, write_to_storage
+from recsys_assets.evaluation import splits as S
+from recsys_assets.models.training import (
+    CHAMPION_METRIC,
+    Candidate,
+    ProtocolData,
+    evaluate_artifact,
+    evaluate_scores,
+    fingerprint,
+    metric_value,
+    prepare,
+)
+from recsys_assets.reports.evaluation import render_evaluation_report
+from recsys_assets.resources import StorageResource
+from recsys_assets.settings import Settings
+from recsys_assets.tracking import MlflowTracking
+
+TRAINING = "training"
+EVALUATION = "evaluation"
+SERVING = "serving_artifacts"
+CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
+
+DEFAULT_MODELS = ["Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec"]
+
+
+class CandidatesConfig(dg.Config):
+    """Which models to train and compare, on which protocols, with which budget."""
+
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), description="RecBole models.")
+    protocols: list[str] = Field(default_factory=lambda: list(S.PROTOCOLS), description="random and/or temporal.")
+    native_models: list[str] = Field(
+        default_factory=lambda: ["Popularity", "Content", "Hybrid"], description="Models trained without RecBole."
+    )
+    budget: str = Field(default="standard", description="`standard` (documented budgets) or `smoke` (tests).")
+    seed: int = 2020
+
+
+def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    from recsys_assets.models.candidates import EXPORTABLE, native_candidate, recbole_candidate
+    from recsys_assets.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.models.tuning import model_config
+
+    @dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
+    def model_candidates(
+        context: dg.AssetExecutionContext,
+        config: CandidatesConfig,
+        storage: StorageResource,
+        mlflow: MlflowTracking,
+        interactions: pd.DataFrame,
+        items: pd.DataFrame,
+        users: pd.DataFrame,
+    ) -> dg.Output[pd.DataFrame]:
+        """Trains every candidate (RecBole models, popularity, content, hybrid) on the same splits of both
+        protocols and evaluates each with one metrics implementation: model x metric x K x protocol x slice.
+        Each training run is tracked in MLflow; the temporal protocol's exportable candidates are saved
+        as serving artifacts under `candidates/`."""
+        store = storage.get()
+        fp = fingerprint(interactions)
+        results: list[pd.DataFrame] = []
+        summary: list[dict[str, Any]] = []
+        steps = len(config.protocols) * (len(config.models) + len(config.native_models))
+        done = 0
+        for protocol in config.protocols:
+            pdata = prepare(interactions, items, users, protocol, seed=config.seed)
+            context.log.info(f"{protocol}: {pdata.split.summary()}")
+            cands: list[Candidate] = []
+            for name in [*config.models, *config.native_models]:
+                done += 1
+                context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
+                if name == "Hybrid":
+                    cf = [c for c in cands if c.component is not None and c.name in EXPORTABLE and c.name != "Pop"]
+                    best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
+                    cand = native_candidate("Hybrid", pdata, best_cf)
+                elif name in ("Popularity", "Content"):
+                    cand = native_candidate(name, pdata)
+                else:
+                    cand = recbole_candidate(
+                        RecBoleModelConfig(**model_config(name, config.budget, config.seed)), pdata
+                    )
+                res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
+                results.append(res)
+                cands.append(cand)
+                ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
+                context.log.info(
+                    f"[{done}/{steps}] {name} ({protocol}): NDCG@10 {ndcg:.4f}, valid {cand.valid_ndcg10:.4f}, "
+                    f"{cand.train_seconds:.1f}s"
+                )
+                summary.append(
+                    {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
+                )
+                artifact_path = None
+                if protocol == S.TEMPORAL:
+                    art = candidate_artifact(cand, pdata, fp, res)
+                    if art is not None:
+                        write_to_storage(art, store, "candidates", cand.name)
+                        artifact_path = store.uri("candidates", cand.name)
+                mlflow.log_training_run(
+                    model_name=cand.name,
+                    params={**cand.params, "protocol": protocol, "family": cand.family},
+                    metrics=res,
+                    dataset_fingerprint=fp,
+                    protocol_tags={"protocol": protocol, "artifact": artifact_path or ""},
+                    duration_s=cand.train_seconds,
+                )
+        table = pd.concat(results, ignore_index=True)
+        table["dataset_fingerprint"] = fp
+        wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
+        return dg.Output(
+            table,
+            metadata={
+                "dataset_fingerprint": fp,
+                "ndcg@10": dg.MetadataValue.md(wide.round(4).to_markdown()),
+                "train_seconds": dg.MetadataValue.json(
+                    {f"{s['model']}/{s['protocol']}": round(s["train_seconds"], 1) for s in summary}
+                ),
+            },
+        )
+
+    def candidate_artifact(cand: Candidate, pdata: ProtocolData, fp: str, res: pd.DataFrame) -> ServingArtifact | None:
+        model = cand.extra.get("model")
+        if model is not None:  # native models carry their scorer
+            scorer = model.scorer
+        elif cand.component is not None:
+            from recsys_assets.scoring import Scorer
+
+            scorer = Scorer({cand.name: cand.component}, {cand.name: 1.0})
+        else:
+            return None
+        items = pdata.data.items
+        metrics = {f"{r.metric}@{r.k}": float(r.value) for r in res[res["slice"] == "all"].itertuples() if r.k in (10,)}
+        return ServingArtifact(
+            model_name=cand.name,
+            model_version=f"{cand.name}-{fp[:8]}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}",
+            scorer=scorer,
+            user_ids=pdata.data.users["user_id"].to_numpy(dtype=str),
+            item_ids=items["item_id"].to_numpy(dtype=str),
+            history=pdata.data.matrix,
+            item_titles=items["title"].fillna("").astype(str).to_numpy(),
+            item_categories=items["categories"].fillna("").astype(str).to_numpy(),
+            dataset_fingerprint=fp,
+            metrics=metrics,
+        )
+
+    @dg.asset(group_name=EVALUATION, kinds={"html", "parquet"})
+    def evaluation_report(
+        context: dg.AssetExecutionContext, storage: StorageResource, model_candidates: pd.DataFrame
+    ) -> dg.Output[pd.DataFrame]:
+        """The comparison as a table (Parquet: model x metric x K x protocol x slice) and an offline HTML
+        report with plots (`reports/evaluation_report.html`)."""
+        store = storage.get()
+        html = render_evaluation_report(model_candidates)
+        store.write_text(html, "reports", "evaluation_report.html")
+        uri = store.uri("reports", "evaluation_report.html")
+        context.log.info(f"evaluation report written to {uri}")
+        ranking = champion_ranking(model_candidates)[["model", "value"]]
+        return dg.Output(
+            model_candidates,
+            metadata={
+                "report": dg.MetadataValue.path(uri),
+                "ranking": dg.MetadataValue.md(ranking.to_markdown(index=False)),
+            },
+        )
+
+    @dg.asset(group_name=SERVING)
+    def challenger_model(
+        context: dg.AssetExecutionContext, storage: StorageResource, evaluation_report: pd.DataFrame
+    ) -> dg.Output[pd.DataFrame]:
+        """The best exportable candidate on the champion metric (NDCG@10, temporal split) and the runner-up,
+        with their serving artifacts; promotion is decided by the blocking check below."""
+        store = storage.get()
+        protocol = CHAMPION_METRIC[2]
+        ranked = champion_ranking(evaluation_report)
+        rows = []
+        for model in ranked["model"]:
+            if store.exists("candidates", model, "manifest.json"):
+                art = read_from_storage(store, "candidates", model)
+                rows.append(
+                    {
+                        "model": model,
+                        "model_version": art.model_version,
+                        "ndcg@10": metric_value(evaluation_report, model, "ndcg", 10, protocol),
+                        "map@10": metric_value(evaluation_report, model, "map", 10, protocol),
+                        "artifact": store.uri("candidates", model),
+                        "dataset_fingerprint": art.dataset_fingerprint,
+                    }
+                )
+        if not rows:
+            raise dg.Failure("no candidate has a serving artifact: nothing to promote")
+        table = pd.DataFrame(rows)
+        context.log.info(f"challenger {table.iloc[0]['model']} (NDCG@10 {table.iloc[0]['ndcg@10']:.4f})")
+        return dg.Output(
+            table,
+            metadata={
+                "challenger": str(table.iloc[0]["model"]),
+                "ranked": dg.MetadataValue.md(table.to_markdown(index=False)),
+            },
+        )
+
+    @dg.asset_check(
+        asset=challenger_model,
+        blocking=True,
+        additional_ins={
+            "evaluation_report": dg.AssetIn(),
+            "interactions": dg.AssetIn(),
+            "items": dg.AssetIn(),
+            "users": dg.AssetIn(),
+        },
+        description="Refuses promotion if the challenger is worse than the popularity baseline, or worse than "
+        "the current champion, on NDCG@10 (temporal split, the current data).",
+    )
+    def challenger_beats_baseline_and_champion(
+        storage: StorageResource,
+        challenger_model: pd.DataFrame,
+        evaluation_report: pd.DataFrame,
+        interactions: pd.DataFrame,
+        items: pd.DataFrame,
+        users: pd.DataFrame,
+    ) -> dg.AssetCheckResult:
+        store = storage.get()
+        metric, k, protocol = CHAMPION_METRIC
+        best = challenger_model.iloc[0]
+        baseline = max(
+            metric_value(evaluation_report, m, metric, k, protocol)
+            for m in ("Pop", "Popularity")
+            if not np.isnan(metric_value(evaluation_report, m, metric, k, protocol))
+        )
+        current = current_champion(store)
+        current_value = float("nan")
+        if current is not None:
+            pdata = prepare(interactions, items, users, protocol)
+            art = read_from_storage(store, *current["path"])
+            res = evaluate_artifact(art, pdata, "current_champion")
+            current_value = metric_value(res, "current_champion", metric, k, protocol)
+        passed = best["ndcg@10"] >= baseline and (np.isnan(current_value) or best["ndcg@10"] >= current_value)
+        return dg.AssetCheckResult(
+            passed=bool(passed),
+            metadata={
+                "challenger": str(best["model"]),
+                "challenger_ndcg@10": float(best["ndcg@10"]),
+                "popularity_ndcg@10": float(baseline),
+                "current_champion": current["model_version"] if current else "none",
+                "current_champion_ndcg@10": current_value,
+            },
+        )
+
+    @dg.asset(group_name=SERVING, kinds={"mlflow"}, deps=[challenger_model])
+    def champion_model(
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        mlflow: MlflowTracking,
+        challenger_model: pd.DataFrame,
+    ) -> dg.MaterializeResult:
+        """Promotes the challenger (it passed the blocking check): copies its artifact to
+        `artifacts/<version>/`, points `artifacts/CHAMPION.json` at it (the API hot-reloads from there),
+        and registers it in MLflow with alias `champion`; the runner-up gets alias `challenger`."""
+        store = storage.get()
+        aliases = {}
+        for rank, (_, row) in enumerate(challenger_model.head(2).iterrows()):
+            alias = "champion" if rank == 0 else "challenger"
+            art = read_from_storage(store, "candidates", row["model"])
+            write_to_storage(art, store, "artifacts", art.model_version)
+            run_id = mlflow.log_training_run(
+                model_name=f"{row['model']} ({alias})",
+                params={"model_version": art.model_version},
+                metrics=pd.DataFrame(
+                    [
+                        {
+                            "model": row["model"],
+                            "metric": m,
+                            "k": 10,
+                            "protocol": "temporal",
+                            "slice": "all",
+                            "value": row[f"{m}@10"],
+                        }
+                        for m in ("ndcg", "map")
+                    ]
+                ),
+                dataset_fingerprint=art.dataset_fingerprint,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                save_artifact(art, tmp)
+                version = mlflow.register_artifact(tmp, run_id, alias)
+            aliases[alias] = {"model": row["model"], "model_version": art.model_version, "registry_version": version}
+            if rank == 0:
+                pointer = {
+                    "model": row["model"],
+                    "model_version": art.model_version,
+                    "path": ["artifacts", art.model_version],
+                    "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
+                    "registry_version": version,
+                    "ndcg@10": float(row["ndcg@10"]),
+                }
+                store.write_text(json.dumps(pointer, indent=2), *CHAMPION_POINTER)
+        context.log.info(f"promoted {aliases}")
+        return dg.MaterializeResult(metadata={"aliases": dg.MetadataValue.json(aliases)})
+
+    return [model_candidates, evaluation_report, challenger_model, champion_model], [
+        challenger_beats_baseline_and_champion
+    ]
+
+
+def champion_ranking(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the champion metric (NDCG@10, temporal, all users), best model first."""
+    metric, k, protocol = CHAMPION_METRIC
+    sel = (
+        (results["metric"] == metric)
+        & (results["k"] == k)
+        & (results["protocol"] == protocol)
+        & (results["slice"] == "all")
+    )
+    return results[sel].sort_values("value", ascending=False)
+
+
+def current_champion(store: Any) -> dict | None:
+    """The pointer to the serving champion, or None before the first promotion."""
+    if not store.exists(*CHAMPION_POINTER):
+        return None
+    return json.loads(store.read_bytes(*CHAMPION_POINTER))

@@ -1,0 +1,135 @@
+"""Benchmarks behind `make bench` (figures go to docs/benchmarks.md).
+
+`scoring`: one user's top-10 from the serving artifact's scorer versus RecBole's `full_sort_topk`
+on the same trained model, side by side in one process, median over a sample of users.
+`comparison`: the wall time of the whole model comparison (both protocols) through the asset graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed: int = 0) -> dict[str, float | str]:
+    from recsys_assets.models.recbole_adapter import _build_config, _make_trainer
+    from recsys_assets.models.recbole_compat import patch_recbole
+    from recsys_assets.scoring import Component, Scorer
+
+    patch_recbole()
+    import torch
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+    from recbole.utils.case_study import full_sort_topk
+
+    with tempfile.TemporaryDirectory() as work:
+        config = _build_config(
+            model,
+            "ml-100k",
+            {"use_gpu": False, "show_progress": False, "checkpoint_dir": work, "epochs": epochs, "stopping_step": 100},
+        )
+        init_seed(config["seed"], config["reproducibility"])
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        rec = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        trainer = _make_trainer(config, rec)
+        trainer.fit(train_data, valid_data, verbose=False, saved=False)
+    rec.eval()
+
+    n_items = dataset.item_num
+    hist_items = test_data.uid2history_item
+    rows, cols = [], []
+    for uid in range(1, dataset.user_num):
+        h = hist_items[uid]
+        if h is not None and len(h):
+            cols.extend((h.numpy() - 1).tolist())
+            rows.extend([uid - 1] * len(h))
+    history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(dataset.user_num - 1, n_items - 1))
+    with torch.no_grad():
+        if model == "BPR":
+            comp = Component(
+                "embedding",
+                {
+                    "user_factors": rec.user_embedding.weight[1:].numpy().copy(),
+                    "item_factors": rec.item_embedding.weight[1:].numpy().copy(),
+                },
+            )
+        elif model == "EASE":
+            comp = Component("item_item", {"similarity": sp.csr_matrix(rec.item_similarity[1:, 1:])}, {"binary": 1})
+        else:
+            raise ValueError("scoring benchmark supports BPR and EASE")
+    scorer = Scorer({"m": comp}, {"m": 1.0})
+
+    rng = np.random.default_rng(seed)
+    users = rng.choice(np.arange(1, dataset.user_num), size=min(n_users, dataset.user_num - 1), replace=False)
+    t_recbole, t_artifact, same = [], [], 0
+    for uid in users:
+        t0 = time.perf_counter()
+        _, top_r = full_sort_topk(np.array([uid]), rec, test_data, k=10, device=torch.device("cpu"))
+        t1 = time.perf_counter()
+        row = history[[uid - 1]]
+        top_a = scorer.topk(row, 10, user_idx=np.array([uid - 1]), exclude=row)
+        t2 = time.perf_counter()
+        t_recbole.append(t1 - t0)
+        t_artifact.append(t2 - t1)
+        same += int(np.array_equal(top_r.numpy()[0] - 1, top_a[0]))
+    med_r, med_a = statistics.median(t_recbole), statistics.median(t_artifact)
+    return {
+        "model": model,
+        "users": len(users),
+        "recbole_full_sort_topk_ms_p50": med_r * 1e3,
+        "artifact_topk_ms_p50": med_a * 1e3,
+        "speedup": med_r / med_a,
+        "identical_top10_share": same / len(users),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def bench_comparison(storage_uri: str, budget: str = "standard") -> dict[str, float | str | bool]:
+    from recsys_assets.definitions import PIPELINE_JOB, build_definitions
+    from recsys_assets.settings import get_settings
+
+    defs = build_definitions(get_settings(storage_uri=storage_uri))
+    job = defs.resolve_job_def(PIPELINE_JOB)
+    t0 = time.perf_counter()
+    result = job.execute_in_process(
+        raise_on_error=False, run_config={"ops": {"model_candidates": {"config": {"budget": budget}}}}
+    )
+    total = time.perf_counter() - t0
+    step_seconds = {}
+    for ev in result.all_events:
+        if ev.event_type_value == "STEP_SUCCESS":
+            step_seconds[ev.step_key] = ev.event_specific_data.duration_ms / 1e3
+    return {
+        "success": result.success,
+        "pipeline_seconds": total,
+        "model_candidates_seconds": step_seconds.get("model_candidates", float("nan")),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recsys_assets.benchmarks", description=__doc__)
+    parser.add_argument("which", choices=["scoring", "comparison"])
+    parser.add_argument("--model", default="BPR")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "recsys-bench"))
+    parser.add_argument("--budget", default="standard")
+    args = parser.parse_args(argv)
+    if args.which == "scoring":
+        out = bench_scoring(args.model, args.epochs)
+    else:
+        out = bench_comparison(args.storage, args.budget)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Scoring with plain NumPy/SciPy: the part of a model the API needs, with no training code.
+
+A `Scorer` is a weighted blend of components, each of which scores every item for a user from that
+user's history (a sparse row of event weights) and, for embedding models, a stored user vector:
+
+* `popularity`: training popularity, the same for everyone (the cold-start fallback);
+* `item_item`: history @ S for an item-item matrix S (ItemKNN, EASE);
+* `embedding`: U[u] @ V.T for users known at training time, and a least-squares fold-in of the
+  history onto V for users who are not (BPR, LightGCN);
+* `content`: cosine between the user's event-weighted profile and each item's TF-IDF vector.
+
+Each component's scores are standardised per user (zero mean, unit variance over items) before the
+blend, so weights compare across components; a component with nothing to say for a user (no
+history, no vector) contributes zeros. Offline evaluation and the API call the same code, which is
+why a served top-10 equals the offline one exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_assets.evaluation.metrics import topk_from_scores
+
+KINDS = ("popularity", "item_item", "embedding", "content")
+
+
+def _standardise(scores: np.ndarray) -> np.ndarray:
+    mean = scores.mean(axis=1, keepdims=True)
+    std = scores.std(axis=1, keepdims=True)
+    out = np.zeros_like(scores)
+    ok = std[:, 0] > 1e-12
+    out[ok] = (scores[ok] - mean[ok]) / std[ok]
+    return out
+
+
+@dataclass
+class Component:
+    """One scoring component; `arrays` holds everything it needs, by name."""
+
+    kind: str
+    arrays: dict[str, np.ndarray | sp.csr_matrix] = field(default_factory=dict)
+    params: dict[str, float | int | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown component kind {self.kind!r}; known: {KINDS}")
+
+    @property
+    def n_items(self) -> int:
+        a = {
+            "popularity": "popularity",
+            "item_item": "similarity",
+            "embedding": "item_factors",
+            "content": "item_features",
+        }[self.kind]
+        return self.arrays[a].shape[0]
+
+    def raw_scores(self, history: sp.csr_matrix, user_idx: np.ndarray | None) -> np.ndarray:
+        """Unnormalised scores (n_users x n_items) from histories and (optional) known user indices."""
+        n = history.shape[0]
+        if self.kind == "popularity":
+            return np.broadcast_to(self.arrays["popularity"].astype(np.float64), (n, self.n_items)).copy()
+        if self.kind == "item_item":
+            # models trained on implicit feedback (RecBole's) score from a 0/1 history
+            h = history.sign() if self.params.get("binary") else history
+            return np.asarray((h @ self.arrays["similarity"]).todense(), dtype=np.float64)
+        if self.kind == "content":
+            feats: sp.csr_matrix = self.arrays["item_features"]
+            profile = history @ feats
+            norms = np.sqrt(np.asarray(profile.multiply(profile).sum(axis=1))).ravel()
+            norms[norms == 0] = 1.0
+            profile = sp.diags(1.0 / norms) @ profile
+            return np.asarray((profile @ feats.T).todense(), dtype=np.float64)
+        # embedding
+        item_f = self.arrays["item_factors"].astype(np.float64)
+        user_f = self.arrays["user_factors"].astype(np.float64)
+        vecs = np.zeros((n, item_f.shape[1]))
+        known = np.zeros(n, dtype=bool)
+        if user_idx is not None:
+            known = (user_idx >= 0) & (user_idx < user_f.shape[0])
+            vecs[known] = user_f[user_idx[known]]
+        if (~known).any():
+            vecs[~known] = self.fold_in(history[np.flatnonzero(~known)])
+        return vecs @ item_f.T
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """User vectors for histories not seen in training: ridge regression onto the item factors."""
+        item_f = self.arrays["item_factors"].astype(np.float64)
+        reg = float(self.params.get("fold_in_reg", 0.1))
+        out = np.zeros((history.shape[0], item_f.shape[1]))
+        for r in range(history.shape[0]):
+            lo, hi = history.indptr[r], history.indptr[r + 1]
+            if lo == hi:
+                continue
+            v = item_f[history.indices[lo:hi]]
+            w = history.data[lo:hi].astype(np.float64)
+            # rank-1 targets: the user likes these items in proportion to their weights
+            a = v.T @ v + reg * np.eye(v.shape[1])
+            out[r] = np.linalg.solve(a, v.T @ (w / w.max()))
+        return out
+
+
+# History-length buckets (distinct items in the user's history): the hybrid may weigh its
+# components differently in each, e.g. popularity for a newcomer and collaborative for a regular.
+BUCKET_EDGES = (0, 1, 6, 21)
+BUCKETS = ("0", "1-5", "6-20", "20+")
+
+
+def history_buckets(history: sp.csr_matrix) -> np.ndarray:
+    """The bucket label of each history row."""
+    n = np.diff(history.indptr)
+    return np.asarray(BUCKETS)[np.searchsorted(np.asarray(BUCKET_EDGES), n, side="right") - 1]
+
+
+@dataclass
+class Scorer:
+    """A weighted blend of components over one item index space.
+
+    `weights` apply to every user unless `bucket_weights` has an entry for the user's history
+    bucket (see `BUCKETS`), which then replaces them.
+    """
+
+    components: dict[str, Component]
+    weights: dict[str, float]
+    bucket_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for w in (self.weights, *self.bucket_weights.values()):
+            missing = set(w) - set(self.components)
+            if missing:
+                raise ValueError(f"weights name unknown components {sorted(missing)}")
+        unknown = set(self.bucket_weights) - set(BUCKETS)
+        if unknown:
+            raise ValueError(f"unknown history buckets {sorted(unknown)}; known: {BUCKETS}")
+        sizes = {c.n_items for c in self.components.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"components disagree on the number of items: {sorted(sizes)}")
+
+    @property
+    def n_items(self) -> int:
+        return next(iter(self.components.values())).n_items
+
+    def weights_for(self, bucket: str) -> dict[str, float]:
+        return self.bucket_weights.get(bucket, self.weights)
+
+    def score(self, history: sp.csr_matrix, user_idx: np.ndarray | None = None) -> np.ndarray:
+        """Blended scores (n_users x n_items); a lone component is returned unstandardised."""
+        if not self.bucket_weights:
+            return self._blend(self.weights, history, user_idx)
+        out = np.zeros((history.shape[0], self.n_items))
+        buckets = history_buckets(history)
+        for bucket in np.unique(buckets):
+            rows = np.flatnonzero(buckets == bucket)
+            sub_idx = None if user_idx is None else user_idx[rows]
+            out[rows] = self._blend(self.weights_for(str(bucket)), history[rows], sub_idx)
+        return out
+
+    def _blend(self, weights: dict[str, float], history: sp.csr_matrix, user_idx: np.ndarray | None) -> np.ndarray:
+        active = {k: w for k, w in weights.items() if w != 0}
+        if len(active) == 1:
+            (name,) = active
+            return self.components[name].raw_scores(history, user_idx)
+        total = np.zeros((history.shape[0], self.n_items))
+        for name, w in active.items():
+            total += w * _standardise(self.components[name].raw_scores(history, user_idx))
+        return total
+
+    def topk(
+        self,
+        history: sp.csr_matrix,
+        k: int,
+        user_idx: np.ndarray | None = None,
+        exclude: sp.csr_matrix | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Top-k item indices per user, best first, `-1` padded (see `topk_from_scores`).
+
+        `exclude` (users x items, stored entries are hidden) removes seen items; `allowed` (bool per
+        item) restricts the candidates, e.g. to a category.
+        """
+        scores = self.score(history, user_idx)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
+        return topk_from_scores(scores, k, exclude=exclude)
