@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline test lint unit ui clean
+.PHONY: help install demo demo-ci pipeline tune bench test lint ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,14 @@ demo: install ## Run the whole loop on MovieLens-100k and serve the UIs (Ctrl-C 
 
 demo-ci: install ## The demo's steps, non-interactively (no servers left running)
 	$(BIN)/python -m recsys_assets demo --no-serve
+
+tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal validation split; feeds the next pipeline
+	$(BIN)/python -m recsys_assets tune
+
+bench: install ## Benchmarks: artifact vs RecBole scoring, and the whole model comparison (figures: docs/benchmarks.md)
+	$(BIN)/python -m recsys_assets.benchmarks scoring --model BPR
+	$(BIN)/python -m recsys_assets.benchmarks scoring --model EASE
+	$(BIN)/python -m recsys_assets.benchmarks comparison --storage /tmp/recsys-bench
 
 ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1

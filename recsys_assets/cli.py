@@ -29,7 +29,7 @@ def _dagster_home(settings: Settings) -> Path:
     return home
 
 
-def run_pipeline(settings: Settings) -> bool:
+def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: str | None = None) -> bool:
     """Materialize every asset and run every check once; print where the results are."""
     import dagster as dg
 
@@ -39,12 +39,15 @@ def run_pipeline(settings: Settings) -> bool:
 
     home = _dagster_home(settings)
     defs = build_definitions(settings)
-    job = defs.resolve_job_def(PIPELINE_JOB)
+    job = defs.resolve_job_def(job_name or PIPELINE_JOB)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            run_config={
+                "loggers": {"console": {"config": {"log_level": "INFO"}}},
+                "ops": {"model_candidates": {"config": candidates or {}}} if job_name in (None, PIPELINE_JOB) else {},
+            },
         )
     print()
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} (Dagster home {home})")
@@ -101,13 +104,24 @@ def run_dagster_ui(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recsys_assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("pipeline", help="materialize the whole asset graph once and exit")
+    pipeline = sub.add_parser("pipeline", help="materialize the whole asset graph once and exit")
+    sub.add_parser("tune", help="run the budgeted hyper-parameter search (needs a materialized pipeline)")
     demo = sub.add_parser("demo", help="run the pipeline, then start the Dagster UI")
     demo.add_argument("--no-serve", action="store_true", help="run the same steps and exit (no servers)")
+    for p in (pipeline, demo):
+        p.add_argument("--budget", choices=["standard", "smoke"], default="standard", help="training budget")
+        p.add_argument("--models", help="comma-separated RecBole models (default: all eight)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    ok = run_pipeline(settings)
+    if args.command == "tune":
+        from recsys_assets.definitions import TUNE_JOB
+
+        return 0 if run_pipeline(settings, job_name=TUNE_JOB) else 1
+    candidates: dict = {"budget": args.budget}
+    if args.models:
+        candidates["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    ok = run_pipeline(settings, candidates)
     if not ok:
         return 1
     if args.command == "demo" and not args.no_serve:

@@ -12,6 +12,8 @@ from recsys_assets.settings import Settings, get_settings
 from recsys_assets.tracking import MlflowTracking
 
 PIPELINE_JOB = "pipeline_job"
+INGESTION_JOB = "ingestion_job"
+TUNE_JOB = "tune_job"
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -22,13 +24,23 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     checks = build_ingestion_checks(settings) + training_checks
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
-        selection=dg.AssetSelection.all(),
-        description="Materializes the whole asset graph once.",
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("tuned_hyperparameters"),
+        description="Materializes the whole asset graph once (all but the hyper-parameter search).",
+    )
+    tune_job = dg.define_asset_job(
+        TUNE_JOB,
+        selection=dg.AssetSelection.assets("tuned_hyperparameters"),
+        description="The budgeted hyper-parameter search; its results feed the next `model_candidates`.",
+    )
+    ingestion_job = dg.define_asset_job(
+        INGESTION_JOB,
+        selection=dg.AssetSelection.groups("ingestion"),
+        description="Materializes the ingestion assets only (sources to interaction matrix and EDA report).",
     )
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[pipeline_job],
+        jobs=[pipeline_job, ingestion_job, tune_job],
         resources={
             "storage": storage,
             "io_manager": ParquetIOManager(storage=storage),

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from recsys_assets.definitions import PIPELINE_JOB, build_definitions
+from recsys_assets.definitions import INGESTION_JOB, build_definitions
 from recsys_assets.settings import Settings, get_settings
 from recsys_assets.storage import Storage
 from recsys_assets.warehouse import connect
@@ -39,7 +39,7 @@ INGESTION_ASSETS = {
 
 def run(settings: Settings) -> dg.ExecuteInProcessResult:
     defs = build_definitions(settings)
-    return defs.resolve_job_def(PIPELINE_JOB).execute_in_process(raise_on_error=False)
+    return defs.resolve_job_def(INGESTION_JOB).execute_in_process(raise_on_error=False)
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -156,14 +156,19 @@ def test_pipeline_command_records_runs_in_the_dagster_instance(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env |= {"RECSYS_STORAGE_URI": str(tmp_path / "data"), "RECSYS_DAGSTER_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "recsys_assets", "pipeline"], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "recsys_assets", "pipeline", "--budget", "smoke", "--models", "Pop"],
+        cwd=ROOT,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "SUCCESS" in proc.stdout and "eda_report.html" in proc.stdout
+    assert "SUCCESS" in proc.stdout and "eda_report.html" in proc.stdout and "evaluation_report.html" in proc.stdout
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "home"))) as instance:
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
-        assert instance.get_latest_materialization_event(dg.AssetKey("interactions")) is not None
+        for key in ("interactions", "model_candidates", "evaluation_report", "champion_model"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
 
 
 @pytest.mark.integration

@@ -32,8 +32,17 @@ TRAINING = "training"
 EVALUATION = "evaluation"
 SERVING = "serving_artifacts"
 CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
+TUNED_PARAMS = ("tuning", "best_params.json")
 
 DEFAULT_MODELS = ["Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec"]
+
+
+class TuningConfig(dg.Config):
+    """The hyper-parameter search: which models, and trials per model (default: the documented budget)."""
+
+    models: list[str] = Field(default_factory=lambda: ["ItemKNN", "EASE", "BPR", "LightGCN", "MultiVAE", "NeuMF"])
+    trials: int | None = Field(default=None, description="Trials per model; None uses `tuning.TRIALS`.")
+    seed: int = 2020
 
 
 class CandidatesConfig(dg.Config):
@@ -51,7 +60,49 @@ class CandidatesConfig(dg.Config):
 def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     from recsys_assets.models.candidates import EXPORTABLE, native_candidate, recbole_candidate
     from recsys_assets.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.models.tuning import model_config
+    from recsys_assets.models.tuning import model_config, search
+
+    @dg.asset(group_name=TRAINING, kinds={"optuna"})
+    def tuned_hyperparameters(
+        context: dg.AssetExecutionContext,
+        config: TuningConfig,
+        storage: StorageResource,
+        interactions: pd.DataFrame,
+        items: pd.DataFrame,
+        users: pd.DataFrame,
+    ) -> dg.MaterializeResult:
+        """A small, budgeted Optuna search per model on the temporal split's validation part (never the test
+        part). The best parameters go to `tuning/best_params.json`, which `model_candidates` reads. Run it
+        with `make tune`; it is not part of the default pipeline job."""
+        store = storage.get()
+        pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
+        best: dict[str, Any] = {}
+        report = []
+        for name in config.models:
+
+            def objective(overrides: dict[str, Any], name: str = name) -> float:
+                kwargs = model_config(name, "standard", config.seed, tuned={name: overrides})
+                value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata).valid_ndcg10
+                context.log.info(f"{name} {overrides}: valid NDCG@10 {value:.4f}")
+                return value
+
+            params, study = search(name, objective, config.trials, config.seed)
+            best[name] = params
+            report.append(
+                {
+                    "model": name,
+                    "trials": len(study.trials),
+                    "best_valid_ndcg@10": study.best_value,
+                    "params": json.dumps(params),
+                }
+            )
+        store.write_text(json.dumps(best, indent=2), *TUNED_PARAMS)
+        return dg.MaterializeResult(
+            metadata={
+                "best": dg.MetadataValue.md(pd.DataFrame(report).to_markdown(index=False)),
+                "path": store.uri(*TUNED_PARAMS),
+            }
+        )
 
     @dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
     def model_candidates(
@@ -69,6 +120,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         as serving artifacts under `candidates/`."""
         store = storage.get()
         fp = fingerprint(interactions)
+        tuned = json.loads(store.read_bytes(*TUNED_PARAMS)) if store.exists(*TUNED_PARAMS) else {}
+        if tuned:
+            context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
         results: list[pd.DataFrame] = []
         summary: list[dict[str, Any]] = []
         steps = len(config.protocols) * (len(config.models) + len(config.native_models))
@@ -87,9 +141,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                 elif name in ("Popularity", "Content"):
                     cand = native_candidate(name, pdata)
                 else:
-                    cand = recbole_candidate(
-                        RecBoleModelConfig(**model_config(name, config.budget, config.seed)), pdata
-                    )
+                    kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
+                    cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata)
                 res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
                 results.append(res)
                 cands.append(cand)
@@ -307,7 +360,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         context.log.info(f"promoted {aliases}")
         return dg.MaterializeResult(metadata={"aliases": dg.MetadataValue.json(aliases)})
 
-    return [model_candidates, evaluation_report, challenger_model, champion_model], [
+    return [tuned_hyperparameters, model_candidates, evaluation_report, challenger_model, champion_model], [
         challenger_beats_baseline_and_champion
     ]
 
