@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline tune bench test lint ui clean
+.PHONY: help install demo demo-ci pipeline tune bench test lint ui console clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,12 @@ bench: install ## Benchmarks: artifact vs RecBole scoring, and the whole model c
 
 ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+console: install ## Start the Streamlit console alone (on settings.console_port)
+	@# the port comes from the settings, so RECSYS_ENV_FILE applies as everywhere else
+	$(BIN)/streamlit run console/app.py --server.address 127.0.0.1 --server.headless true \
+		--browser.gatherUsageStats false --server.port \
+		$$($(BIN)/python -c 'from recsys_assets.settings import get_settings; print(get_settings().console_port)')
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check .

@@ -8,10 +8,12 @@ pipeline, then starts the Dagster UI until interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from recsys_assets.settings import Settings, get_settings
@@ -72,33 +74,65 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     return bool(result.success)
 
 
-def run_dagster_ui(settings: Settings) -> int:
-    """Start `dagster dev` (webserver + daemon) in the foreground until Ctrl-C."""
-    _dagster_home(settings)
-    cmd = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        "workspace.yaml",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(settings.dagster_port),
+def demo_services(settings: Settings) -> list[tuple[str, list[str], str, dict[str, str]]]:
+    """What `make demo` serves: (name, command, URL, extra environment)."""
+    from recsys_assets.tracking import tracking_uri
+
+    py = sys.executable
+    mlflow_bind = ("-h", "127.0.0.1", "-p", str(settings.mlflow_ui_port))
+    services = [
+        (
+            "Dagster UI (webserver + daemon)",
+            [py, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+            f"http://127.0.0.1:{settings.dagster_port}",
+            {},
+        ),
+        (
+            "MLflow UI",
+            [*(py, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(settings)), *mlflow_bind],
+            f"http://127.0.0.1:{settings.mlflow_ui_port}",
+            # its job workers would outlive the server otherwise
+            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        ),
     ]
-    print(f"Dagster UI: http://127.0.0.1:{settings.dagster_port}  (Ctrl-C stops it)")
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    return services
+
+
+def serve(settings: Settings) -> int:
+    """Start every demo service in its own process group; Ctrl-C stops them all."""
+    _dagster_home(settings)
+    procs: list[tuple[str, subprocess.Popen]] = []
+    for name, cmd, url, env in demo_services(settings):
+        procs.append((name, subprocess.Popen(cmd, start_new_session=True, env=os.environ | env)))
+        print(f"{name}: {url}")
+    print("Ctrl-C stops everything.")
     try:
-        return proc.wait()
+        while all(p.poll() is None for _, p in procs):
+            time.sleep(1)
+        for name, p in procs:
+            if p.poll() is not None:
+                print(f"{name} exited with {p.returncode}; stopping the others")
+        return 1
     except KeyboardInterrupt:
-        # dagster dev ignores SIGTERM from a script; stop its whole process group instead
-        os.killpg(proc.pid, signal.SIGINT)
+        return 0
+    finally:
+        stop_all([p for _, p in procs])
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 20) -> None:
+    """SIGINT each process group (`dagster dev` ignores SIGTERM from a script), then SIGKILL stragglers."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for p in procs:
         try:
-            return proc.wait(timeout=20)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            return proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         return 1
     if args.command == "demo" and not args.no_serve:
-        return run_dagster_ui(settings)
+        return serve(settings)
     return 0
 
 

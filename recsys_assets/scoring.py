@@ -7,7 +7,8 @@ user's history (a sparse row of event weights) and, for embedding models, a stor
 * `item_item`: history @ S for an item-item matrix S (ItemKNN, EASE);
 * `embedding`: U[u] @ V.T for users known at training time, and a least-squares fold-in of the
   history onto V for users who are not (BPR, LightGCN);
-* `content`: cosine between the user's event-weighted profile and each item's TF-IDF vector.
+* `content`: cosine between the user's event-weighted profile and each item's TF-IDF vector;
+* `autoencoder`: Mult-VAE's encoder and decoder applied to the user's 0/1 history (MultiVAE).
 
 Each component's scores are standardised per user (zero mean, unit variance over items) before the
 blend, so weights compare across components; a component with nothing to say for a user (no
@@ -24,7 +25,7 @@ import scipy.sparse as sp
 
 from recsys_assets.evaluation.metrics import topk_from_scores
 
-KINDS = ("popularity", "item_item", "embedding", "content")
+KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder")
 
 
 def _standardise(scores: np.ndarray) -> np.ndarray:
@@ -55,6 +56,7 @@ class Component:
             "item_item": "similarity",
             "embedding": "item_factors",
             "content": "item_features",
+            "autoencoder": f"dec_w{int(self.params.get('n_dec', 1)) - 1}",
         }[self.kind]
         return self.arrays[a].shape[0]
 
@@ -74,6 +76,8 @@ class Component:
             norms[norms == 0] = 1.0
             profile = sp.diags(1.0 / norms) @ profile
             return np.asarray((profile @ feats.T).todense(), dtype=np.float64)
+        if self.kind == "autoencoder":
+            return self._autoencode(history)
         # embedding
         item_f = self.arrays["item_factors"].astype(np.float64)
         user_f = self.arrays["user_factors"].astype(np.float64)
@@ -85,6 +89,23 @@ class Component:
         if (~known).any():
             vecs[~known] = self.fold_in(history[np.flatnonzero(~known)])
         return vecs @ item_f.T
+
+    def _autoencode(self, history: sp.csr_matrix) -> np.ndarray:
+        """Mult-VAE at inference: L2-normalised 0/1 history -> encoder mean -> decoder logits."""
+        x = np.asarray(history.sign().todense(), dtype=np.float64)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.maximum(norms, 1e-12)
+        n_enc, n_dec = int(self.params["n_enc"]), int(self.params["n_dec"])
+        for i in range(n_enc):
+            x = x @ self.arrays[f"enc_w{i}"].T.astype(np.float64) + self.arrays[f"enc_b{i}"]
+            if i < n_enc - 1:
+                x = np.tanh(x)
+        x = x[:, : int(self.params["latent"])]  # the mean; the other half is the log-variance
+        for i in range(n_dec):
+            x = x @ self.arrays[f"dec_w{i}"].T.astype(np.float64) + self.arrays[f"dec_b{i}"]
+            if i < n_dec - 1:
+                x = np.tanh(x)
+        return x
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """User vectors for histories not seen in training: ridge regression onto the item factors."""

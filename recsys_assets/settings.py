@@ -129,6 +129,7 @@ class Settings(BaseSettings):
         default=".dagster_home", description="Dagster instance folder used by `make pipeline`/`make demo`."
     )
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI in `make demo`.")
+    mlflow_ui_port: int = Field(default=5000, description="Port of the MLflow UI in `make demo`.")
 
     # --- tracking ---
     mlflow_tracking_uri: str | None = Field(
@@ -136,6 +137,74 @@ class Settings(BaseSettings):
         description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite "
         "store with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
     )
+
+    # --- serving ---
+    api_host: str = Field(default="127.0.0.1", description="Address the API listens on (`make serve`).")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on (`make serve`).")
+    api_workers: int = Field(
+        default=1, ge=1, description="API worker processes (uvicorn `--workers`); they share live state through Redis."
+    )
+    api_keys: str = Field(
+        default="",
+        description="Keys accepted in `X-API-Key` by `POST /v1/events` and the admin endpoints, comma-separated; "
+        "each `key` (every scope) or `key:scope` with scope `events` or `admin`. Empty: those endpoints refuse all.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis holding live user state, cached lists, idempotency keys and rate limits; empty: "
+        "in-process only (right for one worker). While Redis is unreachable the API serves from in-process state.",
+    )
+    cache_ttl_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="Lifetime of a cached recommendation list (0: no cache); a user's event "
+        "invalidates that user's lists at once.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=1200, ge=0, description="Requests per client address and minute (0: no limit); 429 beyond."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted; 413 beyond.")
+    ab_challenger_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of users (by a stable hash of the user id) served by the challenger.",
+    )
+    ab_challenger_path: str | None = Field(
+        default=None,
+        description="Challenger artifact folder under the storage root (e.g. `candidates/EASE`); default: the one "
+        "named by `artifacts/CHALLENGER.json` when that pointer exists.",
+    )
+    model_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often the API checks `artifacts/CHAMPION.json` for a new champion."
+    )
+    events_dir: str | None = Field(
+        default=None,
+        description="Local folder of the API's event-log segments (default `<storage>/events`; required when "
+        "storage is Azure Blob, since segments are appended and fsync'd locally).",
+    )
+    events_segment_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="An event-log segment is closed past this size."
+    )
+    events_segment_max_seconds: int = Field(
+        default=3600, ge=1, description="An event-log segment is closed after this many seconds."
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=7 * 86400, ge=60, description="How long an `event_id` is remembered to drop a resent event."
+    )
+    live_state_ttl_seconds: int = Field(
+        default=7 * 86400,
+        ge=60,
+        description="How long a user's live events stay in Redis after their last one (the next training run "
+        "folds them into the artifact).",
+    )
+
+    # --- console ---
+    api_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL of the recommendation API the console reads (`/metrics`, `/v1/users/...`).",
+    )
+    console_port: int = Field(default=8501, description="Port of the Streamlit console.")
 
     @field_validator("time_min", "time_max")
     @classmethod

@@ -15,7 +15,7 @@ from recsys_assets.models.training import Candidate, ProtocolData, Timer, valid_
 from recsys_assets.scoring import Component
 
 # Models whose serving component reproduces RecBole's own ranking exactly.
-EXPORTABLE = ("Pop", "ItemKNN", "EASE", "BPR", "LightGCN")
+EXPORTABLE = ("Pop", "ItemKNN", "EASE", "BPR", "LightGCN", "MultiVAE")
 
 
 def _positions(ours: pd.Series, theirs: list[str]) -> np.ndarray:
@@ -59,7 +59,38 @@ def export_component(trained: TrainedRecBoleModel, pdata: ProtocolData) -> Compo
         uf[upos >= 0] = emb.user_embeddings[upos[upos >= 0]]
         vf[ipos >= 0] = emb.item_embeddings[ipos[ipos >= 0]]
         return Component("embedding", {"user_factors": uf, "item_factors": vf})
+    if name == "MultiVAE":
+        return _autoencoder_component(model, ipos)
     return None
+
+
+def _autoencoder_component(model: object, ipos: np.ndarray) -> Component:
+    """Mult-VAE's layers with the item axis mapped to our items (RecBole's padding item dropped)."""
+    enc = [m for m in model.encoder if hasattr(m, "weight")]
+    dec = [m for m in model.decoder if hasattr(m, "weight")]
+    known = ipos >= 0
+    arrays: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(enc):
+        w = layer.weight.detach().cpu().numpy()
+        if i == 0:  # input: one column per item
+            full = np.zeros((w.shape[0], len(ipos)), dtype=np.float32)
+            full[:, known] = w[:, ipos[known] + 1]
+            w = full
+        arrays[f"enc_w{i}"] = w.astype(np.float32)
+        arrays[f"enc_b{i}"] = layer.bias.detach().cpu().numpy().astype(np.float32)
+    for i, layer in enumerate(dec):
+        w = layer.weight.detach().cpu().numpy()
+        b = layer.bias.detach().cpu().numpy()
+        if i == len(dec) - 1:  # output: one row per item; items it never saw rank last
+            full_w = np.zeros((len(ipos), w.shape[1]), dtype=np.float32)
+            full_b = np.full(len(ipos), float(b[1:].min()) - 10.0, dtype=np.float32)
+            full_w[known] = w[ipos[known] + 1]
+            full_b[known] = b[ipos[known] + 1]
+            w, b = full_w, full_b
+        arrays[f"dec_w{i}"] = w.astype(np.float32)
+        arrays[f"dec_b{i}"] = b.astype(np.float32)
+    params = {"n_enc": len(enc), "n_dec": len(dec), "latent": int(model.lat_dim / 2)}
+    return Component("autoencoder", arrays, params)
 
 
 def recbole_candidate(config: RecBoleModelConfig, pdata: ProtocolData) -> Candidate:

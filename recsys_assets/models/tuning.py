@@ -21,11 +21,11 @@ STANDARD: dict[str, dict[str, Any]] = {
     "Pop": {"epochs": 1},
     "ItemKNN": {"epochs": 1, "params": {"k": 100, "shrink": 0.0}},
     "EASE": {"epochs": 1, "params": {"reg_weight": 250.0}},
-    "BPR": {"epochs": 20, "learning_rate": 2e-3, "embedding_size": 64, "stopping_step": 3},
-    "NeuMF": {"epochs": 2, "learning_rate": 2e-3, "embedding_size": 32, "stopping_step": 1},
-    "LightGCN": {"epochs": 6, "learning_rate": 5e-3, "embedding_size": 64, "stopping_step": 2},
-    "MultiVAE": {"epochs": 20, "learning_rate": 2e-3, "stopping_step": 3},
-    "SASRec": {"epochs": 1, "learning_rate": 2e-3, "max_seq_length": 10, "stopping_step": 1},
+    "BPR": {"epochs": 60, "learning_rate": 2e-3, "embedding_size": 64, "stopping_step": 5},
+    "NeuMF": {"epochs": 10, "learning_rate": 2e-3, "embedding_size": 32, "stopping_step": 3},
+    "LightGCN": {"epochs": 15, "learning_rate": 5e-3, "embedding_size": 64, "stopping_step": 3},
+    "MultiVAE": {"epochs": 60, "learning_rate": 2e-3, "stopping_step": 5},
+    "SASRec": {"epochs": 2, "learning_rate": 2e-3, "max_seq_length": 10, "stopping_step": 1},
 }
 # Smoke budget for tests: one short epoch each.
 SMOKE: dict[str, dict[str, Any]] = {

@@ -1,0 +1,427 @@
+"""Everything the console reads, in one place: stored tables and reports (through `Storage` and the DuckDB
+warehouse, so local folders and Azure Blob work alike), the API's event log, the MLflow registry, the
+Dagster instance's run history, and the API itself.
+
+Every function takes the `Settings` the entry point built and returns None (or an empty frame) when
+its source does not exist yet, so pages can show "no data yet" rather than an error. Queries are
+cached with `st.cache_data` (short TTLs: the pipeline and the API keep writing), connections with
+`st.cache_resource`; the settings are part of every cache key, so two storages never share entries.
+Nothing here trains or scores a model.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import streamlit as st
+
+from recsys_assets import schema
+from recsys_assets.settings import Settings
+from recsys_assets.storage import Storage
+from recsys_assets.warehouse import TABLES
+
+from console import kpis
+
+# Tables the console reads besides the ingestion tables; some are written by later pipeline stages.
+EVALUATION_REPORT = "evaluation_report"
+DRIFT_RESULTS = "drift_results"
+RETRAIN_RUNS = "retrain_runs"
+PIPELINE_HEALTH = "pipeline_health"
+ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH)
+EVENTS_DIR = "events"
+EDA_REPORT = ("reports", "eda_report.html")
+EVALUATION_REPORT_HTML = ("reports", "evaluation_report.html")
+
+TABLE_TTL = 60
+API_TTL = 15
+HTTP_TIMEOUT = 3.0
+USER_AGENT = "recsys-console"
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections
+# ---------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def storage(settings: Settings) -> Storage:
+    """The storage root (a local folder or a Blob container) of these settings."""
+    return Storage.from_settings(settings)
+
+
+# The views are made when the connection opens; the TTL picks up tables written since.
+@st.cache_resource(ttl=300, show_spinner=False)
+def warehouse(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with a view per stored table (`recsys_assets.warehouse.connect`)."""
+    from recsys_assets.warehouse import connect
+
+    return connect(storage(settings), ALL_TABLES)
+
+
+def _cursor(settings: Settings, *needed: str) -> duckdb.DuckDBPyConnection | None:
+    """A cursor (one per query: Streamlit serves sessions from several threads) with the `needed`
+    views, or None when one of those tables is not stored yet."""
+    store = storage(settings)
+    if not all(store.exists(f"{name}.parquet") for name in needed):
+        return None
+    con = warehouse(settings)
+    views = {row[0] for row in con.cursor().execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    if not set(needed) <= views:
+        # written after the connection opened
+        warehouse.clear(settings)
+        con = warehouse(settings)
+    return con.cursor()
+
+
+def clear_caches() -> None:
+    """Forget every cached query and connection (the sidebar's Refresh)."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored tables and reports
+# ---------------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def table(settings: Settings, name: str) -> pd.DataFrame | None:
+    """A whole stored table (`<name>.parquet`), or None before it is first written."""
+    cur = _cursor(settings, name)
+    if cur is None:
+        return None
+    return cur.execute(f'SELECT * FROM "{name}"').df()
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def report_html(settings: Settings, path: str) -> str | None:
+    """A stored HTML report by key under the storage root (or by full path/URI), or None."""
+    store = storage(settings)
+    key = path
+    for prefix in (store.uri(""), store.root + "/", f"{store.protocol}://"):
+        key = key.removeprefix(prefix)
+    if store.exists(key):
+        return store.read_bytes(key).decode("utf-8", errors="replace")
+    if store.fs.exists(path):
+        with store.fs.open(path, "rb") as fh:
+            return fh.read().decode("utf-8", errors="replace")
+    return None
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def champion(settings: Settings) -> dict | None:
+    """`artifacts/CHAMPION.json`: the serving champion (model, version, promoted_at, ...), or None."""
+    from recsys_assets.assets.training import current_champion
+
+    return current_champion(storage(settings))
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def eda(settings: Settings) -> dict[str, Any] | None:
+    """The EDA report's key numbers (`eda_summary`) on the current tables, or None."""
+    from recsys_assets.reports.eda import eda_summary
+
+    cur = _cursor(settings, schema.INTERACTIONS, schema.ITEMS, schema.USERS)
+    if cur is None:
+        return None
+    inter = cur.execute("SELECT user_id, item_id, event_type, timestamp FROM interactions").df()
+    items = cur.execute("SELECT item_id, n_interactions FROM items").df()
+    users = cur.execute("SELECT user_id, n_interactions FROM users").df()
+    return eda_summary(inter, items, users)
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def sample_users(settings: Settings, n: int = 200) -> list[str]:
+    """The most active users (for the lookup's picker), most active first."""
+    cur = _cursor(settings, schema.USERS)
+    if cur is None:
+        return []
+    rows = cur.execute(
+        "SELECT CAST(user_id AS VARCHAR) FROM users ORDER BY n_interactions DESC, user_id LIMIT ?", [n]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def user_history(settings: Settings, user_id: str, limit: int = 20) -> pd.DataFrame | None:
+    """A user's latest interactions with the items' titles, newest first; None without interactions."""
+    cur = _cursor(settings, schema.INTERACTIONS)
+    if cur is None:
+        return None
+    has_items = _cursor(settings, schema.ITEMS) is not None
+    title = "it.title, it.categories" if has_items else "NULL AS title, NULL AS categories"
+    join = "LEFT JOIN items it ON CAST(it.item_id AS VARCHAR) = CAST(i.item_id AS VARCHAR)" if has_items else ""
+    return cur.execute(
+        f"""SELECT i.timestamp, i.event_type, i.value, CAST(i.item_id AS VARCHAR) AS item_id, {title}
+            FROM interactions i {join}
+            WHERE CAST(i.user_id AS VARCHAR) = ?
+            ORDER BY i.timestamp DESC LIMIT ?""",
+        [str(user_id), limit],
+    ).df()
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def item_titles(settings: Settings, item_ids: tuple[str, ...]) -> dict[str, str]:
+    """Titles of the given items (for the API's answers, which carry ids)."""
+    cur = _cursor(settings, schema.ITEMS)
+    if cur is None or not item_ids:
+        return {}
+    rows = cur.execute(
+        "SELECT CAST(item_id AS VARCHAR), title FROM items WHERE CAST(item_id AS VARCHAR) IN "
+        "(SELECT UNNEST(?::VARCHAR[]))",
+        [list(item_ids)],
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# The API's event log
+# ---------------------------------------------------------------------------------------------
+
+
+def event_segments(settings: Settings) -> list[str]:
+    """The event log's CSV segments under `<storage>/events/` (temporary files excluded)."""
+    store = storage(settings)
+    return [
+        p
+        for p in store.list(EVENTS_DIR)
+        if p.endswith(".csv") and not posixpath.basename(p).startswith((".tmp-", "."))
+    ]
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def served_lists(settings: Settings) -> pd.DataFrame | None:
+    """One row per served list with its clicks and conversion (`kpis.served_lists`), or None when the
+    API has not written a segment yet."""
+    segments = event_segments(settings)
+    if not segments:
+        return None
+    store = storage(settings)
+    frames = []
+    for key in segments:
+        with store.fs.open(store.path(key), "rb") as fh:
+            try:
+                # the segment being written may end in a partial line: skip it, the next read has it
+                frames.append(pd.read_csv(fh, dtype=str, keep_default_na=False, on_bad_lines="skip"))
+            except pd.errors.EmptyDataError:
+                continue
+    if not frames:
+        return kpis.served_lists(kpis.prepare_events(pd.DataFrame(columns=kpis.EVENT_LOG_COLUMNS)))
+    return kpis.served_lists(kpis.prepare_events(pd.concat(frames, ignore_index=True)))
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow registry
+# ---------------------------------------------------------------------------------------------
+
+
+def _mlflow_store_exists(settings: Settings) -> bool:
+    from recsys_assets.tracking import tracking_uri
+
+    uri = tracking_uri(settings)
+    # opening a SQLite store that is not there would create (and migrate) an empty one
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def registry_history(settings: Settings) -> pd.DataFrame | None:
+    """Every registered model version (`MlflowTracking.champion_history`) plus its run's name and
+    whether it was registered as champion; None when nothing is registered."""
+    if not _mlflow_store_exists(settings):
+        return None
+    from recsys_assets.tracking import MlflowTracking
+
+    tracking = MlflowTracking.from_settings(settings)
+    history = tracking.champion_history()
+    if history.empty:
+        return None
+    client = tracking.client()
+    names = {}
+    for run_id in history["run_id"].dropna().unique():
+        try:
+            names[run_id] = client.get_run(run_id).info.run_name
+        except Exception:  # a deleted run: the version stays listed
+            names[run_id] = None
+    history["run_name"] = history["run_id"].map(names)
+    # the promotion names each run "<model> (champion)" or "<model> (challenger)"
+    history["registered_as"] = history["run_name"].fillna("").str.extract(r"\((champion|challenger)\)$")[0]
+    return history
+
+
+def previous_champion(history: pd.DataFrame | None) -> tuple[dict[str, float], str] | None:
+    """Offline metrics (metric -> value, NDCG/MAP@10 temporal) and label of the champion before the
+    current one, from the registry history; None when there was none."""
+    if history is None or "registered_as" not in history:
+        return None
+    champs = history[history["registered_as"] == "champion"].sort_values("version")
+    if len(champs) < 2:
+        return None
+    prev = champs.iloc[-2]
+    values = {
+        m: float(prev[col])
+        for m in kpis.OFFLINE_METRICS
+        if (col := f"{m}_at_10.temporal.all") in prev.index and pd.notna(prev[col])
+    }
+    return values, f"previous champion v{int(prev['version'])} ({prev['model']})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dagster instance
+# ---------------------------------------------------------------------------------------------
+
+
+def _dagster_home(settings: Settings) -> Path | None:
+    home = Path(settings.dagster_home).resolve()
+    # the default SQLite run storage; no file means no run yet (and opening would create one)
+    return home if (home / "history" / "runs.db").is_file() else None
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def dagster_runs(settings: Settings, limit: int = 50) -> pd.DataFrame | None:
+    """The latest runs of the Dagster instance (newest first), or None when it has none."""
+    home = _dagster_home(settings)
+    if home is None:
+        return None
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        records = instance.get_run_records(limit=limit)
+    if not records:
+        return None
+    rows = [
+        {
+            "run_id": r.dagster_run.run_id,
+            "job": r.dagster_run.job_name,
+            "status": r.dagster_run.status.value,
+            "created": pd.Timestamp(r.create_timestamp).tz_convert("UTC")
+            if pd.Timestamp(r.create_timestamp).tzinfo
+            else pd.Timestamp(r.create_timestamp, tz="UTC"),
+            "start": pd.Timestamp(r.start_time, unit="s", tz="UTC") if r.start_time else pd.NaT,
+            "end": pd.Timestamp(r.end_time, unit="s", tz="UTC") if r.end_time else pd.NaT,
+        }
+        for r in records
+    ]
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def latest_reject_counts(settings: Settings) -> dict[str, int] | None:
+    """Rejected rows per reason of the latest cleaning run (the `interactions` materialization's
+    metadata: full counts, where `rejected_events` keeps only a sample), or None."""
+    home = _dagster_home(settings)
+    if home is None:
+        return None
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        event = instance.get_latest_materialization_event(AssetKey(schema.INTERACTIONS))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("rejected_by_reason")
+    data = getattr(value, "value", None)
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class PipelineHealth:
+    """Share of successful runs over the last `n` and over the `n` before; `source` says where from."""
+
+    rate: float
+    n: int
+    previous: float
+    source: str
+
+
+def pipeline_health(settings: Settings, last_n: int = 20) -> PipelineHealth | None:
+    """From the `pipeline_health` table when the pipeline writes one, else from the Dagster runs."""
+    health = table(settings, PIPELINE_HEALTH)
+    if health is not None and not health.empty:
+        time_col = next((c for c in ("end_time", "start_time", "timestamp", "created_at") if c in health), None)
+        if time_col:
+            health = health.sort_values(time_col, ascending=False)
+        if "status" in health:
+            rate, n, prev = kpis.success_rate(health["status"].astype(str).tolist(), last_n)
+            return PipelineHealth(rate, n, prev, "pipeline_health table")
+        if "success_rate" in health:
+            rates = health["success_rate"].astype(float).tolist()
+            prev = rates[1] if len(rates) > 1 else float("nan")
+            n = int(health["n_runs"].iloc[0]) if "n_runs" in health else 0
+            return PipelineHealth(rates[0], n, prev, "pipeline_health table")
+    runs = dagster_runs(settings, limit=2 * last_n + 10)
+    if runs is None:
+        return None
+    rate, n, prev = kpis.success_rate(runs["status"].tolist(), last_n)
+    if n == 0:
+        return None
+    return PipelineHealth(rate, n, prev, "Dagster run history")
+
+
+# ---------------------------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------------------------
+
+
+class ApiUnavailable(Exception):
+    """The API did not answer (not running, wrong URL, timeout)."""
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "application/json, text/plain"})
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ApiUnavailable(f"{url}: {reason}") from exc
+
+
+@st.cache_data(ttl=API_TTL, show_spinner=False)
+def api_latency(settings: Settings) -> tuple[float, int] | None:
+    """p95 latency (ms) and request count from the API's `/metrics`, or None when it is unreachable
+    or exposes no latency histogram."""
+    try:
+        status, body = _get(settings.api_url.rstrip("/") + "/metrics")
+    except ApiUnavailable:
+        return None
+    if status != 200:
+        return None
+    return kpis.latency_p95_ms(body.decode("utf-8", errors="replace"))
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """The API's answer for one user, or why there is none (`error`)."""
+
+    items: pd.DataFrame
+    recommendation_id: str | None = None
+    model_version: str | None = None
+    error: str | None = None
+
+
+@st.cache_data(ttl=API_TTL, show_spinner=False)
+def recommendations(settings: Settings, user_id: str, k: int = 10) -> Recommendations:
+    """`GET /v1/users/{user_id}/recommendations?k=` from the API. Raises `ApiUnavailable`."""
+    url = f"{settings.api_url.rstrip('/')}/v1/users/{urllib.parse.quote(str(user_id), safe='')}/recommendations?k={k}"
+    status, body = _get(url)
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        payload = {}
+    if status != 200:
+        detail = payload.get("detail") if isinstance(payload, dict) else None
+        return Recommendations(pd.DataFrame(), error=f"HTTP {status}: {detail or body[:200].decode(errors='replace')}")
+    items = pd.DataFrame(payload.get("items") or [])
+    return Recommendations(items, payload.get("recommendation_id"), payload.get("model_version"))
