@@ -52,7 +52,9 @@ def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed:
         if h is not None and len(h):
             cols.extend((h.numpy() - 1).tolist())
             rows.extend([uid - 1] * len(h))
-    history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(dataset.user_num - 1, n_items - 1))
+    # what RecBole masks (train + valid history) and what the model reads (the training matrix)
+    seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(dataset.user_num - 1, n_items - 1))
+    history = sp.csr_matrix(train_data.dataset.inter_matrix(form="csr").astype(np.float32))[1:, 1:]
     with torch.no_grad():
         if model == "BPR":
             comp = Component(
@@ -64,23 +66,35 @@ def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed:
             )
         elif model == "EASE":
             comp = Component("item_item", {"similarity": sp.csr_matrix(rec.item_similarity[1:, 1:])}, {"binary": 1})
+        elif model == "MultiVAE":
+            from recsys_assets.models.candidates import _autoencoder_component
+
+            comp = _autoencoder_component(rec, np.arange(n_items - 1))
         else:
-            raise ValueError("scoring benchmark supports BPR and EASE")
+            raise ValueError("scoring benchmark supports BPR, EASE and MultiVAE")
     scorer = Scorer({"m": comp}, {"m": 1.0})
+    scorer.score_one(np.array([0]), np.ones(1), 0)  # build the component's caches before timing
 
     rng = np.random.default_rng(seed)
     users = rng.choice(np.arange(1, dataset.user_num), size=min(n_users, dataset.user_num - 1), replace=False)
     t_recbole, t_artifact, same = [], [], 0
-    for uid in users:
-        t0 = time.perf_counter()
-        _, top_r = full_sort_topk(np.array([uid]), rec, test_data, k=10, device=torch.device("cpu"))
-        t1 = time.perf_counter()
-        row = history[[uid - 1]]
-        top_a = scorer.topk(row, 10, user_idx=np.array([uid - 1]), exclude=row)
-        t2 = time.perf_counter()
-        t_recbole.append(t1 - t0)
-        t_artifact.append(t2 - t1)
-        same += int(np.array_equal(top_r.numpy()[0] - 1, top_a[0]))
+    served: dict[int, np.ndarray] = {}
+    # each path in its own loop (interleaving makes each evict the other's caches), three rounds
+    for _ in range(3):
+        for uid in users:
+            t0 = time.perf_counter()
+            _, top_r = full_sort_topk(np.array([uid]), rec, test_data, k=10, device=torch.device("cpu"))
+            t_recbole.append(time.perf_counter() - t0)
+            served[int(uid)] = top_r.numpy()[0] - 1
+        for uid in users:
+            u = uid - 1
+            t0 = time.perf_counter()
+            lo, hi = history.indptr[u], history.indptr[u + 1]
+            hide = seen.indices[seen.indptr[u] : seen.indptr[u + 1]]
+            top_a = scorer.topk_one(history.indices[lo:hi], history.data[lo:hi], 10, user=u, exclude=hide)
+            t_artifact.append(time.perf_counter() - t0)
+            same += int(np.array_equal(served[int(uid)], top_a))
+    same //= 3
     med_r, med_a = statistics.median(t_recbole), statistics.median(t_artifact)
     return {
         "model": model,

@@ -19,13 +19,16 @@ why a served top-10 equals the offline one exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.evaluation.metrics import topk_from_scores
+from recsys_assets.evaluation.metrics import top_k
 
 KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder")
+# Catalogs up to this size keep item x item matrices dense for the one-user path (5,000 items: 100 MB).
+DENSE_LIMIT = 5_000
 
 
 def _standardise(scores: np.ndarray) -> np.ndarray:
@@ -107,6 +110,93 @@ class Component:
                 x = np.tanh(x)
         return x
 
+    # -- one user ---------------------------------------------------------------------------------
+
+    def _cache(self) -> dict[str, Any]:
+        """Arrays in the layout the one-user path reads fastest, built once per component."""
+        cache = self.__dict__.get("_fast")
+        if cache is not None:
+            return cache
+        cache = {}
+        n = self.n_items
+        if self.kind == "popularity":
+            cache["pop"] = np.asarray(self.arrays["popularity"], dtype=np.float32)
+        elif self.kind == "item_item":
+            sim = self.arrays["similarity"]
+            cache["sim"] = (
+                sim.toarray().astype(np.float32) if n <= DENSE_LIMIT else sp.csr_matrix(sim, dtype=np.float32)
+            )
+        elif self.kind == "content":
+            feats = sp.csr_matrix(self.arrays["item_features"], dtype=np.float32)
+            cache["feats"] = feats
+            if n <= DENSE_LIMIT:  # cosine via the item-item Gram matrix: X x_p = sum_j w_j (X X^T)[:, j]
+                cache["gram"] = (feats @ feats.T).toarray().astype(np.float32)
+        elif self.kind == "embedding":
+            cache["users"] = np.asarray(self.arrays["user_factors"], dtype=np.float32)
+            cache["items"] = np.asarray(self.arrays["item_factors"], dtype=np.float32)
+        else:
+            cache.update({k: np.asarray(v, dtype=np.float32) for k, v in self.arrays.items()})
+            cache["enc_w0_t"] = np.ascontiguousarray(cache["enc_w0"].T)  # one row per item: a cheap gather
+        self.__dict__["_fast"] = cache
+        return cache
+
+    def score_one(self, idx: np.ndarray, weights: np.ndarray, user: int = -1) -> np.ndarray:
+        """Unnormalised scores (n_items,) for one user from their history (item indices and weights)."""
+        c = self._cache()
+        w = np.asarray(weights, dtype=np.float32)
+        if self.kind == "popularity":
+            return c["pop"].copy()
+        if self.kind == "item_item":
+            if len(idx) == 0:
+                return np.zeros(self.n_items, dtype=np.float32)
+            rows = c["sim"][idx]
+            if isinstance(rows, np.ndarray):
+                return rows.sum(axis=0) if self.params.get("binary") else w @ rows
+            w = np.ones_like(w) if self.params.get("binary") else w
+            return np.asarray(rows.T @ w, dtype=np.float32).ravel()
+        if self.kind == "content":
+            if len(idx) == 0:
+                return np.zeros(self.n_items, dtype=np.float32)
+            if "gram" in c:
+                cols = c["gram"][idx]  # (h, n) rows = columns by symmetry
+                raw = w @ cols
+                norm2 = float(w @ cols[:, idx] @ w)
+            else:
+                profile = sp.csr_matrix(w[None, :]) @ c["feats"][idx]
+                raw = np.asarray((c["feats"] @ profile.T).todense(), dtype=np.float32).ravel()
+                norm2 = float(profile.multiply(profile).sum())
+            return raw / np.float32(np.sqrt(norm2)) if norm2 > 0 else np.zeros(self.n_items, dtype=np.float32)
+        if self.kind == "embedding":
+            if 0 <= user < c["users"].shape[0]:
+                vec = c["users"][user]
+            elif len(idx):
+                vec = self._fold_in_one(c["items"], idx, w)
+            else:
+                return np.zeros(self.n_items, dtype=np.float32)
+            return c["items"] @ vec
+        # autoencoder: the first layer on a normalised 0/1 history is a sum of columns
+        x = (
+            c["enc_w0_t"][idx].sum(axis=0) / np.float32(np.sqrt(len(idx)))
+            if len(idx)
+            else np.zeros(c["enc_w0"].shape[0], dtype=np.float32)
+        )
+        x = x + c["enc_b0"]
+        n_enc, n_dec = int(self.params["n_enc"]), int(self.params["n_dec"])
+        for i in range(1, n_enc):
+            x = np.tanh(x) @ c[f"enc_w{i}"].T + c[f"enc_b{i}"]
+        x = x[: int(self.params["latent"])]
+        for i in range(n_dec):
+            x = x @ c[f"dec_w{i}"].T + c[f"dec_b{i}"]
+            if i < n_dec - 1:
+                x = np.tanh(x)
+        return x
+
+    def _fold_in_one(self, items: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        reg = float(self.params.get("fold_in_reg", 0.1))
+        v = items[idx].astype(np.float64)
+        a = v.T @ v + reg * np.eye(v.shape[1])
+        return np.linalg.solve(a, v.T @ (w / w.max())).astype(np.float32)
+
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """User vectors for histories not seen in training: ridge regression onto the item factors."""
         item_f = self.arrays["item_factors"].astype(np.float64)
@@ -167,27 +257,52 @@ class Scorer:
     def weights_for(self, bucket: str) -> dict[str, float]:
         return self.bucket_weights.get(bucket, self.weights)
 
-    def score(self, history: sp.csr_matrix, user_idx: np.ndarray | None = None) -> np.ndarray:
-        """Blended scores (n_users x n_items); a lone component is returned unstandardised."""
-        if not self.bucket_weights:
-            return self._blend(self.weights, history, user_idx)
-        out = np.zeros((history.shape[0], self.n_items))
-        buckets = history_buckets(history)
-        for bucket in np.unique(buckets):
-            rows = np.flatnonzero(buckets == bucket)
-            sub_idx = None if user_idx is None else user_idx[rows]
-            out[rows] = self._blend(self.weights_for(str(bucket)), history[rows], sub_idx)
-        return out
+    def score_one(self, idx: np.ndarray, weights: np.ndarray, user: int = -1) -> np.ndarray:
+        """Blended scores (n_items,) for one user: history item indices and weights, known user index or -1.
 
-    def _blend(self, weights: dict[str, float], history: sp.csr_matrix, user_idx: np.ndarray | None) -> np.ndarray:
-        active = {k: w for k, w in weights.items() if w != 0}
+        This is the only scoring path: offline evaluation and the API both come through it, so they agree
+        exactly. A lone component is returned unstandardised.
+        """
+        n = len(idx)
+        bucket = BUCKETS[3 if n >= BUCKET_EDGES[3] else 2 if n >= BUCKET_EDGES[2] else 1 if n else 0]
+        active = {k: w for k, w in self.weights_for(bucket).items() if w != 0}
         if len(active) == 1:
             (name,) = active
-            return self.components[name].raw_scores(history, user_idx)
-        total = np.zeros((history.shape[0], self.n_items))
+            return self.components[name].score_one(idx, weights, user)
+        total = np.zeros(self.n_items, dtype=np.float32)
         for name, w in active.items():
-            total += w * _standardise(self.components[name].raw_scores(history, user_idx))
+            total += np.float32(w) * _standardise_one(self.components[name].score_one(idx, weights, user))
         return total
+
+    def topk_one(
+        self,
+        idx: np.ndarray,
+        weights: np.ndarray,
+        k: int,
+        user: int = -1,
+        exclude: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Top-k item indices for one user, best first, -1 padded; ties go to the lower item index.
+
+        `exclude` lists item indices never to return (e.g. seen items); `allowed` (bool per item)
+        restricts the candidates (e.g. a category).
+        """
+        scores = self.score_one(idx, weights, user)
+        if exclude is not None and len(exclude):
+            scores[exclude] = -np.inf
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        return top_k(scores, k)
+
+    def score(self, history: sp.csr_matrix, user_idx: np.ndarray | None = None) -> np.ndarray:
+        """Blended scores (n_users x n_items), one row at a time through `score_one`."""
+        out = np.empty((history.shape[0], self.n_items), dtype=np.float32)
+        for r in range(history.shape[0]):
+            lo, hi = history.indptr[r], history.indptr[r + 1]
+            user = -1 if user_idx is None else int(user_idx[r])
+            out[r] = self.score_one(history.indices[lo:hi], history.data[lo:hi], user)
+        return out
 
     def topk(
         self,
@@ -197,12 +312,19 @@ class Scorer:
         exclude: sp.csr_matrix | None = None,
         allowed: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Top-k item indices per user, best first, `-1` padded (see `topk_from_scores`).
+        """Top-k item indices per user (rows of `history`), through `topk_one`; `exclude` rows hide items."""
+        out = np.full((history.shape[0], k), -1, dtype=np.int64)
+        ex = None if exclude is None else sp.csr_matrix(exclude)
+        for r in range(history.shape[0]):
+            lo, hi = history.indptr[r], history.indptr[r + 1]
+            user = -1 if user_idx is None else int(user_idx[r])
+            hide = None if ex is None else ex.indices[ex.indptr[r] : ex.indptr[r + 1]]
+            out[r] = self.topk_one(history.indices[lo:hi], history.data[lo:hi], k, user, hide, allowed)
+        return out
 
-        `exclude` (users x items, stored entries are hidden) removes seen items; `allowed` (bool per
-        item) restricts the candidates, e.g. to a category.
-        """
-        scores = self.score(history, user_idx)
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        return topk_from_scores(scores, k, exclude=exclude)
+
+def _standardise_one(scores: np.ndarray) -> np.ndarray:
+    std = float(scores.std())
+    if std <= 1e-12:
+        return np.zeros_like(scores, dtype=np.float32)
+    return ((scores - scores.mean()) / np.float32(std)).astype(np.float32, copy=False)

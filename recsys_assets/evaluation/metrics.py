@@ -361,7 +361,7 @@ def topk_from_scores(
     Items stored in `exclude` (e.g. training items, see `exclusion_matrix`) and items scored -inf or
     NaN are never recommended; when fewer than k items remain the row ends with ``-1`` padding. A
     sparse score matrix is densified one batch of users at a time (absent entries score 0). Equal
-    scores are ordered by item index, except that ties straddling the k-th place are broken arbitrarily.
+    scores are ordered by item index, at the k-th place too (see `top_k`), so the result is deterministic.
     """
     n_users, n_items = scores.shape
     if k < 1:
@@ -371,9 +371,6 @@ def topk_from_scores(
         if exclude.shape != (n_users, n_items):
             raise ValueError(f"exclude has shape {exclude.shape}, scores have {(n_users, n_items)}")
     out = np.full((n_users, k), PAD, dtype=np.int64)
-    kk = min(k, n_items)
-    if kk == 0:
-        return out
     for start in range(0, n_users, batch_size):
         stop = min(start + batch_size, n_users)
         block = scores[start:stop]
@@ -383,14 +380,33 @@ def topk_from_scores(
         if exclude is not None:
             part = exclude[start:stop]
             block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
-        if kk < n_items:
-            idx = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
-        else:
-            idx = np.broadcast_to(np.arange(n_items), block.shape).copy()
-        vals = np.take_along_axis(block, idx, axis=1)
-        order = np.lexsort((idx, -vals), axis=-1)
-        idx = np.take_along_axis(idx, order, axis=1)
-        vals = np.take_along_axis(vals, order, axis=1)
-        idx[vals == -np.inf] = PAD
-        out[start:stop, :kk] = idx
+        for r in range(stop - start):
+            out[start + r] = top_k(block[r], k)
     return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best finite scores, best first; equal scores ordered by index; -1 padded.
+
+    Ties at the k-th place go to the lowest indices too, so the result never depends on how
+    `argpartition` happened to split them.
+    """
+    n = scores.shape[0]
+    kk = min(k, n)
+    if kk < n:
+        cand = np.argpartition(scores, n - kk)[n - kk :]
+        vals = scores[cand]
+        kth = vals.min()
+        if np.count_nonzero(scores == kth) > np.count_nonzero(vals == kth):  # ties left outside: lowest indices
+            above = cand[vals > kth]
+            cand = np.concatenate([above, np.flatnonzero(scores == kth)[: kk - len(above)]])
+            vals = scores[cand]
+    else:
+        cand = np.arange(n)
+        vals = scores
+    chosen = cand[np.lexsort((cand, -vals))]
+    if not np.isfinite(vals).all():
+        chosen = chosen[np.isfinite(scores[chosen])]
+    if len(chosen) < k:
+        chosen = np.concatenate([chosen, np.full(k - len(chosen), PAD, dtype=np.int64)])
+    return chosen.astype(np.int64, copy=False)

@@ -1,0 +1,196 @@
+"""Helpers for the API tests: a small real artifact, publishing it as champion, and real processes
+(a `redis-server` and the API under uvicorn) started on free ports and stopped afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_assets.artifact import ServingArtifact, write_to_storage
+from recsys_assets.settings import Settings
+from recsys_assets.storage import Storage
+
+from .conftest import ROOT, free_port, wait_for_port
+
+API_KEY = "test-events-key"
+ADMIN_KEY = "test-admin-key"
+API_KEYS = f"{API_KEY}:events,{ADMIN_KEY}:admin"
+# three Star Wars films: a newcomer who clicks them should get science fiction, not the popular list
+SCI_FI_CLICKS = ("50", "172", "181")
+
+
+def _item_knn(matrix: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
+    """Cosine item-item similarity on 0/1 interactions, `neighbours` best per item (ItemKNN)."""
+    x = matrix.sign().astype(np.float64).tocsc()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0))).ravel()
+    norms[norms == 0] = 1.0
+    sim = (x.T @ x).toarray() / np.outer(norms, norms)
+    np.fill_diagonal(sim, 0.0)
+    keep = np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]
+    rows = np.repeat(np.arange(sim.shape[0]), neighbours)
+    vals = sim[rows, keep.ravel()]
+    out = sp.csr_matrix((vals, (rows, keep.ravel())), shape=sim.shape, dtype=np.float32)
+    out.eliminate_zeros()
+    return out
+
+
+@functools.cache
+def movielens_artifact() -> ServingArtifact:
+    """A Hybrid (ItemKNN + content + popularity) trained on all of MovieLens-100k, in seconds."""
+    from recsys_assets import ingestion
+    from recsys_assets.models.base import TrainData
+    from recsys_assets.models.native import HybridModel
+    from recsys_assets.scoring import Component
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    raw, items, users = ingestion.read_movielens()
+    inter = ingestion.clean_events(raw, settings).interactions
+    items_t, users_t = ingestion.build_items(inter, items), ingestion.build_users(inter, users)
+    data = TrainData.build(inter, items_t, users_t)
+    knn = Component("item_item", {"similarity": _item_knn(data.matrix, 50)}, {"binary": 1})
+    hybrid = HybridModel(collaborative=knn, collaborative_name="ItemKNN").fit(data)
+    return ServingArtifact(
+        model_name="Hybrid",
+        model_version="Hybrid-test-A",
+        scorer=hybrid.scorer,
+        user_ids=users_t["user_id"].to_numpy(dtype=str),
+        item_ids=items_t["item_id"].to_numpy(dtype=str),
+        history=data.matrix,
+        item_titles=items_t["title"].fillna("").astype(str).to_numpy(),
+        item_categories=items_t["categories"].fillna("").astype(str).to_numpy(),
+    )
+
+
+def with_version(art: ServingArtifact, version: str) -> ServingArtifact:
+    return dataclasses.replace(art, model_version=version)
+
+
+def publish(storage_uri: str | Path, art: ServingArtifact, pointer: str = "CHAMPION.json") -> str:
+    """Write the artifact under `artifacts/<version>/` and point the champion (or another pointer) at it."""
+    store = Storage.from_uri(str(storage_uri))
+    write_to_storage(art, store, "artifacts", art.model_version)
+    body = {"model": art.model_name, "model_version": art.model_version, "path": ["artifacts", art.model_version]}
+    store.write_text(json.dumps(body), "artifacts", pointer)
+    return f"artifacts/{art.model_version}"
+
+
+def read_segments(events_dir: Path) -> list[dict[str, str]]:
+    """Every row of every event-log segment, as dicts."""
+    import csv
+
+    rows: list[dict[str, str]] = []
+    for path in sorted(events_dir.glob("events-*.csv")):
+        with path.open(newline="") as fh:
+            rows.extend(csv.DictReader(fh))
+    return rows
+
+
+class RedisServer:
+    """A real `redis-server` on a free port, without persistence; can be stopped and started again."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def client(self):  # noqa: ANN201 - redis.Redis
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+class ApiProcess:
+    """The API under uvicorn in a subprocess (its own session), logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, via_module: bool = False) -> None:
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+        self.env.update(env)
+        self.env["RECSYS_API_PORT"] = str(self.port)
+        self.env["RECSYS_API_WORKERS"] = str(workers)
+        self.log_path = log_path
+        self.workers = workers
+        self.via_module = via_module
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ApiProcess:
+        if self.via_module:
+            cmd = [sys.executable, "-m", "serving"]
+        else:
+            cmd = [
+                sys.executable,
+                *("-m", "uvicorn", "--factory", "serving.app:create_app_from_env"),
+                *("--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)),
+            ]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_port(self.port, timeout=timeout, proc=self.proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"API on {self.url} not ready; log:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc is not None:
+            self._log.close()
+        self.proc = None

@@ -1,0 +1,316 @@
+"""The Streamlit console: KPI values from fixture tables with known answers, the empty state of every
+page on an empty storage, page switching (Streamlit's AppTest), and the real app in Chromium on the
+smoke pipeline's output, with screenshots of every page under `docs/screenshots/`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from recsys_assets.settings import Settings, get_settings
+from recsys_assets.storage import Storage
+
+from .conftest import ROOT, free_port, wait_for_port
+from .console_fixtures import (
+    EXPECTED_P95_MS,
+    stub_api,
+    write_event_log,
+    write_ingestion_outputs,
+    write_monitoring_outputs,
+    write_synthetic_traffic,
+    write_training_outputs,
+)
+
+APP = ROOT / "console" / "app.py"
+PAGES = ["overview", "online", "drift", "models", "dataset", "lookup"]
+TITLES = {
+    "overview": "Overview",
+    "online": "Online",
+    "drift": "Drift",
+    "models": "Models",
+    "dataset": "Data",
+    "lookup": "Lookup",
+}
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def console_settings(tmp_path: Path, api_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in list(os.environ):
+        if key.startswith("RECSYS_"):
+            monkeypatch.delenv(key)
+    return get_settings(storage_uri=str(tmp_path / "data"), dagster_home=str(tmp_path / "dagster"), api_url=api_url)
+
+
+def unreachable_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def start(settings: Settings) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["settings"] = settings
+    return at.run()
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    return at.switch_page(f"app_pages/{page}.py").run()
+
+
+def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
+    return {m.label: (m.value, m.delta) for m in at.metric}
+
+
+def page_text(at: AppTest) -> str:
+    parts = [e.value for kind in (at.info, at.warning, at.markdown, at.caption, at.success) for e in kind]
+    parts += [f"{m.label} {m.value} {m.delta}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.fixture
+def fixture_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Every source with known answers, and a stand-in API."""
+    with stub_api([("a", 0.9), ("d", 0.8), ("f", 0.7)]) as url:
+        settings = console_settings(tmp_path, url, monkeypatch)
+        store = Storage.from_settings(settings)
+        write_ingestion_outputs(store, settings)
+        write_training_outputs(store)
+        write_monitoring_outputs(store)
+        write_event_log(store)
+        yield settings
+
+
+def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
+    at = start(fixture_storage)
+    assert_clean(at)
+    tiles = metrics(at)
+    # the last 7 days of traffic hold all five lists, and nothing before them
+    assert tiles["CTR"] == ("60.0%", "")
+    assert tiles["Conversion rate"] == ("60.0%", "")
+    # EASE against the popularity baseline of the same report
+    assert tiles["NDCG@10"] == ("0.2500", "+0.0500")
+    assert tiles["MAP@10"] == ("0.1500", "+0.0300")
+    assert tiles["API p95 latency"][0] == f"{EXPECTED_P95_MS:,.0f} ms"
+    assert tiles["Pipeline success rate"][0] == "90%"
+    assert tiles["Champion"][0] == "EASE"
+    assert tiles["Drift"] == ("drift detected", "2 of 2 metrics")
+
+    at.segmented_control(key="overview_period").set_value("24 hours").run()
+    tiles = metrics(at)
+    # r4, r5 against r1, r2, r3 (see console_fixtures)
+    assert tiles["CTR"] == ("50.0%", "-16.7 pp")
+    assert tiles["Conversion rate"] == ("50.0%", "-16.7 pp")
+
+
+def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
+    at = start(fixture_storage)
+    for page in PAGES[1:]:
+        goto(at, page)
+        assert_clean(at)
+        assert at.title[0].value == TITLES[page]
+
+    goto(at, "online")
+    tiles = metrics(at)
+    assert tiles["Lists served"][0] == "5" and tiles["Impressions"][0] == "10"
+    assert tiles["List CTR"][0] == "60.0%" and tiles["Impression CTR"][0] == "30.0%"
+    by_version = at.dataframe[0].value.set_index("model_version")
+    assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "ctr"] == pytest.approx(0.5)
+    at.segmented_control(key="online_by").set_value("A/B arm").run()
+    assert set(at.dataframe[0].value["arm"]) == {"A", "B"}
+
+    goto(at, "models")
+    table = at.dataframe[0].value
+    assert list(table.index[:3]) == ["EASE", "Popularity", "Pop"]
+    assert table.loc["EASE", "NDCG"] == pytest.approx(0.25)
+    at.segmented_control(key="models_protocol").set_value("random").run()
+    assert at.dataframe[0].value.loc["EASE", "NDCG"] == pytest.approx(0.25 * 1.4)
+
+    goto(at, "drift")
+    assert metrics(at)["Windows with drift"][0] == "1 of 2"
+    # windows, the chosen (latest) window's metrics, the retrain it triggered
+    assert list(at.dataframe[2].value["run_id"]) == ["retrain-1"]
+
+    goto(at, "dataset")
+    tiles = metrics(at)
+    assert tiles["Interactions"][0] == "6" and tiles["Users"][0] == "3" and tiles["Items"][0] == "6"
+    # no Dagster run here: the rejects come from the kept sample
+    assert at.expander[0].label == "Sample of rejected rows (2)"
+    assert set(at.dataframe[0].value["reason"]) == {"missing_user_id", "unparseable_timestamp"}
+
+    goto(at, "lookup")
+    assert_clean(at)
+    recs, history = at.dataframe[0].value, at.dataframe[1].value
+    assert list(recs["item_id"]) == ["a", "d", "f"] and list(recs["title"]) == ["Alpha", "Delta", "Foxtrot"]
+    assert set(history["item_id"]) <= {"a", "b", "c", "d", "e"} and len(history) > 0
+
+
+def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = console_settings(tmp_path, unreachable_url(), monkeypatch)
+    at = start(settings)
+    for page in PAGES:
+        if page != "overview":
+            goto(at, page)
+        assert_clean(at)
+        assert at.title[0].value == TITLES[page]
+        assert "no data yet" in page_text(at).lower(), (page, page_text(at))
+    tiles = metrics(goto(at, "overview"))
+    assert len(tiles) == 11 and all(value == "—" for value, _ in tiles.values())
+
+
+def test_lookup_without_the_api(fixture_storage: Settings) -> None:
+    at = start(fixture_storage.model_copy(update={"api_url": unreachable_url()}))
+    goto(at, "lookup")
+    assert_clean(at)
+    assert "not reachable" in at.warning[0].value
+    assert len(at.dataframe) == 1  # the history is still there
+
+
+# ---------------------------------------------------------------------------------------------
+# The real app in Chromium, on the smoke pipeline's output
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The smoke pipeline's tables, reports, registry and run history, plus two weeks of synthetic
+    two-arm traffic in the API's event-log format (the API itself is not part of this test)."""
+    base = tmp_path_factory.mktemp("console-e2e")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {
+        "RECSYS_STORAGE_URI": str(base / "data"),
+        "RECSYS_DAGSTER_HOME": str(base / "dagster"),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_assets", "pipeline", "--budget", "smoke", "--models", "Pop,EASE"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    store = Storage.from_uri(env["RECSYS_STORAGE_URI"])
+    champion = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))["model_version"]
+    others = sorted({p.split("/")[1] for p in store.list("artifacts") if p.count("/") > 1} - {champion})
+    write_synthetic_traffic(store, {"A": champion, "B": others[0] if others else champion}, {"A": 0.3, "B": 0.36})
+    yield env
+
+
+def popular_unseen(storage_uri: str, k: int = 10) -> list[tuple[str, float]]:
+    """What the stand-in API recommends to the most active user (the lookup's default): the most
+    popular items the user has not interacted with, scored by relative popularity."""
+    root = Path(storage_uri)
+    users = pd.read_parquet(root / "users.parquet", columns=["user_id", "n_interactions"])
+    user = users.sort_values(["n_interactions", "user_id"], ascending=[False, True])["user_id"].iloc[0]
+    inter = pd.read_parquet(root / "interactions.parquet", columns=["user_id", "item_id"])
+    items = pd.read_parquet(root / "items.parquet", columns=["item_id", "n_interactions"])
+    seen = set(inter.loc[inter["user_id"] == user, "item_id"])
+    top = items[~items["item_id"].isin(seen)].nlargest(k, "n_interactions")
+    return [
+        (str(i), round(n / top["n_interactions"].max(), 4))
+        for i, n in zip(top["item_id"], top["n_interactions"], strict=True)
+    ]
+
+
+@contextlib.contextmanager
+def console_server(env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streamlit", "run", str(APP)),
+            *("--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1"),
+            *("--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.browser
+def test_console_in_chromium(pipeline_storage: dict[str, str]) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    recommended = popular_unseen(pipeline_storage["RECSYS_STORAGE_URI"])
+    with (
+        stub_api(recommended, reason="popular among all users") as api_url,
+        console_server(pipeline_storage | {"RECSYS_API_URL": api_url}) as url,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+
+            def visit(path: str, ready: str, name: str, min_count: int = 1) -> str:
+                page.set_viewport_size({"width": 1440, "height": 900})
+                page.goto(f"{url}/{path}")
+                page.wait_for_function(f"document.querySelectorAll('{ready}').length >= {min_count}", timeout=60_000)
+                # Streamlit shows its running indicator until the script has finished
+                page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=60_000)
+                # the app scrolls inside its main block: grow the window to the content for a whole-page shot
+                height = page.evaluate(
+                    "Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer'].map("
+                    "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))"
+                )
+                page.set_viewport_size({"width": 1440, "height": max(900, min(int(height) + 40, 4000))})
+                page.wait_for_timeout(1000)  # plotly redraws at the new size
+                page.screenshot(path=str(SCREENSHOTS / f"console_{name}.png"))
+                return page.locator('[data-testid="stMain"]').inner_text()
+
+            text = visit("", '[data-testid="stMetric"]', "overview", min_count=11)
+            assert page.locator('[data-testid="stMetric"]').count() == 11
+            champion = json.loads(
+                Path(pipeline_storage["RECSYS_STORAGE_URI"], "artifacts", "CHAMPION.json").read_text()
+            )
+            assert "NDCG@10" in text and champion["model"] in text
+            assert f"{EXPECTED_P95_MS:,.0f} ms" in text and "Page not found" not in text
+
+            visit("online", ".js-plotly-plot .main-svg", "online")
+            assert page.locator(".js-plotly-plot").count() == 1
+            assert page.locator('[data-testid="stMetric"]').count() == 5
+            text = visit("models", ".js-plotly-plot .main-svg", "models", min_count=4)
+            assert "Champion and challenger history" in text and "No data yet" not in text
+            text = visit("drift", '[data-testid="stAlert"]', "drift")
+            assert "No data yet" in text
+            visit("data", ".js-plotly-plot .main-svg", "data", min_count=2)
+            text = visit("lookup", '[data-testid="stDataFrame"]', "lookup", min_count=2)
+            assert "popular among all users" in text or page.locator('[data-testid="stDataFrame"]').count() == 2
+        finally:
+            browser.close()
+    for name in ("overview", "online", "models", "drift", "data", "lookup"):
+        assert (SCREENSHOTS / f"console_{name}.png").stat().st_size > 20_000

@@ -1,0 +1,127 @@
+"""The console's numbers on fixture data with known answers: online CTR and conversion from an event log,
+the champion's offline metrics and their deltas, p95 latency from Prometheus text, pipeline success."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from console import kpis
+
+from .console_fixtures import (
+    EXPECTED_DAY_BEFORE,
+    EXPECTED_LAST_DAY,
+    EXPECTED_P95_MS,
+    EXPECTED_TOTALS,
+    METRICS_TEXT,
+    evaluation_report,
+    event_log_frames,
+)
+
+
+@pytest.fixture(scope="module")
+def lists() -> pd.DataFrame:
+    return kpis.served_lists(kpis.prepare_events(pd.concat(event_log_frames(), ignore_index=True)))
+
+
+def test_served_lists(lists: pd.DataFrame) -> None:
+    assert list(lists["recommendation_id"]) == ["r1", "r2", "r3", "r4", "r5"]
+    assert list(lists["impressions"]) == [3, 2, 2, 2, 1]
+    assert list(lists["clicked"]) == [True, False, True, False, True]
+    # r3's item e was clicked twice: one clicked impression
+    assert list(lists["clicked_impressions"]) == [1, 0, 1, 0, 1]
+    # a purchase (r1, r5) or a rating of 5 (r3) converts; a rating of 3 or a cart alone (r4) does not
+    assert list(lists["converted"]) == [True, False, True, False, True]
+    assert list(lists["model_version"]) == ["v1", "v1", "v2", "v2", "v1"]
+    assert list(lists["arm"]) == ["A", "A", "B", "B", "A"]
+    # ISO and unix-second segments parse to the same clock
+    assert lists["served_at"].iloc[3] == pd.Timestamp("2026-01-02 09:00", tz="UTC")
+
+
+def test_totals(lists: pd.DataFrame) -> None:
+    assert kpis.totals(lists) == pytest.approx(EXPECTED_TOTALS)
+
+
+def test_by_model_version_and_arm(lists: pd.DataFrame) -> None:
+    by_version = kpis.kpis_by(lists, "model_version").set_index("model_version")
+    assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "lists"] == 2
+    assert by_version.loc["v1", "ctr"] == pytest.approx(2 / 3)
+    assert by_version.loc["v2", "ctr"] == pytest.approx(1 / 2)
+    assert by_version.loc["v1", "impression_ctr"] == pytest.approx(2 / 6)
+    assert by_version.loc["v1", "conversion"] == pytest.approx(2 / 3)
+    by_arm = kpis.kpis_by(lists, "arm").set_index("arm")
+    assert by_arm.loc["B", "impressions"] == 4 and by_arm.loc["B", "conversion"] == pytest.approx(0.5)
+
+
+def test_over_time(lists: pd.DataFrame) -> None:
+    daily = kpis.kpis_over_time(lists, freq="D", by=None)
+    assert list(daily["period"]) == [pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-02", tz="UTC")]
+    assert list(daily["lists"]) == [3, 2]
+    assert list(daily["impressions"]) == [7, 3]
+    assert daily["ctr"].tolist() == pytest.approx([2 / 3, 1 / 2])
+    per_version = kpis.kpis_over_time(lists, freq="D", by="model_version")
+    assert len(per_version) == 4
+    day2_v2 = per_version[
+        (per_version["period"] == pd.Timestamp("2026-01-02", tz="UTC")) & (per_version["model_version"] == "v2")
+    ]
+    assert day2_v2["ctr"].item() == 0.0 and day2_v2["impressions"].item() == 2
+
+
+def test_compare_periods(lists: pd.DataFrame) -> None:
+    current, previous = kpis.compare_periods(lists, pd.Timedelta(days=1))
+    assert current["lists"] == 2 and previous["lists"] == 3
+    assert current["ctr"] == pytest.approx(EXPECTED_LAST_DAY["ctr"])
+    assert current["conversion"] == pytest.approx(EXPECTED_LAST_DAY["conversion"])
+    assert previous["ctr"] == pytest.approx(EXPECTED_DAY_BEFORE["ctr"])
+    assert previous["conversion"] == pytest.approx(EXPECTED_DAY_BEFORE["conversion"])
+    current, previous = kpis.compare_periods(lists, pd.Timedelta(days=7))
+    assert current["lists"] == 5 and previous["lists"] == 0 and math.isnan(previous["ctr"])
+
+
+def test_empty_log() -> None:
+    empty = kpis.served_lists(kpis.prepare_events(pd.DataFrame(columns=list(kpis.EVENT_LOG_COLUMNS))))
+    assert empty.empty
+    assert kpis.totals(empty)["lists"] == 0 and math.isnan(kpis.totals(empty)["ctr"])
+    assert kpis.kpis_over_time(empty).empty
+
+
+def test_offline_kpis_against_the_baseline() -> None:
+    report = evaluation_report()
+    out = {k.metric: k for k in kpis.offline_kpis(report, "EASE")}
+    assert list(out) == ["ndcg", "map", "precision", "recall"]
+    assert out["ndcg"].value == pytest.approx(0.25)
+    assert out["ndcg"].reference_name == "Popularity"
+    assert out["ndcg"].delta == pytest.approx(0.25 - 0.20)
+
+
+def test_offline_kpis_against_the_previous_champion() -> None:
+    out = kpis.offline_kpis(evaluation_report(), "EASE", previous={"ndcg": 0.3}, previous_name="v2")
+    assert out[0].reference_name == "v2" and out[0].delta == pytest.approx(-0.05)
+    # MAP unknown for the previous champion: the baseline instead
+    assert out[1].reference_name == "Popularity"
+
+
+def test_latency_p95_from_prometheus_text() -> None:
+    p95, n = kpis.latency_p95_ms(METRICS_TEXT)
+    assert p95 == pytest.approx(EXPECTED_P95_MS)
+    assert n == 100  # the /metrics route's requests are not counted
+    assert kpis.latency_p95_ms("# nothing\nprocess_cpu_seconds_total 1.5\n") is None
+
+
+def test_histogram_quantile() -> None:
+    buckets = {0.1: 10.0, 0.2: 20.0, math.inf: 20.0}
+    assert kpis.histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert kpis.histogram_quantile(0.75, buckets) == pytest.approx(0.15)
+    # beyond the last finite bound: that bound
+    assert kpis.histogram_quantile(0.99, {0.1: 1.0, math.inf: 10.0}) == pytest.approx(0.1)
+    assert math.isnan(kpis.histogram_quantile(0.5, {math.inf: 0.0}))
+
+
+def test_success_rate() -> None:
+    statuses = ["SUCCESS", "STARTED", "FAILURE", "SUCCESS", "SUCCESS", "CANCELED", "SUCCESS"]
+    rate, n, previous = kpis.success_rate(statuses, last_n=3)
+    # the run still going is left out: SUCCESS, FAILURE, SUCCESS, then SUCCESS, CANCELED, SUCCESS
+    assert (rate, n) == (pytest.approx(2 / 3), 3) and previous == pytest.approx(2 / 3)
+    assert math.isnan(kpis.success_rate([], 20)[0])
