@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline tune bench test lint ui console clean
+.PHONY: help install demo demo-ci pipeline tune bench test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ bench: install ## Benchmarks: artifact vs RecBole scoring, and the whole model c
 
 ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+serve: install ## Start the API alone (uvicorn; host, port and workers from RECSYS_API_HOST/PORT/WORKERS)
+	$(BIN)/python -m serving
 
 console: install ## Start the Streamlit console alone (on settings.console_port)
 	@# the port comes from the settings, so RECSYS_ENV_FILE applies as everywhere else

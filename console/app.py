@@ -25,7 +25,9 @@ settings = ui.settings()
 page = st.navigation(
     {
         "Monitor": [
-            st.Page(PAGES / "overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
+            st.Page(
+                PAGES / "overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True
+            ),
             st.Page(PAGES / "online.py", title="Online", icon=":material/ads_click:", url_path="online"),
             st.Page(PAGES / "drift.py", title="Drift", icon=":material/ssid_chart:", url_path="drift"),
         ],

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import fsspec
 import pandas as pd
 import streamlit as st
 
+from console import kpis
 from recsys_assets import schema
 from recsys_assets.settings import Settings
 from recsys_assets.storage import Storage
 from recsys_assets.warehouse import TABLES
-
-from console import kpis
 
 # Tables the console reads besides the ingestion tables; some are written by later pipeline stages.
 EVALUATION_REPORT = "evaluation_report"
@@ -64,7 +64,10 @@ def warehouse(settings: Settings) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with a view per stored table (`recsys_assets.warehouse.connect`)."""
     from recsys_assets.warehouse import connect
 
-    return connect(storage(settings), ALL_TABLES)
+    con = connect(storage(settings), ALL_TABLES)
+    # timestamps come back in UTC, as stored, whatever the machine's time zone (cursors inherit it)
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
+    return con
 
 
 def _cursor(settings: Settings, *needed: str) -> duckdb.DuckDBPyConnection | None:
@@ -139,6 +142,21 @@ def eda(settings: Settings) -> dict[str, Any] | None:
     return eda_summary(inter, items, users)
 
 
+@st.cache_data(ttl=300, show_spinner=False)
+def events_over_time(settings: Settings) -> pd.DataFrame | None:
+    """Interactions per period and event type (`period`, `event_type`, `events`), the period a day, a
+    week or a month depending on the span of the data; None without interactions."""
+    cur = _cursor(settings, schema.INTERACTIONS)
+    if cur is None:
+        return None
+    days = cur.execute("SELECT date_diff('day', min(timestamp), max(timestamp)) FROM interactions").fetchone()[0]
+    unit = "day" if (days or 0) <= 120 else "week" if days <= 1000 else "month"
+    return cur.execute(
+        f"""SELECT date_trunc('{unit}', timestamp) AS period, event_type, count(*) AS events
+            FROM interactions GROUP BY ALL ORDER BY period, event_type"""
+    ).df()
+
+
 @st.cache_data(ttl=TABLE_TTL, show_spinner=False)
 def sample_users(settings: Settings, n: int = 200) -> list[str]:
     """The most active users (for the lookup's picker), most active first."""
@@ -188,14 +206,23 @@ def item_titles(settings: Settings, item_ids: tuple[str, ...]) -> dict[str, str]
 # ---------------------------------------------------------------------------------------------
 
 
-def event_segments(settings: Settings) -> list[str]:
-    """The event log's CSV segments under `<storage>/events/` (temporary files excluded)."""
+def _events_root(settings: Settings) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Where the API writes its segments: `events_dir` (a local folder) when set, else `<storage>/events`."""
+    local = getattr(settings, "events_dir", None)
+    if local:
+        return fsspec.filesystem("file"), str(Path(local).resolve())
     store = storage(settings)
-    return [
-        p
-        for p in store.list(EVENTS_DIR)
-        if p.endswith(".csv") and not posixpath.basename(p).startswith((".tmp-", "."))
-    ]
+    return store.fs, store.path(EVENTS_DIR)
+
+
+def event_segments(settings: Settings) -> list[str]:
+    """Paths of the event log's CSV segments, oldest name first (temporary and hidden files excluded)."""
+    fs, root = _events_root(settings)
+    if not fs.exists(root):
+        return []
+    return sorted(
+        p for p in fs.find(root) if p.endswith(".csv") and not posixpath.basename(p).startswith((".tmp-", "."))
+    )
 
 
 @st.cache_data(ttl=TABLE_TTL, show_spinner=False)
@@ -205,18 +232,17 @@ def served_lists(settings: Settings) -> pd.DataFrame | None:
     segments = event_segments(settings)
     if not segments:
         return None
-    store = storage(settings)
+    fs, _ = _events_root(settings)
     frames = []
-    for key in segments:
-        with store.fs.open(store.path(key), "rb") as fh:
+    for path in segments:
+        with fs.open(path, "rb") as fh:
             try:
-                # the segment being written may end in a partial line: skip it, the next read has it
+                # the open segment may end in a torn line: skip it, it was never acknowledged
                 frames.append(pd.read_csv(fh, dtype=str, keep_default_na=False, on_bad_lines="skip"))
             except pd.errors.EmptyDataError:
                 continue
-    if not frames:
-        return kpis.served_lists(kpis.prepare_events(pd.DataFrame(columns=kpis.EVENT_LOG_COLUMNS)))
-    return kpis.served_lists(kpis.prepare_events(pd.concat(frames, ignore_index=True)))
+    raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=kpis.EVENT_LOG_COLUMNS)
+    return kpis.served_lists(kpis.prepare_events(raw))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +434,8 @@ class Recommendations:
     items: pd.DataFrame
     recommendation_id: str | None = None
     model_version: str | None = None
+    arm: str | None = None
+    cold_start: bool = False
     error: str | None = None
 
 
@@ -424,4 +452,10 @@ def recommendations(settings: Settings, user_id: str, k: int = 10) -> Recommenda
         detail = payload.get("detail") if isinstance(payload, dict) else None
         return Recommendations(pd.DataFrame(), error=f"HTTP {status}: {detail or body[:200].decode(errors='replace')}")
     items = pd.DataFrame(payload.get("items") or [])
-    return Recommendations(items, payload.get("recommendation_id"), payload.get("model_version"))
+    return Recommendations(
+        items,
+        recommendation_id=payload.get("recommendation_id"),
+        model_version=payload.get("model_version"),
+        arm=payload.get("arm"),
+        cold_start=bool(payload.get("cold_start", False)),
+    )

@@ -89,7 +89,9 @@ def prepare_events(raw: pd.DataFrame) -> pd.DataFrame:
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df = df[df["timestamp"].notna() & df["event_type"].notna()]
     with_id = df[df["event_id"].notna()].drop_duplicates("event_id")
-    return pd.concat([with_id, df[df["event_id"].isna()]]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    return (
+        pd.concat([with_id, df[df["event_id"].isna()]]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    )
 
 
 def served_lists(events: pd.DataFrame) -> pd.DataFrame:
@@ -294,12 +296,12 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
     return math.nan
 
 
-# Request-duration histograms, most specific first (Litestar's plugin names its histogram
-# `<app>_request_duration_seconds`).
+# Request-duration histograms, most specific first: the API exposes `recsys_api_request_duration_seconds`
+# (Litestar's Prometheus middleware, `<app>_request_duration_seconds`); other names are fallbacks.
 _LATENCY_NAMES = (re.compile(r"request_duration_seconds$"), re.compile(r"(duration|latency)_seconds$"))
 _LATENCY_NAMES_MS = (re.compile(r"(duration|latency)_(ms|milliseconds)$"),)
 # Paths that are not recommendation traffic.
-_IGNORED_PATHS = {"/metrics", "/health", "/healthz", "/livez", "/readyz"}
+_IGNORED_PATHS = {"/metrics", "/health", "/ready", "/healthz", "/livez", "/readyz"}
 
 
 def latency_p95_ms(text: str, q: float = 0.95) -> tuple[float, int] | None:

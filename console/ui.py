@@ -39,8 +39,10 @@ def tile(
     description: str | None = None,
     help: str | None = None,
     inverse: bool = False,
+    neutral: bool = False,
 ) -> None:
-    """A bordered KPI tile; `value` None shows the "no data yet" state."""
+    """A bordered KPI tile; `value` None shows the "no data yet" state. `inverse`: a rise is bad;
+    `neutral`: the delta is information (an age, a count), neither good nor bad."""
     if value is None:
         st.metric(label, "—", NO_DATA, delta_color="off", delta_arrow="off", help=help, border=True)
         return
@@ -48,7 +50,8 @@ def tile(
         label,
         value,
         delta,
-        delta_color="inverse" if inverse else "normal",
+        delta_color="off" if neutral else "inverse" if inverse else "normal",
+        delta_arrow="off" if neutral else "auto",
         delta_description=description if delta is not None else None,
         help=help,
         border=True,

@@ -10,14 +10,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from recsys_assets.settings import Settings, get_settings
 
+# The demo's API key when RECSYS_API_KEYS is unset (printed at start; local use only).
+DEMO_API_KEY = "demo-key"
 PROMOTION_CHECK_STEP = "challenger_model_challenger_beats_baseline_and_champion"
 
 
@@ -95,7 +100,43 @@ def demo_services(settings: Settings) -> list[tuple[str, list[str], str, dict[st
             {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
     ]
+    redis = urlparse(settings.redis_url)
+    redis_port = redis.port or 6379
+    if shutil.which("redis-server") and not _listening(redis.hostname or "127.0.0.1", redis_port):
+        services.append(
+            (
+                "Redis (cache and live state)",
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                f"redis://127.0.0.1:{redis_port}",
+                {},
+            )
+        )
+    api_env = {} if os.environ.get("RECSYS_API_KEYS") else {"RECSYS_API_KEYS": DEMO_API_KEY}
+    services += [
+        (
+            "Recommendation API",
+            [py, "-m", "serving"],
+            f"http://{settings.api_host}:{settings.api_port}/docs",
+            api_env,
+        ),
+        (
+            "Console",
+            [
+                *(py, "-m", "streamlit", "run", "console/app.py", "--server.address", "127.0.0.1"),
+                *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
+                *("--server.port", str(settings.console_port)),
+            ],
+            f"http://127.0.0.1:{settings.console_port}",
+            {},
+        ),
+    ]
     return services
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
 
 
 def serve(settings: Settings) -> int:
@@ -105,6 +146,8 @@ def serve(settings: Settings) -> int:
     for name, cmd, url, env in demo_services(settings):
         procs.append((name, subprocess.Popen(cmd, start_new_session=True, env=os.environ | env)))
         print(f"{name}: {url}")
+    if not os.environ.get("RECSYS_API_KEYS"):
+        print(f"API key for POST /v1/events: {DEMO_API_KEY} (header X-API-Key; set RECSYS_API_KEYS to choose your own)")
     print("Ctrl-C stops everything.")
     try:
         while all(p.poll() is None for _, p in procs):

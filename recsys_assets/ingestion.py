@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from recsys_assets.schema import (
     CANONICAL_EVENT_TYPES,
     EVENT_COLUMNS,
+    IMPRESSION,
     ITEM_COLUMNS,
     REJECT_REASONS,
     REQUIRED_EVENT_COLUMNS,
@@ -357,9 +358,14 @@ class CleanResult:
 
 
 def clean_events(raw: pd.DataFrame, settings: Settings, unit: str = "auto") -> CleanResult:
-    """Type, validate and de-duplicate raw events; every rejected row gets exactly one reason."""
+    """Type, validate and de-duplicate raw events; every rejected row gets exactly one reason.
+
+    Impression rows (served lists logged by the API) are set aside, counted in `notes`, and are
+    neither interactions nor rejects.
+    """
     n_raw = len(raw)
-    df = raw.reset_index(drop=True)
+    is_impression = (raw["event_type"].astype("string").str.strip() == IMPRESSION).fillna(False).to_numpy(bool)
+    df = raw[~is_impression].reset_index(drop=True)
 
     def blank(col: str) -> pd.Series:
         s = df[col]
@@ -432,6 +438,7 @@ def clean_events(raw: pd.DataFrame, settings: Settings, unit: str = "auto") -> C
         reject_counts=counts,
         n_raw=n_raw,
         n_duplicates=n_dup,
+        notes={"impressions": int(is_impression.sum())},
     )
     if settings.kcore_user or settings.kcore_item:
         before = len(result.interactions)

@@ -16,6 +16,10 @@ CANONICAL_EVENT_TYPES: tuple[str, ...] = (
     "rating",
 )
 
+# A served list, logged by the API in the same log as events (one row per item, `value` = position).
+# Impressions are not interactions: cleaning sets them aside for attribution (CTR, conversion).
+IMPRESSION = "impression"
+
 # The event log: required columns first, then optional ones.
 REQUIRED_EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "timestamp")
 OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("value", "event_id", "recommendation_id")

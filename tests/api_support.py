@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.artifact import ServingArtifact, write_to_storage
+from recsys_assets.artifact import ARRAYS, ServingArtifact, write_to_storage
 from recsys_assets.settings import Settings
 from recsys_assets.storage import Storage
 
@@ -76,12 +76,16 @@ def with_version(art: ServingArtifact, version: str) -> ServingArtifact:
     return dataclasses.replace(art, model_version=version)
 
 
-def publish(storage_uri: str | Path, art: ServingArtifact, pointer: str = "CHAMPION.json") -> str:
-    """Write the artifact under `artifacts/<version>/` and point the champion (or another pointer) at it."""
+def publish(storage_uri: str | Path, art: ServingArtifact, corrupt: bool = False) -> str:
+    """Write the artifact under `artifacts/<version>/` (with damaged arrays if `corrupt`), then point
+    the champion at it, as the pipeline's promotion does (the pointer last)."""
     store = Storage.from_uri(str(storage_uri))
     write_to_storage(art, store, "artifacts", art.model_version)
+    if corrupt:
+        arrays = Path(store.path("artifacts", art.model_version, ARRAYS))
+        arrays.write_bytes(arrays.read_bytes()[:-64] + b"\0" * 64)
     body = {"model": art.model_name, "model_version": art.model_version, "path": ["artifacts", art.model_version]}
-    store.write_text(json.dumps(body), "artifacts", pointer)
+    store.write_text(json.dumps(body), "artifacts", "CHAMPION.json")
     return f"artifacts/{art.model_version}"
 
 
@@ -127,7 +131,7 @@ class RedisServer:
                 self.proc.wait()
         self.proc = None
 
-    def client(self):  # noqa: ANN201 - redis.Redis
+    def client(self):
         import redis
 
         return redis.Redis.from_url(self.url)

@@ -97,9 +97,11 @@ def event_log_frames() -> list[pd.DataFrame]:
     return [pd.DataFrame(SEGMENT_1, columns=COLUMNS), pd.DataFrame(SEGMENT_2, columns=COLUMNS)]
 
 
-def write_event_log(store: Storage) -> None:
+def write_event_log(store: Storage, prefix: str = "events") -> None:
+    """The two segments, as the API names them, under `prefix` (`events/` of the storage by default)."""
     for n, frame in enumerate(event_log_frames(), start=1):
-        store.write_text(frame.to_csv(index=False), "events", f"segment-{n:05d}.csv")
+        name = f"events-2026010{n}T000000-host-1-{n:04d}-abcdef.csv"
+        store.write_text(frame.to_csv(index=False), *([prefix] if prefix else []), name)
 
 
 # The evaluation report: EASE is the champion; NDCG@10 (temporal, all) 0.25 vs Popularity 0.20.
@@ -197,12 +199,12 @@ recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="+Inf
 EXPECTED_P95_MS = 43.75
 
 
-def recommendation_payload(user_id: str, k: int, items: list[tuple[str, float]], reason: str) -> dict:
+def recommendation_payload(user_id: str, k: int, items: list[tuple[str, float]], reason: str, version: str) -> dict:
     """The API's answer without titles (the console fills them in from `items` when they are missing)."""
     return {
         "recommendation_id": f"rec-{user_id}",
         "user_id": user_id,
-        "model_version": "EASE-fixture-20260101000000",
+        "model_version": version,
         "arm": "A",
         "cold_start": False,
         "items": [
@@ -213,7 +215,11 @@ def recommendation_payload(user_id: str, k: int, items: list[tuple[str, float]],
 
 
 @contextmanager
-def stub_api(items: list[tuple[str, float]], reason: str = "similar to your history") -> Iterator[str]:
+def stub_api(
+    items: list[tuple[str, float]],
+    reason: str = "similar to your history",
+    model_version: str = "EASE-fixture-20260101000000",
+) -> Iterator[str]:
     """Serve `/metrics` and `/v1/users/{id}/recommendations` on a free port; yields the base URL."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -227,7 +233,7 @@ def stub_api(items: list[tuple[str, float]], reason: str = "similar to your hist
                 if user == "unknown":
                     self._send(404, json.dumps({"detail": "unknown user"}).encode(), "application/json")
                 else:
-                    body = recommendation_payload(user, int(params.get("k", 10)), items, reason)
+                    body = recommendation_payload(user, int(params.get("k", 10)), items, reason, model_version)
                     self._send(200, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b"{}", "application/json")

@@ -98,14 +98,14 @@ def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
     at = start(fixture_storage)
     assert_clean(at)
     tiles = metrics(at)
-    # the last 7 days of traffic hold all five lists, and nothing before them
-    assert tiles["CTR"] == ("60.0%", "")
-    assert tiles["Conversion rate"] == ("60.0%", "")
+    # the last 7 days of traffic hold all five lists, and nothing before them: no change to show
+    assert tiles["CTR"] == ("60.0%", "5 lists")
+    assert tiles["Conversion rate"] == ("60.0%", "5 lists")
     # EASE against the popularity baseline of the same report
     assert tiles["NDCG@10"] == ("0.2500", "+0.0500")
     assert tiles["MAP@10"] == ("0.1500", "+0.0300")
-    assert tiles["API p95 latency"][0] == f"{EXPECTED_P95_MS:,.0f} ms"
-    assert tiles["Pipeline success rate"][0] == "90%"
+    assert tiles["API p95 latency"] == (f"{EXPECTED_P95_MS:,.0f} ms", "100 requests")
+    assert tiles["Pipeline success rate"] == ("90%", "10 runs")
     assert tiles["Champion"][0] == "EASE"
     assert tiles["Drift"] == ("drift detected", "2 of 2 metrics")
 
@@ -128,7 +128,7 @@ def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
     assert tiles["Lists served"][0] == "5" and tiles["Impressions"][0] == "10"
     assert tiles["List CTR"][0] == "60.0%" and tiles["Impression CTR"][0] == "30.0%"
     by_version = at.dataframe[0].value.set_index("model_version")
-    assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "ctr"] == pytest.approx(0.5)
+    assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "ctr"] == pytest.approx(50.0)  # percent
     at.segmented_control(key="online_by").set_value("A/B arm").run()
     assert set(at.dataframe[0].value["arm"]) == {"A", "B"}
 
@@ -169,6 +169,41 @@ def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: 
         assert "no data yet" in page_text(at).lower(), (page, page_text(at))
     tiles = metrics(goto(at, "overview"))
     assert len(tiles) == 11 and all(value == "—" for value, _ in tiles.values())
+
+
+def test_event_log_in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `events_dir` set (the API on Azure storage keeps its segments on a local disk), the console
+    reads the segments there."""
+    settings = console_settings(tmp_path, unreachable_url(), monkeypatch)
+    settings = settings.model_copy(update={"events_dir": str(tmp_path / "segments")})
+    write_event_log(Storage.from_uri(str(tmp_path / "segments")), prefix="")
+    at = goto(start(settings), "online")
+    assert_clean(at)
+    assert metrics(at)["Lists served"][0] == "5"
+
+
+@pytest.mark.integration
+def test_console_on_azure_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azurite: str) -> None:
+    """The same numbers with every table, report and segment on Blob (a real Azurite)."""
+    settings = console_settings(tmp_path, unreachable_url(), monkeypatch).model_copy(
+        update={"storage_uri": "abfs://console/fixture", "azure_connection_string": azurite}
+    )
+    store = Storage.from_settings(settings)
+    write_ingestion_outputs(store, settings)
+    write_training_outputs(store)
+    write_monitoring_outputs(store)
+    write_event_log(store)
+    at = start(settings)
+    assert_clean(at)
+    tiles = metrics(at)
+    assert tiles["CTR"] == ("60.0%", "5 lists") and tiles["NDCG@10"] == ("0.2500", "+0.0500")
+    assert tiles["Champion"][0] == "EASE" and tiles["Drift"][0] == "drift detected"
+    assert metrics(goto(at, "dataset"))["Interactions"][0] == "6"
+    goto(at, "drift")
+    assert_clean(at)
+    assert not at.info  # the stored report of the window was found on Blob
+    lookup = goto(at, "lookup")
+    assert len(lookup.dataframe) == 1 and len(lookup.dataframe[0].value) > 0
 
 
 def test_lookup_without_the_api(fixture_storage: Settings) -> None:
@@ -264,8 +299,9 @@ def test_console_in_chromium(pipeline_storage: dict[str, str]) -> None:
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     recommended = popular_unseen(pipeline_storage["RECSYS_STORAGE_URI"])
+    champion = json.loads(Path(pipeline_storage["RECSYS_STORAGE_URI"], "artifacts", "CHAMPION.json").read_text())
     with (
-        stub_api(recommended, reason="popular among all users") as api_url,
+        stub_api(recommended, reason="popular among all users", model_version=champion["model_version"]) as api_url,
         console_server(pipeline_storage | {"RECSYS_API_URL": api_url}) as url,
         sync_playwright() as p,
     ):
@@ -294,9 +330,6 @@ def test_console_in_chromium(pipeline_storage: dict[str, str]) -> None:
 
             text = visit("", '[data-testid="stMetric"]', "overview", min_count=11)
             assert page.locator('[data-testid="stMetric"]').count() == 11
-            champion = json.loads(
-                Path(pipeline_storage["RECSYS_STORAGE_URI"], "artifacts", "CHAMPION.json").read_text()
-            )
             assert "NDCG@10" in text and champion["model"] in text
             assert f"{EXPECTED_P95_MS:,.0f} ms" in text and "Page not found" not in text
 
@@ -309,7 +342,9 @@ def test_console_in_chromium(pipeline_storage: dict[str, str]) -> None:
             assert "No data yet" in text
             visit("data", ".js-plotly-plot .main-svg", "data", min_count=2)
             text = visit("lookup", '[data-testid="stDataFrame"]', "lookup", min_count=2)
-            assert "popular among all users" in text or page.locator('[data-testid="stDataFrame"]').count() == 2
+            # the grids draw on a canvas; the caption names the list the API served
+            assert page.locator('[data-testid="stDataFrame"]').count() == 2
+            assert champion["model_version"] in text and "not reachable" not in text
         finally:
             browser.close()
     for name in ("overview", "online", "models", "drift", "data", "lookup"):

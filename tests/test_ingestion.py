@@ -126,6 +126,7 @@ def test_every_reject_reason_is_counted(tmp_path: Path) -> None:
         "u2,i1,rating,2024-01-02T00:00:00Z,9,\n"  # rating out of range
         "u2,i1,purchase,2024-01-02T00:00:00Z,abc,\n"  # non-numeric value
         "u2,i3,rating,2024-01-02T00:00:00Z,4,\n"  # good rating
+        "u2,i3,impression,2024-01-02T00:00:00Z,1,\n"  # a served list: set aside, not rejected
         "u2,i3\n",  # malformed
     )
     s = _source_settings(tmp_path, p)
@@ -142,7 +143,7 @@ def test_every_reject_reason_is_counted(tmp_path: Path) -> None:
         "timestamp_out_of_range": 1,
         "bad_value": 2,
     }
-    assert r.n_duplicates == 2
+    assert r.n_duplicates == 2 and r.notes["impressions"] == 1
     assert list(r.interactions["item_id"]) == ["i1", "i2", "i3"]
     assert list(r.interactions["weight"]) == [1.0, 2.0, 4.0]
     assert r.rejected["source_line"].notna().all()

@@ -107,6 +107,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 "raw_rows": result.n_raw,
                 "rejected_rows": n_rejected,
                 "duplicates_dropped": result.n_duplicates,
+                "impressions_set_aside": int(result.notes.get("impressions", 0)),
                 "kcore_dropped": result.kcore_dropped,
                 "rejected_by_reason": dg.MetadataValue.json(result.reject_counts),
                 "n_users": int(inter["user_id"].nunique()),

@@ -1,0 +1,121 @@
+"""Online: CTR and conversion of the served lists over time, per model version or A/B arm, with the
+traffic behind each point (from the API's event log)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from console import data, kpis, ui
+from recsys_assets.settings import Settings
+
+GROUPS = {"Model version": "model_version", "A/B arm": "arm"}
+FREQS = {"Hour": "h", "Day": "D", "Week": "W"}
+RATES = {"List CTR": "ctr", "Impression CTR": "impression_ctr", "Conversion": "conversion"}
+
+
+def trend_figure(series, by: str, rate: str, rate_label: str) -> go.Figure:
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
+    for n, (group, rows) in enumerate(series.groupby(by, sort=True)):
+        color = ui.COLORS[n % len(ui.COLORS)]
+        custom = rows[["lists", "impressions"]].to_numpy()
+        fig.add_trace(
+            go.Scatter(
+                x=rows["period"],
+                y=rows[rate],
+                name=str(group),
+                legendgroup=str(group),
+                mode="lines+markers",
+                line=dict(color=color, width=2),
+                marker=dict(size=7),
+                customdata=custom,
+                hovertemplate=f"%{{x}}<br>{rate_label} %{{y:.1%}}<br>%{{customdata[0]:,}} lists, "
+                "%{customdata[1]:,} impressions<extra>%{fullData.name}</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Bar(
+                x=rows["period"],
+                y=rows["impressions"],
+                name=str(group),
+                legendgroup=str(group),
+                showlegend=False,
+                marker_color=color,
+                opacity=0.75,
+                hovertemplate="%{x}<br>%{y:,} impressions<extra>%{fullData.name}</extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    fig.update_yaxes(title_text=rate_label, tickformat=".0%", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="impressions", rangemode="tozero", row=2, col=1)
+    return ui.style(fig, height=480, barmode="group", hovermode="x unified")
+
+
+def render(settings: Settings) -> None:
+    st.title("Online")
+    lists = data.served_lists(settings)
+    if lists is None or lists.empty:
+        ui.no_data(
+            "the API has not logged any served list",
+            "Impressions and feedback appear here once the API writes its event log under `events/`.",
+        )
+        return
+
+    total = kpis.totals(lists)
+    cols = st.columns(5)
+    with cols[0]:
+        ui.tile("Lists served", f"{total['lists']:,}")
+    with cols[1]:
+        ui.tile("Impressions", f"{total['impressions']:,}")
+    with cols[2]:
+        ui.tile("List CTR", ui.pct(total["ctr"]), help="Lists with at least one click / lists served.")
+    with cols[3]:
+        ui.tile("Impression CTR", ui.pct(total["impression_ctr"]), help="Impressions whose item was clicked.")
+    with cols[4]:
+        ui.tile("Conversion", ui.pct(total["conversion"]), help="Lists with a purchase or a rating ≥ 4 / lists served.")
+
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        group_label = st.segmented_control(
+            "Split by", list(GROUPS), default="Model version", required=True, key="online_by"
+        )
+    with c2:
+        freq_label = st.segmented_control("Granularity", list(FREQS), default="Day", required=True, key="online_freq")
+    with c3:
+        rate_label = st.segmented_control("Rate", list(RATES), default="List CTR", required=True, key="online_rate")
+    by, freq, rate = GROUPS[group_label], FREQS[freq_label], RATES[rate_label]
+
+    series = kpis.kpis_over_time(lists, freq=freq, by=by)
+    ui.chart(trend_figure(series, by, rate, rate_label), key="online_trend")
+    st.caption(
+        "A list is served at its first impression; clicks, carts, purchases and ratings count for the list "
+        "whose `recommendation_id` they carry, whenever they arrive."
+    )
+
+    st.subheader(f"By {group_label.lower()}")
+    per_group = kpis.kpis_by(lists, by)
+    rates = list(RATES.values())
+    # shown in percent with one decimal everywhere (the column type's own percent format trims zeros)
+    per_group[rates] = per_group[rates] * 100
+    st.dataframe(
+        per_group,
+        hide_index=True,
+        column_config={
+            by: st.column_config.TextColumn(group_label),
+            "lists": st.column_config.NumberColumn("Lists", format="localized"),
+            "impressions": st.column_config.NumberColumn("Impressions", format="localized"),
+            "clicked_lists": st.column_config.NumberColumn("Clicked lists", format="localized"),
+            "clicked_impressions": st.column_config.NumberColumn("Clicked impressions", format="localized"),
+            "converted_lists": st.column_config.NumberColumn("Converted lists", format="localized"),
+            "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
+            "impression_ctr": st.column_config.NumberColumn("Impression CTR", format="%.1f%%"),
+            "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
+        },
+    )
+
+
+render(ui.settings())

@@ -1,0 +1,47 @@
+"""`python -m serving` (`make serve`): the API under uvicorn, with host, port and workers from the settings.
+
+Each worker builds its app with `serving.app:create_app_from_env` (uvicorn's `--factory`), so settings
+are read when a worker starts. With more than one worker, the Prometheus client runs in multiprocess
+mode over a fresh folder, removed at exit, so `/metrics` answers for all workers whichever serves it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+import uvicorn
+
+from recsys_assets.settings import get_settings
+
+# prometheus_client reads it when first imported, i.e. in each worker, which inherits it from here
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def main() -> int:
+    settings = get_settings()
+    metrics_dir = None
+    if settings.api_workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = tempfile.mkdtemp(prefix="recsys-api-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"recsys API on {base} (docs {base}/docs, {settings.api_workers} worker(s))", flush=True)
+    try:
+        uvicorn.run(
+            "serving.app:create_app_from_env",
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=settings.api_workers,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

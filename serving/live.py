@@ -1,0 +1,395 @@
+"""Live state shared by the API's worker processes: users' recent events, cached lists, idempotency
+keys and rate-limit counters, in Redis, with an in-process fallback while Redis is unreachable.
+
+Keys (prefix `recsys:`):
+
+* `ev:<user>`: the user's live events (msgpack `LiveEvent`s, newest last, capped, expiring
+  `live_state_ttl_seconds` after the last one). Scores are recomputed from the artifact's history row
+  plus these, so the request after an event reflects it, whichever worker serves it;
+* `ver:<user>`: a counter incremented with every event of the user; it is part of every cached
+  list's key, so an event invalidates all of that user's lists at once, with no race between a
+  reader filling the cache and a writer invalidating it;
+* `rec:<model version, k, category, exclude_seen, user>:<ver>`: a computed list, expiring after
+  `cache_ttl_seconds`. One Lua call reads the version, then the list or the events: one round trip;
+* `eid:<event_id>`: idempotency claims, `SET NX` with a short TTL while the event is being written,
+  extended to `idempotency_ttl_seconds` once it is durable (a crash between claim and write frees
+  the id again after `CLAIM_SECONDS`);
+* `ratelimit:*`: Litestar's rate-limit store.
+
+Fallback: every worker also keeps the live events it accepted in memory (bounded LRU). A Redis
+error opens a circuit breaker (one warning in the log): the worker then serves from its own memory,
+without cache, dedupes event ids in memory and counts rate limits in memory, and retries Redis
+every `RETRY_SECONDS`. On reconnection it replays what Redis missed: the events and ids accepted
+during the outage, or, when Redis restarted empty (its `run_id` changed), every live event it holds.
+Each event is held by the one worker that accepted it, so the replays of all workers add up to the
+whole live state without duplicates. The durable event log, not Redis, is the record of truth: the
+pipeline also drops duplicate event ids when it ingests the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final, TypeVar
+
+import msgspec
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from serving.metrics import get_metrics
+from serving.schemas import LIVE_DECODER, LIVE_ENCODER, LiveEvent
+
+log = logging.getLogger(__name__)
+
+PREFIX = "recsys:"
+RETRY_SECONDS = 1.0
+CLAIM_SECONDS = 30
+MAX_EVENTS_PER_USER = 500
+MAX_LOCAL_USERS = 100_000
+MAX_LOCAL_IDS = 1_000_000
+SOCKET_TIMEOUT = 0.5
+
+T = TypeVar("T")
+
+
+class _Unavailable:
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE: Final = _Unavailable()
+OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Version, then the cached list if asked for and present, else the live events.
+_FETCH_LUA = """
+local v = redis.call('GET', KEYS[1]) or '0'
+if ARGV[1] ~= '' then
+  local c = redis.call('GET', ARGV[1] .. v)
+  if c then return {v, c} end
+end
+return {v, false, redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+
+class RedisLink:
+    """One async Redis client behind a circuit breaker; `run` returns `UNAVAILABLE` instead of failing."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url or ""
+        # no retries inside redis-py: the first error after a Redis restart must reach us, so the
+        # restart is noticed and the live state replayed
+        self.client: Redis | None = (
+            Redis.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
+            if url
+            else None
+        )
+        self.up = False
+        self.run_id: str | None = None
+        self.on_reconnect: Callable[[bool], Awaitable[None]] | None = None
+        self._retry_at = 0.0
+        self._recovering = False
+        self._warned = False
+
+    @property
+    def state(self) -> str:
+        if self.client is None:
+            return "disabled"
+        return "up" if self.up else "down"
+
+    async def connect(self) -> None:
+        """First contact at start-up; a Redis that is not there yet only means starting in fallback."""
+        if self.client is not None:
+            await self._recover()
+
+    async def run(self, op: Callable[[Redis], Awaitable[T]]) -> T | _Unavailable:
+        if self.client is None:
+            return UNAVAILABLE
+        if not self.up and (self._recovering or time.monotonic() < self._retry_at or not await self._recover()):
+            return UNAVAILABLE
+        try:
+            return await op(self.client)
+        except OUTAGE_ERRORS as exc:
+            self._mark_down(exc)
+            return UNAVAILABLE
+        except RedisError as exc:
+            # Redis answered but refused (e.g. out of memory): this call falls back, the link stays up
+            log.warning("Redis refused a command (%s: %s); answering from in-process state", type(exc).__name__, exc)
+            return UNAVAILABLE
+
+    async def check(self) -> None:
+        """Periodic probe: notices an outage, a return, or a restart that emptied Redis."""
+        if self.client is None:
+            return
+        if not self.up:
+            if not self._recovering and time.monotonic() >= self._retry_at:
+                await self._recover()
+            return
+        try:
+            run_id = await self._run_id()
+        except OUTAGE_ERRORS as exc:
+            self._mark_down(exc)
+            return
+        if self.run_id is not None and run_id is not None and run_id != self.run_id:
+            log.warning("Redis at %s restarted (run_id changed): replaying live state", self._where)
+            self.up = False
+            await self._recover()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    @property
+    def _where(self) -> str:
+        return self.url.rsplit("@", 1)[-1]
+
+    async def _run_id(self) -> str | None:
+        """The server's run id, which changes when it restarts (None if INFO is not allowed)."""
+        assert self.client is not None
+        try:
+            return (await self.client.info("server")).get("run_id")
+        except ResponseError:
+            return None
+
+    async def _recover(self) -> bool:
+        assert self.client is not None
+        self._recovering = True
+        try:
+            run_id = await self._run_id()
+            restarted = self.run_id is not None and run_id is not None and run_id != self.run_id
+            if self.on_reconnect is not None:
+                await self.on_reconnect(restarted)
+            self.run_id = run_id
+            self.up = True
+            get_metrics().redis_up.set(1)
+            if self._warned:
+                log.warning("Redis at %s is back%s", self._where, " (restarted, empty)" if restarted else "")
+                self._warned = False
+            return True
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+            return False
+        finally:
+            self._recovering = False
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        get_metrics().redis_up.set(0)
+        if self.up or not self._warned:
+            log.warning(
+                "Redis at %s unreachable (%s: %s): serving from in-process state, retrying every %.0fs",
+                self._where,
+                type(exc).__name__,
+                exc,
+                RETRY_SECONDS,
+            )
+            self._warned = True
+        self.up = False
+
+
+@dataclass
+class UserView:
+    """What a request needs about one user: live events, or the cached list when there is one."""
+
+    events: list[LiveEvent]
+    cached: bytes | None
+    cache_key: str | None
+
+
+def _cache_prefix(model_version: str, k: int, category: str | None, exclude_seen: bool, user_id: str) -> str:
+    # JSON of the parts: unambiguous whatever characters the ids hold
+    parts = msgspec.json.encode([model_version, k, category or "", exclude_seen, user_id]).decode()
+    return f"{PREFIX}rec:{parts}:"
+
+
+class LiveState:
+    """Users' live events, the list cache and idempotency claims over a `RedisLink`."""
+
+    def __init__(self, link: RedisLink, cache_ttl: int, idempotency_ttl: int, state_ttl: int) -> None:
+        self.link = link
+        self.cache_ttl = cache_ttl
+        self.idempotency_ttl = idempotency_ttl
+        self.state_ttl = state_ttl
+        self._local: OrderedDict[str, list[LiveEvent]] = OrderedDict()
+        self._pending: list[tuple[str, LiveEvent]] = []
+        self._local_ids: OrderedDict[str, float] = OrderedDict()
+        self._pending_ids: list[str] = []
+        self._fetch = link.client.register_script(_FETCH_LUA) if link.client is not None else None
+        link.on_reconnect = self._replay
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def record(self, events: Iterable[tuple[str, LiveEvent]]) -> None:
+        """Add accepted events to the users' live state (Redis, and this worker's memory)."""
+        batch = list(events)
+        for user_id, ev in batch:
+            self._remember(user_id, ev)
+        if await self.link.run(lambda r: self._push(r, batch)) is UNAVAILABLE:
+            self._pending.extend(batch)
+
+    async def fetch(
+        self, user_id: str, model_version: str, k: int, category: str | None, exclude_seen: bool
+    ) -> UserView:
+        """The user's live events, or a cached list computed from the same state."""
+        prefix = _cache_prefix(model_version, k, category, exclude_seen, user_id) if self.cache_ttl else ""
+        keys = [f"{PREFIX}ver:{user_id}", f"{PREFIX}ev:{user_id}"]
+        assert self._fetch is not None or self.link.client is None
+        result = await self.link.run(lambda r: self._fetch(keys=keys, args=[prefix], client=r))  # type: ignore[misc]
+        if result is UNAVAILABLE:
+            return UserView(events=list(self._local.get(user_id, ())), cached=None, cache_key=None)
+        version = result[0].decode()
+        key = f"{prefix}{version}" if prefix else None
+        if len(result) == 2:
+            return UserView(events=[], cached=result[1], cache_key=key)
+        return UserView(events=[LIVE_DECODER.decode(raw) for raw in result[2]], cached=None, cache_key=key)
+
+    async def store(self, key: str | None, value: bytes) -> None:
+        if key is not None and self.cache_ttl:
+            await self.link.run(lambda r: r.set(key, value, ex=self.cache_ttl))
+
+    def _remember(self, user_id: str, ev: LiveEvent) -> None:
+        events = self._local.get(user_id)
+        if events is None:
+            events = self._local[user_id] = []
+            if len(self._local) > MAX_LOCAL_USERS:
+                self._local.popitem(last=False)
+        else:
+            self._local.move_to_end(user_id)
+        events.append(ev)
+        if len(events) > MAX_EVENTS_PER_USER:
+            del events[: len(events) - MAX_EVENTS_PER_USER]
+
+    async def _push(self, r: Redis, batch: list[tuple[str, LiveEvent]]) -> None:
+        by_user: dict[str, list[bytes]] = {}
+        for user_id, ev in batch:
+            by_user.setdefault(user_id, []).append(LIVE_ENCODER.encode(ev))
+        pipe = r.pipeline(transaction=True)
+        for user_id, raws in by_user.items():
+            ev_key, ver_key = f"{PREFIX}ev:{user_id}", f"{PREFIX}ver:{user_id}"
+            pipe.rpush(ev_key, *raws)
+            pipe.ltrim(ev_key, -MAX_EVENTS_PER_USER, -1)
+            pipe.expire(ev_key, self.state_ttl)
+            pipe.incr(ver_key)
+            pipe.expire(ver_key, self.state_ttl)
+        await pipe.execute()
+
+    async def _replay(self, restarted: bool) -> None:
+        """Give Redis back what it missed (called by the link before it reports Redis up again)."""
+        assert self.link.client is not None
+        if restarted:
+            events = [(u, ev) for u, evs in self._local.items() for ev in evs]
+            ids = list(self._local_ids)
+        else:
+            events, ids = list(self._pending), list(self._pending_ids)
+        # each part is cleared once Redis has it, so a replay cut short resumes without repeating it
+        if events:
+            await self._push(self.link.client, events)
+        self._pending.clear()
+        if ids:
+            pipe = self.link.client.pipeline(transaction=False)
+            for event_id in ids:
+                pipe.set(f"{PREFIX}eid:{event_id}", b"1", nx=True, ex=self.idempotency_ttl)
+            await pipe.execute()
+        self._pending_ids.clear()
+        if events or ids:
+            log.warning("replayed %d live events and %d event ids into Redis", len(events), len(ids))
+
+    # --- idempotency ------------------------------------------------------------------------
+
+    async def claim(self, event_ids: list[str]) -> list[bool]:
+        """For each id, True if this request may store it (first time seen), False for a duplicate."""
+        if not event_ids:
+            return []
+
+        async def claim_in_redis(r: Redis) -> list[bool]:
+            pipe = r.pipeline(transaction=False)
+            for event_id in event_ids:
+                pipe.set(f"{PREFIX}eid:{event_id}", b"0", nx=True, ex=CLAIM_SECONDS)
+            return [bool(x) for x in await pipe.execute()]
+
+        now = time.monotonic()
+        result = await self.link.run(claim_in_redis)
+        if result is UNAVAILABLE:
+            result = [not self._known_locally(event_id, now) for event_id in event_ids]
+            self._pending_ids.extend(e for e, ok in zip(event_ids, result, strict=True) if ok)
+        for event_id, ok in zip(event_ids, result, strict=True):
+            if ok:
+                self._local_ids[event_id] = now + self.idempotency_ttl
+        while len(self._local_ids) > MAX_LOCAL_IDS:
+            self._local_ids.popitem(last=False)
+        return result
+
+    async def confirm(self, event_ids: list[str]) -> None:
+        """The events are durable: remember their ids for the full TTL."""
+        if event_ids:
+
+            async def extend(r: Redis) -> None:
+                pipe = r.pipeline(transaction=False)
+                for event_id in event_ids:
+                    pipe.set(f"{PREFIX}eid:{event_id}", b"1", ex=self.idempotency_ttl)
+                await pipe.execute()
+
+            await self.link.run(extend)
+
+    async def release(self, event_ids: list[str]) -> None:
+        """The events could not be stored: free their ids for a retry."""
+        for event_id in event_ids:
+            self._local_ids.pop(event_id, None)
+        if event_ids:
+            await self.link.run(lambda r: r.delete(*(f"{PREFIX}eid:{e}" for e in event_ids)))
+
+    def _known_locally(self, event_id: str, now: float) -> bool:
+        expiry = self._local_ids.get(event_id)
+        return expiry is not None and expiry > now
+
+
+class FallbackStore(Store):
+    """Litestar store on Redis while the link is up, in process memory while it is down (rate limits)."""
+
+    __slots__ = ("link", "memory", "redis")
+
+    def __init__(self, link: RedisLink, namespace: str = f"{PREFIX}ratelimit") -> None:
+        self.link = link
+        self.redis = RedisStore(link.client, namespace=namespace) if link.client is not None else None
+        self.memory = MemoryStore()
+
+    async def _either(self, redis_op: Callable[[RedisStore], Awaitable[T]], memory_op: Callable[[], Awaitable[T]]) -> T:
+        if self.redis is not None:
+            store = self.redis
+            result = await self.link.run(lambda _: redis_op(store))
+            if result is not UNAVAILABLE:
+                return result  # type: ignore[return-value]
+        return await memory_op()
+
+    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        await self._either(lambda s: s.set(key, value, expires_in), lambda: self.memory.set(key, value, expires_in))
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        return await self._either(lambda s: s.get(key, renew_for), lambda: self.memory.get(key, renew_for))
+
+    async def delete(self, key: str) -> None:
+        await self._either(lambda s: s.delete(key), lambda: self.memory.delete(key))
+
+    async def delete_all(self) -> None:
+        await self._either(lambda s: s.delete_all(), self.memory.delete_all)
+
+    async def exists(self, key: str) -> bool:
+        return await self._either(lambda s: s.exists(key), lambda: self.memory.exists(key))
+
+    async def expires_in(self, key: str) -> int | None:
+        return await self._either(lambda s: s.expires_in(key), lambda: self.memory.expires_in(key))

@@ -1,0 +1,292 @@
+"""The models the API serves: the champion, an optional challenger, hot reload and the A/B split.
+
+`ModelHolder.refresh` (run every `model_poll_seconds`, and by `POST /v1/admin/reload`) reads
+`artifacts/CHAMPION.json`; when it names a new artifact, the artifact is read and checked in a worker
+thread, and only a complete, valid one replaces the served model, by assigning one attribute.
+A request takes its model reference once at its start, so a switch never fails or mixes two
+models within a request. An artifact that `parse_artifact` refuses (`ArtifactError`) or that
+cannot score is logged with its path and reason and the old model keeps serving; the same pointer
+is not retried until it changes.
+
+The challenger is `RECSYS_AB_CHALLENGER_PATH` (a folder under the storage root, e.g.
+`candidates/EASE`) or, when unset, the folder named by an optional `artifacts/CHALLENGER.json`
+(same format as the champion pointer). A share `RECSYS_AB_CHALLENGER_SHARE` of users, chosen by a
+stable hash of the user id, is served by it; every impression records its arm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_assets.artifact import MANIFEST, ArtifactError, ServingArtifact, read_from_storage
+from recsys_assets.storage import Storage
+from serving.errors import ArtifactRejectedError, ModelNotReadyError
+from serving.metrics import get_metrics
+from serving.schemas import ArtifactInfo, RejectedArtifact
+
+log = logging.getLogger(__name__)
+
+# Same pointer as `recsys_assets.assets.training.CHAMPION_POINTER` (that module imports Dagster).
+CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
+CHALLENGER_POINTER = ("artifacts", "CHALLENGER.json")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class LoadedModel:
+    """An artifact plus the look-up tables a request needs, built once at load."""
+
+    artifact: ServingArtifact
+    path: str
+    loaded_at: str
+    user_index: dict[str, int]
+    item_index: dict[str, int]
+    titles: list[str]
+    categories: list[list[str]]
+    # casefolded category -> item indices, and -> the catalog's spelling
+    category_items: dict[str, np.ndarray]
+    category_names: dict[str, str]
+    components: dict[str, Any] = field(default_factory=dict)
+    # item-item matrices transposed (CSR): a recommended item's column is then a cheap row, for reasons
+    similarity_t: dict[str, sp.csr_matrix] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.artifact.model_version
+
+    @property
+    def n_items(self) -> int:
+        return len(self.artifact.item_ids)
+
+    @classmethod
+    def build(cls, art: ServingArtifact, path: str) -> LoadedModel:
+        item_ids = art.item_ids.tolist()
+        titles = [t or i for t, i in zip(art.item_titles.tolist(), item_ids, strict=True)]
+        categories = [[c for c in str(cats).split("|") if c] for cats in art.item_categories.tolist()]
+        members: dict[str, list[int]] = {}
+        names: dict[str, str] = {}
+        for idx, cats in enumerate(categories):
+            for cat in cats:
+                members.setdefault(cat.casefold(), []).append(idx)
+                names.setdefault(cat.casefold(), cat)
+        model = cls(
+            artifact=art,
+            path=path,
+            loaded_at=_now(),
+            user_index=art.user_index(),
+            item_index=art.item_index(),
+            titles=titles,
+            categories=categories,
+            category_items={c: np.asarray(v, dtype=np.int64) for c, v in members.items()},
+            category_names=names,
+            components=dict(art.scorer.components),
+            similarity_t={
+                name: sp.csr_matrix(c.arrays["similarity"]).T.tocsr()
+                for name, c in art.scorer.components.items()
+                if c.kind == "item_item"
+            },
+        )
+        model.smoke_test()
+        return model
+
+    def smoke_test(self) -> None:
+        """Score an empty and a one-item history with every component: an artifact that cannot score is
+        not served, and each component builds its look-up caches here rather than in the first request."""
+        scorer = self.artifact.scorer
+        one = (np.array([0], dtype=np.int64), np.ones(1, dtype=np.float32))
+        empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+        try:
+            for component in scorer.components.values():
+                component.score_one(*one, -1)
+            results = [scorer.score_one(*one, -1), scorer.score_one(*empty, -1)]
+        except Exception as exc:
+            raise ArtifactError(f"artifact cannot score: {type(exc).__name__}: {exc}") from exc
+        for scores in results:
+            if scores.shape != (self.n_items,):
+                raise ArtifactError(f"artifact scores have shape {scores.shape}, expected ({self.n_items},)")
+
+    def info(self) -> ArtifactInfo:
+        art = self.artifact
+        return ArtifactInfo(
+            model_name=art.model_name,
+            model_version=art.model_version,
+            path=self.path,
+            created_at=art.created_at,
+            loaded_at=self.loaded_at,
+            checksum=art.checksum,
+            n_users=len(art.user_ids),
+            n_items=len(art.item_ids),
+            components={name: c.kind for name, c in art.scorer.components.items()},
+            weights={k: float(v) for k, v in art.scorer.weights.items()},
+            metrics={k: float(v) for k, v in art.metrics.items()},
+        )
+
+
+def _parts(path: Any) -> tuple[str, ...]:
+    if isinstance(path, list | tuple) and path and all(isinstance(p, str) for p in path):
+        return tuple(path)
+    if isinstance(path, str) and path.strip("/"):
+        return tuple(p for p in path.strip("/").split("/") if p)
+    raise ArtifactError(f"pointer `path` must be a folder under the storage root, got {path!r}")
+
+
+def challenger_arm(user_id: str, share: float) -> bool:
+    """Stable assignment: the same user always lands in the same arm for a given share."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"ab:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+@dataclass
+class _Loaded:
+    model: LoadedModel | None = None
+    rejected: RejectedArtifact | None = None
+    marker: bytes | None = None
+
+
+class ModelHolder:
+    """The served champion and challenger; swapped whole, never mutated."""
+
+    def __init__(self, storage: Storage, challenger_share: float, challenger_path: str | None) -> None:
+        self.storage = storage
+        self.challenger_share = challenger_share
+        self.challenger_path = challenger_path
+        self.champion: LoadedModel | None = None
+        self.challenger: LoadedModel | None = None
+        self.last_rejected: RejectedArtifact | None = None
+        self._champion_marker: bytes | None = None
+        self._challenger_marker: bytes | None = None
+        self._lock = anyio.Lock()
+
+    def pick(self, user_id: str) -> tuple[LoadedModel, str]:
+        """The model and arm serving this user."""
+        champion, challenger = self.champion, self.challenger
+        if champion is None:
+            raise ModelNotReadyError("no model loaded yet: no champion published, or its artifact was rejected")
+        if challenger is not None and challenger_arm(user_id, self.challenger_share):
+            return challenger, "challenger"
+        return champion, "champion"
+
+    def require_champion(self) -> LoadedModel:
+        champion = self.champion
+        if champion is None:
+            raise ModelNotReadyError("no model loaded yet: no champion published, or its artifact was rejected")
+        return champion
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Load a newly published champion (and challenger); True if a served model changed.
+
+        With `force` (admin reload) a rejected artifact raises `ArtifactRejectedError`.
+        """
+        async with self._lock:
+            champ = await anyio.to_thread.run_sync(self._check_champion, force)
+            chall = await anyio.to_thread.run_sync(self._check_challenger, force)
+            changed = False
+            for arm, loaded in (("champion", champ), ("challenger", chall)):
+                if loaded.rejected is not None:
+                    self.last_rejected = loaded.rejected
+                    get_metrics().model_reloads.labels("rejected").inc()
+                    if force:
+                        raise ArtifactRejectedError(
+                            f"{arm} artifact {loaded.rejected.path} rejected: {loaded.rejected.error}"
+                        )
+                if loaded.model is not None:
+                    self._swap(arm, loaded.model)
+                    changed = True
+                if loaded.marker is not None:
+                    if arm == "champion":
+                        self._champion_marker = loaded.marker
+                    else:
+                        self._challenger_marker = loaded.marker
+            return changed
+
+    def _swap(self, arm: str, model: LoadedModel) -> None:
+        old = self.champion if arm == "champion" else self.challenger
+        # one attribute assignment: requests hold the reference they took at their start
+        if arm == "champion":
+            self.champion = model
+        else:
+            self.challenger = model
+        metrics = get_metrics()
+        if old is not None:
+            metrics.model_info.labels(arm, old.artifact.model_name, old.version).set(0)
+        metrics.model_info.labels(arm, model.artifact.model_name, model.version).set(1)
+        metrics.model_reloads.labels("loaded").inc()
+        log.info(
+            "serving %s %s (%s) from %s%s",
+            arm,
+            model.version,
+            model.artifact.model_name,
+            model.path,
+            f", replacing {old.version}" if old is not None else "",
+        )
+
+    def _load(self, parts: tuple[str, ...], arm: str, marker: bytes) -> _Loaded:
+        path = "/".join(parts)
+        try:
+            model = LoadedModel.build(read_from_storage(self.storage, *parts), path)
+        except ArtifactError as exc:
+            current = self.champion if arm == "champion" else self.challenger
+            log.error(
+                "rejected %s artifact %s: %s; still serving %s",
+                arm,
+                path,
+                exc,
+                current.version if current is not None else "nothing",
+            )
+            return _Loaded(rejected=RejectedArtifact(path=path, error=str(exc), at=_now()), marker=marker)
+        return _Loaded(model=model, marker=marker)
+
+    def _check_champion(self, force: bool) -> _Loaded:
+        if not self.storage.exists(*CHAMPION_POINTER):
+            return _Loaded()
+        raw = self.storage.read_bytes(*CHAMPION_POINTER)
+        if raw == self._champion_marker and not force:
+            return _Loaded()
+        try:
+            pointer = json.loads(raw)
+            parts = _parts(pointer.get("path") if isinstance(pointer, dict) else None)
+        except (ValueError, ArtifactError) as exc:
+            log.error("rejected %s: %s; still serving the current champion", "/".join(CHAMPION_POINTER), exc)
+            bad = RejectedArtifact(path="/".join(CHAMPION_POINTER), error=str(exc), at=_now())
+            return _Loaded(rejected=bad, marker=raw)
+        current = self.champion
+        if current is not None and current.path == "/".join(parts) and not force:
+            return _Loaded(marker=raw)
+        return self._load(parts, "champion", raw)
+
+    def _challenger_parts(self) -> tuple[str, ...] | None:
+        if self.challenger_path:
+            return _parts(self.challenger_path)
+        if not self.storage.exists(*CHALLENGER_POINTER):
+            return None
+        try:
+            return _parts(json.loads(self.storage.read_bytes(*CHALLENGER_POINTER)).get("path"))
+        except (ValueError, AttributeError, ArtifactError) as exc:
+            log.error("ignoring %s: %s", "/".join(CHALLENGER_POINTER), exc)
+            return None
+
+    def _check_challenger(self, force: bool) -> _Loaded:
+        parts = self._challenger_parts()
+        if parts is None:
+            return _Loaded()
+        if not self.storage.exists(*parts, MANIFEST):
+            return _Loaded()
+        # the manifest holds the arrays' checksum: a changed manifest is a changed artifact
+        marker = "/".join(parts).encode() + b"\n" + self.storage.read_bytes(*parts, MANIFEST)
+        if marker == self._challenger_marker and not force:
+            return _Loaded()
+        return self._load(parts, "challenger", marker)

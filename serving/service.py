@@ -1,0 +1,188 @@
+"""What the endpoints do, apart from HTTP: serve a list (with cache and impressions) and accept events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+import anyio
+
+from recsys_assets.settings import Settings
+from serving.errors import EventLogUnavailableError, InvalidEventError
+from serving.eventlog import IMPRESSION, EventLog, iso
+from serving.live import LiveState
+from serving.metrics import get_metrics
+from serving.model import ModelHolder
+from serving.recommend import build_history, recommend
+from serving.schemas import (
+    CACHED_DECODER,
+    LIVE_ENCODER,
+    MAX_BATCH,
+    EventIn,
+    EventsAccepted,
+    EventsIn,
+    LiveEvent,
+    Recommendations,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def serve_recommendations(
+    holder: ModelHolder,
+    live: LiveState,
+    event_log: EventLog,
+    settings: Settings,
+    user_id: str,
+    k: int,
+    category: str | None,
+    exclude_seen: bool,
+) -> Recommendations:
+    model, arm = holder.pick(user_id)
+    category = category or None
+    view = await live.fetch(user_id, model.version, k, category, exclude_seen)
+    metrics = get_metrics()
+    if view.cached is not None:
+        cold, items = CACHED_DECODER.decode(view.cached)
+        metrics.cache.labels("hit").inc()
+    else:
+        history = build_history(model, user_id, view.events, settings.event_weights)
+        items = recommend(model, history, k, category, exclude_seen)
+        cold = history.cold
+        if view.cache_key is not None:
+            metrics.cache.labels("miss").inc()
+            await live.store(view.cache_key, LIVE_ENCODER.encode((cold, items)))
+        else:
+            metrics.cache.labels("bypass").inc()
+    rec_id = uuid.uuid4().hex
+    served_at = iso(time.time())
+    event_log.add_impressions(
+        [
+            (user_id, it.item_id, IMPRESSION, served_at, it.rank, f"{rec_id}:{it.rank}", rec_id, model.version, arm)
+            for it in items
+        ]
+    )
+    metrics.impressions.inc(len(items))
+    metrics.recommendations.labels(arm, "cold_start" if cold else "personal").inc()
+    return Recommendations(
+        recommendation_id=rec_id,
+        user_id=user_id,
+        model_version=model.version,
+        arm=arm,  # type: ignore[arg-type]
+        cold_start=cold,
+        items=items,
+    )
+
+
+@dataclass
+class _Event:
+    user_id: str
+    item_id: str
+    event_type: str
+    value: float | None
+    ts: float
+    event_id: str | None
+    recommendation_id: str | None
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.user_id,
+            self.item_id,
+            self.event_type,
+            iso(self.ts),
+            self.value,
+            self.event_id,
+            self.recommendation_id,
+            None,
+            None,
+        )
+
+
+def _unix_seconds(value: dt.datetime | float) -> float:
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    # the magnitudes the pipeline's `timestamp_unit=auto` tells apart: s, ms, us
+    magnitude = abs(value)
+    return value / 1e6 if magnitude > 1e14 else value / 1e3 if magnitude > 1e11 else float(value)
+
+
+def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
+    """Apply the event-log contract's rules that types alone do not express (as the pipeline's cleaning does)."""
+    where = f"{key}." if key else ""
+    if ev.value is not None and not math.isfinite(ev.value):
+        raise InvalidEventError(f"{where}value", "must be a finite number")
+    if ev.event_type == "rating":
+        if ev.value is None:
+            raise InvalidEventError(f"{where}value", "a rating needs a value")
+        if not settings.rating_min <= ev.value <= settings.rating_max:
+            raise InvalidEventError(
+                f"{where}value", f"rating {ev.value} outside [{settings.rating_min}, {settings.rating_max}]"
+            )
+    elif ev.value is not None and ev.value < 0:
+        raise InvalidEventError(f"{where}value", "must be >= 0")
+    ts = now if ev.timestamp is None else _unix_seconds(ev.timestamp)
+    lower, upper = settings.time_min.timestamp(), settings.time_upper.timestamp()
+    if not lower <= ts <= upper:
+        raise InvalidEventError(
+            f"{where}timestamp", f"{iso(ts) if abs(ts) < 1e11 else ts} outside [{iso(lower)}, {iso(upper)}]"
+        )
+    return _Event(
+        user_id=str(ev.user_id),
+        item_id=str(ev.item_id),
+        event_type=ev.event_type,
+        value=ev.value,
+        ts=ts,
+        event_id=ev.event_id,
+        recommendation_id=ev.recommendation_id,
+    )
+
+
+async def accept_events(data: EventsIn, live: LiveState, event_log: EventLog, settings: Settings) -> EventsAccepted:
+    """Validate all, drop resent ids, append durably, then update live state; all or nothing before the write."""
+    now = time.time()
+    if isinstance(data, EventIn):
+        events = [normalise(data, "", settings, now)]
+    else:
+        # the schema says so too, but a union member's length bounds are not enforced when decoding
+        if not 1 <= len(data) <= MAX_BATCH:
+            raise InvalidEventError("body", f"a batch holds 1 to {MAX_BATCH} events, got {len(data)}")
+        events = [normalise(ev, f"[{i}]", settings, now) for i, ev in enumerate(data)]
+
+    # ids repeated inside the batch count once, like ids already stored
+    first: dict[str, int] = {}
+    for i, ev in enumerate(events):
+        if ev.event_id is not None:
+            first.setdefault(ev.event_id, i)
+    claimed_ids = [e for e, ok in zip(first, await live.claim(list(first)), strict=True) if ok]
+    claimed = set(claimed_ids)
+    keep: list[_Event] = []
+    duplicates: list[str] = []
+    for i, ev in enumerate(events):
+        if ev.event_id is None or (ev.event_id in claimed and first[ev.event_id] == i):
+            keep.append(ev)
+        else:
+            duplicates.append(ev.event_id)
+
+    # once the write starts, finish the bookkeeping even if the client goes away
+    with anyio.CancelScope(shield=True):
+        if keep:
+            try:
+                await anyio.to_thread.run_sync(event_log.append, [ev.row() for ev in keep])
+            except OSError as exc:
+                await live.release(claimed_ids)
+                log.error("event log append failed (%s); %d events refused", exc, len(keep))
+                raise EventLogUnavailableError("the event log could not be written; nothing was stored") from exc
+        await live.confirm(claimed_ids)
+        await live.record(
+            (ev.user_id, LiveEvent(item_id=ev.item_id, event_type=ev.event_type, value=ev.value, ts=ev.ts))
+            for ev in keep
+        )
+    metrics = get_metrics()
+    metrics.events.labels("accepted").inc(len(keep))
+    if duplicates:
+        metrics.events.labels("duplicate").inc(len(duplicates))
+    return EventsAccepted(accepted=len(keep), duplicates=len(duplicates), duplicate_event_ids=duplicates)
