@@ -3,13 +3,14 @@ check and the MLflow registry (smoke budget, a few RecBole models)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from recsys_assets.assets.training import current_champion
-from recsys_assets.definitions import PIPELINE_JOB, build_definitions
+from recsys_assets.assets.training import TUNED_PARAMS, current_champion
+from recsys_assets.definitions import PIPELINE_JOB, TUNE_JOB, build_definitions
 from recsys_assets.settings import Settings
 from recsys_assets.storage import Storage
 from recsys_assets.tracking import MlflowTracking
@@ -72,6 +73,10 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
     runs = tracking.client().search_runs([tracking.experiment_id()])
     assert len(runs) >= 10  # every candidate on both protocols, plus the promotions
     assert all(r.data.params.get("dataset_fingerprint") for r in runs)
+    report_runs = [r for r in runs if r.info.run_name == "evaluation report"]
+    assert len(report_runs) == 1
+    logged = {a.path for a in tracking.client().list_artifacts(report_runs[0].info.run_id, "report")}
+    assert logged == {"report/evaluation_report.html", "report/evaluation_report.parquet"}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -94,3 +99,20 @@ def test_a_worse_challenger_is_not_promoted(first) -> None:
     assert tracking.alias_version("champion")["version"] == alias_before["version"]
     table = store.read_table("evaluation_report.parquet")
     assert set(table["model"]) == {"Pop", "Content"}  # the report shows what this run measured
+
+
+def test_hyperparameter_search_feeds_the_next_comparison(first) -> None:
+    settings, _ = first
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(TUNE_JOB)
+    result = job.execute_in_process(
+        raise_on_error=False,
+        run_config={"ops": {"tuned_hyperparameters": {"config": {"models": ["EASE"], "trials": 2}}}},
+    )
+    assert result.success
+    store = Storage.from_settings(settings)
+    best = json.loads(store.read_bytes(*TUNED_PARAMS))
+    assert set(best) == {"EASE"} and 10.0 <= best["EASE"]["params"]["reg_weight"] <= 2000.0
+    from recsys_assets.models.tuning import model_config
+
+    assert model_config("EASE", "standard", tuned=best)["params"]["reg_weight"] == best["EASE"]["params"]["reg_weight"]

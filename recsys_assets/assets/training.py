@@ -3,13 +3,16 @@ the challenger's serving artifact, and the champion (promoted only past a blocki
 
 import datetime as dt
 import json
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from recsys_assets.artifact import ServingArtifact, read_from_storage, save_artifact, write_to_storage
 from recsys_assets.evaluation import splits as S
@@ -127,6 +130,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         summary: list[dict[str, Any]] = []
         steps = len(config.protocols) * (len(config.models) + len(config.native_models))
         done = 0
+        # a progress bar on a terminal (`make pipeline`); the Dagster log gets one line per step either way
+        bar = tqdm(total=steps, desc="candidates", unit="model", disable=not sys.stderr.isatty())
         for protocol in config.protocols:
             pdata = prepare(interactions, items, users, protocol, seed=config.seed)
             context.log.info(f"{protocol}: {pdata.split.summary()}")
@@ -151,6 +156,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     f"[{done}/{steps}] {name} ({protocol}): NDCG@10 {ndcg:.4f}, valid {cand.valid_ndcg10:.4f}, "
                     f"{cand.train_seconds:.1f}s"
                 )
+                bar.update(1)
+                bar.set_postfix_str(f"{name} ({protocol}) NDCG@10 {ndcg:.3f}")
                 summary.append(
                     {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
                 )
@@ -168,6 +175,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     protocol_tags={"protocol": protocol, "artifact": artifact_path or ""},
                     duration_s=cand.train_seconds,
                 )
+        bar.close()
         table = pd.concat(results, ignore_index=True)
         table["dataset_fingerprint"] = fp
         wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
@@ -207,23 +215,39 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             metrics=metrics,
         )
 
-    @dg.asset(group_name=EVALUATION, kinds={"html", "parquet"})
+    @dg.asset(group_name=EVALUATION, kinds={"html", "parquet", "mlflow"})
     def evaluation_report(
-        context: dg.AssetExecutionContext, storage: StorageResource, model_candidates: pd.DataFrame
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        mlflow: MlflowTracking,
+        model_candidates: pd.DataFrame,
     ) -> dg.Output[pd.DataFrame]:
         """The comparison as a table (Parquet: model x metric x K x protocol x slice) and an offline HTML
-        report with plots (`reports/evaluation_report.html`)."""
+        report with plots (`reports/evaluation_report.html`), both also logged to MLflow as the artifacts
+        of an `evaluation report` run."""
         store = storage.get()
         html = render_evaluation_report(model_candidates)
         store.write_text(html, "reports", "evaluation_report.html")
         uri = store.uri("reports", "evaluation_report.html")
         context.log.info(f"evaluation report written to {uri}")
         ranking = champion_ranking(model_candidates)[["model", "value"]]
+        fp = str(model_candidates["dataset_fingerprint"].iloc[0]) if len(model_candidates) else ""
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "evaluation_report.html").write_text(html)
+            model_candidates.to_parquet(Path(tmp) / "evaluation_report.parquet")
+            run_id = mlflow.log_training_run(
+                model_name="evaluation report",
+                params={"models": sorted(model_candidates["model"].unique()), "champion_metric": "ndcg@10 temporal"},
+                metrics=pd.DataFrame(columns=["metric", "k", "protocol", "slice", "value"]),
+                dataset_fingerprint=fp,
+                artifacts={"report": tmp},
+            )
         return dg.Output(
             model_candidates,
             metadata={
                 "report": dg.MetadataValue.path(uri),
                 "ranking": dg.MetadataValue.md(ranking.to_markdown(index=False)),
+                "mlflow_run_id": run_id,
             },
         )
 
