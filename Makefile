@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline tune bench test lint ui console serve clean
+.PHONY: help install demo demo-ci pipeline tune bench soak test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,7 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@# CPU torch first: a later resolve would otherwise pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[all,dev]'
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install torch (CPU) and the project, editable (idempotent)
@@ -35,10 +35,17 @@ demo-ci: install ## The demo's steps, non-interactively (no servers left running
 tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal validation split; feeds the next pipeline
 	$(BIN)/python -m recsys_assets tune
 
-bench: install ## Benchmarks: artifact vs RecBole scoring, and the whole model comparison (figures: docs/benchmarks.md)
+bench: install ## Benchmarks: artifact vs RecBole scoring, the model comparison, the API under load (docs/benchmarks.md)
 	$(BIN)/python -m recsys_assets.benchmarks scoring --model BPR
 	$(BIN)/python -m recsys_assets.benchmarks scoring --model EASE
 	$(BIN)/python -m recsys_assets.benchmarks comparison --storage /tmp/recsys-bench
+	@# latency at 200/s, the rate ramp and wrk, batch ingestion, 1/2/4 workers (about 15 minutes)
+	$(BIN)/python -m serving.bench all --storage /tmp/recsys-apibench-data
+
+SOAK_SECONDS ?= 1800
+SOAK_RPS ?= 100
+soak: install ## API soak: SOAK_RPS requests/s (100) for SOAK_SECONDS (1800); no errors, memory growth < 10%
+	$(BIN)/python -m serving.bench soak --storage /tmp/recsys-apibench-data --rate $(SOAK_RPS) --duration $(SOAK_SECONDS)
 
 ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1

@@ -3,6 +3,7 @@
 Each worker builds its app with `serving.app:create_app_from_env` (uvicorn's `--factory`), so settings
 are read when a worker starts. With more than one worker, the Prometheus client runs in multiprocess
 mode over a fresh folder, removed at exit, so `/metrics` answers for all workers whichever serves it.
+Each worker uses one BLAS thread unless `OPENBLAS_NUM_THREADS`, `OMP_NUM_THREADS` or `MKL_NUM_THREADS` is set.
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ from recsys_assets.settings import get_settings
 
 # prometheus_client reads it when first imported, i.e. in each worker, which inherits it from here
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A request's products are small (one user's scores, one decoder layer): a second BLAS thread only
+# hands work over and spin-waits, taking a core from the other workers (docs/benchmarks.md, API:
+# 4x the CPU per request). The workers are the parallelism. Read when numpy is first imported, which
+# is after this in every worker.
+BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def main() -> int:
     settings = get_settings()
+    if not any(name in os.environ for name in BLAS_THREADS_ENV):
+        os.environ.update(dict.fromkeys(BLAS_THREADS_ENV, "1"))
     metrics_dir = None
     if settings.api_workers > 1 and not os.environ.get(MULTIPROC_ENV):
         metrics_dir = tempfile.mkdtemp(prefix="recsys-api-metrics-")
