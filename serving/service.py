@@ -110,6 +110,14 @@ def _unix_seconds(value: dt.datetime | float) -> float:
     return value / 1e6 if magnitude > 1e14 else value / 1e3 if magnitude > 1e11 else float(value)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
     """Apply the event-log contract's rules that types alone do not express (as the pipeline's cleaning does)."""
     where = f"{key}." if key else ""
@@ -124,12 +132,15 @@ def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
             )
     elif ev.value is not None and ev.value < 0:
         raise InvalidEventError(f"{where}value", "must be >= 0")
+    for name in ("user_id", "item_id", "event_id", "recommendation_id"):
+        text = getattr(ev, name)
+        if isinstance(text, str) and not _is_utf8(text):
+            raise InvalidEventError(f"{where}{name}", "is not valid UTF-8 text (lone surrogate)")
     ts = now if ev.timestamp is None else _unix_seconds(ev.timestamp)
     lower, upper = settings.time_min.timestamp(), settings.time_upper.timestamp()
-    if not lower <= ts <= upper:
-        raise InvalidEventError(
-            f"{where}timestamp", f"{iso(ts) if abs(ts) < 1e11 else ts} outside [{iso(lower)}, {iso(upper)}]"
-        )
+    if not (math.isfinite(ts) and lower <= ts <= upper):
+        # only instants inside the valid range are printed as dates: others may not be representable
+        raise InvalidEventError(f"{where}timestamp", f"{ts} (unix seconds) outside [{iso(lower)}, {iso(upper)}]")
     return _Event(
         user_id=str(ev.user_id),
         item_id=str(ev.item_id),
