@@ -20,16 +20,19 @@ Commands:
   `recommend` without HTTP) on the same artifact, and the ratio of the API's p50 to it;
 * `ramp`: fixed rates in steps (30 s each) until p95 reaches `--max-p95-ms` or a request fails;
   then `wrk` with a Lua script of the same mix, closed-loop, for the saturation throughput;
-* `ingest`: batches (100, 500 events) from concurrent clients for a duration: events acknowledged
-  (202) per second, then the acknowledged events counted in the event-log segments;
+* `ingest`: batches (100, 500 events) from 4 clients for 20 s, each on a kept-alive connection (or a
+  new connection per batch with `--connection-per-batch`): events acknowledged (202) per second, then
+  the acknowledged events counted in the event-log segments;
 * `soak`: a fixed rate for a long time (100/s, 30 min) with the resident memory of the API's
   processes sampled every 10 s: growth after the warm-up, errors, latency per minute;
 * `scale`: for 1, 2, 4 workers a fixed rate and a `wrk` run; then an event posted to one API
   process and the next list from another, both on one Redis;
-* `all`: latency, ramp, ingest and scale, in that order.
+* `all`: latency, ramp, ingest (both connection modes) and scale, in that order.
 
 Every command prints its figures as JSON (also written to `--out`) with the command line, the
-machine, the date and the load of the machine at the start; progress goes to stderr.
+machine, the date, and the CPU used during each run by the API's processes, Redis, the generator,
+`wrk` and every other process; progress goes to stderr. On a shared machine, `--quiet-wait` waits for
+it to be idle before each run and repeats a run that other processes disturbed.
 """
 
 from __future__ import annotations
@@ -565,8 +568,10 @@ def stack(
     cache_ttl: int | None = None,
     extra_env: dict[str, str] | None = None,
     url: str | None = None,
+    keep_events: bool = False,
 ) -> Iterator[Stack]:
-    """Start Redis and `instances` API processes of `workers` workers each; stop them on exit.
+    """Start Redis and `instances` API processes of `workers` workers each; stop them on exit, and
+    remove their event-log segments unless `keep_events` (a soak writes hundreds of MB).
 
     With `url`, nothing is started: the stack is that running API (on 127.0.0.1).
     """
@@ -593,6 +598,8 @@ def stack(
         for api in apis:
             api.stop()
         redis.stop()
+        if not keep_events:
+            shutil.rmtree(events_dir, ignore_errors=True)
 
 
 def cache_hit_ratio(url: str) -> float | None:
@@ -728,6 +735,7 @@ class Context:
             cache_ttl=a.cache_ttl,
             url=a.url,
             extra_env=dict(kv.split("=", 1) for kv in a.api_env),
+            keep_events=a.keep_events,
             **kw,
         )
 
@@ -892,7 +900,11 @@ def cmd_ingest(ctx: Context) -> dict[str, Any]:
         for batch in a.batch_sizes:
             await_quiet(a.quiet_wait, a.quiet_below)
             meter, rss0 = CpuMeter(st), sum(rss_bytes(st.server_processes()).values())
-            runs.append(run_async(_ingest(st, ctx.workload(), batch, a.clients, a.ingest_duration, a.timeout)))
+            runs.append(
+                run_async(
+                    _ingest(st, ctx.workload(), batch, a.clients, a.ingest_duration, a.timeout, a.connection_per_batch)
+                )
+            )
             # what the workers keep per accepted event (their in-process live state, for Redis outages)
             rss_growth = sum(rss_bytes(st.server_processes()).values()) - rss0
             runs[-1] |= meter.read() | {"api_rss_growth_mb": round(rss_growth / 2**20, 1)}
@@ -905,8 +917,15 @@ def cmd_ingest(ctx: Context) -> dict[str, Any]:
     return {"goal_events_per_s": a.goal_events_per_s, "runs": runs}
 
 
-async def _ingest(st: Stack, wl: Workload, batch: int, clients: int, duration: float, timeout: float) -> dict[str, Any]:
-    """`clients` clients posting batches back to back for `duration` seconds (closed loop)."""
+async def _ingest(
+    st: Stack, wl: Workload, batch: int, clients: int, duration: float, timeout: float, reconnect: bool = False
+) -> dict[str, Any]:
+    """`clients` clients posting batches back to back for `duration` seconds (closed loop), each on
+    one kept-alive connection, or with `reconnect` on a new connection per batch.
+
+    A worker accepts every connection waiting when it wakes, so a few connections opened together
+    usually land on one worker; new connections go to whichever worker is free.
+    """
     import aiohttp
 
     prefix = f"ing-{wl.tag}-{batch}"
@@ -935,12 +954,14 @@ async def _ingest(st: Stack, wl: Workload, batch: int, clients: int, duration: f
 
     t0 = loop.time()
     timeout_cfg = aiohttp.ClientTimeout(total=timeout)
-    async with aiohttp.ClientSession(st.url, timeout=timeout_cfg) as session:
+    connector = aiohttp.TCPConnector(force_close=reconnect)
+    async with aiohttp.ClientSession(st.url, timeout=timeout_cfg, connector=connector) as session:
         await asyncio.gather(*(client(c, session) for c in range(clients)))
     wall = loop.time() - t0
     return {
         "batch": batch,
         "clients": clients,
+        "connection_per_batch": reconnect,
         "duration_s": round(wall, 1),
         "acknowledged_events": acked,
         "acknowledged_events_per_s": round(acked / wall),
@@ -1055,6 +1076,11 @@ def cmd_all(ctx: Context) -> dict[str, Any]:
     for name, fn in (("latency", cmd_latency), ("ramp", cmd_ramp), ("ingest", cmd_ingest), ("scale", cmd_scale)):
         _progress(f"{name}...")
         out[name] = fn(ctx)
+        if name == "ingest" and not ctx.args.connection_per_batch:
+            # kept-alive connections opened together land on one worker; new ones spread
+            ctx.args.connection_per_batch = True
+            out["ingest_connection_per_batch"] = fn(ctx)
+            ctx.args.connection_per_batch = False
     return out
 
 
@@ -1107,6 +1133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="API worker processes")
     p.add_argument("--cache-ttl", type=int, help="RECSYS_CACHE_TTL_SECONDS of the API (default: the setting's)")
     p.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="extra API environment")
+    p.add_argument("--keep-events", action="store_true", help="keep the event-log segments in the work folder")
     p.add_argument("--rate", type=float, help="requests/s (latency: 200, soak: 100)")
     p.add_argument("--duration", type=float, help="measured seconds (latency: 60, soak: 1800)")
     p.add_argument("--warmup", type=float, help="seconds of load before measuring (latency: 10, soak: 120)")
@@ -1122,7 +1149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--goal-p95-ms", type=float, default=10.0)
     p.add_argument("--goal-p99-ms", type=float, default=25.0)
     p.add_argument("--inprocess-users", type=int, default=2000, help="lists timed in process (latency)")
-    p.add_argument("--rates", type=_floats, default=[200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000])
+    p.add_argument("--rates", type=_floats, default=[200, 400, 500, 600, 700, 800, 1000, 1200, 1600, 2000])
     p.add_argument("--step-duration", type=float, default=30.0, help="seconds per ramp step and scale row")
     p.add_argument("--step-warmup", type=float, default=3.0, help="warm-up of each ramp step after the first")
     p.add_argument("--max-p95-ms", type=float, default=100.0, help="ramp: a rate is sustained below this p95")
@@ -1133,6 +1160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=_ints, default=[100, 500])
     p.add_argument("--clients", type=int, default=4, help="concurrent ingest clients")
     p.add_argument("--ingest-duration", type=float, default=20.0)
+    p.add_argument("--connection-per-batch", action="store_true", help="ingest: a new connection for every batch")
     p.add_argument("--goal-events-per-s", type=float, default=5000.0)
     p.add_argument("--sample-every", type=float, default=10.0, help="soak: seconds between RSS samples")
     p.add_argument("--max-growth-pct", type=float, default=10.0, help="soak: RSS growth goal after warm-up")
