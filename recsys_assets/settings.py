@@ -199,6 +199,67 @@ class Settings(BaseSettings):
         "folds them into the artifact).",
     )
 
+    # --- the feedback loop: live windows, drift, retraining ---
+    drift_window_minutes: int = Field(
+        default=60,
+        ge=1,
+        description="Length of a live-event window: each becomes a `live_events` partition and gets a drift report.",
+    )
+    drift_window_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A window is ingested this long after its end, so the API's buffered impressions are in.",
+    )
+    drift_sensor_seconds: int = Field(
+        default=30, ge=5, description="How often the sensors look for new event segments and drift verdicts."
+    )
+    drift_reference_windows: int = Field(
+        default=1, ge=1, description="How many earlier windows (with data) form a window's drift reference."
+    )
+    drift_min_rows: int = Field(
+        default=200, ge=1, description="Fewest events in a window and in its reference for a drift verdict."
+    )
+    drift_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        description="Distance above which a feature has drifted (Wasserstein, normed, for numbers; "
+        "Jensen-Shannon for categories).",
+    )
+    drift_share: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="A window has drifted when at least this share of its data features drifted.",
+    )
+    min_ctr: float | None = Field(
+        default=None, ge=0, le=1, description="Online CTR floor of a window; below it, retrain (None: off)."
+    )
+    min_ndcg: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Floor of the champion's NDCG@10 on a window's events; below it, retrain (None: off).",
+    )
+    retrain_models: list[str] = Field(
+        default_factory=lambda: ["Pop", "ItemKNN", "EASE", "BPR", "MultiVAE"],
+        description="RecBole models a retrain compares (with Popularity, Content and Hybrid).",
+    )
+    retrain_protocols: list[str] = Field(
+        default_factory=lambda: ["temporal"], description="Protocols a retrain evaluates on (`temporal` decides)."
+    )
+    retrain_budget: Literal["standard", "smoke"] = Field(
+        default="standard", description="Training budget of a retrain (`smoke`: one epoch, for tests)."
+    )
+    retrain_cron: str = Field(
+        default="0 3 * * 1", description="The weekly retrain regardless of drift (cron, UTC; Monday 03:00)."
+    )
+    promotion_margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="A challenger is promoted when its NDCG@10 is at least (1 - margin) x the champion's.",
+    )
+
     # --- console ---
     api_url: str = Field(
         default="http://127.0.0.1:8000",
