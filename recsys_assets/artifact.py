@@ -4,10 +4,12 @@ Layout of one artifact (a folder, local or on Blob, written once and never modif
 
     manifest.json   schema_version, model_name, model_version, created_at, weights, components
                     (kind + params + array names), n_users, n_items, dataset fingerprint, metrics,
-                    sha256 of arrays.npz
+                    trained_until (ISO UTC time of the last event trained on; absent in older
+                    manifests, read as ""), sha256 of arrays.npz
     arrays.npz      user_ids, item_ids (str), item_titles, item_categories ("|"-joined), history
-                    (CSR users x items of training weights), and each component's arrays, named
-                    `<component>.<array>`; a sparse matrix is stored as `.data/.indices/.indptr/.shape`
+                    (CSR users x items of the event weights each user is scored from), and each
+                    component's arrays, named `<component>.<array>`; a sparse matrix is stored as
+                    `.data/.indices/.indptr/.shape`
 
 `load_artifact` checks the schema version and the checksum and raises `ArtifactError` naming the
 problem, so a corrupt or incompatible artifact is never served.
@@ -48,6 +50,7 @@ class ServingArtifact:
     item_categories: np.ndarray
     dataset_fingerprint: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    trained_until: str = ""
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     checksum: str = ""
 
@@ -110,6 +113,7 @@ def dump_artifact(art: ServingArtifact) -> dict[str, bytes]:
         "n_items": len(art.item_ids),
         "dataset_fingerprint": art.dataset_fingerprint,
         "metrics": art.metrics,
+        "trained_until": art.trained_until,
         "sha256": checksum,
     }
     art.checksum = checksum
@@ -156,6 +160,7 @@ def parse_artifact(files: dict[str, bytes]) -> ServingArtifact:
             item_categories=npz["item_categories"],
             dataset_fingerprint=manifest.get("dataset_fingerprint", ""),
             metrics=manifest.get("metrics", {}),
+            trained_until=manifest.get("trained_until", ""),
             created_at=manifest["created_at"],
             checksum=digest,
         )

@@ -26,12 +26,41 @@ DEMO_API_KEY = "demo-key"
 PROMOTION_CHECK_STEP = "challenger_model_challenger_beats_baseline_and_champion"
 
 
+# The instance `make demo` and `make pipeline` use. Runs the daemon launches (sensors, schedule, the
+# UI) wait in its queue: live windows run beside anything, training runs one at a time.
+INSTANCE_MARKER = "# Dagster instance written by `python -m recsys_assets`"
+INSTANCE_YAML = f"""{INSTANCE_MARKER} (edit freely: remove this line to keep your edits)
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: recsys/exclusive
+        value: training
+        limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+def instance_yaml(settings: Settings) -> str:
+    """The instance configuration; with Blob storage, step logs go to Blob too."""
+    import yaml
+
+    from recsys_assets.compute_logs import compute_logs_config
+
+    text = INSTANCE_YAML
+    section = compute_logs_config(settings)
+    if section is not None:
+        text += yaml.safe_dump({"compute_logs": section}, sort_keys=False)
+    return text
+
+
 def _dagster_home(settings: Settings) -> Path:
     home = Path(settings.dagster_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists() or config.read_text().startswith(INSTANCE_MARKER):
+        config.write_text(instance_yaml(settings))
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -4,13 +4,17 @@ the interaction matrix, and the EDA report."""
 import dagster as dg
 import pandas as pd
 
-from recsys_assets import ingestion
+from recsys_assets import ingestion, live
 from recsys_assets.reports.eda import eda_summary, render_eda_report
 from recsys_assets.resources import StorageResource
 from recsys_assets.schema import ITEM_COLUMNS, REJECTED_EVENTS, USER_COLUMNS
 from recsys_assets.settings import Settings
 
 GROUP = "ingestion"
+
+# Steps that read or write storage retry transient errors (a Blob timeout, a busy disk) with backoff;
+# bad input raises `dg.Failure(allow_retries=False)` and fails at once.
+STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def _md_table(df: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
@@ -39,6 +43,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
 
     @dg.multi_asset(
         group_name=GROUP,
+        retry_policy=STORAGE_RETRY,
         outs={
             "raw_events": dg.AssetOut(description="Every row of the source log, as text, in the canonical columns."),
             "raw_items": dg.AssetOut(description="The item catalog as given by the source (may be empty)."),
@@ -55,6 +60,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             # materialization of every table stays in place.
             raise dg.Failure(
                 description=str(exc),
+                allow_retries=False,
                 metadata={"file": exc.file, "column": exc.column or "", "problem": exc.problem},
             ) from exc
         files = sorted(raw["source_file"].dropna().unique())
@@ -78,6 +84,8 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     @dg.multi_asset(
         group_name=GROUP,
         ins={"raw_events": dg.AssetIn()},
+        deps=[dg.AssetKey(live.LIVE_EVENTS)],
+        retry_policy=STORAGE_RETRY,
         outs={
             "interactions": dg.AssetOut(
                 description="Typed, validated, de-duplicated events with their weight, sorted by time."
@@ -88,10 +96,15 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             ),
         },
     )
-    def clean(context: dg.AssetExecutionContext, raw_events: pd.DataFrame):
-        """Cleans raw events: rejects rows with missing ids, bad timestamps, unknown event types or bad
-        values (counted per reason), drops duplicates (by `event_id`, else by every field), weighs each
-        event by its type, and applies the optional k-core filter."""
+    def clean(context: dg.AssetExecutionContext, storage: StorageResource, raw_events: pd.DataFrame):
+        """Cleans raw events, the source's and every stored `live_events` window's: rejects rows with
+        missing ids, bad timestamps, unknown event types or bad values (counted per reason), drops
+        duplicates (by `event_id`, else by every field), weighs each event by its type, and applies the
+        optional k-core filter."""
+        live_rows = live.read_live_events(storage.get())
+        if len(live_rows):
+            context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
+            raw_events = pd.concat([raw_events, live_rows], ignore_index=True)
         result = ingestion.clean_events(raw_events, settings, unit=unit)
         inter = result.interactions
         n_rejected = sum(result.reject_counts.values())
@@ -105,6 +118,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             output_name="interactions",
             metadata={
                 "raw_rows": result.n_raw,
+                "live_rows": len(live_rows),
                 "rejected_rows": n_rejected,
                 "duplicates_dropped": result.n_duplicates,
                 "impressions_set_aside": int(result.notes.get("impressions", 0)),
@@ -154,7 +168,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             },
         )
 
-    @dg.asset(group_name=GROUP, kinds={"html"})
+    @dg.asset(group_name=GROUP, kinds={"html"}, retry_policy=STORAGE_RETRY)
     def eda_report(
         context: dg.AssetExecutionContext,
         storage: StorageResource,

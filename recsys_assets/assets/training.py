@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from recsys_assets.artifact import ServingArtifact, read_from_storage, save_artifact, write_to_storage
+from recsys_assets.assets.ingestion import STORAGE_RETRY
 from recsys_assets.evaluation import splits as S
 from recsys_assets.models.training import (
     CHAMPION_METRIC,
@@ -36,6 +38,10 @@ EVALUATION = "evaluation"
 SERVING = "serving_artifacts"
 CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
 TUNED_PARAMS = ("tuning", "best_params.json")
+
+SEED = 2020
+# Fewest events newer than the champion's data for a like-with-like comparison on them.
+MIN_FRESH_EVENTS = 50
 
 DEFAULT_MODELS = ["Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec"]
 
@@ -149,6 +155,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
                     cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata)
                 res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
+                # what the promotion needs to refit this model on the latest data
+                res["budget"] = config.budget
+                res["collaborative"] = str(cand.params.get("collaborative", ""))
                 results.append(res)
                 cands.append(cand)
                 ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
@@ -272,6 +281,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                         "map@10": metric_value(evaluation_report, model, "map", 10, protocol),
                         "artifact": store.uri("candidates", model),
                         "dataset_fingerprint": art.dataset_fingerprint,
+                        **_refit_params(evaluation_report, model),
                     }
                 )
         if not rows:
@@ -296,7 +306,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             "users": dg.AssetIn(),
         },
         description="Refuses promotion if the challenger is worse than the popularity baseline, or worse than "
-        "the current champion, on NDCG@10 (temporal split, the current data).",
+        "the current champion (by more than `promotion_margin`), on NDCG@10. Against the champion, the "
+        "challenger's model is trained on the champion's data and both are scored on the events that came "
+        "after it (the temporal test part when there are none).",
     )
     def challenger_beats_baseline_and_champion(
         storage: StorageResource,
@@ -315,43 +327,115 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             if not np.isnan(metric_value(evaluation_report, m, metric, k, protocol))
         )
         current = current_champion(store)
-        current_value = float("nan")
+        current_value = challenger_value = float("nan")
+        compared_on = "no champion yet"
         if current is not None:
-            pdata = prepare(interactions, items, users, protocol)
-            art = read_from_storage(store, *current["path"])
-            res = evaluate_artifact(art, pdata, "current_champion")
-            current_value = metric_value(res, "current_champion", metric, k, protocol)
-        passed = best["ndcg@10"] >= baseline and (np.isnan(current_value) or best["ndcg@10"] >= current_value)
+            champion_art = read_from_storage(store, *current["path"])
+            ts = pd.to_datetime(interactions["timestamp"], utc=True)
+            data_until = pd.Timestamp(current["data_until"]) if current.get("data_until") else None
+            old = interactions[(ts <= data_until).to_numpy()] if data_until is not None else interactions
+            n_new = len(interactions) - len(old)
+            if data_until is not None and n_new >= MIN_FRESH_EVENTS and len(old):
+                # Like with like: the challenger's model trained exactly as the champion was, on the
+                # champion's data, both scored on the events that came after it.
+                pdata = prepare(interactions, items, users, protocol, ratios=(len(old), 0, n_new))
+                from recsys_assets.models.refit import refit_artifact
+
+                challenger_art = refit_artifact(
+                    str(best["model"]),
+                    old,
+                    items,
+                    users,
+                    tuned=_tuned(store),
+                    budget=str(best.get("budget", "standard")),
+                    seed=SEED,
+                    hybrid_cf=str(best.get("collaborative", "")) or None,
+                )
+                compared_on = f"{n_new} events after the champion's data ({data_until}); both trained on it"
+            else:
+                # No new events: the temporal test part, where the champion may have trained on some
+                # events (it can only look better there).
+                pdata = prepare(interactions, items, users, protocol)
+                challenger_art = read_from_storage(store, "candidates", str(best["model"]))
+                compared_on = "the temporal test part (no newer events than the champion's data)"
+            res = evaluate_artifact(champion_art, pdata, "champion")
+            current_value = metric_value(res, "champion", metric, k, protocol)
+            res = evaluate_artifact(challenger_art, pdata, "challenger")
+            challenger_value = metric_value(res, "challenger", metric, k, protocol)
+        beats_baseline = bool(best["ndcg@10"] >= baseline)
+        floor = (1.0 - settings.promotion_margin) * current_value
+        beats_champion = bool(np.isnan(current_value) or challenger_value >= floor)
+        if not beats_baseline:
+            verdict = f"{best['model']} NDCG@10 {best['ndcg@10']:.4f} < popularity {baseline:.4f}"
+        elif not beats_champion:
+            verdict = (
+                f"{best['model']} NDCG@10 {challenger_value:.4f} < champion {current['model_version']} "
+                f"{current_value:.4f} x (1 - {settings.promotion_margin}) on {compared_on}"
+            )
+        else:
+            verdict = f"{best['model']} promoted"
         return dg.AssetCheckResult(
-            passed=bool(passed),
+            passed=beats_baseline and beats_champion,
             metadata={
+                "verdict": verdict,
                 "challenger": str(best["model"]),
                 "challenger_ndcg@10": float(best["ndcg@10"]),
                 "popularity_ndcg@10": float(baseline),
                 "current_champion": current["model_version"] if current else "none",
                 "current_champion_ndcg@10": current_value,
+                "challenger_ndcg@10_vs_champion": challenger_value,
+                "compared_on": compared_on,
+                "promotion_margin": settings.promotion_margin,
             },
         )
 
-    @dg.asset(group_name=SERVING, kinds={"mlflow"}, deps=[challenger_model])
+    @dg.asset(group_name=SERVING, kinds={"mlflow"}, deps=[challenger_model], retry_policy=STORAGE_RETRY)
     def champion_model(
         context: dg.AssetExecutionContext,
         storage: StorageResource,
         mlflow: MlflowTracking,
         challenger_model: pd.DataFrame,
+        interactions: pd.DataFrame,
+        items: pd.DataFrame,
+        users: pd.DataFrame,
     ) -> dg.MaterializeResult:
-        """Promotes the challenger (it passed the blocking check): copies its artifact to
-        `artifacts/<version>/`, points `artifacts/CHAMPION.json` at it (the API hot-reloads from there),
-        and registers it in MLflow with alias `champion`; the runner-up gets alias `challenger`."""
+        """Promotes the challenger (it passed the blocking check). Its model is refitted with the same
+        hyper-parameters on every event but the newest 5% (kept to early-stop), so new items and the
+        latest behaviour are served, and every event is its history; the artifact goes to
+        `artifacts/<version>/`, `artifacts/CHAMPION.json` points at it (the API hot-reloads from there),
+        and MLflow registers it with alias `champion`; the runner-up (as evaluated) gets `challenger`."""
+        from recsys_assets.models.refit import refit_artifact
+
         store = storage.get()
+        tuned = _tuned(store)
         aliases = {}
         for rank, (_, row) in enumerate(challenger_model.head(2).iterrows()):
             alias = "champion" if rank == 0 else "challenger"
-            art = read_from_storage(store, "candidates", row["model"])
+            evaluated = read_from_storage(store, "candidates", row["model"])
+            if rank == 0:
+                started = time.perf_counter()
+                art = refit_artifact(
+                    str(row["model"]),
+                    interactions,
+                    items,
+                    users,
+                    tuned=tuned,
+                    budget=str(row.get("budget", "standard")),
+                    seed=SEED,
+                    reference=evaluated,
+                    hybrid_cf=str(row.get("collaborative", "")) or None,
+                )
+                refit_seconds = time.perf_counter() - started
+                context.log.info(
+                    f"refitted {row['model']} on {len(interactions)} events in {refit_seconds:.1f}s "
+                    f"(trained until {art.trained_until})"
+                )
+            else:
+                art = evaluated
             write_to_storage(art, store, "artifacts", art.model_version)
             run_id = mlflow.log_training_run(
                 model_name=f"{row['model']} ({alias})",
-                params={"model_version": art.model_version},
+                params={"model_version": art.model_version, "trained_until": art.trained_until},
                 metrics=pd.DataFrame(
                     [
                         {
@@ -379,14 +463,37 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
                     "registry_version": version,
                     "ndcg@10": float(row["ndcg@10"]),
+                    "trained_until": art.trained_until,
+                    "data_until": str(pd.to_datetime(interactions["timestamp"], utc=True).max().isoformat()),
+                    "refit_seconds": round(refit_seconds, 1),
                 }
                 store.write_text(json.dumps(pointer, indent=2), *CHAMPION_POINTER)
         context.log.info(f"promoted {aliases}")
-        return dg.MaterializeResult(metadata={"aliases": dg.MetadataValue.json(aliases)})
+        champion = aliases["champion"]
+        return dg.MaterializeResult(
+            metadata={
+                "aliases": dg.MetadataValue.json(aliases),
+                "model_version": champion["model_version"],
+                "refit_seconds": round(refit_seconds, 1),
+            }
+        )
 
     return [tuned_hyperparameters, model_candidates, evaluation_report, challenger_model, champion_model], [
         challenger_beats_baseline_and_champion
     ]
+
+
+def _tuned(store: Any) -> dict[str, Any]:
+    return json.loads(store.read_bytes(*TUNED_PARAMS)) if store.exists(*TUNED_PARAMS) else {}
+
+
+def _refit_params(results: pd.DataFrame, model: str) -> dict[str, str]:
+    rows = results[results["model"] == model]
+    out = {"budget": "standard", "collaborative": ""}
+    for col in out:
+        if col in rows and len(rows) and pd.notna(rows[col].iloc[0]):
+            out[col] = str(rows[col].iloc[0])
+    return out
 
 
 def champion_ranking(results: pd.DataFrame) -> pd.DataFrame:

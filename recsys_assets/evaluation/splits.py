@@ -140,7 +140,8 @@ def temporal_split(inter: pd.DataFrame, ratios: Sequence[float] = DEFAULT_RATIOS
     event sharing the timestamp at a cut goes to the LATER part, so max(train) < min(valid) <= ... and
     max(train) < min(test) strictly (the earlier parts can come out slightly smaller than the ratio;
     valid is empty when one timestamp spans both cuts). Users and items that appear only after the
-    first cut are kept: they are the cold-start cases, not noise.
+    first cut are kept: they are the cold-start cases, not noise. A test ratio of 0 leaves the test
+    part empty: the split of a refit, which trains on everything but the newest validation slice.
     """
     _check(inter, ratios)
     n = len(inter)

@@ -7,6 +7,8 @@ RecBole's own test metrics, and the maps between our ids and RecBole's.
 
 The splits are written as RecBole benchmark files (`<dataset>.train.inter`, `.valid.inter`, `.test.inter`), so
 RecBole trains, early-stops and tests on exactly the rows the caller chose, the same rows every other model sees.
+The test part of a general model may be empty (a refit for serving): its file then holds only the header and
+nothing is tested.
 
 `run_quick_start` is the other way in: RecBole's own quick-start protocol on its bundled ml-100k, with RecBole
 splitting the data itself, to check that this stack reproduces RecBole's published figures.
@@ -244,6 +246,7 @@ class TrainedRecBoleModel:
         best_valid_score: float,
         epochs_trained: int,
         train_seconds: float,
+        valid_scores: Sequence[float] = (),
     ) -> None:
         self.config = config
         self.model = model
@@ -254,6 +257,8 @@ class TrainedRecBoleModel:
         self.best_valid_score = best_valid_score
         self.epochs_trained = epochs_trained
         self.train_seconds = train_seconds
+        # `valid_metric` after each epoch; the model holds the weights of the best one
+        self.valid_scores = tuple(valid_scores)
         self._histories = histories
         # RecBole's internal id 0 is its padding token, so our i-th id is internal id i + 1.
         self.user_index: dict[str, int] = {user: i + 1 for i, user in enumerate(user_ids)}
@@ -413,6 +418,7 @@ def train_recbole_model(
     The frames follow the canonical interactions schema (`INTERACTION_COLUMNS`); the caller filters event types.
     General models see each (user, item) pair once per split; sequential models see every event, oldest first,
     each valid/test event predicted from all earlier events of its user (train, then valid, then test).
+    `test` may be empty for general models: the best validation epoch is still loaded, and `test_metrics` is empty.
     """
     patch_recbole()
     from recbole.data import create_dataset, data_preparation
@@ -420,6 +426,9 @@ def train_recbole_model(
 
     spec = config.spec
     frames = {name: _check_frame(name, frame) for name, frame in zip(SPLITS, (train, valid, test), strict=True)}
+    if spec.sequential and test.empty:
+        # RecBole cannot read an item-list column from a file without rows.
+        raise ValueError(f"{config.model} is sequential and needs rows in the test split")
     user_universe = _universe(frames, "user_id")
     item_universe = _universe(frames, "item_id")
     coded = {name: _encode(frame, user_universe, item_universe, spec) for name, frame in frames.items()}
@@ -436,14 +445,18 @@ def train_recbole_model(
         model = get_model(recbole_config["model"])(recbole_config, train_data._dataset).to(recbole_config["device"])
         trainer = _make_trainer(recbole_config, model)
 
-        epochs: list[int] = []
+        curve: list[float] = []
         started = time.perf_counter()
         best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, verbose=False, saved=True, callback_fn=lambda epoch, _score: epochs.append(epoch)
+            train_data, valid_data, verbose=False, saved=True, callback_fn=lambda _epoch, score: curve.append(score)
         )
         train_seconds = time.perf_counter() - started
-        # Loads the best epoch's weights back into `model` before testing.
-        test_result = trainer.evaluate(test_data, load_best_model=True)
+        if coded["test"].empty:
+            _load_best_epoch(trainer, model)
+            test_result: Mapping[str, Any] = {}
+        else:
+            # Loads the best epoch's weights back into `model` before testing.
+            test_result = trainer.evaluate(test_data, load_best_model=True)
 
     user_tokens = list(dataset.field2id_token[USER_FIELD][1:])
     item_tokens = list(dataset.field2id_token[ITEM_FIELD][1:])
@@ -466,8 +479,9 @@ def train_recbole_model(
         test_metrics=_floats(test_result),
         best_valid_metrics=_floats(best_valid_result),
         best_valid_score=float(best_valid_score),
-        epochs_trained=len(epochs),
+        epochs_trained=len(curve),
         train_seconds=train_seconds,
+        valid_scores=[float(score) for score in curve],
     )
     logger.info(
         "%s trained %d epoch(s) in %.1fs; test %s", config.model, trained.epochs_trained, train_seconds, test_result
@@ -536,8 +550,8 @@ def _check_frame(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     missing = [column for column in ("user_id", "item_id", "timestamp") if column not in frame.columns]
     if missing:
         raise ValueError(f"the {name} split lacks column(s) {missing}; expected {list(INTERACTION_COLUMNS)}")
-    if frame.empty:
-        raise ValueError(f"the {name} split is empty: RecBole needs rows in train, valid and test")
+    if frame.empty and name != "test":
+        raise ValueError(f"the {name} split is empty: RecBole needs rows in train and valid")
     if frame[["user_id", "item_id", "timestamp"]].isna().any().any():
         raise ValueError(f"the {name} split has missing user_id, item_id or timestamp values")
     return frame
@@ -573,7 +587,7 @@ def _write_atomic_files(folder: Path, coded: Mapping[str, pd.DataFrame], spec: M
         rows = dict(coded)
         header = f"{USER_FIELD}:token\t{ITEM_FIELD}:token\t{TIME_FIELD}:float\n"
     for name, frame in rows.items():
-        if frame.empty:
+        if frame.empty and not (name == "test" and coded[name].empty):
             raise ValueError(f"the {name} split has no rows RecBole can use (sequential: no event with history)")
         path = folder / f"{DATASET_NAME}.{name}.inter"
         with path.open("w", encoding="utf-8") as handle:
@@ -682,6 +696,16 @@ def _make_trainer(config: Any, model: Any) -> Any:
     # The Trainer opens a TensorBoard writer under ./log_tensorboard of the working directory; nothing reads it.
     with mock.patch.object(trainer_module, "get_tensorboard", lambda _logger: _NoTensorBoard()):
         return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+
+def _load_best_epoch(trainer: Any, model: Any) -> None:
+    """What `Trainer.evaluate(load_best_model=True)` does first, which it skips when there is nothing to test."""
+    import torch
+
+    # The checkpoint is this run's own, in its temporary folder; it pickles RecBole's Config next to the weights.
+    checkpoint = torch.load(trainer.saved_model_file, map_location=trainer.device, weights_only=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
 
 
 def _floats(result: Mapping[str, Any]) -> dict[str, float]:

@@ -4,28 +4,27 @@ For each protocol (`random`: RecBole's 8:1:1 per user; `temporal`: one global ti
 are split once; every model trains on the train part, early-stops or tunes on the valid part, and
 is evaluated on the test part with full ranking over all items, the items a user already had in
 train or valid excluded. Results are one long table: model x metric x K x protocol x slice.
+`serving_artifact` turns a trained candidate into the artifact the API loads.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys_assets.artifact import ServingArtifact
 from recsys_assets.evaluation import splits as S
 from recsys_assets.evaluation.metrics import evaluate_topk, exclusion_matrix, topk_from_scores
 from recsys_assets.models.base import TrainData
-from recsys_assets.scoring import Component
-
-if TYPE_CHECKING:
-    from recsys_assets.artifact import ServingArtifact
+from recsys_assets.scoring import Component, Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +58,15 @@ def fingerprint(inter: pd.DataFrame) -> str:
 
 
 def prepare(
-    interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, protocol: str, seed: int = 2020
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    protocol: str,
+    seed: int = 2020,
+    ratios: Sequence[float] = S.DEFAULT_RATIOS,
 ) -> ProtocolData:
-    split = S.split(interactions, protocol, seed=seed)
+    """Split once and index the parts; a test ratio of 0 (a refit) leaves the test matrices empty."""
+    split = S.split(interactions, protocol, ratios=ratios, seed=seed)
     data = TrainData.build(split.train, items, users)
     uid, iid = users["user_id"], items["item_id"]
     valid = S.interactions_to_csr(split.valid, uid, iid)
@@ -180,3 +185,52 @@ def evaluate_artifact(art: ServingArtifact, pdata: ProtocolData, name: str) -> p
     out = np.full((len(users), len(items)), -np.inf)
     out[:, pos >= 0] = scored[:, pos[pos >= 0]]
     return evaluate_scores(out, pdata, name, users=users)
+
+
+def artifact_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """The metrics an artifact records: every metric at K=10 over all users (`"ndcg@10": ...`)."""
+    rows = results[(results["slice"] == ALL) & (results["k"] == 10)]
+    return {f"{r.metric}@{r.k}": float(r.value) for r in rows.itertuples()}
+
+
+def serving_artifact(
+    cand: Candidate,
+    data: TrainData,
+    dataset_fingerprint: str,
+    *,
+    metrics: dict[str, float] | None = None,
+    history: sp.csr_matrix | None = None,
+) -> ServingArtifact | None:
+    """The serving artifact of a trained candidate over every user and item of `data`, or None when the
+    model has no serving component. `history` (users x items event weights) defaults to the training
+    matrix; `trained_until` is the time of the last event in `data`."""
+    model = cand.extra.get("model")
+    if model is not None:  # native models carry their scorer
+        scorer = model.scorer
+    elif cand.component is not None:
+        scorer = Scorer({cand.name: cand.component}, {cand.name: 1.0})
+    else:
+        return None
+    items = data.items
+    last = data.events["timestamp"].max() if len(data.events) else None
+    return ServingArtifact(
+        model_name=cand.name,
+        model_version=f"{cand.name}-{dataset_fingerprint[:8]}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}",
+        scorer=scorer,
+        user_ids=data.users["user_id"].to_numpy(dtype=str),
+        item_ids=items["item_id"].to_numpy(dtype=str),
+        history=data.matrix if history is None else sp.csr_matrix(history),
+        item_titles=items["title"].fillna("").astype(str).to_numpy(),
+        item_categories=items["categories"].fillna("").astype(str).to_numpy(),
+        dataset_fingerprint=dataset_fingerprint,
+        metrics=dict(metrics or {}),
+        trained_until=_utc_iso(last),
+    )
+
+
+def _utc_iso(ts: object) -> str:
+    if ts is None or pd.isna(ts):
+        return ""
+    stamp = pd.Timestamp(ts)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.isoformat()
