@@ -200,9 +200,7 @@ def _events(frame: pd.DataFrame, start: dt.datetime, prefix: str) -> list[dict]:
 
 def _post(api: ApiProcess, events: list[dict]) -> None:
     for i in range(0, len(events), 500):
-        resp = httpx.post(
-            f"{api.url}/v1/events", json=events[i : i + 500], headers={"X-API-Key": "k"}, timeout=30
-        )
+        resp = httpx.post(f"{api.url}/v1/events", json=events[i : i + 500], headers={"X-API-Key": "k"}, timeout=30)
         assert resp.status_code == 202, resp.text
 
 
