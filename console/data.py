@@ -36,7 +36,9 @@ EVALUATION_REPORT = "evaluation_report"
 DRIFT_RESULTS = "drift_results"
 RETRAIN_RUNS = "retrain_runs"
 PIPELINE_HEALTH = "pipeline_health"
-ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH)
+# one row per replay run x A/B arm, written by `python -m recsys_assets.replay run`
+REPLAY_RUNS = "replay_runs"
+ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, REPLAY_RUNS)
 EVENTS_DIR = "events"
 EDA_REPORT = ("reports", "eda_report.html")
 EVALUATION_REPORT_HTML = ("reports", "evaluation_report.html")

@@ -3,6 +3,7 @@
 `scoring`: one user's top-10 from the serving artifact's scorer versus RecBole's `full_sort_topk`
 on the same trained model, side by side in one process, median over a sample of users.
 `comparison`: the wall time of the whole model comparison (both protocols) through the asset graph.
+`loop`: drift appearing in the API's log -> the new champion serving, under `dagster dev` (daemon on).
 """
 
 from __future__ import annotations
@@ -129,16 +130,59 @@ def bench_comparison(storage_uri: str, budget: str = "standard") -> dict[str, fl
     }
 
 
+def bench_loop(work: str, budget: str = "standard", n_events: int = 2000, window_minutes: int = 1) -> dict:
+    """Drift appearing in the log -> the new champion serving, with `dagster dev` (daemon) and the API
+    as processes and nothing but the shifted events posted (`recsys_assets.closed_loop`)."""
+    import shutil
+
+    from recsys_assets import closed_loop
+    from recsys_assets.cli import run_pipeline
+    from recsys_assets.settings import get_settings
+
+    root = Path(work)
+    shutil.rmtree(root, ignore_errors=True)
+    settings = get_settings(
+        storage_uri=str(root / "data"),
+        dagster_home=str(root / "dagster"),
+        events_dir=str(root / "events"),
+        mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        drift_window_minutes=window_minutes,
+        drift_window_grace_seconds=3,
+        drift_sensor_seconds=5,
+        model_poll_seconds=1,
+        retrain_budget=budget,
+    )
+    t0 = time.perf_counter()
+    candidates = {"budget": budget, "models": settings.retrain_models, "protocols": settings.retrain_protocols}
+    if not run_pipeline(settings, candidates):
+        raise RuntimeError("the initial pipeline failed")
+    pipeline_seconds = time.perf_counter() - t0
+    services = closed_loop.LoopServices(settings, root / "logs")
+    with services.running():
+        timeline = closed_loop.run_drift_scenario(settings, services, n_events=n_events)
+    return {
+        "budget": budget,
+        "window_minutes": window_minutes,
+        "retrain_models": settings.retrain_models,
+        "initial_pipeline_seconds": round(pipeline_seconds, 1),
+        **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in timeline.as_dict().items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recsys_assets.benchmarks", description=__doc__)
-    parser.add_argument("which", choices=["scoring", "comparison"])
+    parser.add_argument("which", choices=["scoring", "comparison", "loop"])
     parser.add_argument("--model", default="BPR")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "recsys-bench"))
     parser.add_argument("--budget", default="standard")
+    parser.add_argument("--events", type=int, default=2000, help="loop: events per window (reference and shifted)")
+    parser.add_argument("--window-minutes", type=int, default=1, help="loop: live window length")
     args = parser.parse_args(argv)
     if args.which == "scoring":
         out = bench_scoring(args.model, args.epochs)
+    elif args.which == "loop":
+        out = bench_loop(args.storage, args.budget, args.events, args.window_minutes)
     else:
         out = bench_comparison(args.storage, args.budget)
     print(json.dumps(out, indent=2))

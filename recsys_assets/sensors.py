@@ -111,6 +111,7 @@ def build_sensors(
 
     @dg.run_failure_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval,
         description="Records every failed run (step and message) in `pipeline_health` and `retrain_runs`.",
     )
     def pipeline_failure_sensor(context: dg.RunFailureSensorContext) -> None:
@@ -123,6 +124,7 @@ def build_sensors(
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval,
         description="Refreshes `pipeline_health` and `retrain_runs` after every successful run.",
     )
     def pipeline_success_sensor(context: dg.RunStatusSensorContext) -> None:

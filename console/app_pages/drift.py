@@ -20,7 +20,12 @@ def windows(drift: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
         .sort_values("window_end", ascending=False, kind="stable")
     )
-    per["status"] = per["drifted"].map(lambda n: "drift" if n else "ok")
+    if "window_drifted" in drift.columns:
+        # the monitor's verdict (some metrics are reported without deciding, e.g. prediction drift)
+        verdict = drift.groupby("window_end")["window_drifted"].agg(lambda v: bool(v.astype(bool).any()))
+        per["status"] = per["window_end"].map(verdict).map(lambda d: "drift" if d else "ok")
+    else:
+        per["status"] = per["drifted"].map(lambda n: "drift" if n else "ok")
     names = drift[drift["drifted"]].groupby("window_end")["metric"].agg(lambda m: ", ".join(sorted(set(m))))
     per["drifted_metrics"] = per["window_end"].map(names).fillna("")
     return per.reset_index(drop=True)
@@ -63,11 +68,11 @@ def render(settings: Settings) -> None:
     latest = per.iloc[0]
     cols = st.columns(3)
     with cols[0]:
-        ui.tile("Latest window", "drift detected" if latest["drifted"] else "no drift", help=_label(latest))
+        ui.tile("Latest window", "drift detected" if latest["status"] == "drift" else "no drift", help=_label(latest))
     with cols[1]:
         ui.tile("Metrics drifted (latest)", f"{int(latest['drifted'])} of {int(latest['metrics'])}")
     with cols[2]:
-        ui.tile("Windows with drift", f"{int((per['drifted'] > 0).sum())} of {len(per)}")
+        ui.tile("Windows with drift", f"{int((per['status'] == 'drift').sum())} of {len(per)}")
 
     fig = px.line(
         drift.sort_values("window_end"),

@@ -63,6 +63,7 @@ def render(settings: Settings) -> None:
             "the API has not logged any served list",
             "Impressions and feedback appear here once the API writes its event log under `events/`.",
         )
+        replay_runs(settings)
         return
 
     total = kpis.totals(lists)
@@ -115,6 +116,39 @@ def render(settings: Settings) -> None:
             "impression_ctr": st.column_config.NumberColumn("Impression CTR", format="%.1f%%"),
             "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
         },
+    )
+    replay_runs(settings)
+
+
+def replay_runs(settings: Settings) -> None:
+    """The replay simulator's runs, newest first, one row per A/B arm (nothing before the first run)."""
+    runs = data.table(settings, data.REPLAY_RUNS)
+    if runs is None or runs.empty:
+        return
+    st.subheader("Replay runs")
+    runs = runs.sort_values(["started_at", "arm"], ascending=[False, True]).head(20)
+    shown = runs[["started_at", "dataset", "arm", "model_versions", "lists", "ctr", "conversion", "hit_rate"]].copy()
+    shown[["ctr", "conversion", "hit_rate"]] = shown[["ctr", "conversion", "hit_rate"]] * 100
+    shown["freshness"] = runs["freshness_requests_max"]
+    st.dataframe(
+        shown,
+        hide_index=True,
+        column_config={
+            "started_at": st.column_config.DatetimeColumn("Started (UTC)", format="YYYY-MM-DD HH:mm"),
+            "dataset": st.column_config.TextColumn("Data set"),
+            "arm": st.column_config.TextColumn("A/B arm"),
+            "model_versions": st.column_config.TextColumn("Model"),
+            "lists": st.column_config.NumberColumn("Lists", format="localized"),
+            "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
+            "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
+            "hit_rate": st.column_config.NumberColumn("Hit rate", format="%.1f%%"),
+            "freshness": st.column_config.NumberColumn("Freshness (requests)"),
+        },
+    )
+    st.caption(
+        "A held-out future replayed through the API as live traffic (`python -m recsys_assets.replay`, "
+        "docs/replay.md): each simulated user clicks what they really took later; freshness is how many of "
+        "the user's lists it took for a click to show (1: the very next)."
     )
 
 

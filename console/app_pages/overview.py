@@ -131,9 +131,10 @@ def status_row(settings: Settings) -> None:
         else:
             last = drift[drift["window_end"] == drift["window_end"].max()]
             n_drifted = int(last["drifted"].astype(bool).sum())
+            verdict = bool(last["window_drifted"].astype(bool).any()) if "window_drifted" in last else n_drifted > 0
             ui.tile(
                 "Drift",
-                "drift detected" if n_drifted else "no drift",
+                "drift detected" if verdict else "no drift",
                 f"{n_drifted} of {len(last)} metrics",
                 inverse=True,
                 description="in the latest window",

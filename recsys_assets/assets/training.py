@@ -15,18 +15,19 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from recsys_assets.artifact import ServingArtifact, read_from_storage, save_artifact, write_to_storage
+from recsys_assets.artifact import read_from_storage, save_artifact, write_to_storage
 from recsys_assets.assets.ingestion import STORAGE_RETRY
 from recsys_assets.evaluation import splits as S
 from recsys_assets.models.training import (
     CHAMPION_METRIC,
     Candidate,
-    ProtocolData,
+    artifact_metrics,
     evaluate_artifact,
     evaluate_scores,
     fingerprint,
     metric_value,
     prepare,
+    serving_artifact,
 )
 from recsys_assets.reports.evaluation import render_evaluation_report
 from recsys_assets.resources import StorageResource
@@ -172,7 +173,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                 )
                 artifact_path = None
                 if protocol == S.TEMPORAL:
-                    art = candidate_artifact(cand, pdata, fp, res)
+                    art = serving_artifact(cand, pdata.data, fp, metrics=artifact_metrics(res))
                     if art is not None:
                         write_to_storage(art, store, "candidates", cand.name)
                         artifact_path = store.uri("candidates", cand.name)
@@ -197,31 +198,6 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     {f"{s['model']}/{s['protocol']}": round(s["train_seconds"], 1) for s in summary}
                 ),
             },
-        )
-
-    def candidate_artifact(cand: Candidate, pdata: ProtocolData, fp: str, res: pd.DataFrame) -> ServingArtifact | None:
-        model = cand.extra.get("model")
-        if model is not None:  # native models carry their scorer
-            scorer = model.scorer
-        elif cand.component is not None:
-            from recsys_assets.scoring import Scorer
-
-            scorer = Scorer({cand.name: cand.component}, {cand.name: 1.0})
-        else:
-            return None
-        items = pdata.data.items
-        metrics = {f"{r.metric}@{r.k}": float(r.value) for r in res[res["slice"] == "all"].itertuples() if r.k in (10,)}
-        return ServingArtifact(
-            model_name=cand.name,
-            model_version=f"{cand.name}-{fp[:8]}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}",
-            scorer=scorer,
-            user_ids=pdata.data.users["user_id"].to_numpy(dtype=str),
-            item_ids=items["item_id"].to_numpy(dtype=str),
-            history=pdata.data.matrix,
-            item_titles=items["title"].fillna("").astype(str).to_numpy(),
-            item_categories=items["categories"].fillna("").astype(str).to_numpy(),
-            dataset_fingerprint=fp,
-            metrics=metrics,
         )
 
     @dg.asset(group_name=EVALUATION, kinds={"html", "parquet", "mlflow"})
