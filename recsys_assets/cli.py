@@ -1,29 +1,37 @@
-"""Command line: `python -m recsys_assets pipeline|demo`.
+"""Command line: `python -m recsys_assets pipeline|tune|demo`.
 
 `pipeline` materializes the whole asset graph once in a persistent Dagster instance (so the runs
 show up in the Dagster UI) and exits non-zero if any step or blocking check failed. `demo` runs the
-pipeline, then starts the Dagster UI until interrupted.
+whole loop on MovieLens-100k: it cuts the data set in time, trains on the past, starts every service,
+replays the future through the API as live traffic, and serves until Ctrl-C (`--ci`: exits instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from recsys_assets.settings import Settings, get_settings
+from recsys_assets.settings import EventLogSource, Settings, get_settings
 
 # The demo's API key when RECSYS_API_KEYS is unset (printed at start; local use only).
 DEMO_API_KEY = "demo-key"
+KEY_NOTE = f"API key for POST /v1/events: {DEMO_API_KEY} (header X-API-Key; set RECSYS_API_KEYS to choose your own)"
 PROMOTION_CHECK_STEP = "challenger_model_challenger_beats_baseline_and_champion"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # The instance `make demo` and `make pipeline` use. Runs the daemon launches (sensors, schedule, the
@@ -108,58 +116,36 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     return bool(result.success)
 
 
-def demo_services(settings: Settings) -> list[tuple[str, list[str], str, dict[str, str]]]:
-    """What `make demo` serves: (name, command, URL, extra environment)."""
-    from recsys_assets.tracking import tracking_uri
+# ---------------------------------------------------------------------------------------------
+# `demo`: the whole loop on MovieLens-100k
+# ---------------------------------------------------------------------------------------------
 
-    py = sys.executable
-    mlflow_bind = ("-h", "127.0.0.1", "-p", str(settings.mlflow_ui_port))
-    services = [
-        (
-            "Dagster UI (webserver + daemon)",
-            [py, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
-            f"http://127.0.0.1:{settings.dagster_port}",
-            {},
-        ),
-        (
-            "MLflow UI",
-            [*(py, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(settings)), *mlflow_bind],
-            f"http://127.0.0.1:{settings.mlflow_ui_port}",
-            # its job workers would outlive the server otherwise
-            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        ),
-    ]
-    redis = urlparse(settings.redis_url)
-    redis_port = redis.port or 6379
-    if shutil.which("redis-server") and not _listening(redis.hostname or "127.0.0.1", redis_port):
-        services.append(
-            (
-                "Redis (cache and live state)",
-                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                f"redis://127.0.0.1:{redis_port}",
-                {},
-            )
-        )
-    api_env = {} if os.environ.get("RECSYS_API_KEYS") else {"RECSYS_API_KEYS": DEMO_API_KEY}
-    services += [
-        (
-            "Recommendation API",
-            [py, "-m", "serving"],
-            f"http://{settings.api_host}:{settings.api_port}/docs",
-            api_env,
-        ),
-        (
-            "Console",
-            [
-                *(py, "-m", "streamlit", "run", "console/app.py", "--server.address", "127.0.0.1"),
-                *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
-                *("--server.port", str(settings.console_port)),
-            ],
-            f"http://127.0.0.1:{settings.console_port}",
-            {},
-        ),
-    ]
-    return services
+DEMO_DATASET = "ml-100k"
+POPULARITY_ARM = "candidates/Popularity"
+# A visit (one list) answers up to 3 of a user's ratings less than 30 min apart: a third of the lists
+# of one visit per rating, so the replay keeps its pace beside the Dagster runs on a small machine.
+DEMO_EVENTS_PER_VISIT = 3
+# Live windows of a minute, so the Dagster UI shows `live_events` partitions and drift reports within
+# the demo's minutes; each applies unless set (RECSYS_DRIFT_WINDOW_MINUTES, RECSYS_DRIFT_SENSOR_SECONDS).
+DEMO_LOOP_DEFAULTS: dict[str, object] = {"drift_window_minutes": 1, "drift_sensor_seconds": 10}
+READY_TIMEOUT = 300.0  # `dagster dev` loads the code location (torch, RecBole) before it answers
+
+
+@dataclass
+class Service:
+    """One process `make demo` starts: what it runs, where a user finds it, and how to tell it is up."""
+
+    name: str
+    cmd: list[str]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)  # the whole environment of the process
+    health: str = ""  # answers 200 once up; a redis:// URL: its port accepts connections
+    log: str = ""  # file name under the logs folder
+
+
+def _api_base(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.api_host in ("", "0.0.0.0", "::") else settings.api_host
+    return f"http://{host}:{settings.api_port}"
 
 
 def _listening(host: str, port: int) -> bool:
@@ -168,27 +154,397 @@ def _listening(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def serve(settings: Settings) -> int:
-    """Start every demo service in its own process group; Ctrl-C stops them all."""
-    _dagster_home(settings)
-    procs: list[tuple[str, subprocess.Popen]] = []
-    for name, cmd, url, env in demo_services(settings):
-        procs.append((name, subprocess.Popen(cmd, start_new_session=True, env=os.environ | env)))
-        print(f"{name}: {url}")
-    if not os.environ.get("RECSYS_API_KEYS"):
-        print(f"API key for POST /v1/events: {DEMO_API_KEY} (header X-API-Key; set RECSYS_API_KEYS to choose your own)")
-    print("Ctrl-C stops everything.")
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis(settings: Settings, fresh: bool) -> tuple[Service | None, str]:
+    """A Redis to start, if any, and the URL every service uses. One is started where none listens; with
+    `fresh` (a replay: live state left by an earlier one changes what is served) also when one does,
+    on a free port. Without `redis-server`, the configured URL as it is."""
+    redis = urlparse(settings.redis_url)
+    host, port = redis.hostname or "127.0.0.1", redis.port or 6379
+    if not shutil.which("redis-server") or host not in ("127.0.0.1", "localhost"):
+        return None, settings.redis_url
+    if _listening(host, port):
+        if not fresh:
+            return None, settings.redis_url
+        port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return Service("Redis (cache and live state)", cmd, url, health=url, log="redis.log"), url
+
+
+def demo_services(settings: Settings, replay: bool = False) -> list[Service]:
+    """What `make demo` serves. Every process gets the settings as `RECSYS_*` variables (the source and
+    event log included), the API's URL and the Redis in use; with `replay`, the API serves half of the
+    users from the popularity arm, without a rate limit, on a fresh Redis."""
+    from recsys_assets.closed_loop import settings_env
+    from recsys_assets.tracking import tracking_uri
+
+    py = sys.executable
+    api_base = _api_base(settings)
+    redis, redis_url = _redis(settings, fresh=replay)
+    env = (
+        dict(os.environ)
+        | settings_env(settings)
+        | {
+            "DAGSTER_HOME": str(Path(settings.dagster_home).resolve()),
+            "RECSYS_API_URL": api_base,
+            "RECSYS_REDIS_URL": redis_url,
+        }
+    )
+    api_env = env | ({} if settings.api_keys else {"RECSYS_API_KEYS": DEMO_API_KEY})
+    if replay:
+        api_env |= {
+            "RECSYS_AB_CHALLENGER_SHARE": "0.5",
+            "RECSYS_AB_CHALLENGER_PATH": POPULARITY_ARM,
+            "RECSYS_RATE_LIMIT_PER_MINUTE": "0",
+        }
+    dagster = f"http://127.0.0.1:{settings.dagster_port}"
+    mlflow = f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    console = f"http://127.0.0.1:{settings.console_port}"
+    services = [
+        Service(
+            "Dagster UI (webserver + daemon)",
+            [py, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+            dagster,
+            env,
+            f"{dagster}/server_info",
+            "dagster.log",
+        ),
+        Service(
+            "MLflow UI",
+            [
+                *(py, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(settings)),
+                *("-h", "127.0.0.1", "-p", str(settings.mlflow_ui_port)),
+            ],
+            mlflow,
+            # its job workers would outlive the server otherwise
+            env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            f"{mlflow}/health",
+            "mlflow.log",
+        ),
+    ]
+    if redis is not None:
+        services.append(redis)
+    services += [
+        Service(
+            "Recommendation API", [py, "-m", "serving"], f"{api_base}/docs", api_env, f"{api_base}/ready", "api.log"
+        ),
+        Service(
+            "Console",
+            [
+                *(py, "-m", "streamlit", "run", "console/app.py", "--server.address", "127.0.0.1"),
+                *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
+                *("--server.port", str(settings.console_port)),
+            ],
+            console,
+            env,
+            f"{console}/_stcore/health",
+            "console.log",
+        ),
+    ]
+    for svc in services:
+        svc.env = svc.env or env
+    return services
+
+
+def _up(svc: Service) -> bool:
+    if svc.health.startswith("redis://"):
+        parsed = urlparse(svc.health)
+        return _listening(parsed.hostname or "127.0.0.1", parsed.port or 6379)
     try:
-        while all(p.poll() is None for _, p in procs):
+        with urllib.request.urlopen(svc.health, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_ready(services: list[Service], procs: list[subprocess.Popen], logs: Path) -> bool:
+    """Wait until every service answers its health URL; False (with the log's tail) if one exits or is late."""
+    started = time.monotonic()
+    pending = list(range(len(services)))
+    while pending:
+        for i in list(pending):
+            svc, proc = services[i], procs[i]
+            if proc.poll() is not None:
+                print(f"{svc.name} exited with {proc.returncode}; the end of {logs / svc.log}:")
+                print(_tail(logs / svc.log))
+                return False
+            if _up(svc):
+                pending.remove(i)
+                print(f"  {svc.name} is up ({time.monotonic() - started:.0f} s)", flush=True)
+        if pending and time.monotonic() - started > READY_TIMEOUT:
+            for i in pending:
+                print(f"{services[i].name} not up after {READY_TIMEOUT:.0f} s; the end of {logs / services[i].log}:")
+                print(_tail(logs / services[i].log))
+            return False
+        time.sleep(1)
+    return True
+
+
+def _print_urls(services: list[Service], settings: Settings) -> None:
+    for svc in services:
+        print(f"  {svc.name}: {svc.url}")
+    if not settings.api_keys:
+        print(f"  {KEY_NOTE}")
+
+
+def _events_key(keys: str) -> str | None:
+    """The first key of `RECSYS_API_KEYS` allowed to post events."""
+    for entry in keys.split(","):
+        key, _, scope = entry.strip().partition(":")
+        if key and scope in ("", "events"):
+            return key
+    return None
+
+
+@dataclass
+class DemoReplay:
+    """The held-out future of the cut, replayed through the API paced to `seconds` of wall time."""
+
+    workdir: Path
+    seconds: float
+
+    def run(self, settings: Settings) -> bool:
+        """Replay, store `replay_runs`, print the summary; False if no list was served or the API's
+        log disagrees with what the replay counted."""
+        from recsys_assets import live
+        from recsys_assets.replay.data import read_events
+        from recsys_assets.replay.report import store_runs, summary_text
+        from recsys_assets.replay.simulator import ReplayConfig, run_replay
+        from recsys_assets.storage import Storage
+
+        key = _events_key(settings.api_keys) if settings.api_keys else DEMO_API_KEY
+        if key is None:
+            print("RECSYS_API_KEYS has no key allowed to post events: the replay needs one (`key` or `key:events`)")
+            return False
+        future = read_events(self.workdir / "future" / "events.csv")
+        span = (future["timestamp"].max() - future["timestamp"].min()).total_seconds()
+        speed = span / self.seconds if self.seconds > 0 else 0.0
+        print(
+            f"\nreplaying the future ({len(future):,} ratings of {future['user_id'].nunique()} users, "
+            f"{span / 86400:.0f} days) through {_api_base(settings)} in about {self.seconds:.0f} s "
+            f"({speed / 3600:.0f} h of data a second); half of the users get the champion, half popularity ...",
+            flush=True,
+        )
+        result = run_replay(
+            ReplayConfig(
+                api_url=_api_base(settings),
+                api_key=key,
+                events=future,
+                dataset=DEMO_DATASET,
+                max_seconds=self.seconds + 15,
+                speed=speed,
+                max_events_per_visit=DEMO_EVENTS_PER_VISIT,
+                events_dir=live.events_dir(settings),
+            )
+        )
+        path = store_runs(Storage.from_settings(settings), result.arms())
+        print(summary_text(result))
+        print(f"stored in {path} (the console's Online page)")
+        if not len(result.lists):
+            print("the replay was served no list")
+            return False
+        return not result.mismatches()
+
+
+def serve(settings: Settings, replay: DemoReplay | None = None, ci: bool = False) -> int:
+    """Start every demo service in its own process group; with `replay`, replay once they are up. Then
+    serve until Ctrl-C (SIGTERM too), or with `ci` stop at once; every service is stopped either way."""
+    home = _dagster_home(settings)
+    logs = home / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    services = demo_services(settings, replay=replay is not None)
+    procs: list[subprocess.Popen] = []
+    replaying = False
+    on_term = _interrupt_on_sigterm()
+    try:
+        for svc in services:
+            with (logs / svc.log).open("ab") as out:
+                out.write(f"--- {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC: {' '.join(svc.cmd)}\n".encode())
+                out.flush()
+                procs.append(
+                    subprocess.Popen(
+                        svc.cmd, cwd=ROOT, env=svc.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
+            print(f"{svc.name}: {svc.url}", flush=True)
+        if not settings.api_keys:
+            print(KEY_NOTE)
+        print(f"service logs: {logs}", flush=True)
+        ok = True
+        if replay is not None or ci:
+            print("waiting for every service ...", flush=True)
+            if not _wait_ready(services, procs, logs):
+                return 1
+        if replay is not None:
+            replaying = True
+            ok = replay.run(settings)
+            replaying = False
+        exited = [(svc, p) for svc, p in zip(services, procs, strict=True) if p.poll() is not None]
+        for svc, p in exited:
+            print(f"{svc.name} exited with {p.returncode}; the end of {logs / svc.log}:\n{_tail(logs / svc.log)}")
+        if ci:
+            return 0 if ok and not exited else 1
+        if exited:
+            return 1
+        print("\nserving:")
+        _print_urls(services, settings)
+        print("Ctrl-C stops everything.", flush=True)
+        while all(p.poll() is None for p in procs):
             time.sleep(1)
-        for name, p in procs:
+        for svc, p in zip(services, procs, strict=True):
             if p.poll() is not None:
-                print(f"{name} exited with {p.returncode}; stopping the others")
+                print(f"{svc.name} exited with {p.returncode}; stopping the others (log: {logs / svc.log})")
         return 1
     except KeyboardInterrupt:
-        return 0
+        return 130 if replaying else 0
     finally:
-        stop_all([p for _, p in procs])
+        with _no_interrupts():
+            if procs:
+                print("\nstopping every service ...", flush=True)
+            stop_all(procs)
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM stops the demo the way Ctrl-C does; returns the handler it replaced (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+@contextlib.contextmanager
+def _no_interrupts():
+    """A second Ctrl-C (or SIGTERM) must not cut the shutdown short and leave services running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def replay_workdir(settings: Settings) -> Path:
+    """Where the demo cuts ml-100k: `<storage>/replay` (`<dagster_home>/replay` with Blob storage)."""
+    base = Path(settings.dagster_home).resolve() if settings.is_azure else settings.local_root()
+    return base / "replay"
+
+
+def cut_dataset(work: Path) -> tuple[EventLogSource, dict]:
+    """Cut ml-100k in time under `work` (the last 20% of ratings by time are the future), or reuse the
+    cut already there; the event-log source of the past and the cut's summary."""
+    from dotenv import dotenv_values
+
+    from recsys_assets.replay.data import ENV_FILE, load_dataset, prepare
+
+    if (work / "split.json").is_file():  # written last, so the cut is complete
+        source = EventLogSource.model_validate_json(dotenv_values(work / ENV_FILE).get("RECSYS_EVENT_LOG") or "{}")
+        if all(Path(p).is_file() for p in source.paths) and (work / "future" / "events.csv").is_file():
+            print(f"reusing the cut of {DEMO_DATASET} in {work}", flush=True)
+            return source, json.loads((work / "split.json").read_text())
+    print(f"cutting {DEMO_DATASET} in time under {work} ...", flush=True)
+    prep = prepare(load_dataset(DEMO_DATASET), work)
+    source = EventLogSource.model_validate_json(dotenv_values(prep.env_file)["RECSYS_EVENT_LOG"] or "{}")
+    return source, prep.summary
+
+
+def demo_settings(settings: Settings, source: EventLogSource, retrain: dict | None = None) -> Settings:
+    """The demo's settings: the past as the source, absolute paths (the services run from the project
+    folder), short live windows unless set, and `retrain` (`retrain_budget`, `retrain_models`)."""
+    updates: dict[str, object] = {
+        "source": "event_log",
+        "event_log": source,
+        "dagster_home": str(Path(settings.dagster_home).resolve()),
+        **(retrain or {}),
+    }
+    if not settings.is_azure:
+        updates["storage_uri"] = str(settings.local_root())
+    if settings.events_dir:
+        updates["events_dir"] = str(Path(settings.events_dir).resolve())
+    for name, value in DEMO_LOOP_DEFAULTS.items():
+        if name not in settings.model_fields_set:
+            updates[name] = value
+    return settings.model_copy(update=updates)
+
+
+def set_aside_earlier_replays(settings: Settings, work: Path, cut: str) -> None:
+    """Every replay plays the same future. An earlier one's live windows and event segments, or a
+    champion trained on events from the cut on, would put it in training and in every user's history
+    (items there are never served again, so no clicks): move them under `replay/earlier/<time>/`."""
+    import pandas as pd
+
+    from recsys_assets import live
+    from recsys_assets.assets.training import CHAMPION_POINTER, current_champion
+    from recsys_assets.storage import Storage
+
+    store = Storage.from_settings(settings)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    aside = ("replay", "earlier", stamp)
+    moved = []
+    champion = current_champion(store)
+    if champion is not None:
+        until = champion.get("data_until")
+        if not until or pd.Timestamp(until) >= pd.Timestamp(cut):
+            store.fs.makedirs(store.path(*aside), exist_ok=True)
+            store.fs.mv(store.path(*CHAMPION_POINTER), store.path(*aside, CHAMPION_POINTER[-1]))
+            moved.append(f"the champion {champion.get('model_version')} (trained on data until {until or '?'})")
+    windows = live.stored_windows(store)
+    if windows:
+        store.fs.makedirs(store.path(*aside), exist_ok=True)
+        store.fs.mv(store.path(live.LIVE_EVENTS), store.path(*aside, live.LIVE_EVENTS), recursive=True)
+        moved.append(f"{len(windows)} live windows")
+    segments = live.segments(live.events_dir(settings))
+    if segments:
+        target = work / "earlier" / stamp / "events"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in segments:
+            shutil.move(path, target / path.name)
+        moved.append(f"{len(segments)} event-log segments (to {target})")
+    if moved:
+        print(f"set aside under {store.uri(*aside)}: " + "; ".join(moved), flush=True)
+
+
+def demo(
+    settings: Settings,
+    candidates: dict,
+    replay_seconds: float = 180.0,
+    ci: bool = False,
+    retrain: dict | None = None,
+) -> int:
+    """Cut ml-100k in time, train on the past, serve, replay the future; then serve until Ctrl-C, or
+    with `ci` stop everything and return 0 only if every step succeeded."""
+    work = replay_workdir(settings)
+    source, summary = cut_dataset(work)
+    settings = demo_settings(settings, source, retrain)
+    set_aside_earlier_replays(settings, work, str(summary["cut"]))
+    print(
+        f"training on the past: {summary['past_events']:,} ratings before {summary['cut']} "
+        f"(the {summary['future_events']:,} from then on are replayed later) ...",
+        flush=True,
+    )
+    if not run_pipeline(settings, candidates):
+        return 1
+    return serve(settings, DemoReplay(work, replay_seconds), ci=ci)
 
 
 def stop_all(procs: list[subprocess.Popen], timeout: float = 20) -> None:
@@ -212,11 +568,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     pipeline = sub.add_parser("pipeline", help="materialize the whole asset graph once and exit")
     sub.add_parser("tune", help="run the budgeted hyper-parameter search (needs a materialized pipeline)")
-    demo = sub.add_parser("demo", help="run the pipeline, then start the Dagster UI")
-    demo.add_argument("--no-serve", action="store_true", help="run the same steps and exit (no servers)")
-    for p in (pipeline, demo):
-        p.add_argument("--budget", choices=["standard", "smoke"], default="standard", help="training budget")
-        p.add_argument("--models", help="comma-separated RecBole models (default: all eight)")
+    demo_args = sub.add_parser(
+        "demo",
+        help="the whole loop on MovieLens-100k: train on the past, serve every UI, replay the future",
+        description="Cuts MovieLens-100k in time (the last 20%% of ratings are the future), trains on the past, "
+        "starts the Dagster UI with its daemon, the MLflow UI, Redis, the API and the console, replays the future "
+        "through the API (half of the users on the popularity arm) and serves until Ctrl-C.",
+    )
+    demo_args.add_argument(
+        "--ci", action="store_true", help="run the same steps, then stop every service and exit (non-zero on failure)"
+    )
+    demo_args.add_argument(
+        "--replay-seconds", type=float, default=180.0, help="wall seconds the replay of the future is paced to (180)"
+    )
+    for p in (pipeline, demo_args):
+        p.add_argument(
+            "--budget", choices=["standard", "smoke"], help="training budget (standard); the demo's retrains too"
+        )
+        p.add_argument("--models", help="comma-separated RecBole models (default: all eight); the demo's retrains too")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -224,15 +593,15 @@ def main(argv: list[str] | None = None) -> int:
         from recsys_assets.definitions import TUNE_JOB
 
         return 0 if run_pipeline(settings, job_name=TUNE_JOB) else 1
-    candidates: dict = {"budget": args.budget}
+    candidates: dict = {"budget": args.budget or "standard"}
     if args.models:
         candidates["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
-    ok = run_pipeline(settings, candidates)
-    if not ok:
-        return 1
-    if args.command == "demo" and not args.no_serve:
-        return serve(settings)
-    return 0
+    if args.command == "demo":
+        retrain: dict[str, object] = {"retrain_budget": args.budget} if args.budget else {}
+        if args.models:
+            retrain["retrain_models"] = candidates["models"]
+        return demo(settings, candidates, args.replay_seconds, ci=args.ci, retrain=retrain)
+    return 0 if run_pipeline(settings, candidates) else 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ API_KEY = "loop-key"
 def settings_env(settings: Settings) -> dict[str, str]:
     """The `RECSYS_*` variables that reproduce the loop's settings in another process."""
     keys = (
+        "source",
         "storage_uri",
         "dagster_home",
         "events_dir",
@@ -57,6 +58,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, key)
         if value is not None:
             env[f"RECSYS_{key.upper()}"] = str(value)
+    if settings.event_log is not None:
+        env["RECSYS_EVENT_LOG"] = settings.event_log.model_dump_json()
     env["RECSYS_RETRAIN_MODELS"] = json.dumps(settings.retrain_models)
     env["RECSYS_RETRAIN_PROTOCOLS"] = json.dumps(settings.retrain_protocols)
     return env
@@ -90,6 +93,7 @@ class LoopServices:
 
     settings: Settings
     logs: Path
+    api_env: dict[str, str] = field(default_factory=dict)
     dagster_port: int = field(default_factory=_free_port)
     api_port: int = field(default_factory=_free_port)
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -107,11 +111,15 @@ class LoopServices:
         env = base | settings_env(self.settings) | {"DAGSTER_HOME": str(home)}
         dagster = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"]
         self._spawn([*dagster, "-p", str(self.dagster_port)], env, "dagster.log")
-        api_env = env | {
-            "RECSYS_API_PORT": str(self.api_port),
-            "RECSYS_API_KEYS": API_KEY,
-            "RECSYS_REDIS_URL": os.environ.get("RECSYS_REDIS_URL", ""),
-        }
+        api_env = (
+            env
+            | {
+                "RECSYS_API_PORT": str(self.api_port),
+                "RECSYS_API_KEYS": API_KEY,
+                "RECSYS_REDIS_URL": os.environ.get("RECSYS_REDIS_URL", ""),
+            }
+            | self.api_env
+        )
         api = self._spawn([sys.executable, "-m", "serving"], api_env, "api.log")
         _wait_http(f"{self.api_url}/ready", api, 90, "the API")
         _wait_http(f"http://127.0.0.1:{self.dagster_port}/server_info", self.procs[0], 180, "dagster dev")
@@ -269,8 +277,28 @@ def run_drift_scenario(
     return timeline
 
 
+def find_drifted_window(instance, after: float) -> str:
+    """The first window ending after `after` (unix seconds) whose drift report said `retrain`, or ""."""
+    import dagster as dg
+
+    result = instance.fetch_materializations(dg.AssetKey(DRIFT_REPORT), limit=1000, ascending=True)
+    for record in result.records:
+        mat = record.asset_materialization
+        if mat is None or not mat.partition or not getattr(mat.metadata.get("retrain"), "value", False):
+            continue
+        end = pd.Timestamp(getattr(mat.metadata.get("window_end"), "value", "") or "NaT")
+        if pd.notna(end) and end.timestamp() > after:
+            return mat.partition
+    return ""
+
+
 def _fill(t: Timeline, instance, shift_at: float) -> None:
     import dagster as dg
+
+    if not t.window:
+        t.window = find_drifted_window(instance, shift_at)
+        if not t.window:
+            return
 
     for rec in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": t.window}), limit=5):
         if rec.start_time and np.isnan(t.window_run_started):

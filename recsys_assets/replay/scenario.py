@@ -1,0 +1,225 @@
+"""The whole loop on a real data set, measured: `python -m recsys_assets.replay simulate` (`make simulate`).
+
+1. cut the data set in time (`data.prepare`) and train on the past with the pipeline;
+2. start the API (champion, with half of the users on the popularity arm), Redis, and `dagster dev`
+   with its daemon, so the live-events and drift sensors, the drift reports and the retrain all run
+   by themselves;
+3. replay the future through the API at a pace that fits `duration` seconds; with `shift`, from
+   `shift_at` on the stream changes (the newest items launch, or new users arrive);
+4. watch: the first drifted window after the shift, the retrain it triggers, the promotion, and the
+   moment the API serves the new champion (then the phase `after` starts);
+5. report CTR, conversion and hit rate per A/B arm and per phase (`before`, `during`, `after`), the
+   timeline, and freshness; store them in `replay_runs` and `<workdir>/simulate.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from recsys_assets.replay.data import Shift
+
+POPULARITY_ARM = "candidates/Popularity"
+
+
+@dataclass
+class SimulateConfig:
+    dataset: str = "ml-100k"
+    workdir: Path = Path("/tmp/recsys-simulate")
+    source: str | None = None
+    future_fraction: float = 0.2
+    budget: str = "standard"
+    models: list[str] | None = None  # RecBole models of the first training and of retrains
+    window_minutes: int = 1
+    duration: float = 720.0  # wall seconds the replay is paced to
+    shift: Shift | None = "newest-items"
+    shift_at: float = 0.5
+    seed: int = 42
+    concurrency: int = 4
+    max_events_per_visit: int = 1
+    include_seen: bool = False
+    drift_min_rows: int = 100
+    train: bool = True  # False: reuse the trained past in `workdir`
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_redis(logs: Path) -> tuple[subprocess.Popen | None, str]:
+    if shutil.which("redis-server") is None:
+        return None, ""
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=(logs / "redis.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def _settings(cfg: SimulateConfig, env_file: Path):
+    from recsys_assets.settings import get_settings
+
+    work = cfg.workdir.resolve()
+    base = get_settings(env_file=env_file)
+    updates: dict[str, Any] = {
+        "events_dir": str(work / "events"),
+        "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        "drift_window_minutes": cfg.window_minutes,
+        "drift_window_grace_seconds": 3.0,
+        "drift_sensor_seconds": 5,
+        "drift_min_rows": cfg.drift_min_rows,
+        "model_poll_seconds": 1.0,
+        "retrain_budget": cfg.budget,
+        **cfg.extra,
+    }
+    if cfg.models:
+        updates["retrain_models"] = list(cfg.models)
+    return base.model_copy(update=updates)
+
+
+class _Watcher(threading.Thread):
+    """Polls the API's served champion; marks the phase `after` when it changes."""
+
+    def __init__(self, url: str, before: str, phases) -> None:
+        super().__init__(daemon=True)
+        self.url, self.before, self.phases = url, before, phases
+        self.served_at: float | None = None
+        self.version = before
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            try:
+                version = httpx.get(f"{self.url}/ready", timeout=5).json().get("model_version")
+            except (httpx.HTTPError, ValueError):
+                continue
+            if version and version != self.before and self.served_at is None:
+                self.served_at, self.version = time.time(), version
+                self.phases.mark("after")
+
+
+def simulate(cfg: SimulateConfig) -> dict[str, Any]:
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    from recsys_assets import closed_loop
+    from recsys_assets.cli import run_pipeline, stop_all
+    from recsys_assets.replay.data import load_dataset, prepare, read_events
+    from recsys_assets.replay.report import store_runs, summary_text
+    from recsys_assets.replay.simulator import Phases, ReplayConfig, run_replay
+    from recsys_assets.storage import Storage
+
+    work = cfg.workdir.resolve()
+    logs = work / "logs"
+    if cfg.train:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"cutting {cfg.dataset} in time under {work} ...", flush=True)
+        prep = prepare(load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction)
+        summary = prep.summary
+    else:
+        summary = json.loads((work / "split.json").read_text())
+        for folder in ("events", "logs"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    settings = _settings(cfg, work / "replay.env")
+    started = time.perf_counter()
+    if cfg.train:
+        candidates = {"budget": cfg.budget, "models": settings.retrain_models, "protocols": ["temporal"]}
+        print(f"training on the past ({summary['past_events']:,} events) ...", flush=True)
+        if not run_pipeline(settings, candidates):
+            raise RuntimeError("training on the past failed")
+    train_seconds = time.perf_counter() - started
+    store = Storage.from_settings(settings)
+    before = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))["model_version"]
+
+    future = read_events(work / "future" / "events.csv")
+    past = pd.read_csv(work / "past" / "events.csv", usecols=["user_id", "item_id"], dtype=str)
+    span = float(future["timestamp"].max() - future["timestamp"].min())
+    speed = span / cfg.duration if cfg.duration > 0 else 0.0
+
+    redis, redis_url = _start_redis(logs)
+    api_env = {
+        "RECSYS_AB_CHALLENGER_SHARE": "0.5",
+        "RECSYS_AB_CHALLENGER_PATH": POPULARITY_ARM,
+        "RECSYS_RATE_LIMIT_PER_MINUTE": "0",
+        "RECSYS_REDIS_URL": redis_url,
+    }
+    services = closed_loop.LoopServices(settings, logs, api_env=api_env)
+    phases = Phases()
+    try:
+        with services.running():
+            watcher = _Watcher(services.api_url, before, phases)
+            watcher.start()
+            print(f"replaying the future through {services.api_url} for about {cfg.duration:.0f} s ...", flush=True)
+            result = run_replay(
+                ReplayConfig(
+                    api_url=services.api_url,
+                    api_key=closed_loop.API_KEY,
+                    events=future,
+                    dataset=cfg.dataset,
+                    exclude_seen=not cfg.include_seen,
+                    seed=cfg.seed,
+                    max_seconds=cfg.duration + 120,
+                    speed=speed,
+                    concurrency=cfg.concurrency,
+                    max_events_per_visit=cfg.max_events_per_visit,
+                    shift=cfg.shift,
+                    shift_at=cfg.shift_at if cfg.shift else None,
+                    past_users=frozenset(past["user_id"]),
+                    past_items=frozenset(past["item_id"]),
+                    phases=phases,
+                    events_dir=settings.events_dir,
+                )
+            )
+            watcher.stop.set()
+            shift_mark = next((m for m in phases.marks if m.name == "during"), None)
+            timeline = None
+            if shift_mark is not None:
+                timeline = closed_loop.Timeline(shift_at=shift_mark.at, champion_before=before)
+                home = str(Path(settings.dagster_home).resolve())
+                with dg.DagsterInstance.from_ref(InstanceRef.from_dir(home)) as instance:
+                    closed_loop._fill(timeline, instance, shift_mark.at)
+                if watcher.served_at is not None:
+                    timeline.served = watcher.served_at - shift_mark.at
+                    timeline.champion_after = watcher.version
+    finally:
+        if redis is not None:
+            stop_all([redis])
+    store_runs(store, result.arms())
+    print(summary_text(result))
+    report = {
+        "dataset": cfg.dataset,
+        "split": {k: summary[k] for k in ("cut", "past_events", "future_events") if k in summary},
+        "train_seconds": round(train_seconds, 1),
+        "speed": round(speed, 1),
+        "arms": _records(result.arms()),
+        "by_phase": _records(result.by_phase()),
+        "timeline": timeline.as_dict() if timeline is not None else None,
+        "consistent": not result.mismatches(),
+    }
+    (work / "simulate.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({"timeline": report["timeline"]}, indent=2, default=str))
+    return report
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    out = df.replace({np.nan: None}).to_dict(orient="records")
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in out]
