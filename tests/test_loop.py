@@ -359,3 +359,28 @@ def test_a_worse_retrain_leaves_the_champion_serving(loop) -> None:
     assert not bool(last["promoted"]) and "<" in last["reason"]
     pointer = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))
     assert pointer["model_version"] == before["model_version"]
+
+
+@pytest.mark.integration
+def test_live_windows_go_to_blob(tmp_path: Path, azurite: str) -> None:
+    s = get_settings(
+        storage_uri="abfs://recsys/loop",
+        azure_connection_string=azurite,
+        events_dir=str(tmp_path / "events"),
+        drift_window_minutes=MINUTES,
+    )
+    write_segment(tmp_path / "events", "a", [row("u1", "1", NOW - dt.timedelta(minutes=6)), row("u2", "2", NOW)])
+    defs = build_definitions(s)
+    key = "2026-11-27T12:00"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LIVE_WINDOWS.name, [key])
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(
+            instance=instance, partition_key=key, asset_selection=[dg.AssetKey(live.LIVE_EVENTS)]
+        )
+        assert result.success
+    store = Storage.from_settings(s)
+    assert store.uri(live.LIVE_EVENTS).startswith("abfs://")
+    assert live.stored_windows(store) == [key]
+    rows = live.read_live_events(store)
+    assert list(rows["user_id"]) == ["u1"] and list(rows.columns) == list(live.ingestion.RAW_COLUMNS)

@@ -152,7 +152,8 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
 
     future = read_events(work / "future" / "events.csv")
     past = pd.read_csv(work / "past" / "events.csv", usecols=["user_id", "item_id"], dtype=str)
-    span = float(future["timestamp"].max() - future["timestamp"].min())
+    span = pd.Timedelta(pd.to_datetime(future["timestamp"]).max() - pd.to_datetime(future["timestamp"]).min())
+    span = span.total_seconds()
     speed = span / cfg.duration if cfg.duration > 0 else 0.0
 
     redis, redis_url = _start_redis(logs)
