@@ -512,14 +512,14 @@ def set_aside_earlier_replays(settings: Settings, work: Path, cut: str) -> None:
     if windows:
         store.fs.makedirs(store.path(*aside), exist_ok=True)
         store.fs.mv(store.path(live.LIVE_EVENTS), store.path(*aside, live.LIVE_EVENTS), recursive=True)
-        moved.append(f"{len(windows)} live windows")
+        moved.append(f"live windows: {len(windows)}")
     segments = live.segments(live.events_dir(settings))
     if segments:
         target = work / "earlier" / stamp / "events"
         target.mkdir(parents=True, exist_ok=True)
         for path in segments:
             shutil.move(path, target / path.name)
-        moved.append(f"{len(segments)} event-log segments (to {target})")
+        moved.append(f"event-log segments: {len(segments)} (to {target})")
     if moved:
         print(f"set aside under {store.uri(*aside)}: " + "; ".join(moved), flush=True)
 
@@ -534,33 +534,50 @@ def demo(
     """Cut ml-100k in time, train on the past, serve, replay the future; then serve until Ctrl-C, or
     with `ci` stop everything and return 0 only if every step succeeded."""
     work = replay_workdir(settings)
-    source, summary = cut_dataset(work)
-    settings = demo_settings(settings, source, retrain)
-    set_aside_earlier_replays(settings, work, str(summary["cut"]))
-    print(
-        f"training on the past: {summary['past_events']:,} ratings before {summary['cut']} "
-        f"(the {summary['future_events']:,} from then on are replayed later) ...",
-        flush=True,
-    )
-    if not run_pipeline(settings, candidates):
-        return 1
+    try:
+        source, summary = cut_dataset(work)
+        settings = demo_settings(settings, source, retrain)
+        set_aside_earlier_replays(settings, work, str(summary["cut"]))
+        print(
+            f"training on the past: {summary['past_events']:,} ratings before {summary['cut']} "
+            f"(the {summary['future_events']:,} from then on are replayed later) ...",
+            flush=True,
+        )
+        if not run_pipeline(settings, candidates):
+            return 1
+    except KeyboardInterrupt:  # nothing is running yet
+        print("\ninterrupted")
+        return 130
     return serve(settings, DemoReplay(work, replay_seconds), ci=ci)
 
 
 def stop_all(procs: list[subprocess.Popen], timeout: float = 20) -> None:
-    """SIGINT each process group (`dagster dev` ignores SIGTERM from a script), then SIGKILL stragglers."""
+    """SIGINT each process group (`dagster dev` ignores SIGTERM from a script), then SIGKILL what is left
+    of a group at the deadline: its leader, or what the leader left behind (a code server, a run)."""
     for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGINT)
     deadline = time.monotonic() + timeout
     for p in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        while _group_alive(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(p.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        p.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (the leader counts until it is waited for)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "drift_window_grace_seconds",
         "drift_sensor_seconds",
         "drift_min_rows",
+        "drift_reference_windows",
+        "min_ctr",
+        "min_ndcg",
         "drift_threshold",
         "drift_share",
         "retrain_budget",
@@ -61,6 +64,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.event_log is not None:
         env["RECSYS_EVENT_LOG"] = settings.event_log.model_dump_json()
     env["RECSYS_RETRAIN_MODELS"] = json.dumps(settings.retrain_models)
+    env["RECSYS_DRIFT_FEATURES"] = json.dumps(settings.drift_features)
     env["RECSYS_RETRAIN_PROTOCOLS"] = json.dumps(settings.retrain_protocols)
     return env
 

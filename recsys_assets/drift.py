@@ -13,7 +13,8 @@ Data drift, one row per cleaned event (`interaction_features`):
   (0 for a user the champion never saw): a different population arriving;
 - `item_popularity`: log1p of the number of distinct users the item has in the champion's training data
   (0 for an item the champion never saw): traffic moving to the head, the tail or elsewhere;
-- `new_user`, `new_item` (0/1): the user / item is unknown to the champion (cold start, new catalog).
+- `new_user`, `new_item` (0/1): the user / item has no event in the champion's data (cold start; a
+  catalog item never interacted with counts as new).
 
 Prediction drift, one row per impression the API served (`served_features`):
 
@@ -164,14 +165,16 @@ def _interactions(raw_rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
 def _interaction_features(inter: pd.DataFrame, champ: _Champion) -> pd.DataFrame:
     uidx, iidx = champ.user_index(inter["user_id"]), champ.item_index(inter["item_id"])
     is_rating = (inter["event_type"] == "rating").to_numpy()
+    user_counts, item_counts = _counts(uidx, champ.user_counts), _counts(iidx, champ.item_counts)
     return pd.DataFrame(
         {
             "event_type": pd.Categorical(inter["event_type"].astype(str)),
             "rating": np.where(is_rating, inter["value"].to_numpy(dtype="float64"), np.nan),
-            "user_history": np.log1p(_counts(uidx, champ.user_counts)).astype("float64"),
-            "item_popularity": np.log1p(_counts(iidx, champ.item_counts)).astype("float64"),
-            "new_user": (uidx < 0).astype("int8"),
-            "new_item": (iidx < 0).astype("int8"),
+            "user_history": np.log1p(user_counts).astype("float64"),
+            "item_popularity": np.log1p(item_counts).astype("float64"),
+            # new to the champion's data: unknown, or known (a catalog item, say) with no event in it
+            "new_user": (user_counts == 0).astype("int8"),
+            "new_item": (item_counts == 0).astype("int8"),
         }
     )
 
@@ -407,7 +410,8 @@ def detect_drift(
         )
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).astype({"drifted": bool})
 
-    data_rows = table[table["kind"] == DATA]
+    # the data features that decide (`drift_features`); the others are reported only
+    data_rows = table[(table["kind"] == DATA) & table["metric"].isin(list(settings.drift_features))]
     share = float(data_rows["drifted"].mean()) if decided and len(data_rows) else math.nan
     perf_breached = table[(table["kind"] == PERFORMANCE) & table["drifted"]]
     drifted = decided and ((not math.isnan(share) and share >= settings.drift_share) or not perf_breached.empty)
@@ -430,7 +434,11 @@ def detect_drift(
             if r.kind == PERFORMANCE:
                 reasons.append(f"{r.metric}: {r.score:.3g} < floor {r.threshold:g}")
             else:
-                note = " (prediction drift: reported, not deciding)" if r.kind == PREDICTION else ""
+                note = ""
+                if r.kind == PREDICTION:
+                    note = " (prediction drift: reported, not deciding)"
+                elif r.metric not in settings.drift_features:
+                    note = " (reported, not deciding: not in drift_features)"
                 reasons.append(f"{r.metric}: {r.stattest} {r.score:.3g} >= {r.threshold:g}{note}")
 
     result = DriftResult(

@@ -209,7 +209,14 @@ def read_windows(store: Storage, keys: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else ingestion.empty(LIVE_COLUMNS)
 
 
-def read_live_events(store: Storage) -> pd.DataFrame:
-    """Every stored window, in the ingestion's raw schema (the serving columns dropped)."""
-    rows = read_windows(store, stored_windows(store))
-    return rows[list(ingestion.RAW_COLUMNS)]
+def read_live_events(store: Storage, unit: str = "auto") -> pd.DataFrame:
+    """Every stored window, in the ingestion's raw schema (the serving columns dropped), timestamps
+    written in `unit`, the source log's (the API writes ISO 8601; a log declared in unix seconds,
+    say, is cleaned with that unit, so live rows are converted to it)."""
+    rows = read_windows(store, stored_windows(store))[list(ingestion.RAW_COLUMNS)]
+    if unit in ("s", "ms", "us") and len(rows):
+        ts = ingestion.parse_timestamps(rows["timestamp"].astype("string"))
+        micros = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+        value = micros.astype("float64") / {"s": 1e6, "ms": 1e3, "us": 1.0}[unit]
+        rows = rows.assign(timestamp=value.map(lambda v: repr(v) if pd.notna(v) else None).astype("string"))
+    return rows

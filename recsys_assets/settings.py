@@ -231,6 +231,10 @@ class Settings(BaseSettings):
         le=1,
         description="A window has drifted when at least this share of its data features drifted.",
     )
+    drift_features: list[str] = Field(
+        default_factory=lambda: ["event_type", "rating", "user_history", "item_popularity", "new_user", "new_item"],
+        description="The data features whose drift decides (`drift_share` of them); the others are reported only.",
+    )
     min_ctr: float | None = Field(
         default=None, ge=0, le=1, description="Online CTR floor of a window; below it, retrain (None: off)."
     )
@@ -272,6 +276,15 @@ class Settings(BaseSettings):
     def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
+        return value
+
+    @field_validator("drift_features")
+    @classmethod
+    def _known_features(cls, value: list[str]) -> list[str]:
+        known = ("event_type", "rating", "user_history", "item_popularity", "new_user", "new_item")
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"drift_features names unknown features {unknown}; known: {list(known)}")
         return value
 
     @field_validator("storage_uri")

@@ -384,3 +384,17 @@ def test_live_windows_go_to_blob(tmp_path: Path, azurite: str) -> None:
     assert live.stored_windows(store) == [key]
     rows = live.read_live_events(store)
     assert list(rows["user_id"]) == ["u1"] and list(rows.columns) == list(live.ingestion.RAW_COLUMNS)
+
+
+def test_live_rows_take_the_unit_of_a_log_in_unix_seconds(tmp_path: Path, settings: Settings) -> None:
+    store = Storage.from_uri(str(tmp_path / "data"))
+    frame = live.ingestion.empty(live.LIVE_COLUMNS).astype("string")
+    frame.loc[0] = pd.Series({"user_id": "u", "item_id": "i", "event_type": "view", "timestamp": NOW.isoformat()})
+    store.write_table(frame, live.LIVE_EVENTS, "2026-11-27T1205.parquet")
+    seconds = live.read_live_events(store, unit="s")
+    assert float(seconds["timestamp"].iloc[0]) == NOW.timestamp()
+    from recsys_assets.ingestion import clean_events
+
+    # cleaned with the source's unit, the live row is kept, not rejected as unparseable
+    assert len(clean_events(seconds, settings, unit="s").interactions) == 1
+    assert live.read_live_events(store)["timestamp"].iloc[0] == NOW.isoformat()

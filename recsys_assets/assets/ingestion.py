@@ -101,7 +101,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         missing ids, bad timestamps, unknown event types or bad values (counted per reason), drops
         duplicates (by `event_id`, else by every field), weighs each event by its type, and applies the
         optional k-core filter."""
-        live_rows = live.read_live_events(storage.get())
+        live_rows = live.read_live_events(storage.get(), unit=unit)
         if len(live_rows):
             context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
             raw_events = pd.concat([raw_events, live_rows], ignore_index=True)

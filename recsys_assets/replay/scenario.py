@@ -49,6 +49,13 @@ class SimulateConfig:
     max_events_per_visit: int = 1
     include_seen: bool = False
     drift_min_rows: int = 100
+    # A replay packs days of a data set into each one-minute window, so consecutive windows hold
+    # different users: on ml-100k's future, windows before any shift differ by up to 0.22 on ratings
+    # (Jensen-Shannon), 1.1 on user history and 0.36 on the share of new users (Wasserstein, normed).
+    # The replay's verdict rests on the catalogue and population signals, at 0.3, half of them.
+    drift_threshold: float = 0.3
+    drift_share: float = 0.5
+    drift_features: tuple[str, ...] = ("item_popularity", "new_item", "new_user")
     train: bool = True  # False: reuse the trained past in `workdir`
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +93,9 @@ def _settings(cfg: SimulateConfig, env_file: Path):
         "drift_window_grace_seconds": 3.0,
         "drift_sensor_seconds": 5,
         "drift_min_rows": cfg.drift_min_rows,
+        "drift_threshold": cfg.drift_threshold,
+        "drift_share": cfg.drift_share,
+        "drift_features": list(cfg.drift_features),
         "model_poll_seconds": 1.0,
         "retrain_budget": cfg.budget,
         **cfg.extra,
