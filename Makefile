@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline tune bench soak test lint ui console serve clean
+.PHONY: help install demo demo-ci pipeline tune simulate bench soak test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,14 +26,23 @@ install: $(VENV)/.installed ## Create .venv and install torch (CPU) and the proj
 pipeline: install ## Materialize the whole asset graph once and exit
 	$(BIN)/python -m recsys_assets pipeline
 
-demo: install ## Run the whole loop on MovieLens-100k and serve the UIs (Ctrl-C stops everything)
-	$(BIN)/python -m recsys_assets demo
+# e.g. DEMO_ARGS="--replay-seconds 300" or, for a quick check, "--budget smoke --models Pop,EASE"
+DEMO_ARGS ?=
 
-demo-ci: install ## The demo's steps, non-interactively (no servers left running)
-	$(BIN)/python -m recsys_assets demo --no-serve
+demo: install ## The whole loop on MovieLens-100k: train on the past, serve every UI, replay the future (Ctrl-C stops all)
+	$(BIN)/python -m recsys_assets demo $(DEMO_ARGS)
+
+demo-ci: install ## The demo's steps non-interactively: replay, stop every service, exit non-zero on failure
+	$(BIN)/python -m recsys_assets demo --ci $(DEMO_ARGS)
 
 tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal validation split; feeds the next pipeline
 	$(BIN)/python -m recsys_assets tune
+
+SIM_DATASET ?= ml-100k
+SIM_DURATION ?= 720
+simulate: install ## Closed-loop replay: train on the past, serve, replay the future with a drift (SIM_DATASET, SIM_DURATION)
+	$(BIN)/python -m recsys_assets.replay simulate --dataset $(SIM_DATASET) --duration $(SIM_DURATION) \
+		--workdir /tmp/recsys-simulate-$(SIM_DATASET)
 
 bench: install ## Benchmarks: artifact vs RecBole scoring, the model comparison, the API under load (docs/benchmarks.md)
 	$(BIN)/python -m recsys_assets.benchmarks scoring --model BPR

@@ -367,7 +367,7 @@ def serve(settings: Settings, replay: DemoReplay | None = None, ci: bool = False
     logs.mkdir(parents=True, exist_ok=True)
     services = demo_services(settings, replay=replay is not None)
     procs: list[subprocess.Popen] = []
-    replaying = False
+    serving = False  # Ctrl-C is the normal end from here on
     on_term = _interrupt_on_sigterm()
     try:
         for svc in services:
@@ -389,9 +389,7 @@ def serve(settings: Settings, replay: DemoReplay | None = None, ci: bool = False
             if not _wait_ready(services, procs, logs):
                 return 1
         if replay is not None:
-            replaying = True
             ok = replay.run(settings)
-            replaying = False
         exited = [(svc, p) for svc, p in zip(services, procs, strict=True) if p.poll() is not None]
         for svc, p in exited:
             print(f"{svc.name} exited with {p.returncode}; the end of {logs / svc.log}:\n{_tail(logs / svc.log)}")
@@ -399,9 +397,11 @@ def serve(settings: Settings, replay: DemoReplay | None = None, ci: bool = False
             return 0 if ok and not exited else 1
         if exited:
             return 1
-        print("\nserving:")
-        _print_urls(services, settings)
+        if replay is not None:
+            print("\nserving:")
+            _print_urls(services, settings)
         print("Ctrl-C stops everything.", flush=True)
+        serving = True
         while all(p.poll() is None for p in procs):
             time.sleep(1)
         for svc, p in zip(services, procs, strict=True):
@@ -409,7 +409,7 @@ def serve(settings: Settings, replay: DemoReplay | None = None, ci: bool = False
                 print(f"{svc.name} exited with {p.returncode}; stopping the others (log: {logs / svc.log})")
         return 1
     except KeyboardInterrupt:
-        return 130 if replaying else 0
+        return 0 if serving else 130
     finally:
         with _no_interrupts():
             if procs:
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_args = sub.add_parser(
         "demo",
         help="the whole loop on MovieLens-100k: train on the past, serve every UI, replay the future",
-        description="Cuts MovieLens-100k in time (the last 20%% of ratings are the future), trains on the past, "
+        description="Cuts MovieLens-100k in time (the last 20% of ratings are the future), trains on the past, "
         "starts the Dagster UI with its daemon, the MLflow UI, Redis, the API and the console, replays the future "
         "through the API (half of the users on the popularity arm) and serves until Ctrl-C.",
     )

@@ -19,6 +19,7 @@ from recsys_assets.storage import Storage
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(1800)
 def test_the_loop_runs_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(__import__("os").environ):
         if key.startswith("RECSYS_"):

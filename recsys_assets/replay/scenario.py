@@ -30,6 +30,7 @@ import pandas as pd
 from recsys_assets.replay.data import Shift
 
 POPULARITY_ARM = "candidates/Popularity"
+INITIAL_CHAMPION = "initial_champion.json"  # the champion trained on the past, for `--no-train`
 
 
 @dataclass
@@ -145,9 +146,13 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
         prep = prepare(load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction)
         summary = prep.summary
     else:
+        # back to the state right after training: the first champion, no live data, no runs
         summary = json.loads((work / "split.json").read_text())
-        for folder in ("events", "logs"):
+        for folder in ("events", "logs", "dagster", "data/live_events", "data/drift"):
             shutil.rmtree(work / folder, ignore_errors=True)
+        for name in ("drift_results", "retrain_runs", "pipeline_health", "replay_runs"):
+            (work / "data" / f"{name}.parquet").unlink(missing_ok=True)
+        shutil.copy(work / INITIAL_CHAMPION, work / "data" / "artifacts" / "CHAMPION.json")
     logs.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg, work / "replay.env")
     started = time.perf_counter()
@@ -157,6 +162,8 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
         if not run_pipeline(settings, candidates):
             raise RuntimeError("training on the past failed")
     train_seconds = time.perf_counter() - started
+    if cfg.train:
+        shutil.copy(work / "data" / "artifacts" / "CHAMPION.json", work / INITIAL_CHAMPION)
     store = Storage.from_settings(settings)
     before = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))["model_version"]
 
