@@ -300,15 +300,6 @@ def _print_urls(services: list[Service], settings: Settings) -> None:
         print(f"  {KEY_NOTE}")
 
 
-def _events_key(keys: str) -> str | None:
-    """The first key of `RECSYS_API_KEYS` allowed to post events."""
-    for entry in keys.split(","):
-        key, _, scope = entry.strip().partition(":")
-        if key and scope in ("", "events"):
-            return key
-    return None
-
-
 @dataclass
 class DemoReplay:
     """The held-out future of the cut, replayed through the API paced to `seconds` of wall time."""
@@ -325,7 +316,7 @@ class DemoReplay:
         from recsys_assets.replay.simulator import ReplayConfig, run_replay
         from recsys_assets.storage import Storage
 
-        key = _events_key(settings.api_keys) if settings.api_keys else DEMO_API_KEY
+        key = settings.events_api_key() if settings.api_keys else DEMO_API_KEY
         if key is None:
             print("RECSYS_API_KEYS has no key allowed to post events: the replay needs one (`key` or `key:events`)")
             return False

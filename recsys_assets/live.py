@@ -36,15 +36,8 @@ SEGMENT_GLOB = "events-*.csv"
 
 
 def events_dir(settings: Settings) -> Path:
-    """The local folder of the API's segments: `events_dir`, else `<storage>/events`."""
-    if settings.events_dir:
-        return Path(settings.events_dir)
-    if settings.is_azure:
-        raise RuntimeError(
-            "storage is Azure Blob: set RECSYS_EVENTS_DIR to a local folder for the API's event-log segments "
-            "(they are appended and fsync'd locally; the pipeline copies each window to Blob)"
-        )
-    return settings.local_root() / "events"
+    """The local folder of the API's segments (`Settings.events_path`)."""
+    return settings.events_path()
 
 
 def window_floor(ts: pd.Series, minutes: int) -> pd.Series:

@@ -320,6 +320,25 @@ class Settings(BaseSettings):
     def time_upper(self) -> dt.datetime:
         return self.time_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
 
+    def events_path(self) -> Path:
+        """The local folder of the API's event-log segments: `events_dir`, else `<storage>/events`."""
+        if self.events_dir:
+            return Path(self.events_dir)
+        if self.is_azure:
+            raise RuntimeError(
+                "storage is Azure Blob: set RECSYS_EVENTS_DIR to a local folder for the API's event-log segments "
+                "(they are appended and fsync'd locally; the pipeline copies each live window to Blob)"
+            )
+        return self.local_root() / "events"
+
+    def events_api_key(self) -> str | None:
+        """The first key of `api_keys` allowed to post events."""
+        for entry in self.api_keys.split(","):
+            key, _, scope = entry.strip().partition(":")
+            if key and scope in ("", "events"):
+                return key
+        return None
+
     def local_root(self) -> Path:
         """The storage folder when storage is local (raises for Azure)."""
         if self.is_azure:

@@ -52,14 +52,7 @@ UNTHROTTLED = ["^/health$", "^/ready$", "^/metrics$", f"^{DOCS_PATH}", "^/static
 
 
 def events_dir(settings: Settings) -> Path:
-    if settings.events_dir:
-        return Path(settings.events_dir)
-    if settings.is_azure:
-        raise RuntimeError(
-            "storage is Azure Blob: set RECSYS_EVENTS_DIR to a local folder for the API's event-log segments "
-            "(they are appended and fsync'd locally; ship closed segments to Blob for the pipeline)"
-        )
-    return settings.local_root() / "events"
+    return settings.events_path()
 
 
 @asynccontextmanager

@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     events_dir = None if args.no_log else (args.events_dir or _events_dir(settings))
     config = ReplayConfig(
         api_url=args.api_url or settings.api_url,
-        api_key=args.api_key or _events_key(settings.api_keys) or DEFAULT_KEY,
+        api_key=args.api_key or settings.events_api_key() or DEFAULT_KEY,
         events=events,
         dataset=args.dataset,
         k=args.k,
@@ -115,15 +115,6 @@ def _events_dir(settings) -> Path | None:
     if settings.is_azure:
         return None
     return settings.local_root() / "events"
-
-
-def _events_key(keys: str) -> str | None:
-    """The first key of `RECSYS_API_KEYS` allowed to post events."""
-    for entry in keys.split(","):
-        key, _, scope = entry.strip().partition(":")
-        if key and scope in ("", "events"):
-            return key
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
