@@ -99,6 +99,11 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
     },
     "console": {
         **cleaning("event_weights", "rating_min", "rating_max", "time_min", "time_max", "kcore_user", "kcore_item"),
+        **{
+            name: "read by pipeline code the console imports (the champion pointer, the replay's tables) on "
+            "paths the console never runs"
+            for name in ("source", "event_log", "promotion_margin", "reject_sample_size")
+        },
         "dagster_home": "the console reads run history from a SQLite instance only; with Postgres (every "
         "deployment here) its pipeline-health tile falls back to the `pipeline_health` table or 'no data yet'",
     },
@@ -108,10 +113,23 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             *("kcore_user", "kcore_item", "reject_sample_size"),
         ),
         "source": "movielens unless a deployment points RECSYS_SOURCE/RECSYS_EVENT_LOG at its event log",
+        **{
+            name: "the feedback loop's tuning: the documented defaults (hourly windows, weekly retrain, all "
+            "data features deciding) are a deployment's starting point"
+            for name in (
+                *("drift_window_minutes", "drift_window_grace_seconds", "drift_sensor_seconds"),
+                *("drift_reference_windows", "drift_min_rows", "drift_threshold", "drift_share", "drift_features"),
+                *("min_ctr", "min_ndcg", "retrain_models", "retrain_protocols", "retrain_budget", "retrain_cron"),
+                "promotion_margin",
+            )
+        },
         "event_log": "only with source=event_log",
         **{
             name: "read by `python -m recsys_assets demo` only (local servers), not by `pipeline` or the code server"
-            for name in ("api_host", "api_port", "console_port", "dagster_port", "mlflow_ui_port", "redis_url")
+            for name in (
+                *("api_host", "api_port", "console_port", "dagster_port", "mlflow_ui_port", "redis_url"),
+                "api_keys",
+            )
         },
     },
 }
