@@ -48,6 +48,8 @@ bench: install ## Benchmarks: artifact vs RecBole scoring, the model comparison,
 	$(BIN)/python -m recsys_assets.benchmarks scoring --model BPR
 	$(BIN)/python -m recsys_assets.benchmarks scoring --model EASE
 	$(BIN)/python -m recsys_assets.benchmarks comparison --storage /tmp/recsys-bench
+	@# drift in the API's log -> the new champion serving, under dagster dev (about 10 minutes)
+	$(BIN)/python -m recsys_assets.benchmarks loop --storage /tmp/recsys-bench-loop
 	@# latency at 200/s, the rate ramp and wrk, batch ingestion, 1/2/4 workers (about 15 minutes)
 	$(BIN)/python -m serving.bench all --storage /tmp/recsys-apibench-data
 
