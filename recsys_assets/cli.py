@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from recsys_assets.ports import free_port
 from recsys_assets.settings import EventLogSource, Settings, get_settings
 
 # The demo's API key when RECSYS_API_KEYS is unset (printed at start; local use only).
@@ -162,12 +163,6 @@ def _listening(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _redis(settings: Settings, fresh: bool) -> tuple[Service | None, str]:
     """A Redis to start, if any, and the URL every service uses. One is started where none listens; with
     `fresh` (a replay: live state left by an earlier one changes what is served) also when one does,
@@ -179,7 +174,7 @@ def _redis(settings: Settings, fresh: bool) -> tuple[Service | None, str]:
     if _listening(host, port):
         if not fresh:
             return None, settings.redis_url
-        port = _free_port()
+        port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     return Service("Redis (cache and live state)", cmd, url, health=url, log="redis.log"), url

@@ -28,6 +28,7 @@ import pandas as pd
 
 from recsys_assets import live, runs
 from recsys_assets.assets.monitoring import DRIFT_REPORT
+from recsys_assets.ports import free_port
 from recsys_assets.settings import Settings
 from recsys_assets.storage import Storage
 
@@ -69,14 +70,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,8 +91,8 @@ class LoopServices:
     settings: Settings
     logs: Path
     api_env: dict[str, str] = field(default_factory=dict)
-    dagster_port: int = field(default_factory=_free_port)
-    api_port: int = field(default_factory=_free_port)
+    dagster_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property

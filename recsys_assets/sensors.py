@@ -48,18 +48,12 @@ def build_sensors(
         new = [k for k in result.ready if k not in known]
         requests = []
         for key in result.ready:
-            start, end = live.window_bounds(key, minutes)
             requests.append(
                 dg.RunRequest(
                     partition_key=key,
                     # late rows for a window already requested change the signature: one more run
                     run_key=f"live:{key}:{result.signature}",
-                    tags={
-                        runs.TRIGGER_TAG: "new_events",
-                        runs.WINDOW_TAG: key,
-                        runs.WINDOW_START_TAG: start.isoformat(),
-                        runs.WINDOW_END_TAG: end.isoformat(),
-                    },
+                    tags=window_tags(key, minutes, "new_events"),
                 )
             )
         context.log.info(f"windows {result.ready} ready ({len(new)} new); segments read: {result.changed}")
@@ -81,29 +75,19 @@ def build_sensors(
             dg.AssetKey(DRIFT_REPORT), limit=100, cursor=context.cursor or None, ascending=True
         )
         requests = []
+        # one query a tick: a window that drifts while a retrain is queued or running is left to it
+        active = runs.active_retrain(context.instance)
         for record in records.records:
             mat = record.asset_materialization
             if mat is None or not _value(mat.metadata.get("retrain")):
                 continue
             key = mat.partition or ""
-            active = runs.active_retrain(context.instance)
             if active is not None or requests:
                 context.log.info(f"window {key} drifted; retrain {active or 'requested this tick'} already covers it")
                 continue
-            start, end = live.window_bounds(key, minutes)
             reasons = str(_value(mat.metadata.get("reasons")) or "")
             context.log.info(f"window {key} drifted: requesting a retrain\n{reasons}")
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"drift:{key}",
-                    tags={
-                        runs.TRIGGER_TAG: "drift",
-                        runs.WINDOW_TAG: key,
-                        runs.WINDOW_START_TAG: start.isoformat(),
-                        runs.WINDOW_END_TAG: end.isoformat(),
-                    },
-                )
-            )
+            requests.append(dg.RunRequest(run_key=f"drift:{key}", tags=window_tags(key, minutes, "drift")))
         return dg.SensorResult(run_requests=requests, cursor=records.cursor if records.records else context.cursor)
 
     def _store() -> Storage:
@@ -142,6 +126,17 @@ def build_sensors(
     )
     sensors = [live_events_sensor, drift_retrain_sensor, pipeline_failure_sensor, pipeline_success_sensor]
     return sensors, [weekly_retrain_schedule]
+
+
+def window_tags(key: str, minutes: int, trigger: str) -> dict[str, str]:
+    """The tags of a run about one window: what triggered it and the window's bounds."""
+    start, end = live.window_bounds(key, minutes)
+    return {
+        runs.TRIGGER_TAG: trigger,
+        runs.WINDOW_TAG: key,
+        runs.WINDOW_START_TAG: start.isoformat(),
+        runs.WINDOW_END_TAG: end.isoformat(),
+    }
 
 
 def _value(meta: object) -> object:

@@ -52,7 +52,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
+
+from recsys_assets.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = Path(tempfile.gettempdir()) / "recsys-apibench-data"
@@ -343,25 +344,6 @@ def run_async(coro: Any) -> Any:
 
 
 # --- the stack: redis-server and the API as processes ---------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -398,3 +398,38 @@ def test_live_rows_take_the_unit_of_a_log_in_unix_seconds(tmp_path: Path, settin
     # cleaned with the source's unit, the live row is kept, not rejected as unparseable
     assert len(clean_events(seconds, settings, unit="s").interactions) == 1
     assert live.read_live_events(store)["timestamp"].iloc[0] == NOW.isoformat()
+
+
+def test_failure_sensor_records_a_failed_run(settings: Settings) -> None:
+    @dg.op
+    def boom() -> None:
+        raise OSError("blob timeout")
+
+    @dg.job
+    def flaky_job() -> None:
+        boom()
+
+    defs = build_definitions(settings)
+    sensor = defs.get_sensor_def("pipeline_failure_sensor")
+    with dg.instance_for_test() as instance:
+        result = flaky_job.execute_in_process(instance=instance, raise_on_error=False)
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=result.get_run_failure_event(),
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        sensor(context)
+    health = Storage.from_settings(settings).read_table("pipeline_health.parquet")
+    row = health.iloc[0]
+    assert row["job"] == "flaky_job" and row["status"] == "FAILURE" and "blob timeout" in row["failure"]
+
+
+def test_steps_that_touch_storage_retry_with_backoff(settings: Settings) -> None:
+    defs = build_definitions(settings)
+    for key in ("raw_events", "interactions", "eda_report", "live_events", "drift_report", "champion_model"):
+        policy = defs.get_assets_def(key).op.retry_policy
+        assert policy is not None and policy.max_retries == 3, key
+        assert policy.backoff == dg.Backoff.EXPONENTIAL, key
+    # bad input is not retried: the step fails at once (its Failure says allow_retries=False)
+    assert defs.get_assets_def("model_candidates").op.retry_policy is None

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from recsys_assets.ports import free_port
 from recsys_assets.replay.data import Shift
 
 POPULARITY_ARM = "candidates/Popularity"
@@ -62,18 +63,10 @@ class SimulateConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_redis(logs: Path) -> tuple[subprocess.Popen | None, str]:
     if shutil.which("redis-server") is None:
         return None, ""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=(logs / "redis.log").open("ab"),
