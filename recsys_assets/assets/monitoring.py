@@ -117,8 +117,11 @@ def build_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             report_path=report_uri,
         )
         store.write_table(table, *folder, "results.parquet")
-        all_results = [store.read_table(p) for p in store.list("drift") if p.endswith("results.parquet")]
-        store.write_table(pd.concat(all_results, ignore_index=True), f"{DRIFT_RESULTS}.parquet")
+        # the consolidated table: this window's rows replace any earlier ones (a window run again)
+        if store.exists(f"{DRIFT_RESULTS}.parquet"):
+            earlier = store.read_table(f"{DRIFT_RESULTS}.parquet")
+            table = pd.concat([earlier[earlier["window"] != key], table], ignore_index=True)
+        store.write_table(table.sort_values("window", kind="stable"), f"{DRIFT_RESULTS}.parquet")
 
         scores = {str(r.metric): float(r.score) for r in result.table.itertuples() if pd.notna(r.score)}
         drifted_metrics = sorted(str(m) for m in result.table.loc[result.table["drifted"].astype(bool), "metric"])
