@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # The instance `make demo` and `make pipeline` use. Runs the daemon launches (sensors, schedule, the
-# UI) wait in its queue: live windows run beside anything, training runs one at a time.
+# UI) wait in its queue: training runs one at a time, live windows one at a time and in order (a
+# window's drift reference is the window before it), the two beside each other.
 INSTANCE_MARKER = "# Dagster instance written by `python -m recsys_assets`"
 INSTANCE_YAML = f"""{INSTANCE_MARKER} (edit freely: remove this line to keep your edits)
 concurrency:
@@ -45,6 +46,9 @@ concurrency:
     tag_concurrency_limits:
       - key: recsys/exclusive
         value: training
+        limit: 1
+      - key: recsys/exclusive
+        value: live_windows
         limit: 1
 telemetry:
   enabled: false

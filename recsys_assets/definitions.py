@@ -60,6 +60,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         LIVE_WINDOW_JOB,
         selection=dg.AssetSelection.assets(LIVE_EVENTS, DRIFT_REPORT),
         partitions_def=LIVE_WINDOWS,
+        tags={"recsys/exclusive": "live_windows"},
         description="Stores one window of the API's event log and its drift report.",
     )
     sensors, schedules = build_sensors(settings, live_window_job, retrain_job)

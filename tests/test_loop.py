@@ -433,3 +433,15 @@ def test_steps_that_touch_storage_retry_with_backoff(settings: Settings) -> None
         assert policy.backoff == dg.Backoff.EXPONENTIAL, key
     # bad input is not retried: the step fails at once (its Failure says allow_retries=False)
     assert defs.get_assets_def("model_candidates").op.retry_policy is None
+
+
+def test_the_instance_runs_training_and_live_windows_one_at_a_time(tmp_path: Path, settings: Settings) -> None:
+    from recsys_assets.cli import instance_yaml
+
+    (tmp_path / "dagster.yaml").write_text(instance_yaml(settings))
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert {(lim["value"], lim["limit"]) for lim in limits} == {("training", 1), ("live_windows", 1)}
+    defs = build_definitions(settings)
+    assert defs.resolve_job_def(LIVE_WINDOW_JOB).tags["recsys/exclusive"] == "live_windows"
+    assert defs.resolve_job_def(runs.RETRAIN_JOB).tags["recsys/exclusive"] == "training"
