@@ -204,8 +204,9 @@ def _post(api: ApiProcess, events: list[dict]) -> None:
         assert resp.status_code == 202, resp.text
 
 
-def _materialize_windows(defs: dg.Definitions, instance: dg.DagsterInstance, cursors: dict[str, str]) -> list[str]:
-    """One tick of the live-events sensor (its cursor kept in `cursors`), then the runs it requests."""
+def _materialize_windows(defs: dg.Definitions, instance: dg.DagsterInstance, cursors: dict) -> list[str]:
+    """One tick of the live-events sensor (its cursor kept in `cursors`, with each window's `no_drift`
+    check evaluation), then the runs it requests."""
     sensor = defs.get_sensor_def("live_events_sensor")
     result = sensor(dg.build_sensor_context(instance=instance, cursor=cursors.get("live"), definitions=defs))
     assert not isinstance(result, dg.SkipReason), result
@@ -216,6 +217,8 @@ def _materialize_windows(defs: dg.Definitions, instance: dg.DagsterInstance, cur
     for request in result.run_requests:
         outcome = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
         assert outcome.success
+        for ev in outcome.get_asset_check_evaluations():
+            cursors[f"check:{request.partition_key}"] = ev
     return [r.partition_key for r in result.run_requests]
 
 
@@ -287,7 +290,7 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
     base = pd.Timestamp(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=4 * MINUTES)).floor(f"{MINUTES}min")
     starts = [(base + pd.Timedelta(minutes=MINUTES * i)).to_pydatetime() for i in range(3)]
     _post(api, _events(quiet_a, starts[0], "a") + _events(quiet_b, starts[1], "b"))
-    cursors: dict[str, str] = {}
+    cursors: dict = {}
 
     # no drift: the quiet window against its reference requests nothing
     windows = _materialize_windows(defs, instance, cursors)
@@ -306,6 +309,12 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
     assert report.partition == live.window_key(starts[2]) and report.metadata["drifted"].value is True
     drifted = set(report.metadata["drifted_metrics"].value)
     assert {"new_user", "user_history"} & drifted and "item_popularity" in drifted
+    # the verdict is also the `no_drift` check's, with every score in its metadata
+    check = cursors[f"check:{report.partition}"]
+    assert check.check_name == "no_drift" and not check.passed
+    scores = check.metadata["scores"].value
+    assert max(scores["new_user"], scores["user_history"]) >= settings.drift_threshold
+    assert all(cursors[f"check:{w}"].passed for w in windows)
     assert store.exists("drift", live.file_key(report.partition), "report.html")
     request = retrain_sensor(dg.build_sensor_context(instance=instance, cursor=quiet.cursor, definitions=defs))
     assert [r.run_key for r in request.run_requests] == [f"drift:{live.window_key(starts[2])}"]
