@@ -85,6 +85,32 @@ def test_prepare_writes_a_past_the_pipeline_reads_and_a_future_the_replay_reads(
     assert summary["future_users_new"] == len(set(future["user_id"]) - set(prep.split.past["user_id"]))
 
 
+def test_a_held_out_category_has_no_past_and_launches_with_the_new_items(tmp_path: Path) -> None:
+    dataset = replay_data.load_dataset("ml-100k")
+    sci_fi = replay_data.category_items(dataset, "Sci-Fi")
+    assert "50" in sci_fi and len(sci_fi) == 101  # Star Wars among ml-100k's 101 Sci-Fi films
+    prep = replay_data.prepare(dataset, tmp_path / "work", hold_out_category="Sci-Fi")
+    assert not prep.split.past["item_id"].isin(sci_fi).any()
+    assert prep.split.future["item_id"].isin(sci_fi).sum() > 2000  # the future keeps them
+    # the catalogue still lists them: a shop knows what it is about to launch
+    items = pd.read_csv(tmp_path / "work" / "past" / "items.csv", dtype={"item_id": str})
+    assert sci_fi <= set(items["item_id"])
+    summary = json.loads((tmp_path / "work" / "split.json").read_text())
+    assert summary["held_out_items"] == 101 and summary["hold_out_category"] == "Sci-Fi"
+
+    past_items = set(prep.split.past["item_id"])
+    future = replay_data.read_events(prep.future_events)
+    visits = build_visits(replay_data.real_events(future), 1800, 1)
+    kept, _ = apply_shift(visits, "newest-items", 0.5, set(prep.split.past["user_id"]), past_items)
+    before = [e for v in kept if not v.shifted for e in v.events]
+    after = [e for v in kept if v.shifted for e in v.events]
+    assert before and all(e.item_id in past_items for e in before)
+    assert after and all(e.item_id not in past_items for e in after)
+    assert {e.item_id for e in after} & sci_fi
+    with pytest.raises(ValueError, match="no item of ml-100k has it"):
+        replay_data.prepare(dataset, tmp_path / "none", hold_out_category="Opera")
+
+
 def test_taobao_funnel_is_the_samples_and_its_events_are_brought_forward(taobao_path: Path) -> None:
     dataset = replay_data.load_dataset("taobao", taobao_path)
     assert set(dataset.events["event_type"]) == {"view", "favorite", "add_to_cart", "purchase"}
@@ -178,10 +204,10 @@ def test_the_shift_keeps_only_the_shifted_stream_after_its_point() -> None:
         Visit("fresh", 0, (ev("fresh", "old-item", 4),)),
     ]
     kept, at = apply_shift(visits, "newest-items", 0.5, {"old"}, {"old-item"})
-    assert at == 3 and [(v.user_id, [e.item_id for e in v.events], v.shifted) for v in kept] == [
-        ("old", ["new-item"], False),
-        ("old", ["old-item"], False),
-        ("old", ["new-item"], True),
+    # the new item launches at the shift: its event before it is held back
+    assert at == 3 and [(v.user_id, v.index, [e.item_id for e in v.events], v.shifted) for v in kept] == [
+        ("old", 0, ["old-item"], False),
+        ("old", 1, ["new-item"], True),
     ]
     kept, at = apply_shift(visits, "new-users", 0.5, {"old"}, {"old-item"})
     assert at == 4 and [(v.user_id, v.index, v.shifted) for v in kept][2:] == [("fresh", 0, True)]
@@ -236,15 +262,16 @@ def events_frame(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
 
 
 def test_the_loop_paces_marks_the_shift_and_counts_phases() -> None:
-    # two users, a visit each every 100 data seconds; from the middle on only item "9"'s events remain
+    # two users, a visit each every 100 data seconds; item "9" is new: it launches at the shift, so
+    # before it only alice's item "1" is replayed and from it on only zoe's "9"
     rows = [(u, item, t, 5.0) for t in range(0, 600, 100) for u, item in (("alice", "1"), ("zoe", "9"))]
     marks = []
     fake = FakeApi()
     phases = Phases(on_phase=marks.append)
 
-    def after_the_seventh(progress: Progress) -> None:
+    def after_the_fourth(progress: Progress) -> None:
         # what an orchestrator does once a retrained champion serves
-        if progress.visits_done == 7:
+        if progress.visits_done == 4:
             phases.mark("after")
 
     config = ReplayConfig(
@@ -259,29 +286,52 @@ def test_the_loop_paces_marks_the_shift_and_counts_phases() -> None:
         past_users=frozenset({"alice", "zoe"}),
         past_items=frozenset({"1"}),
         phases=phases,
-        on_progress=after_the_seventh,
+        on_progress=after_the_fourth,
         progress=False,
         transport=httpx.MockTransport(fake),
     )
     t0 = time.monotonic()
     result = run_replay(config)
     assert 0.9 < time.monotonic() - t0 < 5
-    assert result.stopped_by == "exhausted" and result.visits_done == result.visits_planned == 9
+    assert result.stopped_by == "exhausted" and result.visits_done == result.visits_planned == 6
     assert [m.name for m in marks] == ["during", "after"] and marks[0].data_ts == 300
     assert [m.name for m in result.phases] == ["before", "during", "after"]
     by_phase = result.by_phase()
-    assert by_phase["phase"].tolist() == ["before", "during", "after", "before"]  # per arm, in phase order
+    assert by_phase["phase"].tolist() == ["during", "after", "before"]  # per arm, in phase order
     assert by_phase.set_index(["arm", "phase"])["lists"].to_dict() == {
-        ("challenger", "before"): 3,
         ("challenger", "during"): 1,
         ("challenger", "after"): 2,
         ("champion", "before"): 3,
     }
     # zoe's "9" is on her first list: one click brings all her real ratings of it forward
     zoe = result.lists[result.lists["user_id"] == "zoe"]
-    assert zoe["clicks"].tolist() == [1, 0, 0, 0, 0, 0] and zoe["converted"].tolist() == [True] + [False] * 5
+    assert zoe["clicks"].tolist() == [1, 0, 0] and zoe["converted"].tolist() == [True, False, False]
     assert [e["event_type"] for e in fake.posted if e["user_id"] == "zoe"][:2] == ["click", "rating"]
     assert result.freshness["requests"].tolist() == [1, 1] and result.log_lists is None
+
+
+def test_the_shifted_stream_can_run_at_its_own_pace() -> None:
+    from recsys_assets.replay.simulator import _Replay
+
+    rows = [("alice", "1", t, 4.0) for t in (0, 100, 200, 300)] + [("zoe", "9", t, 4.0) for t in (400, 1400)]
+    config = ReplayConfig(
+        api_url="http://fake",
+        api_key="k",
+        events=events_frame(rows),
+        speed=100.0,
+        shift="newest-items",
+        shift_at=0.5,
+        past_users=frozenset({"alice", "zoe"}),
+        past_items=frozenset({"1"}),
+        progress=False,
+    )
+    replay = _Replay(config)
+    assert replay.shift_ts == 400 and [v.start for v in replay.visits] == [0, 100, 200, 400, 1400]
+    # one pace: the 1,000 data seconds after the shift take 10 s
+    assert [replay._due(v.start, 50.0, 0.0) for v in replay.visits] == [50.0, 51.0, 52.0, 54.0, 64.0]
+    config.shift_speed = 500.0  # stretched or squeezed apart: they take 2 s
+    replay = _Replay(config)
+    assert [replay._due(v.start, 50.0, 0.0) for v in replay.visits] == [50.0, 51.0, 52.0, 54.0, 56.0]
 
 
 def test_lists_that_repeat_seen_items_are_checked_for_freshness_by_the_cold_start_flag() -> None:

@@ -1,13 +1,17 @@
 """Refit the chosen model on the latest data for serving.
 
 Evaluation trains on the earliest 80% of events, so a model promoted from there has never seen the
-newest items. The refit trains the same model with the same hyper-parameters on every event but a
-small, most recent validation slice (one global time cut; it only early-stops training and tunes the
-hybrid's weights), and serves every user and item with every event as history.
+newest items. The refit trains the same model with the same hyper-parameters on every event, the
+newest included: those are what a retrain after drift is for (the items that just launched, the
+users who just arrived). A small, most recent validation slice (one global time cut) first tunes
+the hybrid's blend weights and popularity half-life on a model trained without it; the served
+components are then fitted on every event with those choices. RecBole models train on every event
+with the slice as their (seen) validation data, so early stopping ends on the budget's epochs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -44,14 +48,15 @@ def refit_artifact(
     valid_share: float = VALID_SHARE,
     hybrid_cf: str | None = None,
 ) -> ServingArtifact:
-    """`model` retrained on all events but the newest `valid_share`, as a serving artifact.
+    """`model` retrained on every event (the hybrid's blend tuned on all but the newest `valid_share`),
+    as a serving artifact.
 
     RecBole models train with `tuning.model_config(model, budget, seed, tuned)`, as in the comparison.
     For `Hybrid`, `hybrid_cf` names its collaborative model (the one the evaluated hybrid blended,
     an exportable RecBole model other than Pop), which is refitted too; None blends content and
     popularity only. `reference` is the evaluated candidate's artifact: its metrics are copied.
     The artifact covers every row of `users` and `items`, its history is every event, and
-    `trained_until` is the time of the last event before the validation slice.
+    `trained_until` is the time of the last event.
     """
     _check_model(model, hybrid_cf)
     if reference is not None and reference.model_name != model:
@@ -60,26 +65,79 @@ def refit_artifact(
     if pdata.split.valid.empty:
         raise ValueError("the validation slice is empty: its first timestamp holds every later event")
     cand = refit_candidate(model, pdata, tuned=tuned, budget=budget, seed=seed, hybrid_cf=hybrid_cf)
-    history = TrainData.build(interactions, items, users).matrix
+    full = every_event(pdata, interactions, items, users)
+    served = _fit_on_every_event(model, cand, full, tuned=tuned, budget=budget, seed=seed, hybrid_cf=hybrid_cf)
     art = serving_artifact(
-        cand,
-        pdata.data,
+        served,
+        full.data,
         fingerprint(interactions),
         metrics=reference.metrics if reference is not None else None,
-        history=history,
     )
     if art is None:  # _check_model admits exportable models only
         raise ValueError(f"{model} has no serving component")
     logger.info(
-        "refit %s on %d events up to %s in %.1fs (valid NDCG@10 %.4f on %d newer events)",
+        "refit %s on %d events up to %s in %.1fs (tuned on %d, valid NDCG@10 %.4f on the %d newest)",
         model,
-        len(pdata.split.train),
+        len(full.split.train),
         art.trained_until,
-        cand.train_seconds,
+        cand.train_seconds + served.train_seconds,
+        len(pdata.split.train),
         cand.valid_ndcg10,
         len(pdata.split.valid),
     )
     return art
+
+
+def every_event(
+    pdata: ProtocolData, interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
+) -> ProtocolData:
+    """`pdata` with every event as its training part; the validation slice stays (now seen)."""
+    split = dataclasses.replace(pdata.split, train=interactions)
+    return dataclasses.replace(pdata, split=split, data=TrainData.build(interactions, items, users))
+
+
+def _fit_on_every_event(
+    model: str,
+    tuned_cand: Candidate,
+    full: ProtocolData,
+    *,
+    tuned: dict[str, Any],
+    budget: str,
+    seed: int,
+    hybrid_cf: str | None,
+) -> Candidate:
+    """The served candidate: `model` fitted on every event, with what `tuned_cand` chose."""
+    from recsys_assets.models.candidates import native_candidate, recbole_candidate
+    from recsys_assets.models.native import ContentModel, HybridModel, PopularityModel
+    from recsys_assets.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.models.training import Timer
+    from recsys_assets.models.tuning import model_config
+    from recsys_assets.scoring import Scorer
+
+    def recbole(name: str) -> Candidate:
+        return recbole_candidate(RecBoleModelConfig(**model_config(name, budget, seed, tuned=tuned)), full)
+
+    if model != "Hybrid":
+        return native_candidate(model, full) if model in NATIVE else recbole(model)
+    chosen: HybridModel = tuned_cand.extra["model"]
+    cf = recbole(hybrid_cf) if hybrid_cf else None
+    with Timer() as t:
+        comps = {"collaborative": cf.component} if cf is not None and cf.component is not None else {}
+        comps["content"] = ContentModel().fit(full.data).component
+        comps["popularity"] = PopularityModel(half_life_days=chosen.half_life_days).fit(full.data).component
+        hybrid = HybridModel(
+            collaborative=comps.get("collaborative"),
+            collaborative_name=chosen.collaborative_name,
+            half_life_days=chosen.half_life_days,
+            components=comps,
+            weights=dict(chosen.weights),
+            bucket_weights={k: dict(v) for k, v in chosen.bucket_weights.items()},
+        )
+        hybrid.history = full.data.matrix
+        hybrid.scorer = Scorer(comps, hybrid.weights, hybrid.bucket_weights)
+    cand = dataclasses.replace(tuned_cand, scores=hybrid.score, extra={**tuned_cand.extra, "model": hybrid})
+    cand.train_seconds = t.seconds + (cf.train_seconds if cf is not None else 0.0)
+    return cand
 
 
 def refit_candidate(

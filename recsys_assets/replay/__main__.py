@@ -22,7 +22,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     print(f"reading {args.dataset} ...", flush=True)
     dataset = load_dataset(args.dataset, args.source)
-    prep = prepare(dataset, args.workdir, args.future_fraction, args.catalog)
+    prep = prepare(dataset, args.workdir, args.future_fraction, args.catalog, args.hold_out_category)
     s = prep.summary
     work, env = prep.workdir, prep.env_file
     print(
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--future-fraction", type=float, default=0.2, help="share of events, by time, held out (0.2)")
     prep.add_argument("--catalog", choices=["all", "past"], default="all", help="MovieLens items kept in the catalog")
     prep.add_argument("--source", help="the data file (taobao: default the shared sample; ml-100k: a folder)")
+    prep.add_argument(
+        "--hold-out-category", help="drop the past events on this category's items (not launched yet, e.g. Sci-Fi)"
+    )
 
     run = sub.add_parser(
         "run",
@@ -183,13 +186,29 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--budget", choices=["standard", "smoke"], default="standard", help="training budget")
     sim.add_argument("--models", help="comma-separated RecBole models (default: the settings' retrain_models)")
     sim.add_argument("--duration", type=float, default=720.0, help="wall seconds the replay is paced to (720)")
+    sim.add_argument(
+        "--shifted-seconds",
+        type=float,
+        help="of --duration, the wall seconds the shifted stream takes (default: the same pace throughout)",
+    )
     sim.add_argument("--window-minutes", type=int, default=1, help="live window length (1)")
     sim.add_argument(
         "--shift", choices=["newest-items", "new-users", "none"], default="newest-items", help="the drift scenario"
     )
     sim.add_argument("--shift-at", type=float, default=0.5, help="fraction of the visits where the shift starts")
+    sim.add_argument(
+        "--hold-out-category",
+        help="drop the past events on this category's items: with newest-items they launch at the shift (Sci-Fi)",
+    )
     sim.add_argument("--include-seen", action="store_true", help="lists may repeat items the user touched")
     sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--max-users", type=int, help="replay a seeded sample of this many users (default: all)")
+    sim.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=0.0,
+        help="after the replay, wait up to this long for the drift-triggered champion to be served (0)",
+    )
     sim.add_argument("--no-train", action="store_true", help="reuse the past already trained in --workdir")
 
     args = parser.parse_args(argv)
@@ -209,11 +228,15 @@ def _simulate(args: argparse.Namespace) -> int:
             budget=args.budget,
             models=[m.strip() for m in args.models.split(",")] if args.models else None,
             duration=args.duration,
+            shifted_seconds=args.shifted_seconds,
             window_minutes=args.window_minutes,
             shift=None if args.shift == "none" else args.shift,
             shift_at=args.shift_at,
+            hold_out_category=args.hold_out_category,
             include_seen=args.include_seen,
             seed=args.seed,
+            max_users=args.max_users,
+            settle_seconds=args.settle_seconds,
             train=not args.no_train,
         )
     )

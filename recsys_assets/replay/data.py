@@ -93,6 +93,16 @@ class TimeSplit:
     cut: pd.Timestamp
 
 
+def category_items(dataset: Dataset, category: str) -> set[str]:
+    """The items of `category`: from the catalog's `|`-separated categories, else the events' own."""
+    if dataset.items is not None and "categories" in dataset.items:
+        cats = dataset.items["categories"].fillna("").astype(str).str.split("|")
+        mask = cats.map(lambda parts: category in {c.strip() for c in parts})
+        return set(dataset.items.loc[mask, "item_id"].astype(str))
+    events = dataset.events
+    return set(events.loc[events["category"].astype(str) == category, "item_id"].astype(str))
+
+
 def split_in_time(events: pd.DataFrame, future_fraction: float = 0.2) -> TimeSplit:
     """The last `future_fraction` of events by time are the future; events at the cut's instant all go
     to the future, so no instant is on both sides."""
@@ -152,14 +162,24 @@ def prepare(
     workdir: str | Path,
     future_fraction: float = 0.2,
     catalog: Literal["all", "past"] = "all",
+    hold_out_category: str | None = None,
 ) -> Prepared:
     """Cut `dataset` in time and write the past (with an env file for the pipeline) and the future.
 
     `catalog="all"` keeps the whole item catalog (a shop knows the items it has not sold yet; the
     past-trained model can reach them through content); `"past"` keeps only items with a past event.
+    `hold_out_category` drops the past events on that category's items (catalog categories, else the
+    events' own): a category the shop has not launched yet. With the `newest-items` shift those items
+    launch, with the items new in the future, at the shift.
     """
     work = Path(workdir).resolve()
     split = split_in_time(dataset.events, future_fraction)
+    held_out: set[str] = set()
+    if hold_out_category is not None:
+        held_out = category_items(dataset, hold_out_category)
+        if not held_out:
+            raise ValueError(f"hold_out_category {hold_out_category!r}: no item of {dataset.name} has it")
+        split = TimeSplit(split.past[~split.past["item_id"].isin(held_out)], split.future, split.cut)
     past_file = write_events(split.past, work / "past" / "events.csv")
     future_file = write_events(split.future, work / "future" / "events.csv")
     source: dict[str, object] = {"paths": [str(past_file)], "timestamp_unit": "s", "category_column": "category"}
@@ -194,6 +214,8 @@ def prepare(
         "cut": split.cut.isoformat(),
         "future_fraction": future_fraction,
         "catalog": catalog,
+        "hold_out_category": hold_out_category,
+        "held_out_items": len(held_out),
         "past_events": len(split.past),
         "future_events": len(split.future),
         "past_users": len(past_users),
@@ -260,6 +282,10 @@ def apply_shift(
     """From the visit at fraction `shift_at` of the replay on, keep only the shifted stream: events on
     items without a past event (`newest-items`), or visits of users without one (`new-users`).
 
+    `newest-items` is a launch: before the shift those items do not exist yet, so their events are
+    held back there too; the stream is the known catalogue before the shift and the launched items
+    after it.
+
     Returns the visits (re-numbered per user) and the data time of the shift (None if no visit is left
     after it)."""
     if shift not in SHIFTS:
@@ -267,7 +293,12 @@ def apply_shift(
     if not 0 <= shift_at <= 1:
         raise ValueError(f"shift_at must be in [0, 1], got {shift_at}")
     at = min(len(visits), math.floor(len(visits) * shift_at))
-    out = list(visits[:at])
+    out: list[Visit] = []
+    for v in visits[:at]:
+        kept = v.events if shift == "new-users" else tuple(e for e in v.events if e.item_id in past_items)
+        if kept:
+            out.append(Visit(v.user_id, v.index, kept))
+    n_before = len(out)
     for v in visits[at:]:
         if shift == "new-users":
             kept = v.events if v.user_id not in past_users else ()
@@ -275,7 +306,7 @@ def apply_shift(
             kept = tuple(e for e in v.events if e.item_id not in past_items)
         if kept:
             out.append(Visit(v.user_id, v.index, kept, shifted=True))
-    first_shifted = next((v.start for v in out[at:]), None)
+    first_shifted = next((v.start for v in out[n_before:]), None)
     return renumber(out), first_shifted
 
 

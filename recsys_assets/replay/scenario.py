@@ -44,22 +44,32 @@ class SimulateConfig:
     models: list[str] | None = None  # RecBole models of the first training and of retrains
     window_minutes: int = 1
     duration: float = 720.0  # wall seconds the replay is paced to
+    # of which the shifted stream takes this many (None: the same pace throughout); a thin shifted
+    # stream stretched this way leaves enough of it after the retrain to measure CTR's recovery
+    shifted_seconds: float | None = None
     shift: Shift | None = "newest-items"
     shift_at: float = 0.5
+    # a catalogue category held out of the past (`data.prepare`): with `newest-items`, it launches at the shift
+    hold_out_category: str | None = None
     seed: int = 42
+    max_users: int | None = None  # replay a seeded sample of the future's users
     concurrency: int = 4
     max_events_per_visit: int = 1
     include_seen: bool = False
     # the newest items' stream is thin (tens of events a minute on ml-100k): a verdict on few events
     drift_min_rows: int = 10
     # A replay packs days of a data set into each one-minute window, so consecutive windows hold
-    # different users: on ml-100k's future, windows before any shift differ by up to 0.22 on ratings
-    # (Jensen-Shannon), 1.1 on user history and 0.36 on the share of new users (Wasserstein, normed).
-    # The replay's verdict rests on the catalogue and population signals, at 0.3, half of them.
-    drift_threshold: float = 0.3
+    # different users: on ml-100k's future, windows before any shift differ by up to 0.3 on ratings
+    # (Jensen-Shannon), 1.2 on user history, 0.44 on the share of new users and 0.31 on item
+    # popularity (Wasserstein, normed). The replay's verdict rests on the catalogue and population
+    # signals at 0.35, half of them, against the two windows before (a steadier reference).
+    drift_threshold: float = 0.35
     drift_share: float = 0.5
     drift_features: tuple[str, ...] = ("item_popularity", "new_item", "new_user")
+    drift_reference_windows: int = 2
     train: bool = True  # False: reuse the trained past in `workdir`
+    # after the replay, wait this long for the drift-triggered champion to be served (0: do not wait)
+    settle_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,6 +101,7 @@ def _settings(cfg: SimulateConfig, env_file: Path):
         "drift_threshold": cfg.drift_threshold,
         "drift_share": cfg.drift_share,
         "drift_features": list(cfg.drift_features),
+        "drift_reference_windows": cfg.drift_reference_windows,
         "model_poll_seconds": 1.0,
         "retrain_budget": cfg.budget,
         **cfg.extra,
@@ -101,7 +112,8 @@ def _settings(cfg: SimulateConfig, env_file: Path):
 
 
 class _Watcher(threading.Thread):
-    """Polls the API's served champion; marks the phase `after` when it changes."""
+    """Polls the API's served champion; once the stream has shifted, marks the phase `after` when the
+    champion changes from the one serving at the shift (a retrain that ends earlier moves `before`)."""
 
     def __init__(self, url: str, before: str, phases) -> None:
         super().__init__(daemon=True)
@@ -116,7 +128,11 @@ class _Watcher(threading.Thread):
                 version = httpx.get(f"{self.url}/ready", timeout=5).json().get("model_version")
             except (httpx.HTTPError, ValueError):
                 continue
-            if version and version != self.before and self.served_at is None:
+            if not version or self.served_at is not None:
+                continue
+            if self.phases.current == "before":
+                self.before = version
+            elif version != self.before:
                 self.served_at, self.version = time.time(), version
                 self.phases.mark("after")
 
@@ -137,7 +153,9 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
     if cfg.train:
         shutil.rmtree(work, ignore_errors=True)
         print(f"cutting {cfg.dataset} in time under {work} ...", flush=True)
-        prep = prepare(load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction)
+        prep = prepare(
+            load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction, hold_out_category=cfg.hold_out_category
+        )
         summary = prep.summary
     else:
         # back to the state right after training: the first champion, no live data, no runs
@@ -163,9 +181,24 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
 
     future = read_events(work / "future" / "events.csv")
     past = pd.read_csv(work / "past" / "events.csv", usecols=["user_id", "item_id"], dtype=str)
-    span = pd.Timedelta(pd.to_datetime(future["timestamp"]).max() - pd.to_datetime(future["timestamp"]).min())
-    span = span.total_seconds()
-    speed = span / cfg.duration if cfg.duration > 0 else 0.0
+    replay = ReplayConfig(
+        api_url="",
+        api_key=closed_loop.API_KEY,
+        events=future,
+        dataset=cfg.dataset,
+        exclude_seen=not cfg.include_seen,
+        seed=cfg.seed,
+        max_users=cfg.max_users,
+        max_seconds=cfg.duration + 120,
+        concurrency=cfg.concurrency,
+        max_events_per_visit=cfg.max_events_per_visit,
+        shift=cfg.shift,
+        shift_at=cfg.shift_at if cfg.shift else None,
+        past_users=frozenset(past["user_id"]),
+        past_items=frozenset(past["item_id"]),
+        events_dir=settings.events_dir,
+    )
+    speed, shift_speed = _pace(replay, cfg)
 
     redis, redis_url = _start_redis(logs)
     api_env = {
@@ -181,37 +214,40 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
             watcher = _Watcher(services.api_url, before, phases)
             watcher.start()
             print(f"replaying the future through {services.api_url} for about {cfg.duration:.0f} s ...", flush=True)
-            result = run_replay(
-                ReplayConfig(
-                    api_url=services.api_url,
-                    api_key=closed_loop.API_KEY,
-                    events=future,
-                    dataset=cfg.dataset,
-                    exclude_seen=not cfg.include_seen,
-                    seed=cfg.seed,
-                    max_seconds=cfg.duration + 120,
-                    speed=speed,
-                    concurrency=cfg.concurrency,
-                    max_events_per_visit=cfg.max_events_per_visit,
-                    shift=cfg.shift,
-                    shift_at=cfg.shift_at if cfg.shift else None,
-                    past_users=frozenset(past["user_id"]),
-                    past_items=frozenset(past["item_id"]),
-                    phases=phases,
-                    events_dir=settings.events_dir,
-                )
+            replay.api_url, replay.speed, replay.shift_speed, replay.phases = (
+                services.api_url,
+                speed,
+                shift_speed,
+                phases,
             )
-            watcher.stop.set()
+            result = run_replay(replay)
             shift_mark = next((m for m in phases.marks if m.name == "during"), None)
             timeline = None
             if shift_mark is not None:
-                timeline = closed_loop.Timeline(shift_at=shift_mark.at, champion_before=before)
+                timeline = closed_loop.Timeline(shift_at=shift_mark.at, champion_before=watcher.before)
                 home = str(Path(settings.dagster_home).resolve())
                 with dg.DagsterInstance.from_ref(InstanceRef.from_dir(home)) as instance:
+                    # after the replay: up to `settle_seconds` for the new champion to be served, then up
+                    # to 2 minutes for its run's last steps (registry, logs), so the timeline is whole
+                    deadline = time.monotonic() + cfg.settle_seconds
+                    while watcher.served_at is None and time.monotonic() < deadline:
+                        closed_loop._fill(timeline, instance, shift_mark.at)
+                        if timeline.retrain_status in ("FAILURE", "CANCELED"):
+                            break
+                        time.sleep(2.0)
+                    until = time.monotonic() + (120 if watcher.served_at is not None else 0)
                     closed_loop._fill(timeline, instance, shift_mark.at)
+                    while timeline.retrain_status in ("STARTED", "STARTING", "QUEUED") and time.monotonic() < until:
+                        time.sleep(2.0)
+                        closed_loop._fill(timeline, instance, shift_mark.at)
+                    # the run-status sensors record the ended retrain on their next tick (`retrain_runs`)
+                    until = time.monotonic() + (60 if timeline.retrain_status in ("SUCCESS", "FAILURE") else 0)
+                    while time.monotonic() < until and not _recorded(store, timeline.window):
+                        time.sleep(2.0)
                 if watcher.served_at is not None:
                     timeline.served = watcher.served_at - shift_mark.at
                     timeline.champion_after = watcher.version
+            watcher.stop.set()
     finally:
         if redis is not None:
             stop_all([redis])
@@ -222,6 +258,7 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
         "split": {k: summary[k] for k in ("cut", "past_events", "future_events") if k in summary},
         "train_seconds": round(train_seconds, 1),
         "speed": round(speed, 1),
+        "shift_speed": round(shift_speed, 1) if shift_speed else None,
         "arms": _records(result.arms()),
         "by_phase": _records(result.by_phase()),
         "timeline": timeline.as_dict() if timeline is not None else None,
@@ -230,6 +267,31 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
     (work / "simulate.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({"timeline": report["timeline"]}, indent=2, default=str))
     return report
+
+
+def _pace(replay, cfg: SimulateConfig) -> tuple[float, float | None]:
+    """Data seconds per wall second before the shift and, with `shifted_seconds`, after it: the replay
+    takes `duration` wall seconds, the shifted stream `shifted_seconds` of them."""
+    if cfg.duration <= 0:
+        return 0.0, None
+    visits, shift_ts = replay.plan()
+    if not visits:
+        return 0.0, None
+    first, last = visits[0].start, visits[-1].start
+    if shift_ts is None or not cfg.shifted_seconds:
+        return max(last - first, 1.0) / cfg.duration, None
+    if not 0 < cfg.shifted_seconds < cfg.duration:
+        raise ValueError(f"shifted_seconds must be in (0, duration={cfg.duration}), got {cfg.shifted_seconds}")
+    before = max(shift_ts - first, 1.0) / (cfg.duration - cfg.shifted_seconds)
+    after = max(last - shift_ts, 1.0) / cfg.shifted_seconds
+    return before, after
+
+
+def _recorded(store, window: str) -> bool:
+    if not store.exists("retrain_runs.parquet"):
+        return False
+    rows = store.read_table("retrain_runs.parquet")
+    return bool((rows["window"] == window).any())
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -116,6 +116,9 @@ class ReplayConfig:
     max_visits: int | None = None  # the first N visits in time order (one list request each)
     max_seconds: float = 300.0
     speed: float = 0.0  # data seconds per wall second; 0: no pacing
+    # the pace of the shifted stream (data seconds per wall second), when it differs: a thin shifted
+    # stream can be stretched so that what follows the retrain is long enough to measure
+    shift_speed: float | None = None
     concurrency: int = 4
     # a visit is one real event; with max_events_per_visit > 1, a user's events less than
     # visit_gap_seconds apart share one visit (one list) up to that many
@@ -177,7 +180,7 @@ class _Replay:
     def __init__(self, config: ReplayConfig) -> None:
         self.cfg = config
         self.run_id = config.run_id or f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        self.visits = config.plan()[0]
+        self.visits, self.shift_ts = config.plan()
         self.mode: Feedback = config.feedback or feedback_mode(str(t) for t in config.events["event_type"].unique())
         self.queue: dict[str, collections.deque[Visit]] = {}
         events_of: dict[str, list] = {}
@@ -359,7 +362,7 @@ class _Replay:
                     break
                 delay: float | None = None
                 if heap and len(running) < cfg.concurrency:
-                    due = started + (heap[0][0] - data_t0) / cfg.speed if cfg.speed > 0 else now
+                    due = self._due(heap[0][0], started, data_t0) if cfg.speed > 0 else now
                     if due <= now:
                         _, _, user = heapq.heappop(heap)
                         v = self.queue[user].popleft()
@@ -382,6 +385,13 @@ class _Replay:
         bar.close()
         ended = time.time()
         return await self._result(started, ended, stopped_by)
+
+    def _due(self, start: float, started: float, data_t0: float) -> float:
+        """The wall time a visit starting at data time `start` is due."""
+        speed, shift_ts, shift_speed = self.cfg.speed, self.shift_ts, self.cfg.shift_speed
+        if shift_ts is None or not shift_speed or start < shift_ts:
+            return started + (start - data_t0) / speed
+        return started + (shift_ts - data_t0) / speed + (start - shift_ts) / shift_speed
 
     def _progress(self, bar: tqdm, started: float, last_line: list[float]) -> None:
         snap = Progress(
