@@ -38,10 +38,14 @@ demo-ci: install ## The demo's steps non-interactively: replay, stop every servi
 tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal validation split; feeds the next pipeline
 	$(BIN)/python -m recsys_assets tune
 
+# the benchmark's runs (docs/benchmarks.md): ml-100k with its Sci-Fi films launching at the shift;
+# Taobao with its new items launching, lists that may repeat seen items (its re-views)
 SIM_DATASET ?= ml-100k
-SIM_DURATION ?= 720
-simulate: install ## Closed-loop replay: train on the past, serve, replay the future with a drift (SIM_DATASET, SIM_DURATION)
-	$(BIN)/python -m recsys_assets.replay simulate --dataset $(SIM_DATASET) --duration $(SIM_DURATION) \
+SIM_ARGS_ml-100k := --hold-out-category Sci-Fi --models ItemKNN,EASE --duration 900 --shifted-seconds 540
+SIM_ARGS_taobao := --include-seen --models ItemKNN --duration 900 --shifted-seconds 540
+SIM_ARGS ?= $(SIM_ARGS_$(SIM_DATASET))
+simulate: install ## Closed-loop replay with a drift, measured (SIM_DATASET=ml-100k|taobao, SIM_ARGS)
+	$(BIN)/python -m recsys_assets.replay simulate --dataset $(SIM_DATASET) --settle-seconds 300 $(SIM_ARGS) \
 		--workdir /tmp/recsys-simulate-$(SIM_DATASET)
 
 bench: install ## Benchmarks: artifact vs RecBole scoring, the model comparison, the API under load (docs/benchmarks.md)

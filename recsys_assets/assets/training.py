@@ -376,10 +376,11 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         users: pd.DataFrame,
     ) -> dg.MaterializeResult:
         """Promotes the challenger (it passed the blocking check). Its model is refitted with the same
-        hyper-parameters on every event but the newest 5% (kept to early-stop), so new items and the
-        latest behaviour are served, and every event is its history; the artifact goes to
-        `artifacts/<version>/`, `artifacts/CHAMPION.json` points at it (the API hot-reloads from there),
-        and MLflow registers it with alias `champion`; the runner-up (as evaluated) gets `challenger`."""
+        hyper-parameters on every event, the newest included (a hybrid's blend is tuned on the newest
+        5% first), so new items and the latest behaviour are served, and every event is its history;
+        the artifact goes to `artifacts/<version>/`, `artifacts/CHAMPION.json` points at it (the API
+        hot-reloads from there), and MLflow registers it with alias `champion`; the runner-up (as
+        evaluated) gets `challenger`."""
         from recsys_assets.models.refit import refit_artifact
 
         store = storage.get()

@@ -214,12 +214,10 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
             watcher = _Watcher(services.api_url, before, phases)
             watcher.start()
             print(f"replaying the future through {services.api_url} for about {cfg.duration:.0f} s ...", flush=True)
-            replay.api_url, replay.speed, replay.shift_speed, replay.phases = (
-                services.api_url,
-                speed,
-                shift_speed,
-                phases,
-            )
+            replay.api_url, replay.phases = services.api_url, phases
+            replay.speed, replay.shift_speed = speed, shift_speed
+            # start with a window: a first window of a few seconds and users is no reference for the next
+            closed_loop._wait_window_start(cfg.window_minutes, margin=0.5)
             result = run_replay(replay)
             shift_mark = next((m for m in phases.marks if m.name == "during"), None)
             timeline = None
