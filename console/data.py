@@ -38,7 +38,9 @@ RETRAIN_RUNS = "retrain_runs"
 PIPELINE_HEALTH = "pipeline_health"
 # one row per replay run x A/B arm, written by `python -m recsys_assets.replay run`
 REPLAY_RUNS = "replay_runs"
-ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, REPLAY_RUNS)
+# one row per run x arm x phase of the drift scenario, written by `python -m recsys_assets.replay simulate`
+REPLAY_PHASES = "replay_phases"
+ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, REPLAY_RUNS, REPLAY_PHASES)
 EVENTS_DIR = "events"
 EDA_REPORT = ("reports", "eda_report.html")
 EVALUATION_REPORT_HTML = ("reports", "evaluation_report.html")

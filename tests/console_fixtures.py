@@ -178,6 +178,53 @@ def write_monitoring_outputs(store: Storage) -> None:
     )
 
 
+def write_replay_outputs(store: Storage) -> None:
+    """A replay run (both arms) and its drift scenario: the champion at 8% before the shift, 1% during,
+    12% after the retrained champion serves 240 s after the shift."""
+    started = pd.Timestamp("2026-01-03 10:00", tz="UTC")
+    runs = pd.DataFrame(
+        {
+            "run_id": "sim-1",
+            "started_at": started,
+            "dataset": "ml-100k",
+            "arm": ["champion", "challenger"],
+            "model_versions": ["Hybrid-a,Hybrid-b", "Popularity-a"],
+            "lists": [1000, 1000],
+            "ctr": [0.08, 0.035],
+            "conversion": [0.06, 0.03],
+            "hit_rate": [0.08, 0.035],
+            "freshness_requests_max": [1, 1],
+        }
+    )
+    store.write_table(runs, "replay_runs.parquet")
+    phase = ["before", "during", "after"]
+    starts = [started, started + pd.Timedelta(seconds=360), started + pd.Timedelta(seconds=600)]
+    phases = pd.DataFrame(
+        {
+            "run_id": "sim-1",
+            "dataset": "ml-100k",
+            "arm": ["champion"] * 3 + ["challenger"] * 3,
+            "phase": phase * 2,
+            "lists": [800, 100, 100, 800, 100, 100],
+            "ctr": [0.08, 0.01, 0.12, 0.035, 0.0, 0.0],
+            "conversion": [0.06, 0.0, 0.09, 0.03, 0.0, 0.0],
+            "hit_rate": [0.08, 0.01, 0.12, 0.035, 0.0, 0.0],
+            "phase_started_at": starts * 2,
+            "shift": "newest-items",
+            "window": "2026-01-03T10:06",
+            "window_run_started": 70.0,
+            "drift_detected": 90.0,
+            "retrain_started": 105.0,
+            "promoted": 238.0,
+            "served": 240.0,
+            "champion_before": "Hybrid-a",
+            "champion_after": "Hybrid-b",
+            "retrain_status": "SUCCESS",
+        }
+    )
+    store.write_table(phases, "replay_phases.parquet")
+
+
 # ---------------------------------------------------------------------------------------------
 # A stand-in for the API: `/metrics` and one recommendation route, in the documented shapes
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .console_fixtures import (
     write_event_log,
     write_ingestion_outputs,
     write_monitoring_outputs,
+    write_replay_outputs,
     write_synthetic_traffic,
     write_training_outputs,
 )
@@ -91,6 +92,7 @@ def fixture_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         write_training_outputs(store)
         write_monitoring_outputs(store)
         write_event_log(store)
+        write_replay_outputs(store)
         yield settings
 
 
@@ -131,6 +133,14 @@ def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
     assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "ctr"] == pytest.approx(50.0)  # percent
     at.segmented_control(key="online_by").set_value("A/B arm").run()
     assert set(at.dataframe[0].value["arm"]) == {"A", "B"}
+    # the replay's runs, and its drift scenario: CTR per arm and phase, seconds from the shift to each step
+    runs, phases = at.dataframe[1].value, at.dataframe[2].value
+    assert runs.set_index("arm").loc["champion", "ctr"] == pytest.approx(8.0)  # percent
+    champion = phases[phases["arm"] == "champion"].set_index("phase")["ctr"]
+    assert champion.index.tolist() == ["before", "during", "after"]
+    assert champion.tolist() == pytest.approx([8.0, 1.0, 12.0])
+    tiles = metrics(at)
+    assert tiles["Drift detected"][0] == "90 s" and tiles["New champion served"][0] == "240 s"
 
     goto(at, "models")
     table = at.dataframe[0].value

@@ -29,7 +29,7 @@ from recsys_assets.replay.behaviour import (
     react,
 )
 from recsys_assets.replay.data import Visit, apply_shift, build_visits, split_in_time
-from recsys_assets.replay.report import REPLAY_RUNS, store_runs, summary_text
+from recsys_assets.replay.report import REPLAY_RUNS, phase_rows, store_phases, store_runs, summary_text
 from recsys_assets.replay.simulator import Phases, Progress, ReplayConfig, run_replay
 from recsys_assets.scoring import Component, Scorer
 from recsys_assets.settings import DEFAULT_EVENT_WEIGHTS, get_settings
@@ -261,7 +261,7 @@ def events_frame(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
     )
 
 
-def test_the_loop_paces_marks_the_shift_and_counts_phases() -> None:
+def test_the_loop_paces_marks_the_shift_and_counts_phases(tmp_path: Path) -> None:
     # two users, a visit each every 100 data seconds; item "9" is new: it launches at the shift, so
     # before it only alice's item "1" is replayed and from it on only zoe's "9"
     rows = [(u, item, t, 5.0) for t in range(0, 600, 100) for u, item in (("alice", "1"), ("zoe", "9"))]
@@ -306,6 +306,21 @@ def test_the_loop_paces_marks_the_shift_and_counts_phases() -> None:
     # zoe's "9" is on her first list: one click brings all her real ratings of it forward
     zoe = result.lists[result.lists["user_id"] == "zoe"]
     assert zoe["clicks"].tolist() == [1, 0, 0] and zoe["converted"].tolist() == [True, False, False]
+
+    # the drift scenario's table: per arm and phase, with the phase's start and the run's timeline
+    rows = phase_rows(result, {"window": "2026-01-01T00:01", "drift_detected": 70.0, "served": 200.0})
+    assert rows[["arm", "phase", "lists"]].values.tolist() == [
+        ["challenger", "during", 1],
+        ["challenger", "after", 2],
+        ["champion", "before", 3],
+    ]
+    assert (rows["window"] == "2026-01-01T00:01").all() and (rows["served"] == 200.0).all()
+    assert rows["promoted"].isna().all() and (rows["shift"] == "newest-items").all()
+    assert (rows.set_index("phase")["phase_started_at"].sort_values().index == ["before", "during", "after"]).all()
+    store = Storage.from_uri(str(tmp_path))
+    store_phases(store, rows)
+    store_phases(store, rows)  # stored again: replaced, not doubled
+    assert len(store.read_table("replay_phases.parquet")) == 3
     assert [e["event_type"] for e in fake.posted if e["user_id"] == "zoe"][:2] == ["click", "rating"]
     assert result.freshness["requests"].tolist() == [1, 1] and result.log_lists is None
 

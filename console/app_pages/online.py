@@ -3,6 +3,7 @@ traffic behind each point (from the API's event log)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
@@ -118,6 +119,46 @@ def render(settings: Settings) -> None:
         },
     )
     replay_runs(settings)
+    replay_phases(settings)
+
+
+def replay_phases(settings: Settings) -> None:
+    """The latest drift scenario (`simulate`): CTR per arm before the shift, during it and after the
+    retrained champion serves, and the seconds from the shift to each step of the loop."""
+    phases = data.table(settings, data.REPLAY_PHASES)
+    if phases is None or phases.empty:
+        return
+    latest = phases.sort_values("phase_started_at").iloc[-1]["run_id"]
+    run = phases[phases["run_id"] == latest]
+    first = run.iloc[0]
+    st.subheader("Drift scenario")
+    steps = {
+        "Drift detected": first["drift_detected"],
+        "Retrain started": first["retrain_started"],
+        "New champion served": first["served"],
+    }
+    for col, (label, seconds) in zip(st.columns(len(steps)), steps.items(), strict=True):
+        col.metric(label, "-" if pd.isna(seconds) else f"{seconds:,.0f} s", "after the shift", delta_color="off")
+    shown = run[["arm", "phase", "lists", "ctr", "conversion", "hit_rate"]].copy()
+    shown[["ctr", "conversion", "hit_rate"]] = shown[["ctr", "conversion", "hit_rate"]] * 100
+    st.dataframe(
+        shown,
+        hide_index=True,
+        column_config={
+            "arm": st.column_config.TextColumn("A/B arm"),
+            "phase": st.column_config.TextColumn("Phase"),
+            "lists": st.column_config.NumberColumn("Lists", format="localized"),
+            "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
+            "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
+            "hit_rate": st.column_config.NumberColumn("Hit rate", format="%.1f%%"),
+        },
+    )
+    window = first["window"] or "none"
+    st.caption(
+        f"Replay {latest} ({first['dataset']}, shift: {first['shift'] or 'none'}): `before` the shift, `during` it "
+        f"with the champion trained before it, `after` the retrained champion serves. Drifted window: {window}; "
+        f"champion {first['champion_before'] or '-'} then {first['champion_after'] or '-'}."
+    )
 
 
 def replay_runs(settings: Settings) -> None:

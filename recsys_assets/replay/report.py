@@ -35,6 +35,19 @@ from recsys_assets import attribution
 from recsys_assets.storage import Storage
 
 REPLAY_RUNS = "replay_runs"
+# the drift scenario of `simulate`: one row per run x arm x phase, with the run's timeline
+REPLAY_PHASES = "replay_phases"
+TIMELINE_COLUMNS: tuple[str, ...] = (
+    "window",
+    "window_run_started",
+    "drift_detected",
+    "retrain_started",
+    "promoted",
+    "served",
+    "champion_before",
+    "champion_after",
+    "retrain_status",
+)
 SIMULATOR_LIST_COLUMNS: tuple[str, ...] = (
     "recommendation_id",
     "user_id",
@@ -297,6 +310,32 @@ def store_runs(storage: Storage, rows: pd.DataFrame) -> str:
         old = storage.read_table(name)
         old = old[~old["run_id"].isin(set(rows["run_id"]))]
         rows = pd.concat([_typed(old), _typed(rows)], ignore_index=True) if len(old) else rows
+    return storage.write_table(rows.reset_index(drop=True), name)
+
+
+def phase_rows(result: ReplayResult, timeline: dict | None) -> pd.DataFrame:
+    """`replay_phases` rows: CTR, conversion and hit rate per arm and phase of one run, each with the
+    phase's start and the run's timeline (seconds from the shift; NaN where a step did not happen)."""
+    rows = result.by_phase()
+    started = {m.name: dt.datetime.fromtimestamp(m.at, dt.UTC) for m in result.phases}
+    rows.insert(0, "run_id", result.run_id)
+    rows.insert(1, "dataset", result.dataset)
+    rows["phase_started_at"] = pd.to_datetime(rows["phase"].map(started), utc=True)
+    rows["shift"] = result.shift
+    timeline = timeline or {}
+    for col in TIMELINE_COLUMNS:
+        default = "" if col in ("window", "champion_before", "champion_after", "retrain_status") else math.nan
+        value = timeline.get(col, default)
+        rows[col] = default if value is None else value
+    return rows
+
+
+def store_phases(storage: Storage, rows: pd.DataFrame) -> str:
+    """Append rows to `replay_phases` (a run stored again replaces its rows)."""
+    name = f"{REPLAY_PHASES}.parquet"
+    if storage.exists(name):
+        old = storage.read_table(name)
+        rows = pd.concat([old[~old["run_id"].isin(set(rows["run_id"]))], rows], ignore_index=True)
     return storage.write_table(rows.reset_index(drop=True), name)
 
 

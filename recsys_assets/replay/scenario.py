@@ -144,7 +144,7 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
     from recsys_assets import closed_loop
     from recsys_assets.cli import run_pipeline, stop_all
     from recsys_assets.replay.data import load_dataset, prepare, read_events
-    from recsys_assets.replay.report import store_runs, summary_text
+    from recsys_assets.replay.report import phase_rows, store_phases, store_runs, summary_text
     from recsys_assets.replay.simulator import Phases, ReplayConfig, run_replay
     from recsys_assets.storage import Storage
 
@@ -250,6 +250,7 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
         if redis is not None:
             stop_all([redis])
     store_runs(store, result.arms())
+    store_phases(store, phase_rows(result, timeline.as_dict() if timeline is not None else None))
     print(summary_text(result))
     report = {
         "dataset": cfg.dataset,
