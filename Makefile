@@ -41,7 +41,7 @@ tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal valida
 # the benchmark's runs (docs/benchmarks.md): ml-100k with its Sci-Fi films launching at the shift;
 # Taobao with its new items launching, lists that may repeat seen items (its re-views)
 SIM_DATASET ?= ml-100k
-SIM_ARGS_ml-100k := --hold-out-category Sci-Fi --models ItemKNN,EASE --duration 900 --shifted-seconds 540
+SIM_ARGS_ml-100k := --hold-out-category Sci-Fi --models ItemKNN,EASE --duration 1200 --shifted-seconds 840
 SIM_ARGS_taobao := --include-seen --models ItemKNN --duration 900 --shifted-seconds 540
 SIM_ARGS ?= $(SIM_ARGS_$(SIM_DATASET))
 simulate: install ## Closed-loop replay with a drift, measured (SIM_DATASET=ml-100k|taobao, SIM_ARGS)
