@@ -89,7 +89,9 @@ def served_lists(events: pd.DataFrame) -> pd.DataFrame:
     # an impression counts as clicked once, however many clicks its item got
     clicked_pairs = imp.merge(clicks[["recommendation_id", "item_id"]].drop_duplicates(), how="inner")
     converting = (fb["event_type"] == PURCHASE) | (
-        (fb["event_type"] == RATING) & (fb["value"].fillna(-math.inf) >= CONVERTING_RATING)
+        # `value` may arrive as any numeric dtype, nullable ones included (a log without ratings)
+        (fb["event_type"] == RATING)
+        & (pd.to_numeric(fb["value"], errors="coerce").astype("float64").fillna(-math.inf) >= CONVERTING_RATING)
     )
     converted_lists = set(fb.loc[converting, "recommendation_id"])
 

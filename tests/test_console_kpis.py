@@ -80,6 +80,17 @@ def test_compare_periods(lists: pd.DataFrame) -> None:
     assert current["lists"] == 5 and previous["lists"] == 0 and math.isnan(previous["ctr"])
 
 
+def test_a_value_column_of_a_nullable_dtype_is_read_as_numbers() -> None:
+    # a window of a log without ratings: the value column may come back as nullable integers
+    raw = pd.concat(event_log_frames(), ignore_index=True)
+    events = kpis.prepare_events(raw)
+    ints = events.assign(value=pd.to_numeric(events["value"], errors="coerce").round().astype("Int64"))
+    assert kpis.served_lists(ints)["converted"].tolist() == [True, False, True, False, True]
+    nothing = events.assign(value=pd.array([None] * len(events), dtype="Int64"))
+    # without values, only the purchases convert (r1, r5)
+    assert kpis.served_lists(nothing)["converted"].tolist() == [True, False, False, False, True]
+
+
 def test_empty_log() -> None:
     empty = kpis.served_lists(kpis.prepare_events(pd.DataFrame(columns=list(kpis.EVENT_LOG_COLUMNS))))
     assert empty.empty
