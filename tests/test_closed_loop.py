@@ -66,7 +66,7 @@ def test_the_replayed_drift_retrains_and_the_new_champion_serves(
     assert timeline["promoted"] <= timeline["served"], timeline
     assert timeline["champion_after"] and timeline["champion_after"] != timeline["champion_before"]
 
-    store = Storage(str(work / "data"))
+    store = Storage.from_uri(str(work / "data"))
     windows = live.stored_windows(store)
     assert timeline["window"] in windows and len(windows) >= 2
     drift = store.read_table("drift_results.parquet")
