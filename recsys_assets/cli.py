@@ -418,13 +418,17 @@ def serve(settings: Settings, replay: DemoReplay | None = None, ci: bool = False
 
 
 def _interrupt_on_sigterm():
-    """SIGTERM stops the demo the way Ctrl-C does; returns the handler it replaced (None off the main thread)."""
+    """SIGTERM stops the demo the way Ctrl-C does, and so does SIGINT even when the demo was started with
+    it ignored (a script's background job inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt); returns the SIGTERM handler it replaced (None off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return signal.signal(signal.SIGTERM, interrupt)
 
 

@@ -156,8 +156,15 @@ class _Descendants(threading.Thread):
 def test_demo_serves_every_ui_and_stops_cleanly(tmp_path: Path) -> None:
     env, ports = _env(tmp_path)
     code = "from recsys_assets.cli import serve; from recsys_assets.settings import get_settings; serve(get_settings())"
+    # started the way a script's background job is, with SIGINT ignored: Ctrl-C must still stop it
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         urls = [
