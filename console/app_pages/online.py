@@ -122,6 +122,17 @@ def render(settings: Settings) -> None:
     replay_phases(settings)
 
 
+def _replay_columns() -> dict:
+    """Column labels shared by the replay tables (rates in percent)."""
+    return {
+        "arm": st.column_config.TextColumn("A/B arm"),
+        "lists": st.column_config.NumberColumn("Lists", format="localized"),
+        "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
+        "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
+        "hit_rate": st.column_config.NumberColumn("Hit rate", format="%.1f%%"),
+    }
+
+
 def replay_phases(settings: Settings) -> None:
     """The latest drift scenario (`simulate`): CTR per arm before the shift, during it and after the
     retrained champion serves, and the seconds from the shift to each step of the loop."""
@@ -144,14 +155,7 @@ def replay_phases(settings: Settings) -> None:
     st.dataframe(
         shown,
         hide_index=True,
-        column_config={
-            "arm": st.column_config.TextColumn("A/B arm"),
-            "phase": st.column_config.TextColumn("Phase"),
-            "lists": st.column_config.NumberColumn("Lists", format="localized"),
-            "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
-            "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
-            "hit_rate": st.column_config.NumberColumn("Hit rate", format="%.1f%%"),
-        },
+        column_config={"phase": st.column_config.TextColumn("Phase"), **_replay_columns()},
     )
     window = first["window"] or "none"
     st.caption(
@@ -177,12 +181,8 @@ def replay_runs(settings: Settings) -> None:
         column_config={
             "started_at": st.column_config.DatetimeColumn("Started (UTC)", format="YYYY-MM-DD HH:mm"),
             "dataset": st.column_config.TextColumn("Data set"),
-            "arm": st.column_config.TextColumn("A/B arm"),
             "model_versions": st.column_config.TextColumn("Model"),
-            "lists": st.column_config.NumberColumn("Lists", format="localized"),
-            "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
-            "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
-            "hit_rate": st.column_config.NumberColumn("Hit rate", format="%.1f%%"),
+            **_replay_columns(),
             "freshness": st.column_config.NumberColumn("Freshness (requests)"),
         },
     )
