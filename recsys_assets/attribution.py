@@ -62,7 +62,8 @@ def prepare_events(raw: pd.DataFrame) -> pd.DataFrame:
         df[col] = text.mask(text == "")
     df["event_type"] = df["event_type"].str.lower()
     df["timestamp"] = parse_timestamps(df["timestamp"].astype("string"))
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    # float whatever the source's dtype (a log without ratings may hold nullable integers)
+    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
     df = df[df["timestamp"].notna() & df["event_type"].notna()]
     with_id = df[df["event_id"].notna()].drop_duplicates("event_id")
     return (
@@ -89,9 +90,7 @@ def served_lists(events: pd.DataFrame) -> pd.DataFrame:
     # an impression counts as clicked once, however many clicks its item got
     clicked_pairs = imp.merge(clicks[["recommendation_id", "item_id"]].drop_duplicates(), how="inner")
     converting = (fb["event_type"] == PURCHASE) | (
-        # `value` may arrive as any numeric dtype, nullable ones included (a log without ratings)
-        (fb["event_type"] == RATING)
-        & (pd.to_numeric(fb["value"], errors="coerce").astype("float64").fillna(-math.inf) >= CONVERTING_RATING)
+        (fb["event_type"] == RATING) & (fb["value"].fillna(-math.inf) >= CONVERTING_RATING)
     )
     converted_lists = set(fb.loc[converting, "recommendation_id"])
 

@@ -83,10 +83,11 @@ def test_compare_periods(lists: pd.DataFrame) -> None:
 def test_a_value_column_of_a_nullable_dtype_is_read_as_numbers() -> None:
     # a window of a log without ratings: the value column may come back as nullable integers
     raw = pd.concat(event_log_frames(), ignore_index=True)
-    events = kpis.prepare_events(raw)
-    ints = events.assign(value=pd.to_numeric(events["value"], errors="coerce").round().astype("Int64"))
-    assert kpis.served_lists(ints)["converted"].tolist() == [True, False, True, False, True]
-    nothing = events.assign(value=pd.array([None] * len(events), dtype="Int64"))
+    ints = raw.assign(value=pd.to_numeric(raw["value"], errors="coerce").round().astype("Int64"))
+    events = kpis.prepare_events(ints)
+    assert events["value"].dtype == "float64"
+    assert kpis.served_lists(events)["converted"].tolist() == [True, False, True, False, True]
+    nothing = kpis.prepare_events(raw.assign(value=pd.array([None] * len(raw), dtype="Int64")))
     # without values, only the purchases convert (r1, r5)
     assert kpis.served_lists(nothing)["converted"].tolist() == [True, False, False, False, True]
 

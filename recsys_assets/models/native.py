@@ -122,15 +122,10 @@ class HybridModel(ComponentModel):
 
     def fit(self, data: TrainData, valid: sp.csr_matrix | None = None) -> HybridModel:
         self.history = data.matrix
-        comps: dict[str, Component] = {}
-        if self.collaborative is not None:
-            comps["collaborative"] = self.collaborative
-        comps["content"] = ContentModel().fit(data).component
         have_valid = valid is not None and valid.nnz > 0
         if have_valid:
             self.half_life_days = self._best_half_life(data, valid)
-        comps["popularity"] = PopularityModel(half_life_days=self.half_life_days).fit(data).component
-        self.components = comps
+        comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days)
         names = list(comps)
         if not have_valid:
             self.weights = {n: 1.0 / len(names) for n in names}
@@ -138,6 +133,22 @@ class HybridModel(ComponentModel):
             self._tune(names, data.matrix, valid)
         self.scorer = Scorer(comps, self.weights, self.bucket_weights)
         return self
+
+    def refit(self, data: TrainData, collaborative: Component | None) -> HybridModel:
+        """This hybrid's choices (popularity half-life, blend weights) on new data: every component is
+        fitted again on `data` (`collaborative` already is), nothing is tuned again."""
+        comps = _blend_parts(data, collaborative, self.half_life_days)
+        out = HybridModel(
+            collaborative=collaborative,
+            collaborative_name=self.collaborative_name,
+            half_life_days=self.half_life_days,
+            components=comps,
+            weights=dict(self.weights),
+            bucket_weights={k: dict(v) for k, v in self.bucket_weights.items()},
+        )
+        out.history = data.matrix
+        out.scorer = Scorer(comps, out.weights, out.bucket_weights)
+        return out
 
     def _best_half_life(self, data: TrainData, valid: sp.csr_matrix) -> float | None:
         users = np.flatnonzero(np.diff(valid.indptr) > 0)
@@ -178,6 +189,16 @@ class HybridModel(ComponentModel):
             if mask.sum() >= self.min_bucket_users:
                 self.bucket_weights[bucket] = search(mask, bucket)
         self.tuning = pd.DataFrame(rows)
+
+
+def _blend_parts(
+    data: TrainData, collaborative: Component | None, half_life_days: float | None
+) -> dict[str, Component]:
+    """The hybrid's components on `data`: the collaborative one as given, content and popularity fitted."""
+    comps: dict[str, Component] = {} if collaborative is None else {"collaborative": collaborative}
+    comps["content"] = ContentModel().fit(data).component
+    comps["popularity"] = PopularityModel(half_life_days=half_life_days).fit(data).component
+    return comps
 
 
 def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix, truth: sp.csr_matrix, k: int) -> float:

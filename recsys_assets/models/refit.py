@@ -108,11 +108,10 @@ def _fit_on_every_event(
 ) -> Candidate:
     """The served candidate: `model` fitted on every event, with what `tuned_cand` chose."""
     from recsys_assets.models.candidates import native_candidate, recbole_candidate
-    from recsys_assets.models.native import ContentModel, HybridModel, PopularityModel
+    from recsys_assets.models.native import HybridModel
     from recsys_assets.models.recbole_adapter import RecBoleModelConfig
     from recsys_assets.models.training import Timer
     from recsys_assets.models.tuning import model_config
-    from recsys_assets.scoring import Scorer
 
     def recbole(name: str) -> Candidate:
         return recbole_candidate(RecBoleModelConfig(**model_config(name, budget, seed, tuned=tuned)), full)
@@ -122,19 +121,7 @@ def _fit_on_every_event(
     chosen: HybridModel = tuned_cand.extra["model"]
     cf = recbole(hybrid_cf) if hybrid_cf else None
     with Timer() as t:
-        comps = {"collaborative": cf.component} if cf is not None and cf.component is not None else {}
-        comps["content"] = ContentModel().fit(full.data).component
-        comps["popularity"] = PopularityModel(half_life_days=chosen.half_life_days).fit(full.data).component
-        hybrid = HybridModel(
-            collaborative=comps.get("collaborative"),
-            collaborative_name=chosen.collaborative_name,
-            half_life_days=chosen.half_life_days,
-            components=comps,
-            weights=dict(chosen.weights),
-            bucket_weights={k: dict(v) for k, v in chosen.bucket_weights.items()},
-        )
-        hybrid.history = full.data.matrix
-        hybrid.scorer = Scorer(comps, hybrid.weights, hybrid.bucket_weights)
+        hybrid = chosen.refit(full.data, cf.component if cf is not None else None)
     cand = dataclasses.replace(tuned_cand, scores=hybrid.score, extra={**tuned_cand.extra, "model": hybrid})
     cand.train_seconds = t.seconds + (cf.train_seconds if cf is not None else 0.0)
     return cand
