@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from recsys_assets.ports import free_port
+from recsys_assets.replay.scenario import REPLAY_DRIFT
 from recsys_assets.settings import EventLogSource, Settings, get_settings
 
 # The demo's API key when RECSYS_API_KEYS is unset (printed at start; local use only).
@@ -131,16 +132,10 @@ POPULARITY_ARM = "candidates/Popularity"
 # of one visit per rating, so the replay keeps its pace beside the Dagster runs on a small machine.
 DEMO_EVENTS_PER_VISIT = 3
 # Live windows of a minute, so the Dagster UI shows `live_events` partitions and drift reports within
-# the demo's minutes. A replayed minute holds days of ml-100k and different users, so the verdict rests
-# on the catalogue and population signals, as in `replay simulate` (`recsys_assets/replay/scenario.py`).
+# the demo's minutes. A replayed minute holds days of ml-100k and different users, so the verdict takes
+# the replay's drift settings (`replay.scenario.REPLAY_DRIFT`, as `replay simulate` does).
 # Each applies unless set (RECSYS_DRIFT_WINDOW_MINUTES, ...).
-DEMO_LOOP_DEFAULTS: dict[str, object] = {
-    "drift_window_minutes": 1,
-    "drift_sensor_seconds": 10,
-    "drift_threshold": 0.3,
-    "drift_share": 0.5,
-    "drift_features": ["item_popularity", "new_item", "new_user"],
-}
+DEMO_LOOP_DEFAULTS: dict[str, object] = {"drift_window_minutes": 1, "drift_sensor_seconds": 10, **REPLAY_DRIFT}
 READY_TIMEOUT = 300.0  # `dagster dev` loads the code location (torch, RecBole) before it answers
 
 

@@ -32,6 +32,17 @@ from recsys_assets.replay.data import Shift
 
 POPULARITY_ARM = "candidates/Popularity"
 INITIAL_CHAMPION = "initial_champion.json"  # the champion trained on the past, for `--no-train`
+# A replay packs days of a data set into each one-minute window, so consecutive windows hold
+# different users: on ml-100k's future, windows before any shift differ by up to 0.3 on ratings
+# (Jensen-Shannon), 1.2 on user history, 0.44 on the share of new users and 0.31 on item
+# popularity (Wasserstein, normed). A replay's verdict (`simulate`, the demo) rests on the catalogue
+# and population signals at 0.35, half of them, against the two windows before (a steadier reference).
+REPLAY_DRIFT: dict[str, Any] = {
+    "drift_threshold": 0.35,
+    "drift_share": 0.5,
+    "drift_features": ["item_popularity", "new_item", "new_user"],
+    "drift_reference_windows": 2,
+}
 
 
 @dataclass
@@ -58,15 +69,11 @@ class SimulateConfig:
     include_seen: bool = False
     # the newest items' stream is thin (tens of events a minute on ml-100k): a verdict on few events
     drift_min_rows: int = 10
-    # A replay packs days of a data set into each one-minute window, so consecutive windows hold
-    # different users: on ml-100k's future, windows before any shift differ by up to 0.3 on ratings
-    # (Jensen-Shannon), 1.2 on user history, 0.44 on the share of new users and 0.31 on item
-    # popularity (Wasserstein, normed). The replay's verdict rests on the catalogue and population
-    # signals at 0.35, half of them, against the two windows before (a steadier reference).
-    drift_threshold: float = 0.35
-    drift_share: float = 0.5
-    drift_features: tuple[str, ...] = ("item_popularity", "new_item", "new_user")
-    drift_reference_windows: int = 2
+    # the drift settings of a replay (`REPLAY_DRIFT`)
+    drift_threshold: float = REPLAY_DRIFT["drift_threshold"]
+    drift_share: float = REPLAY_DRIFT["drift_share"]
+    drift_features: tuple[str, ...] = tuple(REPLAY_DRIFT["drift_features"])
+    drift_reference_windows: int = REPLAY_DRIFT["drift_reference_windows"]
     train: bool = True  # False: reuse the trained past in `workdir`
     # after the replay, wait this long for the drift-triggered champion to be served (0: do not wait)
     settle_seconds: float = 0.0
