@@ -45,22 +45,22 @@ SIM_ARGS_ml-100k := --hold-out-category Sci-Fi --models ItemKNN,EASE --duration 
 SIM_ARGS_taobao := --include-seen --models ItemKNN --duration 900 --shifted-seconds 540
 SIM_ARGS ?= $(SIM_ARGS_$(SIM_DATASET))
 simulate: install ## Closed-loop replay with a drift, measured (SIM_DATASET=ml-100k|taobao, SIM_ARGS)
-	$(BIN)/python -m recsys_assets.replay simulate --dataset $(SIM_DATASET) --settle-seconds 300 $(SIM_ARGS) \
+	$(BIN)/python -m recsys_assets.tools.replay simulate --dataset $(SIM_DATASET) --settle-seconds 300 $(SIM_ARGS) \
 		--workdir /tmp/recsys-simulate-$(SIM_DATASET)
 
 bench: install ## Benchmarks: artifact vs RecBole scoring, the model comparison, the API under load (docs/benchmarks.md)
-	$(BIN)/python -m recsys_assets.benchmarks scoring --model BPR
-	$(BIN)/python -m recsys_assets.benchmarks scoring --model EASE
-	$(BIN)/python -m recsys_assets.benchmarks comparison --storage /tmp/recsys-bench
+	$(BIN)/python -m recsys_assets.tools.benchmarks scoring --model BPR
+	$(BIN)/python -m recsys_assets.tools.benchmarks scoring --model EASE
+	$(BIN)/python -m recsys_assets.tools.benchmarks comparison --storage /tmp/recsys-bench
 	@# drift in the API's log -> the new champion serving, under dagster dev (about 10 minutes)
-	$(BIN)/python -m recsys_assets.benchmarks loop --storage /tmp/recsys-bench-loop
+	$(BIN)/python -m recsys_assets.tools.benchmarks loop --storage /tmp/recsys-bench-loop
 	@# latency at 200/s, the rate ramp and wrk, batch ingestion, 1/2/4 workers (about 15 minutes)
-	$(BIN)/python -m serving.bench all --storage /tmp/recsys-apibench-data
+	$(BIN)/python -m recsys_assets.tools.loadgen all --storage /tmp/recsys-apibench-data
 
 SOAK_SECONDS ?= 1800
 SOAK_RPS ?= 100
 soak: install ## API soak: SOAK_RPS requests/s (100) for SOAK_SECONDS (1800); no errors, memory growth < 10%
-	$(BIN)/python -m serving.bench soak --storage /tmp/recsys-apibench-data --rate $(SOAK_RPS) --duration $(SOAK_SECONDS)
+	$(BIN)/python -m recsys_assets.tools.loadgen soak --storage /tmp/recsys-apibench-data --rate $(SOAK_RPS) --duration $(SOAK_SECONDS)
 
 ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
@@ -72,7 +72,7 @@ console: install ## Start the Streamlit console alone (on settings.console_port)
 	@# the port comes from the settings, so RECSYS_ENV_FILE applies as everywhere else
 	$(BIN)/streamlit run console/app.py --server.address 127.0.0.1 --server.headless true \
 		--browser.gatherUsageStats false --server.port \
-		$$($(BIN)/python -c 'from recsys_assets.settings import get_settings; print(get_settings().console_port)')
+		$$($(BIN)/python -c 'from recsys_assets.contract.settings import get_settings; print(get_settings().console_port)')
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check .

@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from console import data, ui
-from recsys_assets.settings import get_settings
+from recsys_assets.contract.settings import get_settings
 
 PAGES = Path(__file__).resolve().parent / "app_pages"
 

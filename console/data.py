@@ -26,19 +26,19 @@ import pandas as pd
 import streamlit as st
 
 from console import kpis
-from recsys_assets import schema
-from recsys_assets.settings import Settings
-from recsys_assets.storage import Storage
-from recsys_assets.warehouse import TABLES
+from recsys_assets.contract import events as schema
+from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.contract.warehouse import TABLES
 
 # Tables the console reads besides the ingestion tables; some are written by later pipeline stages.
 EVALUATION_REPORT = "evaluation_report"
 DRIFT_RESULTS = "drift_results"
 RETRAIN_RUNS = "retrain_runs"
 PIPELINE_HEALTH = "pipeline_health"
-# one row per replay run x A/B arm, written by `python -m recsys_assets.replay run`
+# one row per replay run x A/B arm, written by `python -m recsys_assets.tools.replay run`
 REPLAY_RUNS = "replay_runs"
-# one row per run x arm x phase of the drift scenario, written by `python -m recsys_assets.replay simulate`
+# one row per run x arm x phase of the drift scenario, written by `python -m recsys_assets.tools.replay simulate`
 REPLAY_PHASES = "replay_phases"
 ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, REPLAY_RUNS, REPLAY_PHASES)
 EVENTS_DIR = "events"
@@ -65,8 +65,8 @@ def storage(settings: Settings) -> Storage:
 # The views are made when the connection opens; the TTL picks up tables written since.
 @st.cache_resource(ttl=300, show_spinner=False)
 def warehouse(settings: Settings) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with a view per stored table (`recsys_assets.warehouse.connect`)."""
-    from recsys_assets.warehouse import connect
+    """A DuckDB connection with a view per stored table (`recsys_assets.contract.warehouse.connect`)."""
+    from recsys_assets.contract.warehouse import connect
 
     con = connect(storage(settings), ALL_TABLES)
     # timestamps come back in UTC, as stored, whatever the machine's time zone (cursors inherit it)
@@ -127,7 +127,7 @@ def report_html(settings: Settings, path: str) -> str | None:
 @st.cache_data(ttl=TABLE_TTL, show_spinner=False)
 def champion(settings: Settings) -> dict | None:
     """`artifacts/CHAMPION.json`: the serving champion (model, version, promoted_at, ...), or None."""
-    from recsys_assets.assets.training import current_champion
+    from recsys_assets.defs.training import current_champion
 
     return current_champion(storage(settings))
 
@@ -135,7 +135,7 @@ def champion(settings: Settings) -> dict | None:
 @st.cache_data(ttl=300, show_spinner=False)
 def eda(settings: Settings) -> dict[str, Any] | None:
     """The EDA report's key numbers (`eda_summary`) on the current tables, or None."""
-    from recsys_assets.reports.eda import eda_summary
+    from recsys_assets.lib.reports.eda import eda_summary
 
     cur = _cursor(settings, schema.INTERACTIONS, schema.ITEMS, schema.USERS)
     if cur is None:
@@ -255,7 +255,7 @@ def served_lists(settings: Settings) -> pd.DataFrame | None:
 
 
 def _mlflow_store_exists(settings: Settings) -> bool:
-    from recsys_assets.tracking import tracking_uri
+    from recsys_assets.lib.tracking import tracking_uri
 
     uri = tracking_uri(settings)
     # opening a SQLite store that is not there would create (and migrate) an empty one
@@ -268,7 +268,7 @@ def registry_history(settings: Settings) -> pd.DataFrame | None:
     whether it was registered as champion; None when nothing is registered."""
     if not _mlflow_store_exists(settings):
         return None
-    from recsys_assets.tracking import MlflowTracking
+    from recsys_assets.lib.tracking import MlflowTracking
 
     tracking = MlflowTracking.from_settings(settings)
     history = tracking.champion_history()

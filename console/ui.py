@@ -9,7 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 
 SETTINGS_KEY = "settings"
 NO_DATA = "no data yet"

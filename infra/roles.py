@@ -81,7 +81,7 @@ ROLES: dict[str, Role] = {
             dockerfile="infra/docker/code-location.Dockerfile",
             extra="pipeline",
             own_packages=("recsys_assets",),
-            entry_modules=("recsys_assets.definitions", "recsys_assets.cli", "recsys_assets.__main__"),
+            entry_modules=("recsys_assets.defs.definitions", "recsys_assets.tools.cli", "recsys_assets.__main__"),
         ),
         Role(
             name="dagster",

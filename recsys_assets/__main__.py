@@ -1,5 +1,5 @@
 import sys
 
-from recsys_assets.cli import main
+from recsys_assets.tools.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import tempfile
 
 import uvicorn
 
-from recsys_assets.settings import get_settings
+from recsys_assets.contract.settings import get_settings
 
 # prometheus_client reads it when first imported, i.e. in each worker, which inherits it from here
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -25,8 +25,8 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.types import Scope
 
-from recsys_assets.settings import Settings, get_settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
 from serving import errors
 from serving.controllers import (
     EventController,
@@ -38,9 +38,9 @@ from serving.controllers import (
 from serving.errors import ServingError, domain_error_handler, validation_error_handler
 from serving.eventlog import FLUSH_SECONDS, EventLog
 from serving.live import FallbackStore, LiveState, RedisLink
-from serving.metrics import LATENCY_BUCKETS, get_metrics, mark_process_dead
 from serving.model import ModelHolder
 from serving.security import HEADER, SECURITY_SCHEME, ApiKeys
+from serving.telemetry import LATENCY_BUCKETS, get_metrics, mark_process_dead
 
 log = logging.getLogger("serving")
 

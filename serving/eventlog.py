@@ -2,7 +2,7 @@
 
 Layout: `<events_dir>/events-<UTC start>-<host>-<pid>-<n>.csv`, one open segment per worker process
 (no two processes ever write the same file, so no cross-process locking), each with a header of
-`recsys_assets.schema.EVENT_COLUMNS` plus `model_version` and `arm`. A segment is closed and a new
+`recsys_assets.contract.events.EVENT_COLUMNS` plus `model_version` and `arm`. A segment is closed and a new
 one started past `events_segment_max_bytes` or `events_segment_max_seconds`.
 
 Why this mechanism:
@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from recsys_assets.schema import EVENT_COLUMNS
+from recsys_assets.contract.events import EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from serving.metrics import get_metrics
 from serving.schemas import LIVE_DECODER, LIVE_ENCODER, LiveEvent
+from serving.telemetry import get_metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,15 @@ import anyio
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.artifact import MANIFEST, ArtifactError, ServingArtifact, read_from_storage
-from recsys_assets.storage import Storage
+from recsys_assets.contract.artifact import MANIFEST, ArtifactError, ServingArtifact, read_from_storage
+from recsys_assets.contract.storage import Storage
 from serving.errors import ArtifactRejectedError, ModelNotReadyError
-from serving.metrics import get_metrics
 from serving.schemas import ArtifactInfo, RejectedArtifact
+from serving.telemetry import get_metrics
 
 log = logging.getLogger(__name__)
 
-# Same pointer as `recsys_assets.assets.training.CHAMPION_POINTER` (that module imports Dagster).
+# Same pointer as `recsys_assets.defs.training.CHAMPION_POINTER` (that module imports Dagster).
 CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
 CHALLENGER_POINTER = ("artifacts", "CHALLENGER.json")
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.evaluation.metrics import topk_from_scores
-from recsys_assets.schema import CANONICAL_EVENT_TYPES
-from recsys_assets.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer
+from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
+from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer
+from recsys_assets.lib.evaluation.metrics import topk_from_scores
 from serving.errors import UnknownItemError
 from serving.model import LoadedModel
 from serving.schemas import LiveEvent, RecommendedItem, SimilarItem
@@ -95,7 +95,7 @@ def build_history(
 
 
 def _standardise_one(scores: np.ndarray) -> np.ndarray:
-    # the arithmetic of `recsys_assets.scoring`'s one-user path; tests check the blend is identical
+    # the arithmetic of `recsys_assets.contract.scoring`'s one-user path; tests check the blend is identical
     std = float(scores.std())
     if std <= 1e-12:
         return np.zeros_like(scores, dtype=np.float32)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from recsys_assets.schema import CANONICAL_EVENT_TYPES
+from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
 
 # Ids are free text as in the event log, but one line of printable characters: they go into CSV
 # segments, Redis keys and log lines.
@@ -19,7 +19,7 @@ MAX_BATCH = 1000
 
 
 class EventIn(Struct, forbid_unknown_fields=True):
-    """One interaction, in the event-log schema (`recsys_assets.schema`)."""
+    """One interaction, in the event-log schema (`recsys_assets.contract.events`)."""
 
     user_id: Id | int
     item_id: Id | int

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import anyio
 
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 from serving.errors import EventLogUnavailableError, InvalidEventError
 from serving.eventlog import IMPRESSION, EventLog, iso
 from serving.live import LiveState
-from serving.metrics import get_metrics
 from serving.model import ModelHolder
 from serving.recommend import build_history, recommend
 from serving.schemas import (
@@ -28,6 +27,7 @@ from serving.schemas import (
     LiveEvent,
     Recommendations,
 )
+from serving.telemetry import get_metrics
 
 log = logging.getLogger(__name__)
 

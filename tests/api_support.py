@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.artifact import ARRAYS, ServingArtifact, write_to_storage
-from recsys_assets.settings import Settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.artifact import ARRAYS, ServingArtifact, write_to_storage
+from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
 
 from .conftest import ROOT, free_port, wait_for_port
 
@@ -48,10 +48,10 @@ def _item_knn(matrix: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
 @functools.cache
 def movielens_artifact() -> ServingArtifact:
     """A Hybrid (ItemKNN + content + popularity) trained on all of MovieLens-100k, in seconds."""
-    from recsys_assets import ingestion
-    from recsys_assets.models.base import TrainData
-    from recsys_assets.models.native import HybridModel
-    from recsys_assets.scoring import Component
+    from recsys_assets.contract.scoring import Component
+    from recsys_assets.lib.ingest import cleaning as ingestion
+    from recsys_assets.lib.models.base import TrainData
+    from recsys_assets.lib.models.native import HybridModel
 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     raw, items, users = ingestion.read_movielens()

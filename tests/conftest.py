@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys_assets.ports import free_port, wait_for_port
-from recsys_assets.settings import Settings, get_settings
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.tools.services import free_port, wait_for_port
 
 __all__ = ["ROOT", "TAOBAO", "free_port", "wait_for_port"]
 

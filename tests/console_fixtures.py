@@ -26,9 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 
-from recsys_assets import ingestion
-from recsys_assets.settings import Settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.lib.ingest import cleaning as ingestion
 
 COLUMNS = [
     "user_id",

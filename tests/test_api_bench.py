@@ -1,4 +1,4 @@
-"""The API load generator (`serving/bench.py`) against a real API process and `redis-server`: a few
+"""The API load generator (`recsys_assets/tools/loadgen.py`) against a real API process and `redis-server`: a few
 seconds at a low fixed rate, then the soak command end to end in a short version."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import bench
+from recsys_assets.tools import loadgen as bench
 
 from .api_support import movielens_artifact, publish
 
@@ -56,4 +56,4 @@ def test_soak_command_in_a_short_version(storage: Path, tmp_path: Path) -> None:
     memory = result["memory"]
     assert memory["rss_mb_after_warmup"] > 50 and "growth_pct" in memory
     assert len(result["rss_series"]) >= 3
-    assert result["command"].startswith("python -m serving.bench soak")
+    assert result["command"].startswith("python -m recsys_assets.tools.loadgen soak")

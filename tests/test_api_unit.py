@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from litestar.testing import TestClient
 
-from recsys_assets import ingestion
-from recsys_assets.artifact import write_to_storage
-from recsys_assets.settings import EventLogSource, Settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.artifact import write_to_storage
+from recsys_assets.contract.settings import EventLogSource, Settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.lib.ingest import cleaning as ingestion
 from serving.app import create_app
 from serving.eventlog import LOG_COLUMNS, EventLog
 from serving.model import LoadedModel, challenger_arm

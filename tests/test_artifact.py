@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_assets import ingestion
-from recsys_assets.artifact import (
+from recsys_assets.contract.artifact import (
     ARRAYS,
     MANIFEST,
     ArtifactError,
@@ -20,15 +19,16 @@ from recsys_assets.artifact import (
     load_artifact,
     save_artifact,
 )
-from recsys_assets.evaluation.metrics import topk_from_scores
-from recsys_assets.settings import get_settings
+from recsys_assets.contract.settings import get_settings
+from recsys_assets.lib.evaluation.metrics import topk_from_scores
+from recsys_assets.lib.ingest import cleaning as ingestion
 
 from .conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def temporal(tmp_path_factory: pytest.TempPathFactory):
-    from recsys_assets.models.training import prepare
+    from recsys_assets.lib.models.fitting import prepare
 
     s = get_settings(storage_uri=str(tmp_path_factory.mktemp("art")))
     raw, items, users = ingestion.read_movielens()
@@ -39,9 +39,9 @@ def temporal(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def trained(temporal):
     """EASE through RecBole, and the hybrid built on its exported component."""
-    from recsys_assets.models.candidates import native_candidate, recbole_candidate
-    from recsys_assets.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.models.tuning import model_config
+    from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
+    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.lib.models.tuning import model_config
 
     ease = recbole_candidate(RecBoleModelConfig(**model_config("EASE", "smoke")), temporal)
     hybrid = native_candidate("Hybrid", temporal, ease)
@@ -64,9 +64,9 @@ def make_artifact(cand, pdata) -> ServingArtifact:
 
 @pytest.mark.parametrize("model", ["EASE", "ItemKNN", "BPR", "LightGCN", "MultiVAE", "Pop"])
 def test_exported_recbole_component_ranks_like_recbole(model: str, trained, temporal) -> None:
-    from recsys_assets.models.candidates import recbole_candidate
-    from recsys_assets.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.models.tuning import model_config
+    from recsys_assets.lib.models.candidates import recbole_candidate
+    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.lib.models.tuning import model_config
 
     cand = (
         trained[0]
@@ -90,7 +90,7 @@ def test_artifact_reproduces_offline_top10_without_recbole(trained, temporal, tm
     code = f"""
 import json, sys
 import numpy as np
-from recsys_assets.artifact import load_artifact
+from recsys_assets.contract.artifact import load_artifact
 art = load_artifact({str(folder)!r})
 users = np.array({users.tolist()!r})
 top = art.topk_for_users(users, 10)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from recsys_assets.settings import Settings, get_settings
-from recsys_assets.storage import Storage
-from recsys_assets.warehouse import connect
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.contract.warehouse import connect
 
 from .test_pipeline import check_results, run
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_assets import live
-from recsys_assets.replay.scenario import SimulateConfig, simulate
-from recsys_assets.storage import Storage
+from recsys_assets.contract.storage import Storage
+from recsys_assets.lib import live_windows as live
+from recsys_assets.tools.replay.scenario import SimulateConfig, simulate
 
 pytestmark = pytest.mark.integration
 

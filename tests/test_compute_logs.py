@@ -14,8 +14,8 @@ import yaml
 from azure.storage.blob import BlobServiceClient
 from dagster._core.storage.compute_log_manager import ComputeIOType
 
-from recsys_assets.compute_logs import BlobComputeLogManager, compute_logs_config
-from recsys_assets.settings import Settings, get_settings
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.defs.compute_logs import BlobComputeLogManager, compute_logs_config
 
 
 @dg.op(config_schema={"marker": str})

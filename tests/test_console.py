@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from recsys_assets.settings import Settings, get_settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
 
 from .conftest import ROOT, free_port, wait_for_port
 from .console_fixtures import (

@@ -17,9 +17,10 @@ import pandas as pd
 import psutil
 import pytest
 
-from recsys_assets import cli, live
-from recsys_assets.settings import EventLogSource, Settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.settings import EventLogSource, Settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.lib import live_windows as live
+from recsys_assets.tools import cli
 
 from .conftest import ROOT, free_port
 
@@ -155,7 +156,10 @@ class _Descendants(threading.Thread):
 @pytest.mark.integration
 def test_demo_serves_every_ui_and_stops_cleanly(tmp_path: Path) -> None:
     env, ports = _env(tmp_path)
-    code = "from recsys_assets.cli import serve; from recsys_assets.settings import get_settings; serve(get_settings())"
+    code = (
+        "from recsys_assets.tools.cli import serve; "
+        "from recsys_assets.contract.settings import get_settings; serve(get_settings())"
+    )
     # started the way a script's background job is, with SIGINT ignored: Ctrl-C must still stop it
     proc = subprocess.Popen(
         [sys.executable, "-c", code],

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys_assets import ingestion
-from recsys_assets.reports.eda import eda_summary, gini, render_eda_report
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
+from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.reports.eda import eda_summary, gini, render_eda_report
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -21,7 +21,7 @@ def test_gini_bounds() -> None:
 
 @pytest.fixture(scope="module")
 def movielens_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from recsys_assets.settings import get_settings
+    from recsys_assets.contract.settings import get_settings
 
     s: Settings = get_settings(storage_uri=str(tmp_path_factory.mktemp("eda")))
     raw, items, users = ingestion.read_movielens()

@@ -32,7 +32,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel
 
-from recsys_assets.settings import Settings, get_settings
+from recsys_assets.contract.settings import Settings, get_settings
 
 from .conftest import ROOT
 
@@ -281,7 +281,7 @@ def settings_read_by(role_name: str) -> set[str]:
     constant, or a Settings property/method standing for the fields it uses)."""
     fields = set(Settings.model_fields)
     derived: dict[str, set[str]] = {}
-    tree = ast.parse((ROOT / "recsys_assets" / "settings.py").read_text())
+    tree = ast.parse((ROOT / "recsys_assets" / "contract" / "settings.py").read_text())
     cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Settings")
     for fn in cls.body:
         # properties and methods stand for the fields they use; validators run for every role alike
@@ -546,7 +546,7 @@ def test_dagster_and_mlflow_ports_and_health_paths() -> None:
     args = json.loads(cmd)
     assert args[:3] == ["dagster", "code-server", "start"]
     assert args[args.index("--port") + 1] == "4000"
-    assert args[args.index("--module-name") + 1] == "recsys_assets.definitions"
+    assert args[args.index("--module-name") + 1] == "recsys_assets.defs.definitions"
     [check] = instruction("code-location", "HEALTHCHECK")
     assert '"grpc-health-check", "--port", "4000"' in check
     from mlflow.server.security_utils import HEALTH_ENDPOINTS
@@ -724,8 +724,8 @@ def test_workspace_file_passes_dagsters_schema(monkeypatch: pytest.MonkeyPatch) 
 
 def test_code_server_module_is_the_projects_code_location() -> None:
     # the module `make ui` loads (workspace.yaml) is the one the image's code server serves
-    assert "module_name: recsys_assets.definitions" in (ROOT / "workspace.yaml").read_text()
-    assert callable(importlib.import_module("recsys_assets.definitions").defs)
+    assert "module_name: recsys_assets.defs.definitions" in (ROOT / "workspace.yaml").read_text()
+    assert callable(importlib.import_module("recsys_assets.defs.definitions").defs)
 
 
 # ---------------------------------------------------------------------------------------------

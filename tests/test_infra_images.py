@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys_assets.artifact import ServingArtifact, write_to_storage
-from recsys_assets.scoring import Component, Scorer
-from recsys_assets.settings import get_settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
+from recsys_assets.contract.scoring import Component, Scorer
+from recsys_assets.contract.settings import get_settings
+from recsys_assets.contract.storage import Storage
 
 from .conftest import ROOT, free_port, wait_for_port
 from .test_infra import roles, smoke
@@ -217,8 +217,8 @@ CONSOLE_CHECK = textwrap.dedent(
     # what the pages import lazily: the champion (training assets), the registry (MLflow client),
     # the run history (Dagster instance), the EDA numbers, DuckDB over the tables
     import console.data, console.kpis, console.ui
-    import recsys_assets.assets.training, recsys_assets.tracking, recsys_assets.reports.eda
-    import recsys_assets.warehouse
+    import recsys_assets.defs.training, recsys_assets.lib.tracking, recsys_assets.lib.reports.eda
+    import recsys_assets.contract.warehouse
     from dagster._core.instance.ref import InstanceRef
     from streamlit.testing.v1 import AppTest
 

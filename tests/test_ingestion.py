@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys_assets import ingestion
-from recsys_assets.settings import Settings, get_settings
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.lib.ingest import cleaning as ingestion
 
 TAOBAO_ENV = Path(__file__).resolve().parents[1] / "docs" / "config" / "taobao.env"
 

@@ -22,12 +22,13 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import create_run_for_test
 
-from recsys_assets import live, runs
-from recsys_assets.assets.monitoring import DRIFT_REPORT, LIVE_WINDOWS
-from recsys_assets.assets.training import current_champion
-from recsys_assets.definitions import LIVE_WINDOW_JOB, PIPELINE_JOB, build_definitions
-from recsys_assets.settings import Settings, get_settings
-from recsys_assets.storage import Storage
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.defs import runs
+from recsys_assets.defs.definitions import LIVE_WINDOW_JOB, PIPELINE_JOB, build_definitions
+from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
+from recsys_assets.defs.training import current_champion
+from recsys_assets.lib import live_windows as live
 from serving.eventlog import LOG_COLUMNS, encode_rows
 from tests.api_support import ApiProcess
 
@@ -80,7 +81,7 @@ def test_a_torn_last_line_stays_in_its_window_and_is_rejected_by_cleaning(tmp_pa
         fh.write(b'u2,i2,view,"2026-11-27T12:0')  # a write cut by a crash
     rows = live.read_window(d, "2026-11-27T12:00", MINUTES)
     assert len(rows) == 2 and rows["raw_line"].notna().sum() == 1
-    from recsys_assets.ingestion import clean_events
+    from recsys_assets.lib.ingest.cleaning import clean_events
 
     result = clean_events(rows[list(live.ingestion.RAW_COLUMNS)], settings)
     assert len(result.interactions) == 1 and result.reject_counts["malformed_row"] == 1
@@ -402,7 +403,7 @@ def test_live_rows_take_the_unit_of_a_log_in_unix_seconds(tmp_path: Path, settin
     store.write_table(frame, live.LIVE_EVENTS, "2026-11-27T1205.parquet")
     seconds = live.read_live_events(store, unit="s")
     assert float(seconds["timestamp"].iloc[0]) == NOW.timestamp()
-    from recsys_assets.ingestion import clean_events
+    from recsys_assets.lib.ingest.cleaning import clean_events
 
     # cleaned with the source's unit, the live row is kept, not rejected as unparseable
     assert len(clean_events(seconds, settings, unit="s").interactions) == 1
@@ -445,7 +446,7 @@ def test_steps_that_touch_storage_retry_with_backoff(settings: Settings) -> None
 
 
 def test_the_instance_runs_training_and_live_windows_one_at_a_time(tmp_path: Path, settings: Settings) -> None:
-    from recsys_assets.cli import instance_yaml
+    from recsys_assets.tools.cli import instance_yaml
 
     (tmp_path / "dagster.yaml").write_text(instance_yaml(settings))
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recsys_assets.evaluation.metrics import (
+from recsys_assets.lib.evaluation.metrics import (
     ACCURACY_METRICS,
     AVERAGE_POPULARITY,
     COVERAGE,
@@ -148,7 +148,7 @@ def recbole_metrics():
     """
     with pytest.MonkeyPatch.context() as mp:
         try:
-            from recsys_assets.models.recbole_compat import patch_recbole
+            from recsys_assets.lib.models.recbole_compat import patch_recbole
         except ImportError:
             patch_recbole = None
         if patch_recbole is not None:

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recsys_assets.models.base import TrainData
-from recsys_assets.models.native import ContentModel, HybridModel, PopularityModel
-from recsys_assets.scoring import Component
+from recsys_assets.contract.scoring import Component
+from recsys_assets.lib.models.base import TrainData
+from recsys_assets.lib.models.native import ContentModel, HybridModel, PopularityModel
 
 N_USERS, N_ITEMS = 40, 20
 HALF = N_ITEMS // 2

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from recsys_assets.definitions import INGESTION_JOB, build_definitions
-from recsys_assets.settings import Settings, get_settings
-from recsys_assets.storage import Storage
-from recsys_assets.warehouse import connect
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.contract.warehouse import connect
+from recsys_assets.defs.definitions import INGESTION_JOB, build_definitions
 
 from .conftest import ROOT, free_port
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets.models.recbole_adapter import (
+from recsys_assets.lib.models.recbole_adapter import (
     SUPPORTED_MODELS,
     RecBoleModelConfig,
     TrainedRecBoleModel,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys_assets.models import recbole_compat
-from recsys_assets.models.recbole_compat import patch_recbole
+from recsys_assets.lib.models import recbole_compat
+from recsys_assets.lib.models.recbole_compat import patch_recbole
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_quick_start_imports_when_ray_cannot(tmp_path: Path) -> None:
         else:
             raise SystemExit("ray imported without pkg_resources: the failure is no longer simulated")
 
-        from recsys_assets.models.recbole_compat import patch_recbole
+        from recsys_assets.lib.models.recbole_compat import patch_recbole
         patch_recbole()
         from recbole.quick_start import load_data_and_model, quick_start, run_recbole
         try:

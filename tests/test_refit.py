@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recsys_assets import ingestion
-from recsys_assets.artifact import MANIFEST, ServingArtifact, load_artifact, save_artifact
-from recsys_assets.evaluation import splits as S
-from recsys_assets.evaluation.metrics import evaluate_topk, topk_from_scores
-from recsys_assets.models.refit import refit_artifact, refit_ratios
-from recsys_assets.models.training import (
+from recsys_assets.contract.artifact import MANIFEST, ServingArtifact, load_artifact, save_artifact
+from recsys_assets.contract.settings import get_settings
+from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.metrics import evaluate_topk, topk_from_scores
+from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.models.fitting import (
     artifact_metrics,
     evaluate_scores,
     fingerprint,
     prepare,
     serving_artifact,
 )
-from recsys_assets.settings import get_settings
+from recsys_assets.lib.models.refit import refit_artifact, refit_ratios
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def artifacts(data: dict) -> dict[str, ServingArtifact]:
-    from recsys_assets.models.candidates import native_candidate, recbole_candidate
-    from recsys_assets.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.models.tuning import model_config
+    from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
+    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.lib.models.tuning import model_config
 
     temporal, past = data["temporal"], data["past"]
     fp = fingerprint(past)
@@ -186,7 +186,7 @@ def test_refit_round_trips_with_its_training_time(tmp_path: Path, artifacts: dic
 
 def test_without_a_test_part_recbole_still_keeps_the_best_validation_epoch(data: dict) -> None:
     """RecBole loads the best epoch back only when it tests; with nothing to test the adapter does it."""
-    from recsys_assets.models.recbole_adapter import RecBoleModelConfig, train_recbole_model
+    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig, train_recbole_model
 
     split = S.temporal_split(data["past"], refit_ratios(0.05))
 

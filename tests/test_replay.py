@@ -16,10 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets import ingestion
-from recsys_assets.artifact import ServingArtifact, write_to_storage
-from recsys_assets.replay import data as replay_data
-from recsys_assets.replay.behaviour import (
+from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
+from recsys_assets.contract.scoring import Component, Scorer
+from recsys_assets.contract.settings import DEFAULT_EVENT_WEIGHTS, get_settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.tools.replay import data as replay_data
+from recsys_assets.tools.replay.behaviour import (
     TAOBAO_FUNNEL,
     Funnel,
     RealEvent,
@@ -28,12 +31,9 @@ from recsys_assets.replay.behaviour import (
     funnel_from_events,
     react,
 )
-from recsys_assets.replay.data import Visit, apply_shift, build_visits, split_in_time
-from recsys_assets.replay.report import REPLAY_RUNS, phase_rows, store_phases, store_runs, summary_text
-from recsys_assets.replay.simulator import Phases, Progress, ReplayConfig, run_replay
-from recsys_assets.scoring import Component, Scorer
-from recsys_assets.settings import DEFAULT_EVENT_WEIGHTS, get_settings
-from recsys_assets.storage import Storage
+from recsys_assets.tools.replay.data import Visit, apply_shift, build_visits, split_in_time
+from recsys_assets.tools.replay.report import REPLAY_RUNS, phase_rows, store_phases, store_runs, summary_text
+from recsys_assets.tools.replay.simulator import Phases, Progress, ReplayConfig, run_replay
 
 from .api_support import API_KEY, API_KEYS, ApiProcess, RedisServer, movielens_artifact, publish, read_segments
 
@@ -326,7 +326,7 @@ def test_the_loop_paces_marks_the_shift_and_counts_phases(tmp_path: Path) -> Non
 
 
 def test_the_shifted_stream_can_run_at_its_own_pace() -> None:
-    from recsys_assets.replay.simulator import _Replay
+    from recsys_assets.tools.replay.simulator import _Replay
 
     rows = [("alice", "1", t, 4.0) for t in (0, 100, 200, 300)] + [("zoe", "9", t, 4.0) for t in (400, 1400)]
     config = ReplayConfig(

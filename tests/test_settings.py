@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from recsys_assets.settings import get_settings
+from recsys_assets.contract.settings import get_settings
 
 
 @pytest.fixture(autouse=True)

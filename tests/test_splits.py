@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_assets.evaluation.splits import (
+from recsys_assets.lib.evaluation.splits import (
     RANDOM,
     TEMPORAL,
     USER_SLICES,

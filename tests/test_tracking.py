@@ -23,10 +23,10 @@ import pytest
 import scipy.sparse as sp
 from mlflow.utils.validation import validate_param_and_metric_name
 
-from recsys_assets.artifact import ServingArtifact, load_artifact, save_artifact
-from recsys_assets.scoring import Component, Scorer
-from recsys_assets.settings import Settings, get_settings
-from recsys_assets.tracking import (
+from recsys_assets.contract.artifact import ServingArtifact, load_artifact, save_artifact
+from recsys_assets.contract.scoring import Component, Scorer
+from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.lib.tracking import (
     CHALLENGER,
     CHAMPION,
     MlflowTracking,

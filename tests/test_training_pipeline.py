@@ -9,11 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from recsys_assets.assets.training import TUNED_PARAMS, current_champion
-from recsys_assets.definitions import PIPELINE_JOB, TUNE_JOB, build_definitions
-from recsys_assets.settings import Settings
-from recsys_assets.storage import Storage
-from recsys_assets.tracking import MlflowTracking
+from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.defs.definitions import PIPELINE_JOB, TUNE_JOB, build_definitions
+from recsys_assets.defs.training import TUNED_PARAMS, current_champion
+from recsys_assets.lib.tracking import MlflowTracking
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluati
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dg.ExecuteInProcessResult]:
-    from recsys_assets.settings import get_settings
+    from recsys_assets.contract.settings import get_settings
 
     s = get_settings(storage_uri=str(tmp_path_factory.mktemp("train") / "data"))
     return s, run(s, models=["Pop", "EASE"])
@@ -113,6 +113,6 @@ def test_hyperparameter_search_feeds_the_next_comparison(first) -> None:
     store = Storage.from_settings(settings)
     best = json.loads(store.read_bytes(*TUNED_PARAMS))
     assert set(best) == {"EASE"} and 10.0 <= best["EASE"]["params"]["reg_weight"] <= 2000.0
-    from recsys_assets.models.tuning import model_config
+    from recsys_assets.lib.models.tuning import model_config
 
     assert model_config("EASE", "standard", tuned=best)["params"]["reg_weight"] == best["EASE"]["params"]["reg_weight"]

@@ -8,8 +8,8 @@ import plotly.express as px
 import streamlit as st
 
 from console import data, ui
-from recsys_assets import schema
-from recsys_assets.settings import Settings
+from recsys_assets.contract import events as schema
+from recsys_assets.contract.settings import Settings
 
 
 def render_eda(settings: Settings) -> None:

@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from console import data, ui
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 
 
 def windows(drift: pd.DataFrame) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from console import data, ui
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 
 HISTORY = 15
 

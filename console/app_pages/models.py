@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from console import data, ui
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 
 ACCURACY = ["ndcg", "map", "precision", "recall", "hit", "mrr"]
 BEYOND_ACCURACY = ["itemcoverage", "averagepopularity", "headpercentage"]

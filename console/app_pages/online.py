@@ -9,7 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from console import data, kpis, ui
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 
 GROUPS = {"Model version": "model_version", "A/B arm": "arm"}
 FREQS = {"Hour": "h", "Day": "D", "Week": "W"}
@@ -187,7 +187,7 @@ def replay_runs(settings: Settings) -> None:
         },
     )
     st.caption(
-        "A held-out future replayed through the API as live traffic (`python -m recsys_assets.replay`, "
+        "A held-out future replayed through the API as live traffic (`python -m recsys_assets.tools.replay`, "
         "docs/replay.md): each simulated user clicks what they really took later; freshness is how many of "
         "the user's lists it took for a click to show (1: the very next)."
     )

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from console import data, kpis, ui
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 
 PERIODS = {"24 hours": pd.Timedelta(days=1), "7 days": pd.Timedelta(days=7), "30 days": pd.Timedelta(days=30)}
 LAST_RUNS = 20

@@ -40,4 +40,4 @@ EXPOSE 4000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["dagster", "api", "grpc-health-check", "--port", "4000"]
 CMD ["dagster", "code-server", "start", "--host", "0.0.0.0", "--port", "4000", \
-     "--module-name", "recsys_assets.definitions", "--location-name", "recsys"]
+     "--module-name", "recsys_assets.defs.definitions", "--location-name", "recsys"]

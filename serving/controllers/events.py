@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, post
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 from serving.eventlog import EventLog
 from serving.live import LiveState
 from serving.schemas import EventsAccepted, EventsIn

@@ -7,9 +7,9 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from serving.live import LiveState
-from serving.metrics import exposition
 from serving.model import ModelHolder
 from serving.schemas import Health, Readiness
+from serving.telemetry import exposition
 
 
 class HealthController(Controller):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from recsys_assets.settings import Settings
+from recsys_assets.contract.settings import Settings
 from serving.controllers.params import Category, ExcludeSeen, K, UserId
 from serving.eventlog import EventLog
 from serving.live import LiveState

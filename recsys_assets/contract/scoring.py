@@ -1,0 +1,330 @@
+"""Scoring with plain NumPy/SciPy: the part of a model the API needs, with no training code.
+
+A `Scorer` is a weighted blend of components, each of which scores every item for a user from that
+user's history (a sparse row of event weights) and, for embedding models, a stored user vector:
+
+* `popularity`: training popularity, the same for everyone (the cold-start fallback);
+* `item_item`: history @ S for an item-item matrix S (ItemKNN, EASE);
+* `embedding`: U[u] @ V.T for users known at training time, and a least-squares fold-in of the
+  history onto V for users who are not (BPR, LightGCN);
+* `content`: cosine between the user's event-weighted profile and each item's TF-IDF vector;
+* `autoencoder`: Mult-VAE's encoder and decoder applied to the user's 0/1 history (MultiVAE).
+
+Each component's scores are standardised per user (zero mean, unit variance over items) before the
+blend, so weights compare across components; a component with nothing to say for a user (no
+history, no vector) contributes zeros. Offline evaluation and the API call the same code, which is
+why a served top-10 equals the offline one exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_assets.lib.evaluation.metrics import top_k
+
+KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder")
+# Catalogs up to this size keep item x item matrices dense for the one-user path (5,000 items: 100 MB).
+DENSE_LIMIT = 5_000
+
+
+def _standardise(scores: np.ndarray) -> np.ndarray:
+    mean = scores.mean(axis=1, keepdims=True)
+    std = scores.std(axis=1, keepdims=True)
+    out = np.zeros_like(scores)
+    ok = std[:, 0] > 1e-12
+    out[ok] = (scores[ok] - mean[ok]) / std[ok]
+    return out
+
+
+@dataclass
+class Component:
+    """One scoring component; `arrays` holds everything it needs, by name."""
+
+    kind: str
+    arrays: dict[str, np.ndarray | sp.csr_matrix] = field(default_factory=dict)
+    params: dict[str, float | int | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown component kind {self.kind!r}; known: {KINDS}")
+
+    @property
+    def n_items(self) -> int:
+        a = {
+            "popularity": "popularity",
+            "item_item": "similarity",
+            "embedding": "item_factors",
+            "content": "item_features",
+            "autoencoder": f"dec_w{int(self.params.get('n_dec', 1)) - 1}",
+        }[self.kind]
+        return self.arrays[a].shape[0]
+
+    def raw_scores(self, history: sp.csr_matrix, user_idx: np.ndarray | None) -> np.ndarray:
+        """Unnormalised scores (n_users x n_items) from histories and (optional) known user indices."""
+        n = history.shape[0]
+        if self.kind == "popularity":
+            return np.broadcast_to(self.arrays["popularity"].astype(np.float64), (n, self.n_items)).copy()
+        if self.kind == "item_item":
+            # models trained on implicit feedback (RecBole's) score from a 0/1 history
+            h = history.sign() if self.params.get("binary") else history
+            return np.asarray((h @ self.arrays["similarity"]).todense(), dtype=np.float64)
+        if self.kind == "content":
+            feats: sp.csr_matrix = self.arrays["item_features"]
+            profile = history @ feats
+            norms = np.sqrt(np.asarray(profile.multiply(profile).sum(axis=1))).ravel()
+            norms[norms == 0] = 1.0
+            profile = sp.diags(1.0 / norms) @ profile
+            return np.asarray((profile @ feats.T).todense(), dtype=np.float64)
+        if self.kind == "autoencoder":
+            return self._autoencode(history)
+        # embedding
+        item_f = self.arrays["item_factors"].astype(np.float64)
+        user_f = self.arrays["user_factors"].astype(np.float64)
+        vecs = np.zeros((n, item_f.shape[1]))
+        known = np.zeros(n, dtype=bool)
+        if user_idx is not None:
+            known = (user_idx >= 0) & (user_idx < user_f.shape[0])
+            vecs[known] = user_f[user_idx[known]]
+        if (~known).any():
+            vecs[~known] = self.fold_in(history[np.flatnonzero(~known)])
+        return vecs @ item_f.T
+
+    def _autoencode(self, history: sp.csr_matrix) -> np.ndarray:
+        """Mult-VAE at inference: L2-normalised 0/1 history -> encoder mean -> decoder logits."""
+        x = np.asarray(history.sign().todense(), dtype=np.float64)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.maximum(norms, 1e-12)
+        n_enc, n_dec = int(self.params["n_enc"]), int(self.params["n_dec"])
+        for i in range(n_enc):
+            x = x @ self.arrays[f"enc_w{i}"].T.astype(np.float64) + self.arrays[f"enc_b{i}"]
+            if i < n_enc - 1:
+                x = np.tanh(x)
+        x = x[:, : int(self.params["latent"])]  # the mean; the other half is the log-variance
+        for i in range(n_dec):
+            x = x @ self.arrays[f"dec_w{i}"].T.astype(np.float64) + self.arrays[f"dec_b{i}"]
+            if i < n_dec - 1:
+                x = np.tanh(x)
+        return x
+
+    # -- one user ---------------------------------------------------------------------------------
+
+    def _cache(self) -> dict[str, Any]:
+        """Arrays in the layout the one-user path reads fastest, built once per component."""
+        cache = self.__dict__.get("_fast")
+        if cache is not None:
+            return cache
+        cache = {}
+        n = self.n_items
+        if self.kind == "popularity":
+            cache["pop"] = np.asarray(self.arrays["popularity"], dtype=np.float32)
+        elif self.kind == "item_item":
+            sim = self.arrays["similarity"]
+            cache["sim"] = (
+                sim.toarray().astype(np.float32) if n <= DENSE_LIMIT else sp.csr_matrix(sim, dtype=np.float32)
+            )
+        elif self.kind == "content":
+            feats = sp.csr_matrix(self.arrays["item_features"], dtype=np.float32)
+            cache["feats"] = feats
+            if n <= DENSE_LIMIT:  # cosine via the item-item Gram matrix: X x_p = sum_j w_j (X X^T)[:, j]
+                cache["gram"] = (feats @ feats.T).toarray().astype(np.float32)
+        elif self.kind == "embedding":
+            cache["users"] = np.asarray(self.arrays["user_factors"], dtype=np.float32)
+            cache["items"] = np.asarray(self.arrays["item_factors"], dtype=np.float32)
+        else:
+            cache.update({k: np.asarray(v, dtype=np.float32) for k, v in self.arrays.items()})
+            cache["enc_w0_t"] = np.ascontiguousarray(cache["enc_w0"].T)  # one row per item: a cheap gather
+        self.__dict__["_fast"] = cache
+        return cache
+
+    def score_one(self, idx: np.ndarray, weights: np.ndarray, user: int = -1) -> np.ndarray:
+        """Unnormalised scores (n_items,) for one user from their history (item indices and weights)."""
+        c = self._cache()
+        w = np.asarray(weights, dtype=np.float32)
+        if self.kind == "popularity":
+            return c["pop"].copy()
+        if self.kind == "item_item":
+            if len(idx) == 0:
+                return np.zeros(self.n_items, dtype=np.float32)
+            rows = c["sim"][idx]
+            if isinstance(rows, np.ndarray):
+                return rows.sum(axis=0) if self.params.get("binary") else w @ rows
+            w = np.ones_like(w) if self.params.get("binary") else w
+            return np.asarray(rows.T @ w, dtype=np.float32).ravel()
+        if self.kind == "content":
+            if len(idx) == 0:
+                return np.zeros(self.n_items, dtype=np.float32)
+            if "gram" in c:
+                cols = c["gram"][idx]  # (h, n) rows = columns by symmetry
+                raw = w @ cols
+                norm2 = float(w @ cols[:, idx] @ w)
+            else:
+                profile = sp.csr_matrix(w[None, :]) @ c["feats"][idx]
+                raw = np.asarray((c["feats"] @ profile.T).todense(), dtype=np.float32).ravel()
+                norm2 = float(profile.multiply(profile).sum())
+            return raw / np.float32(np.sqrt(norm2)) if norm2 > 0 else np.zeros(self.n_items, dtype=np.float32)
+        if self.kind == "embedding":
+            if 0 <= user < c["users"].shape[0]:
+                vec = c["users"][user]
+            elif len(idx):
+                vec = self._fold_in_one(c["items"], idx, w)
+            else:
+                return np.zeros(self.n_items, dtype=np.float32)
+            return c["items"] @ vec
+        # autoencoder: the first layer on a normalised 0/1 history is a sum of columns
+        x = (
+            c["enc_w0_t"][idx].sum(axis=0) / np.float32(np.sqrt(len(idx)))
+            if len(idx)
+            else np.zeros(c["enc_w0"].shape[0], dtype=np.float32)
+        )
+        x = x + c["enc_b0"]
+        n_enc, n_dec = int(self.params["n_enc"]), int(self.params["n_dec"])
+        for i in range(1, n_enc):
+            x = np.tanh(x) @ c[f"enc_w{i}"].T + c[f"enc_b{i}"]
+        x = x[: int(self.params["latent"])]
+        for i in range(n_dec):
+            x = x @ c[f"dec_w{i}"].T + c[f"dec_b{i}"]
+            if i < n_dec - 1:
+                x = np.tanh(x)
+        return x
+
+    def _fold_in_one(self, items: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        reg = float(self.params.get("fold_in_reg", 0.1))
+        v = items[idx].astype(np.float64)
+        a = v.T @ v + reg * np.eye(v.shape[1])
+        return np.linalg.solve(a, v.T @ (w / w.max())).astype(np.float32)
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """User vectors for histories not seen in training: ridge regression onto the item factors."""
+        item_f = self.arrays["item_factors"].astype(np.float64)
+        reg = float(self.params.get("fold_in_reg", 0.1))
+        out = np.zeros((history.shape[0], item_f.shape[1]))
+        for r in range(history.shape[0]):
+            lo, hi = history.indptr[r], history.indptr[r + 1]
+            if lo == hi:
+                continue
+            v = item_f[history.indices[lo:hi]]
+            w = history.data[lo:hi].astype(np.float64)
+            # rank-1 targets: the user likes these items in proportion to their weights
+            a = v.T @ v + reg * np.eye(v.shape[1])
+            out[r] = np.linalg.solve(a, v.T @ (w / w.max()))
+        return out
+
+
+# History-length buckets (distinct items in the user's history): the hybrid may weigh its
+# components differently in each, e.g. popularity for a newcomer and collaborative for a regular.
+BUCKET_EDGES = (0, 1, 6, 21)
+BUCKETS = ("0", "1-5", "6-20", "20+")
+
+
+def history_buckets(history: sp.csr_matrix) -> np.ndarray:
+    """The bucket label of each history row."""
+    n = np.diff(history.indptr)
+    return np.asarray(BUCKETS)[np.searchsorted(np.asarray(BUCKET_EDGES), n, side="right") - 1]
+
+
+@dataclass
+class Scorer:
+    """A weighted blend of components over one item index space.
+
+    `weights` apply to every user unless `bucket_weights` has an entry for the user's history
+    bucket (see `BUCKETS`), which then replaces them.
+    """
+
+    components: dict[str, Component]
+    weights: dict[str, float]
+    bucket_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for w in (self.weights, *self.bucket_weights.values()):
+            missing = set(w) - set(self.components)
+            if missing:
+                raise ValueError(f"weights name unknown components {sorted(missing)}")
+        unknown = set(self.bucket_weights) - set(BUCKETS)
+        if unknown:
+            raise ValueError(f"unknown history buckets {sorted(unknown)}; known: {BUCKETS}")
+        sizes = {c.n_items for c in self.components.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"components disagree on the number of items: {sorted(sizes)}")
+
+    @property
+    def n_items(self) -> int:
+        return next(iter(self.components.values())).n_items
+
+    def weights_for(self, bucket: str) -> dict[str, float]:
+        return self.bucket_weights.get(bucket, self.weights)
+
+    def score_one(self, idx: np.ndarray, weights: np.ndarray, user: int = -1) -> np.ndarray:
+        """Blended scores (n_items,) for one user: history item indices and weights, known user index or -1.
+
+        This is the only scoring path: offline evaluation and the API both come through it, so they agree
+        exactly. A lone component is returned unstandardised.
+        """
+        n = len(idx)
+        bucket = BUCKETS[3 if n >= BUCKET_EDGES[3] else 2 if n >= BUCKET_EDGES[2] else 1 if n else 0]
+        active = {k: w for k, w in self.weights_for(bucket).items() if w != 0}
+        if len(active) == 1:
+            (name,) = active
+            return self.components[name].score_one(idx, weights, user)
+        total = np.zeros(self.n_items, dtype=np.float32)
+        for name, w in active.items():
+            total += np.float32(w) * _standardise_one(self.components[name].score_one(idx, weights, user))
+        return total
+
+    def topk_one(
+        self,
+        idx: np.ndarray,
+        weights: np.ndarray,
+        k: int,
+        user: int = -1,
+        exclude: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Top-k item indices for one user, best first, -1 padded; ties go to the lower item index.
+
+        `exclude` lists item indices never to return (e.g. seen items); `allowed` (bool per item)
+        restricts the candidates (e.g. a category).
+        """
+        scores = self.score_one(idx, weights, user)
+        if exclude is not None and len(exclude):
+            scores[exclude] = -np.inf
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        return top_k(scores, k)
+
+    def score(self, history: sp.csr_matrix, user_idx: np.ndarray | None = None) -> np.ndarray:
+        """Blended scores (n_users x n_items), one row at a time through `score_one`."""
+        out = np.empty((history.shape[0], self.n_items), dtype=np.float32)
+        for r in range(history.shape[0]):
+            lo, hi = history.indptr[r], history.indptr[r + 1]
+            user = -1 if user_idx is None else int(user_idx[r])
+            out[r] = self.score_one(history.indices[lo:hi], history.data[lo:hi], user)
+        return out
+
+    def topk(
+        self,
+        history: sp.csr_matrix,
+        k: int,
+        user_idx: np.ndarray | None = None,
+        exclude: sp.csr_matrix | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Top-k item indices per user (rows of `history`), through `topk_one`; `exclude` rows hide items."""
+        out = np.full((history.shape[0], k), -1, dtype=np.int64)
+        ex = None if exclude is None else sp.csr_matrix(exclude)
+        for r in range(history.shape[0]):
+            lo, hi = history.indptr[r], history.indptr[r + 1]
+            user = -1 if user_idx is None else int(user_idx[r])
+            hide = None if ex is None else ex.indices[ex.indptr[r] : ex.indptr[r + 1]]
+            out[r] = self.topk_one(history.indices[lo:hi], history.data[lo:hi], k, user, hide, allowed)
+        return out
+
+
+def _standardise_one(scores: np.ndarray) -> np.ndarray:
+    std = float(scores.std())
+    if std <= 1e-12:
+        return np.zeros_like(scores, dtype=np.float32)
+    return ((scores - scores.mean()) / np.float32(std)).astype(np.float32, copy=False)

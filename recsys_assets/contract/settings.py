@@ -1,0 +1,353 @@
+"""Typed project settings: one object, read from `RECSYS_*` variables by `get_settings()` and passed in.
+
+Nothing in the project reads the environment at import time; the pipeline, the API and the console
+each call `get_settings()` once at start-up and hand the object down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "favorite": 3.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+}
+
+
+class TableSource(BaseModel):
+    """An optional side table (item catalog or user table) in CSV or Parquet."""
+
+    path: str
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    names: list[str] | None = None
+    # canonical column -> column in the file, for the columns whose names differ
+    columns: dict[str, str] = Field(default_factory=dict)
+    # separator of multi-valued columns (categories) inside one cell
+    list_separator: str = "|"
+
+
+class EventLogSource(BaseModel):
+    """A generic event log: one or many CSV/Parquet files or globs in the documented schema.
+
+    Required columns: user_id, item_id, event_type, timestamp. Optional: value, event_id,
+    recommendation_id, and a category column that becomes item metadata when no catalog is given.
+    """
+
+    paths: list[str]
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    # column names of a file without a header, in order
+    names: list[str] | None = None
+    # canonical column -> column in the file, for the columns whose names differ
+    columns: dict[str, str] = Field(default_factory=dict)
+    # event-type value in the file -> canonical event type
+    event_types: dict[str, str] = Field(default_factory=dict)
+    timestamp_unit: Literal["auto", "s", "ms", "us", "iso"] = "auto"
+    # a column of the log holding the item's category (e.g. Taobao's category_id)
+    category_column: str | None = None
+    items: TableSource | None = None
+    users: TableSource | None = None
+
+    @field_validator("event_types")
+    @classmethod
+    def _known_targets(cls, mapping: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(mapping.values()) - set(CANONICAL_EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"event_types maps to unknown event types {unknown}; known: {list(CANONICAL_EVENT_TYPES)}")
+        return mapping
+
+
+class Settings(BaseSettings):
+    """Every setting of the project. Environment variables: `RECSYS_<NAME>`, nested with `__`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    # --- storage ---
+    storage_uri: str = Field(
+        default="data",
+        description="Where every table and report lives: a local folder (default `data`) "
+        "or `abfs://container/prefix` for Azure Blob.",
+    )
+    azure_connection_string: str | None = Field(
+        default=None, description="Azure Storage connection string (Blob), used for abfs:// URIs."
+    )
+    azure_account_url: str | None = Field(
+        default=None,
+        description="Azure Blob account URL (e.g. https://acct.blob.core.windows.net), "
+        "used with DefaultAzureCredential when no connection string is set.",
+    )
+
+    # --- sources ---
+    source: Literal["movielens", "event_log"] = Field(
+        default="movielens",
+        description="`movielens`: MovieLens-100k from the recbole wheel; `event_log`: the files in `event_log`.",
+    )
+    event_log: EventLogSource | None = Field(
+        default=None, description="The generic event log source (JSON in `RECSYS_EVENT_LOG`)."
+    )
+
+    # --- cleaning ---
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Weight of each event type in the interaction matrix; ratings weigh their value.",
+    )
+    rating_min: float = Field(default=0.5, description="Smallest valid rating value.")
+    rating_max: float = Field(default=5.0, description="Largest valid rating value.")
+    time_min: dt.datetime = Field(
+        default=dt.datetime(1990, 1, 1, tzinfo=dt.UTC),
+        description="Events before this instant are rejected as out of range.",
+    )
+    time_max: dt.datetime | None = Field(
+        default=None,
+        description="Events after this instant are rejected as out of range (default: now + 1 day).",
+    )
+    kcore_user: int = Field(default=0, ge=0, description="Keep users with at least this many events (0: off).")
+    kcore_item: int = Field(default=0, ge=0, description="Keep items with at least this many events (0: off).")
+    reject_sample_size: int = Field(default=200, ge=0, description="Rejected rows kept per reason for inspection.")
+
+    # --- dagster ---
+    dagster_home: str = Field(
+        default=".dagster_home", description="Dagster instance folder used by `make pipeline`/`make demo`."
+    )
+    dagster_port: int = Field(default=3000, description="Port of the Dagster UI in `make demo`.")
+    mlflow_ui_port: int = Field(default=5000, description="Port of the MLflow UI in `make demo`.")
+
+    # --- tracking ---
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite "
+        "store with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
+    )
+
+    # --- serving ---
+    api_host: str = Field(default="127.0.0.1", description="Address the API listens on (`make serve`).")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on (`make serve`).")
+    api_workers: int = Field(
+        default=1, ge=1, description="API worker processes (uvicorn `--workers`); they share live state through Redis."
+    )
+    api_keys: str = Field(
+        default="",
+        description="Keys accepted in `X-API-Key` by `POST /v1/events` and the admin endpoints, comma-separated; "
+        "each `key` (every scope) or `key:scope` with scope `events` or `admin`. Empty: those endpoints refuse all.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis holding live user state, cached lists, idempotency keys and rate limits; empty: "
+        "in-process only (right for one worker). While Redis is unreachable the API serves from in-process state.",
+    )
+    cache_ttl_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="Lifetime of a cached recommendation list (0: no cache); a user's event "
+        "invalidates that user's lists at once.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=1200, ge=0, description="Requests per client address and minute (0: no limit); 429 beyond."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted; 413 beyond.")
+    ab_challenger_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of users (by a stable hash of the user id) served by the challenger.",
+    )
+    ab_challenger_path: str | None = Field(
+        default=None,
+        description="Challenger artifact folder under the storage root (e.g. `candidates/EASE`); default: the one "
+        "named by `artifacts/CHALLENGER.json` when that pointer exists.",
+    )
+    model_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often the API checks `artifacts/CHAMPION.json` for a new champion."
+    )
+    events_dir: str | None = Field(
+        default=None,
+        description="Local folder of the API's event-log segments (default `<storage>/events`; required when "
+        "storage is Azure Blob, since segments are appended and fsync'd locally).",
+    )
+    events_segment_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="An event-log segment is closed past this size."
+    )
+    events_segment_max_seconds: int = Field(
+        default=3600, ge=1, description="An event-log segment is closed after this many seconds."
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=7 * 86400, ge=60, description="How long an `event_id` is remembered to drop a resent event."
+    )
+    live_state_ttl_seconds: int = Field(
+        default=7 * 86400,
+        ge=60,
+        description="How long a user's live events stay in Redis after their last one (the next training run "
+        "folds them into the artifact).",
+    )
+
+    # --- the feedback loop: live windows, drift, retraining ---
+    drift_window_minutes: int = Field(
+        default=60,
+        ge=1,
+        description="Length of a live-event window: each becomes a `live_events` partition and gets a drift report.",
+    )
+    drift_window_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A window is ingested this long after its end, so the API's buffered impressions are in.",
+    )
+    drift_sensor_seconds: int = Field(
+        default=30, ge=5, description="How often the sensors look for new event segments and drift verdicts."
+    )
+    drift_reference_windows: int = Field(
+        default=1, ge=1, description="How many earlier windows (with data) form a window's drift reference."
+    )
+    drift_min_rows: int = Field(
+        default=200, ge=1, description="Fewest events in a window and in its reference for a drift verdict."
+    )
+    drift_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        description="Distance above which a feature has drifted (Wasserstein, normed, for numbers; "
+        "Jensen-Shannon for categories).",
+    )
+    drift_share: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="A window has drifted when at least this share of its data features drifted.",
+    )
+    drift_features: list[str] = Field(
+        default_factory=lambda: ["event_type", "rating", "user_history", "item_popularity", "new_user", "new_item"],
+        description="The data features whose drift decides (`drift_share` of them); the others are reported only.",
+    )
+    min_ctr: float | None = Field(
+        default=None, ge=0, le=1, description="Online CTR floor of a window; below it, retrain (None: off)."
+    )
+    min_ndcg: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Floor of the champion's NDCG@10 on a window's events; below it, retrain (None: off).",
+    )
+    retrain_models: list[str] = Field(
+        default_factory=lambda: ["Pop", "ItemKNN", "EASE", "BPR", "MultiVAE"],
+        description="RecBole models a retrain compares (with Popularity, Content and Hybrid).",
+    )
+    retrain_protocols: list[str] = Field(
+        default_factory=lambda: ["temporal"], description="Protocols a retrain evaluates on (`temporal` decides)."
+    )
+    retrain_budget: Literal["standard", "smoke"] = Field(
+        default="standard", description="Training budget of a retrain (`smoke`: one epoch, for tests)."
+    )
+    retrain_cron: str = Field(
+        default="0 3 * * 1", description="The weekly retrain regardless of drift (cron, UTC; Monday 03:00)."
+    )
+    promotion_margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="A challenger is promoted when its NDCG@10 is at least (1 - margin) x the champion's.",
+    )
+
+    # --- console ---
+    api_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL of the recommendation API the console reads (`/metrics`, `/v1/users/...`).",
+    )
+    console_port: int = Field(default=8501, description="Port of the Streamlit console.")
+
+    @field_validator("time_min", "time_max")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+    @field_validator("drift_features")
+    @classmethod
+    def _known_features(cls, value: list[str]) -> list[str]:
+        known = ("event_type", "rating", "user_history", "item_popularity", "new_user", "new_item")
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"drift_features names unknown features {unknown}; known: {list(known)}")
+        return value
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage_uri(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme not in ("", "file", "abfs", "az") and not (len(scheme) == 1 and os.name == "nt"):
+            raise ValueError(
+                f"storage_uri {value!r}: unsupported scheme {scheme!r}; "
+                "use a local folder, file://..., or abfs://container/prefix"
+            )
+        if scheme in ("abfs", "az") and not urlparse(value).netloc:
+            raise ValueError(f"storage_uri {value!r}: abfs:// needs a container, e.g. abfs://recsys/data")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.source == "event_log" and self.event_log is None:
+            raise ValueError("source is 'event_log' but RECSYS_EVENT_LOG is not set")
+        if self.is_azure and not (self.azure_connection_string or self.azure_account_url):
+            raise ValueError(
+                "storage_uri is abfs:// but neither RECSYS_AZURE_CONNECTION_STRING nor RECSYS_AZURE_ACCOUNT_URL is set"
+            )
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be below rating_max")
+        return self
+
+    @property
+    def is_azure(self) -> bool:
+        return urlparse(self.storage_uri).scheme in ("abfs", "az")
+
+    @property
+    def time_upper(self) -> dt.datetime:
+        return self.time_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+
+    def events_path(self) -> Path:
+        """The local folder of the API's event-log segments: `events_dir`, else `<storage>/events`."""
+        if self.events_dir:
+            return Path(self.events_dir)
+        if self.is_azure:
+            raise RuntimeError(
+                "storage is Azure Blob: set RECSYS_EVENTS_DIR to a local folder for the API's event-log segments "
+                "(they are appended and fsync'd locally; the pipeline copies each live window to Blob)"
+            )
+        return self.local_root() / "events"
+
+    def events_api_key(self) -> str | None:
+        """The first key of `api_keys` allowed to post events."""
+        for entry in self.api_keys.split(","):
+            key, _, scope = entry.strip().partition(":")
+            if key and scope in ("", "events"):
+                return key
+        return None
+
+    def local_root(self) -> Path:
+        """The storage folder when storage is local (raises for Azure)."""
+        if self.is_azure:
+            raise ValueError("storage is Azure Blob; there is no local root")
+        parsed = urlparse(self.storage_uri)
+        return Path(parsed.path if parsed.scheme == "file" else self.storage_uri).resolve()
+
+
+def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
+    """Build the settings from the environment (and an optional env file, or `RECSYS_ENV_FILE`)."""
+    env_file = env_file or os.environ.get("RECSYS_ENV_FILE")
+    return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

@@ -1,0 +1,72 @@
+"""Dagster resources: the storage root and the Parquet IO manager on top of it.
+
+Blob goes through fsspec/adlfs rather than dagster-azure's ADLS2 IO manager, which needs a
+Data Lake (dfs) endpoint that Azurite and plain Blob accounts do not have.
+"""
+
+from functools import cached_property
+
+import dagster as dg
+import pandas as pd
+from pydantic import PrivateAttr
+
+from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Where tables and reports live: a local folder or `abfs://container/prefix`."""
+
+    uri: str
+    azure_connection_string: str | None = None
+    azure_account_url: str | None = None
+
+    _storage: Storage | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "StorageResource":
+        return cls(
+            uri=settings.storage_uri,
+            azure_connection_string=settings.azure_connection_string,
+            azure_account_url=settings.azure_account_url,
+        )
+
+    def get(self) -> Storage:
+        if self._storage is None:
+            self._storage = Storage.from_uri(self.uri, self.azure_connection_string, self.azure_account_url)
+        return self._storage
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """Stores each DataFrame asset as `<root>/<asset key>.parquet`, atomically.
+
+    The new file replaces the old one only once it is complete, so a failed materialization leaves
+    the last good table in place.
+    """
+
+    storage: StorageResource
+
+    @cached_property
+    def _store(self) -> Storage:
+        return self.storage.get()
+
+    def _key(self, context: dg.OutputContext | dg.InputContext) -> str:
+        return "/".join(context.asset_key.path) + ".parquet"
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(f"ParquetIOManager stores DataFrames, got {type(obj).__name__}")
+        path = self._store.write_table(obj, self._key(context))
+        context.add_output_metadata(
+            {
+                "path": dg.MetadataValue.path(self._store.uri(self._key(context))),
+                "rows": dg.MetadataValue.int(len(obj)),
+                "columns": dg.MetadataValue.json({c: str(t) for c, t in obj.dtypes.items()}),
+            }
+        )
+        context.log.debug(f"wrote {len(obj)} rows to {path}")
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        return self._store.read_table(self._key(context))

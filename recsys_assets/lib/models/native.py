@@ -1,0 +1,207 @@
+"""Models trained without RecBole: popularity, content-based, and the hybrid that blends them with the
+best collaborative model. Each one scores through `recsys_assets.contract.scoring`, so what is evaluated
+offline is exactly what the API serves.
+
+Content-based: Lops, de Gemmis, Semeraro, "Content-based Recommender Systems: State of the Art and
+Trends" (Recommender Systems Handbook, 2011): TF-IDF item vectors, user profiles as event-weighted
+sums of the items they touched, cosine similarity.
+Hybrid: Burke, "Hybrid Recommender Systems: Survey and Experiments" (UMUAI 2002), the weighted kind,
+with weights chosen on validation data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, _standardise, history_buckets
+from recsys_assets.lib.evaluation.metrics import evaluate_topk, topk_from_scores
+from recsys_assets.lib.models.base import TrainData
+
+
+class ComponentModel:
+    """A model whose scoring is one `Component` (or a blend): fit builds it, score delegates."""
+
+    name = "component"
+    scorer: Scorer
+    history: sp.csr_matrix
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        return self.scorer.score(self.history[user_idx], user_idx=user_idx)
+
+
+@dataclass
+class PopularityModel(ComponentModel):
+    """Most popular items first: distinct users per item, optionally time-decayed ("trending")."""
+
+    half_life_days: float | None = None
+    name: str = "Popularity"
+
+    def fit(self, data: TrainData) -> PopularityModel:
+        ev = data.events.drop_duplicates(["user_idx", "item_idx"], keep="last")
+        weight = np.ones(len(ev))
+        if self.half_life_days:
+            age = (ev["timestamp"].max() - ev["timestamp"]).dt.total_seconds().to_numpy() / 86400
+            weight = 0.5 ** (age / self.half_life_days)
+        pop = np.bincount(ev["item_idx"].to_numpy(), weights=weight, minlength=data.n_items)
+        self.component = Component("popularity", {"popularity": pop.astype(np.float32)})
+        self.scorer = Scorer({"popularity": self.component}, {"popularity": 1.0})
+        self.history = data.matrix
+        return self
+
+
+def item_documents(items: pd.DataFrame) -> list[str]:
+    """One text per item: category tokens (kept whole), title words, free text, release decade."""
+    cats = items.get("categories", pd.Series("", index=items.index)).fillna("").astype(str)
+    title = items.get("title", pd.Series("", index=items.index)).fillna("").astype(str)
+    text = items.get("text", pd.Series("", index=items.index)).fillna("").astype(str)
+    year = pd.to_numeric(items.get("year", pd.Series(np.nan, index=items.index)), errors="coerce")
+    decade = year.map(lambda y: f"decade_{int(y) // 10 * 10}" if pd.notna(y) else "")
+    cat_tokens = cats.map(lambda c: " ".join(f"cat_{t.strip().replace(' ', '_')}" for t in c.split("|") if t.strip()))
+    # category tokens twice: they are the strongest signal a catalog has
+    return (cat_tokens + " " + cat_tokens + " " + title + " " + text + " " + decade).str.strip().tolist()
+
+
+@dataclass
+class ContentModel(ComponentModel):
+    """TF-IDF over catalog metadata; a user's profile is the event-weighted sum of their items."""
+
+    min_df: int = 1
+    max_features: int | None = 50_000
+    name: str = "Content"
+
+    def fit(self, data: TrainData) -> ContentModel:
+        docs = item_documents(data.items)
+        if not any(docs):
+            feats = sp.csr_matrix((data.n_items, 1), dtype=np.float32)
+        else:
+            vec = TfidfVectorizer(
+                min_df=self.min_df,
+                max_features=self.max_features,
+                token_pattern=r"(?u)\b\w[\w\-]+\b",
+                sublinear_tf=True,
+                dtype=np.float32,
+            )
+            feats = sp.csr_matrix(vec.fit_transform(docs))
+        self.component = Component("content", {"item_features": feats})
+        self.scorer = Scorer({"content": self.component}, {"content": 1.0})
+        self.history = data.matrix
+        return self
+
+
+@dataclass
+class HybridModel(ComponentModel):
+    """Weighted blend of a collaborative component, the content model and popularity (or trending).
+
+    Chosen on the validation part, never the test part: the popularity variant (all-time or
+    time-decayed with a half-life from `half_lives`), then blend weights on a grid over the simplex
+    (`step`) by NDCG@10, once for everyone and once per history bucket ("0", "1-5", "6-20", "20+")
+    that has at least `min_bucket_users` validation users. Cold start follows from the blend: with no
+    history, collaborative and content scores are silent and popularity decides; with a few events,
+    content and item-item evidence from those events count; a new item with metadata is reachable
+    through content similarity.
+    """
+
+    collaborative: Component | None = None
+    collaborative_name: str = ""
+    step: float = 0.1
+    k: int = 10
+    half_lives: tuple[float | None, ...] = (None, 7.0, 30.0, 90.0)
+    min_bucket_users: int = 30
+    name: str = "Hybrid"
+    components: dict[str, Component] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    bucket_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    half_life_days: float | None = None
+    tuning: pd.DataFrame | None = None
+
+    def fit(self, data: TrainData, valid: sp.csr_matrix | None = None) -> HybridModel:
+        self.history = data.matrix
+        have_valid = valid is not None and valid.nnz > 0
+        if have_valid:
+            self.half_life_days = self._best_half_life(data, valid)
+        comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days)
+        names = list(comps)
+        if not have_valid:
+            self.weights = {n: 1.0 / len(names) for n in names}
+        else:
+            self._tune(names, data.matrix, valid)
+        self.scorer = Scorer(comps, self.weights, self.bucket_weights)
+        return self
+
+    def refit(self, data: TrainData, collaborative: Component | None) -> HybridModel:
+        """This hybrid's choices (popularity half-life, blend weights) on new data: every component is
+        fitted again on `data` (`collaborative` already is), nothing is tuned again."""
+        comps = _blend_parts(data, collaborative, self.half_life_days)
+        out = HybridModel(
+            collaborative=collaborative,
+            collaborative_name=self.collaborative_name,
+            half_life_days=self.half_life_days,
+            components=comps,
+            weights=dict(self.weights),
+            bucket_weights={k: dict(v) for k, v in self.bucket_weights.items()},
+        )
+        out.history = data.matrix
+        out.scorer = Scorer(comps, out.weights, out.bucket_weights)
+        return out
+
+    def _best_half_life(self, data: TrainData, valid: sp.csr_matrix) -> float | None:
+        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        best: tuple[float, float | None] = (-1.0, None)
+        for half_life in self.half_lives:
+            comp = PopularityModel(half_life_days=half_life).fit(data).component
+            scores = comp.raw_scores(data.matrix[users], users)
+            value = _ndcg_at(scores, data.matrix[users], valid[users], self.k)
+            if value > best[0]:
+                best = (value, half_life)
+        return best[1]
+
+    def _tune(self, names: list[str], train: sp.csr_matrix, valid: sp.csr_matrix) -> None:
+        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        hist = train[users]
+        # standardised component scores, computed once; each grid point is then a weighted sum
+        parts = {n: _standardise(self.components[n].raw_scores(hist, users)) for n in names}
+        steps = round(1 / self.step)
+        grid = [c for c in itertools.product(range(steps + 1), repeat=len(names)) if sum(c) == steps]
+        buckets = history_buckets(hist)
+        rows = []
+
+        def search(mask: np.ndarray, label: str) -> dict[str, float]:
+            best: tuple[float, dict[str, float]] = (-1.0, {})
+            for combo in grid:
+                w = {n: c / steps for n, c in zip(names, combo, strict=True)}
+                total = sum(w[n] * parts[n][mask] for n in names if w[n])
+                value = _ndcg_at(total, hist[mask], valid[users[mask]], self.k)
+                rows.append({"bucket": label, **w, f"ndcg@{self.k}": value})
+                if value > best[0]:
+                    best = (value, w)
+            return best[1]
+
+        self.weights = search(np.ones(len(users), dtype=bool), "all")
+        self.bucket_weights = {}
+        for bucket in BUCKETS:
+            mask = buckets == bucket
+            if mask.sum() >= self.min_bucket_users:
+                self.bucket_weights[bucket] = search(mask, bucket)
+        self.tuning = pd.DataFrame(rows)
+
+
+def _blend_parts(
+    data: TrainData, collaborative: Component | None, half_life_days: float | None
+) -> dict[str, Component]:
+    """The hybrid's components on `data`: the collaborative one as given, content and popularity fitted."""
+    comps: dict[str, Component] = {} if collaborative is None else {"collaborative": collaborative}
+    comps["content"] = ContentModel().fit(data).component
+    comps["popularity"] = PopularityModel(half_life_days=half_life_days).fit(data).component
+    return comps
+
+
+def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix, truth: sp.csr_matrix, k: int) -> float:
+    topk = topk_from_scores(scores, k, exclude=seen)
+    res = evaluate_topk(topk, truth, ks=(k,))
+    return float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])

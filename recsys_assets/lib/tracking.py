@@ -1,0 +1,529 @@
+"""Experiment tracking and the model registry: training runs, metrics and serving artifacts in MLflow.
+
+One MLflow run per trained model holds its parameters, the dataset fingerprint and every offline
+metric (one MLflow metric per row of the evaluation table, e.g. `ndcg_at_10.temporal.all`), plus
+files such as the evaluation report. `register_artifact` logs the numpy-only serving artifact as a
+pyfunc model under that run, registers it and points an alias at it (`champion`, `challenger`); the
+API resolves an alias to a version and downloads the artifact folder to hot-reload it.
+
+Where MLflow keeps its data: `RECSYS_MLFLOW_TRACKING_URI` when set (a server), otherwise a SQLite
+store and an artifact folder under the data folder (`tracking_uri`), so nothing ever lands in the
+working directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import scipy
+import scipy.sparse as sp
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from mlflow.types import ColSpec, Schema
+
+from recsys_assets.contract.artifact import ServingArtifact, load_artifact
+from recsys_assets.contract.settings import Settings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+
+# Run and model-version tags written here (and read back by the console).
+TAG_MODEL = "recsys.model"
+TAG_FINGERPRINT = "recsys.dataset_fingerprint"
+TAG_MODEL_VERSION = "recsys.model_version"
+TAG_SHA256 = "recsys.artifact_sha256"
+PROTOCOL_TAG_PREFIX = "protocol."
+
+# Name of the pyfunc model inside its run, and of the serving folder inside the pyfunc model.
+PYFUNC_NAME = "serving_model"
+SERVING_KEY = "serving"
+
+# MLflow's limit on a parameter value (longer values are rejected, not truncated).
+_MAX_PARAM_VALUE = 6000
+# Portable metric/param names: MLflow also allows spaces, slashes and (off Windows) colons, but
+# slashes become artifact paths and spaces make names awkward to query, so we keep to these.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+# The fluent calls that log a model read the global tracking URI and active-run stack, so they are
+# serialised and the previous global state is put back afterwards.
+_GLOBAL_LOCK = threading.RLock()
+_NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where MLflow keeps its data
+# ---------------------------------------------------------------------------------------------
+
+
+def mlflow_root(settings: Settings) -> Path:
+    """Local folder of the default store: `<local_root>/mlflow`, or `<dagster_home>/mlflow` on Azure.
+
+    With Azure storage there is no local data folder and MLflow cannot use Blob as a SQLite backend,
+    so the default store goes next to the Dagster instance instead; set `RECSYS_MLFLOW_TRACKING_URI`
+    to a tracking server to share runs between machines.
+    """
+    base = Path(settings.dagster_home).resolve() if settings.is_azure else settings.local_root()
+    return base / "mlflow"
+
+
+def tracking_uri(settings: Settings) -> str:
+    """The tracking (and registry) URI: `settings.mlflow_tracking_uri`, or a SQLite file in `mlflow_root`.
+
+    The default is `sqlite:///<local_root>/mlflow/mlflow.db` (`<dagster_home>/mlflow/mlflow.db` for
+    Azure storage, see `mlflow_root`), never MLflow's own default (`sqlite:///mlflow.db`, artifacts in
+    `./mlruns`) in the working folder.
+    """
+    configured = getattr(settings, "mlflow_tracking_uri", None)
+    if configured:
+        return configured
+    return f"sqlite:///{(mlflow_root(settings) / 'mlflow.db').as_posix()}"
+
+
+def artifact_location(settings: Settings) -> str | None:
+    """Artifact root of new experiments: `<mlflow_root>/artifacts` for the default store.
+
+    None with a configured tracking server, which then decides (e.g. its `--artifacts-destination`).
+    """
+    if getattr(settings, "mlflow_tracking_uri", None):
+        return None
+    return (mlflow_root(settings) / "artifacts").as_uri()
+
+
+def metric_key(metric: str, k: float | int | None, protocol: str, slice_: str) -> str:
+    """MLflow name of one evaluation row: `<metric>_at_<k>.<protocol>.<slice>`, sanitized.
+
+    `k` is None or NaN for metrics without a cutoff. `@` in a name becomes `_at_` (RecBole style
+    `ndcg@10`), anything else outside `[A-Za-z0-9_.-]` becomes `_`.
+    """
+    name = str(metric)
+    if k is not None and not (isinstance(k, float) and math.isnan(k)):
+        name = f"{name}_at_{int(k)}"
+    return ".".join(sanitize_name(part) for part in (name, str(protocol), str(slice_)))
+
+
+def sanitize_name(name: str) -> str:
+    """A name MLflow accepts as a metric or parameter key on every platform."""
+    cleaned = _UNSAFE.sub("_", str(name).replace("@", "_at_")).strip("_")
+    return cleaned or "_"
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 3] + "..."
+
+
+def _metrics_from_table(model_name: str, metrics: pd.DataFrame) -> dict[str, float]:
+    required = {"metric", "k", "protocol", "slice", "value"}
+    missing = required - set(metrics.columns)
+    if missing:
+        raise ValueError(f"metrics table lacks columns {sorted(missing)}; has {list(metrics.columns)}")
+    table = metrics
+    if "model" in table.columns:
+        models = sorted(table["model"].astype(str).unique())
+        if model_name in models:
+            table = table[table["model"].astype(str) == model_name]
+        elif len(models) > 1:
+            raise ValueError(f"metrics table holds models {models} but not {model_name!r}")
+    out: dict[str, float] = {}
+    for row in table.itertuples(index=False):
+        value = float(row.value)
+        # an empty slice evaluates to NaN: nothing was measured, so nothing is logged
+        if math.isnan(value):
+            continue
+        key = metric_key(row.metric, row.k, row.protocol, row.slice)
+        if key in out:
+            raise ValueError(f"metrics table has several rows for {key!r}")
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pyfunc wrapper of a serving artifact
+# ---------------------------------------------------------------------------------------------
+
+
+INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k")])
+OUTPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"), ColSpec("string", "item_id")])
+
+
+class ServingPyfunc(mlflow.pyfunc.PythonModel):
+    """The serving artifact as an MLflow pyfunc model: top-k item ids per user, numpy only.
+
+    Input: a DataFrame with `user_id` (string) and `k`, one row per request. Output: a long
+    DataFrame `user_id, rank, item_id`, best first, seen items excluded; a user unknown to
+    the artifact gets the blend computed from an empty history (popularity). The logged model holds a
+    models-from-code script importing this class, so loading it needs this project installed (as the
+    API has), but never RecBole or torch.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.artifact: ServingArtifact = load_artifact(context.artifacts[SERVING_KEY])
+        self.user_index = self.artifact.user_index()
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        art = self.artifact
+        frame = pd.DataFrame(model_input)
+        users = frame["user_id"].astype(str).to_numpy()
+        ks = frame["k"].astype("int64").to_numpy()
+        uidx = np.array([self.user_index.get(u, -1) for u in users], dtype=np.int64)
+        history = _history_rows(art.history, uidx)
+        parts = []
+        for k in np.unique(ks):
+            rows = np.flatnonzero(ks == k)
+            # the same call as `ServingArtifact.topk_for_users`, so known users get the offline lists
+            idx = art.scorer.topk(history[rows], int(k), user_idx=uidx[rows], exclude=history[rows])
+            ok = idx >= 0  # -1 pads a list shorter than k (too few unseen items)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "_row": np.repeat(rows, idx.shape[1])[ok.ravel()],
+                        "rank": np.tile(np.arange(1, idx.shape[1] + 1, dtype=np.int64), len(rows))[ok.ravel()],
+                        "item_id": art.item_ids[idx[ok]].astype(str),
+                    }
+                )
+            )
+        if not parts:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _OUTPUT_DTYPES.items()})
+        out = pd.concat(parts, ignore_index=True).sort_values(["_row", "rank"], kind="stable")
+        out.insert(0, "user_id", users[out["_row"].to_numpy()])
+        return out.drop(columns="_row").reset_index(drop=True)
+
+
+def _history_rows(history: sp.csr_matrix, uidx: np.ndarray) -> sp.csr_matrix:
+    """Training-history rows of `uidx`, kept entry for entry; an empty row where `uidx` is -1."""
+    known = uidx >= 0
+    sel = history[np.where(known, uidx, 0)]
+    keep = np.repeat(known, np.diff(sel.indptr))
+    indptr = np.concatenate([[0], np.cumsum(np.diff(sel.indptr) * known)])
+    return sp.csr_matrix((sel.data[keep], sel.indices[keep], indptr), shape=sel.shape)
+
+
+_OUTPUT_DTYPES = {"user_id": "object", "rank": "int64", "item_id": "object"}
+
+
+_PYFUNC_CODE = """\
+\"\"\"MLflow models-from-code entry point of a recsys serving artifact.\"\"\"
+
+import mlflow
+
+from recsys_assets.lib.tracking import ServingPyfunc
+
+mlflow.models.set_model(ServingPyfunc())
+"""
+
+
+def _pip_requirements() -> list[str]:
+    # pinned to what runs here; given explicitly so MLflow does not load the model in a
+    # subprocess to infer them
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+        f"scipy=={scipy.__version__}",
+        f"pandas=={pd.__version__}",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Dagster resource
+# ---------------------------------------------------------------------------------------------
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Training runs, the model registry and aliases in MLflow, for assets, the API and the console.
+
+    A small Pythonic resource rather than dagster-mlflow's `mlflow_tracking`: that one is an
+    older-style `@resource` configured through run config (and marked beta); it opens one global
+    MLflow run per Dagster run and sets the process-wide tracking URI, which composes neither with
+    Pythonic resources nor with `Settings` passed in, and gives one run per job rather than per
+    trained model. Every call here names its run explicitly through an `MlflowClient`; only model
+    logging, which MLflow offers solely through its fluent API, touches global state, briefly and
+    under a lock (see `activated`).
+    """
+
+    tracking_uri: str
+    artifact_location: str | None = None
+    experiment: str = "recsys"
+    registered_model: str = "recsys-recommender"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MlflowTracking:
+        return cls(tracking_uri=tracking_uri(settings), artifact_location=artifact_location(settings))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _prepare_local_store(self) -> None:
+        # SQLite does not create the folder of its file, nor MLflow that of a file artifact root
+        if self.tracking_uri.startswith("sqlite:///"):
+            path = self.tracking_uri.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if self.artifact_location and self.artifact_location.startswith("file:"):
+            Path(url2pathname(urlparse(self.artifact_location).path)).mkdir(parents=True, exist_ok=True)
+
+    def client(self) -> MlflowClient:
+        """A client bound to this store (tracking and registry)."""
+        self._prepare_local_store()
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @contextmanager
+    def activated(self) -> Iterator[None]:
+        """Point MLflow's global (fluent) API at this store for the block, then restore it.
+
+        Needed for `mlflow.pyfunc.log_model` and `mlflow.pyfunc.load_model("models:/...")`,
+        which take no tracking URI.
+        """
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        self._prepare_local_store()
+        with _GLOBAL_LOCK:
+            saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+            saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+            try:
+                mlflow.set_tracking_uri(self.tracking_uri)
+                mlflow.set_registry_uri(self.tracking_uri)
+                yield
+            finally:
+                mlflow.set_tracking_uri(saved_tracking)
+                registry_utils._registry_uri = saved_registry
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
+    def experiment_id(self, client: MlflowClient | None = None) -> str:
+        """Id of the experiment, created (with `artifact_location`) on first use."""
+        client = client or self.client()
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            try:
+                return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+            except MlflowException as exc:
+                # another process created it between our lookup and our create
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                exp = client.get_experiment_by_name(self.experiment)
+                assert exp is not None
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def log_training_run(
+        self,
+        model_name: str,
+        params: dict,
+        metrics: pd.DataFrame,
+        dataset_fingerprint: str,
+        protocol_tags: dict | None = None,
+        artifacts: dict[str, str] | None = None,
+        duration_s: float | None = None,
+    ) -> str:
+        """Record one trained model; returns the run id.
+
+        Args:
+            model_name: the model's name (run name and `recsys.model` tag).
+            params: hyperparameters; non-string values are stored as JSON.
+            metrics: long table `model, metric, k, protocol, slice, value` (`k` NaN for metrics
+                without a cutoff; `model` optional): each non-NaN row becomes one metric named by
+                `metric_key`. Rows of other models are ignored when the table holds several.
+            dataset_fingerprint: tag `recsys.dataset_fingerprint` and param `dataset_fingerprint`.
+            protocol_tags: evaluation protocol (split, cutoff, ...), as tags `protocol.<key>` (a key
+                `protocol` stays `protocol`).
+            artifacts: name -> local file or folder, logged under the run at `<name>/`.
+            duration_s: training time, logged as metric `train_duration_s`.
+        """
+        values = _metrics_from_table(model_name, metrics)
+        if duration_s is not None:
+            values["train_duration_s"] = float(duration_s)
+        tags = {TAG_MODEL: model_name, TAG_FINGERPRINT: dataset_fingerprint}
+        for key, value in (protocol_tags or {}).items():
+            key = str(key)
+            # grouped under `protocol.` so they never collide with MLflow's own tags (`mlflow.*`)
+            named = key == "protocol" or key.startswith(PROTOCOL_TAG_PREFIX)
+            tags[key if named else PROTOCOL_TAG_PREFIX + key] = _param_value(value)
+        param_values = {sanitize_name(k): _param_value(v) for k, v in params.items()}
+        param_values["dataset_fingerprint"] = dataset_fingerprint
+
+        client = self.client()
+        run = client.create_run(self.experiment_id(client), tags=tags, run_name=model_name)
+        run_id = run.info.run_id
+        try:
+            now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(key, value, now, 0) for key, value in sorted(values.items())],
+                params=[Param(key, value) for key, value in sorted(param_values.items())],
+            )
+            for name, path in (artifacts or {}).items():
+                if os.path.isdir(path):
+                    client.log_artifacts(run_id, path, artifact_path=name)
+                else:
+                    client.log_artifact(run_id, path, artifact_path=name)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def register_artifact(self, artifact_dir: str, run_id: str, alias: str) -> str:
+        """Log the serving artifact folder as a pyfunc model of `run_id`, register it, set `alias`.
+
+        The artifact is loaded (schema and checksum checked) first, so a corrupt folder is never
+        registered. Returns the new model version.
+        """
+        if alias not in ALIASES:
+            raise ValueError(f"alias {alias!r}: use one of {ALIASES}")
+        art = load_artifact(artifact_dir)
+        client = self.client()
+        example = pd.DataFrame({"user_id": [str(art.user_ids[0])], "k": [min(10, len(art.item_ids))]})
+        # MLflow only warns when the model fails on its input example; a model that cannot predict
+        # must not be registered, so try it here first
+        probe = ServingPyfunc()
+        probe.load_context(mlflow.pyfunc.PythonModelContext({SERVING_KEY: artifact_dir}, None))
+        probe.predict(None, example)
+        # resuming the (finished) training run attaches the model to it; ending it again leaves it FINISHED
+        with tempfile.TemporaryDirectory() as tmp, self.activated(), mlflow.start_run(run_id=run_id):
+            # models-from-code rather than a pickled instance: the model holds this small script,
+            # which imports `ServingPyfunc` by name when the model is loaded
+            code = Path(tmp, "recsys_pyfunc.py")
+            code.write_text(_PYFUNC_CODE)
+            info = mlflow.pyfunc.log_model(
+                name=PYFUNC_NAME,
+                python_model=str(code),
+                artifacts={SERVING_KEY: str(Path(artifact_dir).resolve())},
+                signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA),
+                # MLflow predicts on the example once the model is saved, so a broken model warns here
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+                registered_model_name=self.registered_model,
+                metadata={"recsys_model": art.model_name, "artifact_sha256": art.checksum},
+            )
+        version = str(info.registered_model_version)
+        for key, value in {
+            TAG_MODEL: art.model_name,
+            TAG_MODEL_VERSION: art.model_version,
+            TAG_FINGERPRINT: art.dataset_fingerprint,
+            TAG_SHA256: art.checksum,
+        }.items():
+            client.set_model_version_tag(self.registered_model, version, key, value)
+        client.set_registered_model_alias(self.registered_model, alias, version)
+        return version
+
+    def alias_version(self, alias: str) -> dict | None:
+        """The version an alias points at (version, run_id, source, created_at, tags, aliases), or None."""
+        try:
+            mv = self.client().get_model_version_by_alias(self.registered_model, alias)
+        except MlflowException as exc:
+            # no registered model: RESOURCE_DOES_NOT_EXIST; no such alias: INVALID_PARAMETER_VALUE
+            if exc.error_code in _NOT_FOUND:
+                return None
+            raise
+        return {
+            "version": str(mv.version),
+            "run_id": mv.run_id,
+            "source": mv.source,
+            "model_id": getattr(mv, "model_id", None),
+            "created_at": dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC),
+            "tags": dict(mv.tags),
+            "aliases": list(mv.aliases),
+        }
+
+    def download_artifact(self, alias: str, dst_dir: str) -> str:
+        """Download the serving artifact of `alias` into `dst_dir`; returns the folder to `load_artifact`."""
+        info = self.alias_version(alias)
+        if info is None:
+            raise LookupError(f"registered model {self.registered_model!r} has no alias {alias!r}")
+        # the version's own artifact location, resolved with our client: `models:/` URIs would be
+        # resolved through MLflow's global registry URI instead
+        location = self.client().get_model_version_download_uri(self.registered_model, info["version"])
+        os.makedirs(dst_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            # the serving folder keeps its original name inside the model; MLmodel says where it is
+            mlmodel = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/MLmodel", dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            subpath = mlflow.models.Model.load(mlmodel).flavors["python_function"]["artifacts"][SERVING_KEY]["path"]
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/{subpath}", dst_path=dst_dir, tracking_uri=self.tracking_uri
+        )
+
+    def champion_history(self) -> pd.DataFrame:
+        """Every registered version, oldest first: version, aliases, run, tags and the run's metrics.
+
+        Columns: `version` (int), `aliases` (comma-separated), `created_at` (UTC), `run_id`,
+        `model`, `model_version`, `dataset_fingerprint`, `sha256`, then one column per run metric.
+        """
+        base = ["version", "aliases", "created_at", "run_id", "model", "model_version", "dataset_fingerprint", "sha256"]
+        client = self.client()
+        versions = []
+        token = None
+        while True:
+            try:
+                page = client.search_model_versions(f"name = '{self.registered_model}'", page_token=token)
+            except MlflowException as exc:
+                if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    break
+                raise
+            versions.extend(page)
+            token = page.token
+            if not token:
+                break
+        # search results do not carry aliases (SQLite store); the registered model has them all
+        aliases: dict[str, list[str]] = {}
+        if versions:
+            for alias, version in client.get_registered_model(self.registered_model).aliases.items():
+                aliases.setdefault(str(version), []).append(alias)
+        rows = []
+        for mv in versions:
+            row: dict[str, Any] = {
+                "version": int(mv.version),
+                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+                "created_at": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
+                "run_id": mv.run_id,
+                "model": mv.tags.get(TAG_MODEL),
+                "model_version": mv.tags.get(TAG_MODEL_VERSION),
+                "dataset_fingerprint": mv.tags.get(TAG_FINGERPRINT),
+                "sha256": mv.tags.get(TAG_SHA256),
+            }
+            if mv.run_id:
+                # a deleted run leaves the version listed without metrics
+                with suppress(MlflowException):
+                    row.update(client.get_run(mv.run_id).data.metrics)
+            rows.append(row)
+        if not rows:
+            return pd.DataFrame({c: pd.Series(dtype="object") for c in base})
+        frame = pd.DataFrame(rows)
+        metric_cols = sorted(c for c in frame.columns if c not in base)
+        return frame[base + metric_cols].sort_values("version").reset_index(drop=True)
