@@ -127,9 +127,9 @@ def report_html(settings: Settings, path: str) -> str | None:
 @st.cache_data(ttl=TABLE_TTL, show_spinner=False)
 def champion(settings: Settings) -> dict | None:
     """`artifacts/CHAMPION.json`: the serving champion (model, version, promoted_at, ...), or None."""
-    from recsys_assets.defs.training import current_champion
+    from recsys_assets.contract.artifact import read_pointer
 
-    return current_champion(storage(settings))
+    return read_pointer(storage(settings))
 
 
 @st.cache_data(ttl=300, show_spinner=False)

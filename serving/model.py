@@ -27,17 +27,20 @@ import anyio
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.artifact import MANIFEST, ArtifactError, ServingArtifact, read_from_storage
+from recsys_assets.contract.artifact import (
+    CHALLENGER_POINTER,
+    CHAMPION_POINTER,
+    MANIFEST,
+    ArtifactError,
+    ServingArtifact,
+    read_from_storage,
+)
 from recsys_assets.contract.storage import Storage
 from serving.errors import ArtifactRejectedError, ModelNotReadyError
 from serving.schemas import ArtifactInfo, RejectedArtifact
 from serving.telemetry import get_metrics
 
 log = logging.getLogger(__name__)
-
-# Same pointer as `recsys_assets.defs.training.CHAMPION_POINTER` (that module imports Dagster).
-CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
-CHALLENGER_POINTER = ("artifacts", "CHALLENGER.json")
 
 
 def _now() -> str:

@@ -22,12 +22,12 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import create_run_for_test
 
+from recsys_assets.contract.artifact import read_pointer
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
 from recsys_assets.defs.definitions import LIVE_WINDOW_JOB, PIPELINE_JOB, build_definitions
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
-from recsys_assets.defs.training import current_champion
 from recsys_assets.lib import live_windows as live
 from serving.eventlog import LOG_COLUMNS, encode_rows
 from tests.api_support import ApiProcess
@@ -270,7 +270,7 @@ def _served_version(api: ApiProcess) -> str:
 def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
     settings, defs, instance, api = loop
     store = Storage.from_settings(settings)
-    before = current_champion(store)
+    before = read_pointer(store)
     assert _served_version(api) == before["model_version"]
     inter = store.read_table("interactions.parquet")
     rng = np.random.default_rng(0)
@@ -328,7 +328,7 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
         for e in result.all_events
         if e.event_type_value in ("STEP_FAILURE", "ASSET_CHECK_EVALUATION")
     ]
-    after = current_champion(store)
+    after = read_pointer(store)
     assert after["model_version"] != before["model_version"]
     interactions = store.read_table("interactions.parquet")
     assert interactions["event_id"].astype(str).str.startswith("c-").sum() == 600
@@ -346,7 +346,7 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
 def test_a_worse_retrain_leaves_the_champion_serving(loop) -> None:
     settings, defs, instance, api = loop
     store = Storage.from_settings(settings)
-    before = current_champion(store)
+    before = read_pointer(store)
     retrain = defs.resolve_job_def(runs.RETRAIN_JOB)
     # popularity only: loses to the serving champion
     config = {"budget": "smoke", "models": ["Pop"], "native_models": [], "protocols": ["temporal"]}
@@ -364,7 +364,7 @@ def test_a_worse_retrain_leaves_the_champion_serving(loop) -> None:
     ]
     assert len(checks) == 1 and not checks[0].passed
     assert "<" in checks[0].metadata["verdict"].value
-    assert current_champion(store) == before and _served_version(api) == before["model_version"]
+    assert read_pointer(store) == before and _served_version(api) == before["model_version"]
     last = runs.record(instance, store)[1].iloc[0]
     assert not bool(last["promoted"]) and "<" in last["reason"]
     pointer = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))

@@ -9,10 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from recsys_assets.contract.artifact import read_pointer
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.definitions import PIPELINE_JOB, TUNE_JOB, build_definitions
-from recsys_assets.defs.training import TUNED_PARAMS, current_champion
+from recsys_assets.defs.training import TUNED_PARAMS
 from recsys_assets.lib.tracking import MlflowTracking
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
     assert ev.passed
     assert ev.metadata["challenger_ndcg@10"].value >= ev.metadata["popularity_ndcg@10"].value
 
-    pointer = current_champion(store)
+    pointer = read_pointer(store)
     assert pointer is not None and store.exists(*pointer["path"], "manifest.json")
     monkeypatch.chdir(tmp_path)  # nothing of MLflow's may land in the working directory
     tracking = MlflowTracking.from_settings(settings)
@@ -83,7 +84,7 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
 def test_a_worse_challenger_is_not_promoted(first) -> None:
     settings, _ = first
     store = Storage.from_settings(settings)
-    before = current_champion(store)
+    before = read_pointer(store)
     tracking = MlflowTracking.from_settings(settings)
     alias_before = tracking.alias_version("champion")
     # only RecBole's popularity and the content model: both lose to the hybrid champion
@@ -95,7 +96,7 @@ def test_a_worse_challenger_is_not_promoted(first) -> None:
         e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
     }
     assert "challenger_model" in materialized and "champion_model" not in materialized
-    assert current_champion(store) == before
+    assert read_pointer(store) == before
     assert tracking.alias_version("champion")["version"] == alias_before["version"]
     table = store.read_table("evaluation_report.parquet")
     assert set(table["model"]) == {"Pop", "Content"}  # the report shows what this run measured

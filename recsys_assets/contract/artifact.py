@@ -196,6 +196,18 @@ def load_artifact(directory: str) -> ServingArtifact:
     return parse_artifact(files)
 
 
+# The pointers the pipeline writes and the API follows (JSON: `model_version`, `path`, `data_until`, ...).
+CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
+CHALLENGER_POINTER = ("artifacts", "CHALLENGER.json")
+
+
+def read_pointer(storage: Any, pointer: tuple[str, ...] = CHAMPION_POINTER) -> dict | None:
+    """A pointer's JSON (the serving champion by default), or None before the first promotion."""
+    if not storage.exists(*pointer):
+        return None
+    return json.loads(storage.read_bytes(*pointer))
+
+
 def write_to_storage(art: ServingArtifact, storage: Any, *prefix: str) -> None:
     """Write through a `recsys_assets.contract.storage.Storage` (local or Blob); the manifest goes last."""
     files = dump_artifact(art)

@@ -10,11 +10,10 @@ drift sensor turns that verdict into a retrain run.
 import dagster as dg
 import pandas as pd
 
-from recsys_assets.contract.artifact import read_from_storage
+from recsys_assets.contract.artifact import read_from_storage, read_pointer
 from recsys_assets.contract.settings import Settings
 from recsys_assets.defs.ingestion import STORAGE_RETRY
 from recsys_assets.defs.resources import StorageResource
-from recsys_assets.defs.training import current_champion
 from recsys_assets.lib import live_windows as live
 
 MONITORING = "monitoring"
@@ -98,7 +97,7 @@ def build_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         ref_keys = live.window_keys_before(windows, key, settings.drift_reference_windows)
         current = live.read_windows(store, [key])
         reference = live.read_windows(store, ref_keys)
-        pointer = current_champion(store)
+        pointer = read_pointer(store)
         if pointer is None:
             raise dg.Failure("no champion is serving yet: run the pipeline first", allow_retries=False)
         champion = read_from_storage(store, *pointer["path"])

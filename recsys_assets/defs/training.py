@@ -15,7 +15,13 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from recsys_assets.contract.artifact import read_from_storage, save_artifact, write_to_storage
+from recsys_assets.contract.artifact import (
+    CHAMPION_POINTER,
+    read_from_storage,
+    read_pointer,
+    save_artifact,
+    write_to_storage,
+)
 from recsys_assets.contract.settings import Settings
 from recsys_assets.defs.ingestion import STORAGE_RETRY
 from recsys_assets.defs.resources import StorageResource
@@ -37,7 +43,6 @@ from recsys_assets.lib.tracking import MlflowTracking
 TRAINING = "training"
 EVALUATION = "evaluation"
 SERVING = "serving_artifacts"
-CHAMPION_POINTER = ("artifacts", "CHAMPION.json")
 TUNED_PARAMS = ("tuning", "best_params.json")
 
 SEED = 2020
@@ -302,7 +307,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             for m in ("Pop", "Popularity")
             if not np.isnan(metric_value(evaluation_report, m, metric, k, protocol))
         )
-        current = current_champion(store)
+        current = read_pointer(store)
         current_value = challenger_value = float("nan")
         compared_on = "no champion yet"
         if current is not None:
@@ -483,10 +488,3 @@ def champion_ranking(results: pd.DataFrame) -> pd.DataFrame:
         & (results["slice"] == "all")
     )
     return results[sel].sort_values("value", ascending=False)
-
-
-def current_champion(store: Any) -> dict | None:
-    """The pointer to the serving champion, or None before the first promotion."""
-    if not store.exists(*CHAMPION_POINTER):
-        return None
-    return json.loads(store.read_bytes(*CHAMPION_POINTER))

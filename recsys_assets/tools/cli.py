@@ -490,15 +490,15 @@ def set_aside_earlier_replays(settings: Settings, work: Path, cut: str) -> None:
     (items there are never served again, so no clicks): move them under `replay/earlier/<time>/`."""
     import pandas as pd
 
+    from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer
     from recsys_assets.contract.storage import Storage
-    from recsys_assets.defs.training import CHAMPION_POINTER, current_champion
     from recsys_assets.lib import live_windows as live
 
     store = Storage.from_settings(settings)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     aside = ("replay", "earlier", stamp)
     moved = []
-    champion = current_champion(store)
+    champion = read_pointer(store)
     if champion is not None:
         until = champion.get("data_until")
         if not until or pd.Timestamp(until) >= pd.Timestamp(cut):

@@ -26,6 +26,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from recsys_assets.contract.artifact import read_pointer
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
@@ -238,7 +239,7 @@ def run_drift_scenario(
 
     store = Storage.from_settings(settings)
     minutes = settings.drift_window_minutes
-    pointer = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))
+    pointer = read_pointer(store)
     before = pointer["model_version"]
     reference, shifted = streams(store.read_table("interactions.parquet"), n_events, seed)
 

@@ -68,6 +68,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from recsys_assets.contract.artifact import CHAMPION_POINTER
 from recsys_assets.tools.services import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -603,7 +604,7 @@ def cache_hit_ratio(url: str) -> float | None:
 
 def ensure_champion(storage: Path) -> None:
     """Make a champion artifact under `storage` with the pipeline (smoke budget) unless there is one."""
-    if (storage / "artifacts" / "CHAMPION.json").is_file():
+    if (storage / Path(*CHAMPION_POINTER)).is_file():
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env |= {
@@ -617,12 +618,12 @@ def ensure_champion(storage: Path) -> None:
 
 def load_champion(storage: Path) -> Any:
     """The champion artifact of `storage` as the API loads it (`serving.model.LoadedModel`)."""
-    from recsys_assets.contract.artifact import read_from_storage
+    from recsys_assets.contract.artifact import read_from_storage, read_pointer
     from recsys_assets.contract.storage import Storage
-    from serving.model import CHAMPION_POINTER, LoadedModel
+    from serving.model import LoadedModel
 
     store = Storage.from_uri(str(storage))
-    parts = tuple(json.loads(store.read_bytes(*CHAMPION_POINTER))["path"])
+    parts = tuple(read_pointer(store)["path"])
     return LoadedModel.build(read_from_storage(store, *parts), "/".join(parts))
 
 

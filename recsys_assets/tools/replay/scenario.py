@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer
 from recsys_assets.tools.replay.data import Shift
 from recsys_assets.tools.services import free_port
 
@@ -171,7 +172,7 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
             shutil.rmtree(work / folder, ignore_errors=True)
         for name in ("drift_results", "retrain_runs", "pipeline_health", "replay_runs"):
             (work / "data" / f"{name}.parquet").unlink(missing_ok=True)
-        shutil.copy(work / INITIAL_CHAMPION, work / "data" / "artifacts" / "CHAMPION.json")
+        shutil.copy(work / INITIAL_CHAMPION, work / "data" / Path(*CHAMPION_POINTER))
     logs.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg, work / "replay.env")
     started = time.perf_counter()
@@ -182,9 +183,9 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
             raise RuntimeError("training on the past failed")
     train_seconds = time.perf_counter() - started
     if cfg.train:
-        shutil.copy(work / "data" / "artifacts" / "CHAMPION.json", work / INITIAL_CHAMPION)
+        shutil.copy(work / "data" / Path(*CHAMPION_POINTER), work / INITIAL_CHAMPION)
     store = Storage.from_settings(settings)
-    before = json.loads(store.read_bytes("artifacts", "CHAMPION.json"))["model_version"]
+    before = read_pointer(store)["model_version"]
 
     future = read_events(work / "future" / "events.csv")
     past = pd.read_csv(work / "past" / "events.csv", usecols=["user_id", "item_id"], dtype=str)
