@@ -1,4 +1,4 @@
-"""The API load generator (`recsys_assets/tools/loadgen.py`) against a real API process and `redis-server`: a few
+"""The API load generator (`recsys_assets/tools/loadgen/`) against a real API process and `redis-server`: a few
 seconds at a low fixed rate, then the soak command end to end in a short version."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from recsys_assets.tools import loadgen as bench
+from recsys_assets.tools.loadgen.champion import count_logged
+from recsys_assets.tools.loadgen.command_line import main
+from recsys_assets.tools.loadgen.openloop import check_local, open_loop, run_async
+from recsys_assets.tools.loadgen.stack import stack
+from recsys_assets.tools.loadgen.workload import Workload
 
 from .api_support import movielens_artifact, publish
 
@@ -21,19 +25,19 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_load_targets_only_the_loopback() -> None:
-    assert bench._check_local("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert check_local("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
     with pytest.raises(SystemExit):
-        bench._check_local("http://example.com:8000")
+        check_local("http://example.com:8000")
 
 
 @pytest.mark.integration
 def test_open_loop_at_a_low_rate_has_no_errors_and_ordered_percentiles(storage: Path, tmp_path: Path) -> None:
     art = movielens_artifact()
-    workload = bench.Workload(user_ids=art.user_ids.tolist(), item_ids=art.item_ids.tolist(), seed=1)
-    with bench.stack(storage, tmp_path, workers=1) as st:
-        run = bench.run_async(bench.open_loop(st.url, workload, rate=20, duration=5, warmup=0.5))
+    workload = Workload(user_ids=art.user_ids.tolist(), item_ids=art.item_ids.tolist(), seed=1)
+    with stack(storage, tmp_path, workers=1) as st:
+        run = run_async(open_loop(st.url, workload, rate=20, duration=5, warmup=0.5))
         summary = run.summary()
-        stored, distinct = bench.count_logged(st.events_dir, f"bench-{workload.tag}-")
+        stored, distinct = count_logged(st.events_dir, f"bench-{workload.tag}-")
     assert summary["errors"] == 0, summary["error_kinds"]
     assert summary["requests"] == 100 and summary["ok"] == 100
     assert 0 < summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= summary["max_ms"]
@@ -49,7 +53,7 @@ def test_soak_command_in_a_short_version(storage: Path, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     argv = ["soak", "--storage", str(storage), "--work", str(tmp_path), "--out", str(out), "--workers", "1"]
     argv += ["--rate", "20", "--duration", "4", "--warmup", "1", "--sample-every", "1"]
-    assert bench.main(argv) == 0
+    assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["errors"] == 0 and result["requests"] == 80
     assert result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]

@@ -20,7 +20,7 @@ import pytest
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib import live_windows as live
-from recsys_assets.tools import cli
+from recsys_assets.tools import demo as demo_tool
 
 from .conftest import ROOT, free_port
 
@@ -57,27 +57,27 @@ def _env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
 
 
 def test_demo_settings_train_on_the_past_with_one_minute_windows_unless_set(tmp_path: Path) -> None:
-    demo = cli.demo_settings(_settings(tmp_path), PAST, {"retrain_budget": "smoke", "retrain_models": ["EASE"]})
+    demo = demo_tool.demo_settings(_settings(tmp_path), PAST, {"retrain_budget": "smoke", "retrain_models": ["EASE"]})
     assert demo.source == "event_log" and demo.event_log == PAST
     assert demo.drift_window_minutes == 1 and demo.drift_sensor_seconds == 10
     assert demo.retrain_budget == "smoke" and demo.retrain_models == ["EASE"]
     assert Path(demo.storage_uri).is_absolute() and Path(demo.dagster_home).is_absolute()
 
-    chosen = cli.demo_settings(_settings(tmp_path, drift_window_minutes=15), PAST)
+    chosen = demo_tool.demo_settings(_settings(tmp_path, drift_window_minutes=15), PAST)
     assert chosen.drift_window_minutes == 15 and chosen.retrain_budget == "standard"
 
 
 def test_demo_services_pass_the_settings_and_open_the_ab_split_for_the_replay(tmp_path: Path) -> None:
     api_port, redis_port = free_port(), free_port()
-    settings = cli.demo_settings(
+    settings = demo_tool.demo_settings(
         _settings(tmp_path, api_port=api_port, redis_url=f"redis://127.0.0.1:{redis_port}/0"), PAST
     )
-    services = {svc.name: svc for svc in cli.demo_services(settings, replay=True)}
+    services = {svc.name: svc for svc in demo_tool.demo_services(settings, replay=True)}
     api = services["Recommendation API"]
     assert api.env["RECSYS_AB_CHALLENGER_SHARE"] == "0.5"
     assert api.env["RECSYS_AB_CHALLENGER_PATH"] == "candidates/Popularity"
     assert api.env["RECSYS_RATE_LIMIT_PER_MINUTE"] == "0"
-    assert api.env["RECSYS_API_KEYS"] == cli.DEMO_API_KEY
+    assert api.env["RECSYS_API_KEYS"] == demo_tool.DEMO_API_KEY
     for svc in services.values():
         assert svc.env["RECSYS_SOURCE"] == "event_log", svc.name
         assert EventLogSource.model_validate_json(svc.env["RECSYS_EVENT_LOG"]) == PAST
@@ -88,12 +88,12 @@ def test_demo_services_pass_the_settings_and_open_the_ab_split_for_the_replay(tm
     if "Redis (cache and live state)" in services:
         assert services["Console"].env["RECSYS_REDIS_URL"] == f"redis://127.0.0.1:{redis_port}/0"
 
-    plain = {svc.name: svc for svc in cli.demo_services(settings)}
+    plain = {svc.name: svc for svc in demo_tool.demo_services(settings)}
     assert "RECSYS_AB_CHALLENGER_SHARE" not in plain["Recommendation API"].env
 
 
 def test_earlier_replays_and_a_champion_trained_on_the_future_are_set_aside(tmp_path: Path) -> None:
-    settings = cli.demo_settings(_settings(tmp_path), PAST)
+    settings = demo_tool.demo_settings(_settings(tmp_path), PAST)
     store = Storage.from_settings(settings)
     cut = "1998-03-07T02:21:09+00:00"
     pointer = {"model_version": "EASE-1", "data_until": "2026-11-27T10:00:00+00:00"}
@@ -102,9 +102,9 @@ def test_earlier_replays_and_a_champion_trained_on_the_future_are_set_aside(tmp_
     events = live.events_dir(settings)
     events.mkdir(parents=True)
     (events / "events-20261127T100000-host-1-0001-abcdef.csv").write_text("user_id\n1\n")
-    work = cli.replay_workdir(settings)
+    work = demo_tool.replay_workdir(settings)
 
-    cli.set_aside_earlier_replays(settings, work, cut)
+    demo_tool.set_aside_earlier_replays(settings, work, cut)
     assert not store.exists("artifacts", "CHAMPION.json")
     assert live.stored_windows(store) == [] and live.segments(events) == []
     (aside,) = (work / "earlier").iterdir()
@@ -116,7 +116,7 @@ def test_earlier_replays_and_a_champion_trained_on_the_future_are_set_aside(tmp_
     store.write_text(
         json.dumps({"model_version": "EASE-2", "data_until": "1998-03-07T02:00:00+00:00"}), "artifacts", "CHAMPION.json"
     )
-    cli.set_aside_earlier_replays(settings, work, cut)
+    demo_tool.set_aside_earlier_replays(settings, work, cut)
     assert store.exists("artifacts", "CHAMPION.json")
 
 
@@ -157,7 +157,7 @@ class _Descendants(threading.Thread):
 def test_demo_serves_every_ui_and_stops_cleanly(tmp_path: Path) -> None:
     env, ports = _env(tmp_path)
     code = (
-        "from recsys_assets.tools.cli import serve; "
+        "from recsys_assets.tools.demo import serve; "
         "from recsys_assets.contract.settings import get_settings; serve(get_settings())"
     )
     # started the way a script's background job is, with SIGINT ignored: Ctrl-C must still stop it

@@ -446,7 +446,7 @@ def test_steps_that_touch_storage_retry_with_backoff(settings: Settings) -> None
 
 
 def test_the_instance_runs_training_and_live_windows_one_at_a_time(tmp_path: Path, settings: Settings) -> None:
-    from recsys_assets.tools.cli import instance_yaml
+    from recsys_assets.tools.services import instance_yaml
 
     (tmp_path / "dagster.yaml").write_text(instance_yaml(settings))
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:

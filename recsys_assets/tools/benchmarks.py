@@ -137,7 +137,7 @@ def bench_loop(work: str, budget: str = "standard", n_events: int = 2000, window
 
     from recsys_assets.contract.settings import get_settings
     from recsys_assets.tools import closed_loop
-    from recsys_assets.tools.cli import run_pipeline
+    from recsys_assets.tools.pipeline import run_pipeline
 
     root = Path(work)
     shutil.rmtree(root, ignore_errors=True)

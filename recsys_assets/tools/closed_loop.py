@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import subprocess
 import sys
@@ -32,58 +31,17 @@ from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
 from recsys_assets.defs.monitoring import DRIFT_REPORT
 from recsys_assets.lib import live_windows as live
-from recsys_assets.tools.services import free_port
+from recsys_assets.tools.services import (
+    free_port,
+    open_instance,
+    prepare_dagster_home,
+    settings_env,
+    spawn,
+    stop_all,
+    wait_http,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "loop-key"
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The `RECSYS_*` variables that reproduce the loop's settings in another process."""
-    keys = (
-        "source",
-        "storage_uri",
-        "dagster_home",
-        "events_dir",
-        "drift_window_minutes",
-        "drift_window_grace_seconds",
-        "drift_sensor_seconds",
-        "drift_min_rows",
-        "drift_reference_windows",
-        "min_ctr",
-        "min_ndcg",
-        "drift_threshold",
-        "drift_share",
-        "retrain_budget",
-        "promotion_margin",
-        "model_poll_seconds",
-        "mlflow_tracking_uri",
-    )
-    env = {}
-    for key in keys:
-        value = getattr(settings, key)
-        if value is not None:
-            env[f"RECSYS_{key.upper()}"] = str(value)
-    if settings.event_log is not None:
-        env["RECSYS_EVENT_LOG"] = settings.event_log.model_dump_json()
-    env["RECSYS_RETRAIN_MODELS"] = json.dumps(settings.retrain_models)
-    env["RECSYS_DRIFT_FEATURES"] = json.dumps(settings.drift_features)
-    env["RECSYS_RETRAIN_PROTOCOLS"] = json.dumps(settings.retrain_protocols)
-    return env
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not ready at {url} after {timeout}s")
 
 
 @dataclass
@@ -102,9 +60,7 @@ class LoopServices:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start(self) -> LoopServices:
-        from recsys_assets.tools.cli import _dagster_home
-
-        home = _dagster_home(self.settings)
+        home = prepare_dagster_home(self.settings)
         self.logs.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         env = base | settings_env(self.settings) | {"DAGSTER_HOME": str(home)}
@@ -120,19 +76,16 @@ class LoopServices:
             | self.api_env
         )
         api = self._spawn([sys.executable, "-m", "serving"], api_env, "api.log")
-        _wait_http(f"{self.api_url}/ready", api, 90, "the API")
-        _wait_http(f"http://127.0.0.1:{self.dagster_port}/server_info", self.procs[0], 180, "dagster dev")
+        wait_http(f"{self.api_url}/ready", api, 90, "the API")
+        wait_http(f"http://127.0.0.1:{self.dagster_port}/server_info", self.procs[0], 180, "dagster dev")
         return self
 
     def _spawn(self, cmd: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
-        out = (self.logs / log).open("ab")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = spawn(cmd, env, self.logs / log)
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
-        from recsys_assets.tools.cli import stop_all
-
         stop_all(self.procs, timeout=30)
         self.procs.clear()
 
@@ -194,7 +147,7 @@ def _served(api_url: str) -> str:
     return str(resp.json()["model_version"])
 
 
-def _wait_window_start(minutes: int, margin: float = 1.0) -> dt.datetime:
+def wait_window_start(minutes: int, margin: float = 1.0) -> dt.datetime:
     """Sleep until a new window starts; returns its start."""
     now = pd.Timestamp.now(tz="UTC")
     start = now.floor(f"{minutes}min") + pd.Timedelta(minutes=minutes)
@@ -234,27 +187,24 @@ def run_drift_scenario(
     settings: Settings, services: LoopServices, n_events: int = 1500, timeout: float = 1800, seed: int = 0
 ) -> Timeline:
     """Post a reference window, then a shifted one, and wait until the API serves a new champion."""
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
     store = Storage.from_settings(settings)
     minutes = settings.drift_window_minutes
     pointer = read_pointer(store)
     before = pointer["model_version"]
     reference, shifted = streams(store.read_table("interactions.parquet"), n_events, seed)
 
-    _wait_window_start(minutes)
+    wait_window_start(minutes)
     post_events(services.api_url, reference, f"ref-{seed}")
-    w1 = _wait_window_start(minutes)
+    w1 = wait_window_start(minutes)
     shift_at = post_events(services.api_url, shifted, f"shift-{seed}")
     timeline = Timeline(shift_at=shift_at, window=live.window_key(w1), champion_before=before)
     window_end = (pd.Timestamp(w1) + pd.Timedelta(minutes=minutes)).timestamp()
     timeline.window_closed = window_end - shift_at
 
     deadline = time.monotonic() + timeout
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(Path(settings.dagster_home).resolve()))) as instance:
+    with open_instance(settings) as instance:
         while time.monotonic() < deadline:
-            _fill(timeline, instance, shift_at)
+            fill_timeline(timeline, instance, shift_at)
             try:
                 served = _served(services.api_url)
             except httpx.HTTPError:
@@ -266,7 +216,7 @@ def run_drift_scenario(
                 until = time.monotonic() + 120
                 while timeline.retrain_status not in ("SUCCESS", "FAILURE") and time.monotonic() < until:
                     time.sleep(2)
-                    _fill(timeline, instance, shift_at)
+                    fill_timeline(timeline, instance, shift_at)
                 return timeline
             if timeline.retrain_status in ("FAILURE", "CANCELED"):
                 return timeline  # refused or failed: the champion stays; `reason` says why
@@ -291,7 +241,9 @@ def find_drifted_window(instance, after: float) -> str:
     return ""
 
 
-def _fill(t: Timeline, instance, shift_at: float) -> None:
+def fill_timeline(t: Timeline, instance, shift_at: float) -> None:
+    """Fill in what happened so far, from the instance's records: the drifted window (the first after
+    `shift_at` unless `t.window` is set), its run, its drift verdict, and the retrain it triggered."""
     import dagster as dg
 
     if not t.window:
@@ -310,14 +262,15 @@ def _fill(t: Timeline, instance, shift_at: float) -> None:
         if mat is not None and getattr(mat.metadata.get("retrain"), "value", False):
             t.drift_detected = records[0].timestamp - shift_at
             t.drifted_metrics = list(getattr(mat.metadata.get("drifted_metrics"), "value", []) or [])
-    for rec in instance.get_run_records(dg.RunsFilter(tags={runs.WINDOW_TAG: t.window, runs.TRIGGER_TAG: "drift"})):
-        t.retrain_status = rec.dagster_run.status.value
-        if rec.start_time:
-            t.retrain_started = rec.start_time - shift_at
-        if rec.end_time:
-            t.retrain_ended = rec.end_time - shift_at
-        promo = runs._promotion(instance, rec.dagster_run.run_id)
-        if promo["promoted"] and np.isnan(t.promoted):
+    retrains = runs.retrain_runs(instance)
+    retrains = retrains[(retrains["window"] == t.window) & (retrains["trigger"] == "drift")]
+    for row in retrains.to_dict(orient="records"):
+        t.retrain_status = row["status"]
+        if pd.notna(row["started_at"]):
+            t.retrain_started = row["started_at"].timestamp() - shift_at
+        if pd.notna(row["ended_at"]):
+            t.retrain_ended = row["ended_at"].timestamp() - shift_at
+        if row["promoted"] and np.isnan(t.promoted):
             event = instance.get_latest_materialization_event(dg.AssetKey(runs.CHAMPION_ASSET))
             t.promoted = (event.timestamp if event else time.time()) - shift_at
-        t.reason = str(promo.get("reason", ""))
+        t.reason = str(row["reason"] or "")

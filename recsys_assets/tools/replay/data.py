@@ -28,12 +28,11 @@ import pandas as pd
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.lib.ingest import cleaning as ingestion
 from recsys_assets.tools.replay.behaviour import RealEvent
+from recsys_assets.tools.services import PROJECT_ROOT
 
 DATASETS = ("ml-100k", "taobao")
 # where docs/config/taobao.env reads it: next to the project folder, never copied into it
-TAOBAO_SAMPLE = (
-    Path(__file__).resolve().parents[3] / "shared" / "datasets" / "taobao-sample" / "UserBehavior_head84k.csv"
-)
+TAOBAO_SAMPLE = PROJECT_ROOT.parent / "shared" / "datasets" / "taobao-sample" / "UserBehavior_head84k.csv"
 TAOBAO_SOURCE = EventLogSource(
     paths=[str(TAOBAO_SAMPLE)],
     header=False,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer
+from recsys_assets.tools import closed_loop
+from recsys_assets.tools.pipeline import run_pipeline
 from recsys_assets.tools.replay.data import Shift
-from recsys_assets.tools.services import free_port
+from recsys_assets.tools.services import REPLAY_API_ENV, open_instance, start_redis, stop_all
 
-POPULARITY_ARM = "candidates/Popularity"
 INITIAL_CHAMPION = "initial_champion.json"  # the champion trained on the past, for `--no-train`
 # A replay packs days of a data set into each one-minute window, so consecutive windows hold
 # different users: on ml-100k's future, windows before any shift differ by up to 0.3 on ratings
@@ -70,31 +70,14 @@ class SimulateConfig:
     include_seen: bool = False
     # the newest items' stream is thin (tens of events a minute on ml-100k): a verdict on few events
     drift_min_rows: int = 10
-    # the drift settings of a replay (`REPLAY_DRIFT`)
-    drift_threshold: float = REPLAY_DRIFT["drift_threshold"]
-    drift_share: float = REPLAY_DRIFT["drift_share"]
-    drift_features: tuple[str, ...] = tuple(REPLAY_DRIFT["drift_features"])
-    drift_reference_windows: int = REPLAY_DRIFT["drift_reference_windows"]
     train: bool = True  # False: reuse the trained past in `workdir`
     # after the replay, wait this long for the drift-triggered champion to be served (0: do not wait)
     settle_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _start_redis(logs: Path) -> tuple[subprocess.Popen | None, str]:
-    if shutil.which("redis-server") is None:
-        return None, ""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=(logs / "redis.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, f"redis://127.0.0.1:{port}/0"
+    extra: dict[str, Any] = field(default_factory=dict)  # settings over the replay's (`REPLAY_DRIFT` included)
 
 
 def _settings(cfg: SimulateConfig, env_file: Path):
+    """The settings of the prepared work folder with the replay's: short windows, `REPLAY_DRIFT`."""
     from recsys_assets.contract.settings import get_settings
 
     work = cfg.workdir.resolve()
@@ -106,10 +89,7 @@ def _settings(cfg: SimulateConfig, env_file: Path):
         "drift_window_grace_seconds": 3.0,
         "drift_sensor_seconds": 5,
         "drift_min_rows": cfg.drift_min_rows,
-        "drift_threshold": cfg.drift_threshold,
-        "drift_share": cfg.drift_share,
-        "drift_features": list(cfg.drift_features),
-        "drift_reference_windows": cfg.drift_reference_windows,
+        **REPLAY_DRIFT,
         "model_poll_seconds": 1.0,
         "retrain_budget": cfg.budget,
         **cfg.extra,
@@ -146,76 +126,27 @@ class _Watcher(threading.Thread):
 
 
 def simulate(cfg: SimulateConfig) -> dict[str, Any]:
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
+    """Cut (or reset), train on the past, serve with `dagster dev`, replay the future; the report."""
     from recsys_assets.contract.storage import Storage
-    from recsys_assets.tools import closed_loop
-    from recsys_assets.tools.cli import run_pipeline, stop_all
-    from recsys_assets.tools.replay.data import load_dataset, prepare, read_events
     from recsys_assets.tools.replay.report import phase_rows, store_phases, store_runs, summary_text
-    from recsys_assets.tools.replay.simulator import Phases, ReplayConfig, run_replay
+    from recsys_assets.tools.replay.simulator import Phases, run_replay
 
     work = cfg.workdir.resolve()
     logs = work / "logs"
-    if cfg.train:
-        shutil.rmtree(work, ignore_errors=True)
-        print(f"cutting {cfg.dataset} in time under {work} ...", flush=True)
-        prep = prepare(
-            load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction, hold_out_category=cfg.hold_out_category
-        )
-        summary = prep.summary
-    else:
-        # back to the state right after training: the first champion, no live data, no runs
-        summary = json.loads((work / "split.json").read_text())
-        for folder in ("events", "logs", "dagster", "data/live_events", "data/drift"):
-            shutil.rmtree(work / folder, ignore_errors=True)
-        for name in ("drift_results", "retrain_runs", "pipeline_health", "replay_runs"):
-            (work / "data" / f"{name}.parquet").unlink(missing_ok=True)
-        shutil.copy(work / INITIAL_CHAMPION, work / "data" / Path(*CHAMPION_POINTER))
+    summary = _cut(cfg, work) if cfg.train else _reset(work)
     logs.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg, work / "replay.env")
     started = time.perf_counter()
     if cfg.train:
-        candidates = {"budget": cfg.budget, "models": settings.retrain_models, "protocols": ["temporal"]}
-        print(f"training on the past ({summary['past_events']:,} events) ...", flush=True)
-        if not run_pipeline(settings, candidates):
-            raise RuntimeError("training on the past failed")
+        _train(cfg, settings, summary, work)
     train_seconds = time.perf_counter() - started
-    if cfg.train:
-        shutil.copy(work / "data" / Path(*CHAMPION_POINTER), work / INITIAL_CHAMPION)
     store = Storage.from_settings(settings)
     before = read_pointer(store)["model_version"]
 
-    future = read_events(work / "future" / "events.csv")
-    past = pd.read_csv(work / "past" / "events.csv", usecols=["user_id", "item_id"], dtype=str)
-    replay = ReplayConfig(
-        api_url="",
-        api_key=closed_loop.API_KEY,
-        events=future,
-        dataset=cfg.dataset,
-        exclude_seen=not cfg.include_seen,
-        seed=cfg.seed,
-        max_users=cfg.max_users,
-        max_seconds=cfg.duration + 120,
-        concurrency=cfg.concurrency,
-        max_events_per_visit=cfg.max_events_per_visit,
-        shift=cfg.shift,
-        shift_at=cfg.shift_at if cfg.shift else None,
-        past_users=frozenset(past["user_id"]),
-        past_items=frozenset(past["item_id"]),
-        events_dir=settings.events_dir,
-    )
+    replay = _replay_config(cfg, settings, work)
     speed, shift_speed = _pace(replay, cfg)
-
-    redis, redis_url = _start_redis(logs)
-    api_env = {
-        "RECSYS_AB_CHALLENGER_SHARE": "0.5",
-        "RECSYS_AB_CHALLENGER_PATH": POPULARITY_ARM,
-        "RECSYS_RATE_LIMIT_PER_MINUTE": "0",
-        "RECSYS_REDIS_URL": redis_url,
-    }
-    services = closed_loop.LoopServices(settings, logs, api_env=api_env)
+    redis, redis_url = start_redis(logs / "redis.log")
+    services = closed_loop.LoopServices(settings, logs, api_env=REPLAY_API_ENV | {"RECSYS_REDIS_URL": redis_url})
     phases = Phases()
     try:
         with services.running():
@@ -225,34 +156,12 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
             replay.api_url, replay.phases = services.api_url, phases
             replay.speed, replay.shift_speed = speed, shift_speed
             # start with a window: a first window of a few seconds and users is no reference for the next
-            closed_loop._wait_window_start(cfg.window_minutes, margin=0.5)
+            closed_loop.wait_window_start(cfg.window_minutes, margin=0.5)
             result = run_replay(replay)
             shift_mark = next((m for m in phases.marks if m.name == "during"), None)
             timeline = None
             if shift_mark is not None:
-                timeline = closed_loop.Timeline(shift_at=shift_mark.at, champion_before=watcher.before)
-                home = str(Path(settings.dagster_home).resolve())
-                with dg.DagsterInstance.from_ref(InstanceRef.from_dir(home)) as instance:
-                    # after the replay: up to `settle_seconds` for the new champion to be served, then up
-                    # to 2 minutes for its run's last steps (registry, logs), so the timeline is whole
-                    deadline = time.monotonic() + cfg.settle_seconds
-                    while watcher.served_at is None and time.monotonic() < deadline:
-                        closed_loop._fill(timeline, instance, shift_mark.at)
-                        if timeline.retrain_status in ("FAILURE", "CANCELED"):
-                            break
-                        time.sleep(2.0)
-                    until = time.monotonic() + (120 if watcher.served_at is not None else 0)
-                    closed_loop._fill(timeline, instance, shift_mark.at)
-                    while timeline.retrain_status in ("STARTED", "STARTING", "QUEUED") and time.monotonic() < until:
-                        time.sleep(2.0)
-                        closed_loop._fill(timeline, instance, shift_mark.at)
-                    # the run-status sensors record the ended retrain on their next tick (`retrain_runs`)
-                    until = time.monotonic() + (60 if timeline.retrain_status in ("SUCCESS", "FAILURE") else 0)
-                    while time.monotonic() < until and not _recorded(store, timeline.window):
-                        time.sleep(2.0)
-                if watcher.served_at is not None:
-                    timeline.served = watcher.served_at - shift_mark.at
-                    timeline.champion_after = watcher.version
+                timeline = _follow_retrain(settings, store, watcher, shift_mark.at, cfg.settle_seconds)
             watcher.stop.set()
     finally:
         if redis is not None:
@@ -274,6 +183,90 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
     (work / "simulate.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({"timeline": report["timeline"]}, indent=2, default=str))
     return report
+
+
+def _cut(cfg: SimulateConfig, work: Path) -> dict[str, Any]:
+    """A fresh work folder with the data set cut in time; the cut's summary."""
+    from recsys_assets.tools.replay.data import load_dataset, prepare
+
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"cutting {cfg.dataset} in time under {work} ...", flush=True)
+    prep = prepare(
+        load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction, hold_out_category=cfg.hold_out_category
+    )
+    return prep.summary
+
+
+def _reset(work: Path) -> dict[str, Any]:
+    """Back to the state right after training: the first champion, no live data, no runs."""
+    summary = json.loads((work / "split.json").read_text())
+    for folder in ("events", "logs", "dagster", "data/live_events", "data/drift"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+    for name in ("drift_results", "retrain_runs", "pipeline_health", "replay_runs"):
+        (work / "data" / f"{name}.parquet").unlink(missing_ok=True)
+    shutil.copy(work / INITIAL_CHAMPION, work / "data" / Path(*CHAMPION_POINTER))
+    return summary
+
+
+def _train(cfg: SimulateConfig, settings, summary: dict[str, Any], work: Path) -> None:
+    """Train on the past with the pipeline; keep its champion for `--no-train`."""
+    candidates = {"budget": cfg.budget, "models": settings.retrain_models, "protocols": ["temporal"]}
+    print(f"training on the past ({summary['past_events']:,} events) ...", flush=True)
+    if not run_pipeline(settings, candidates):
+        raise RuntimeError("training on the past failed")
+    shutil.copy(work / "data" / Path(*CHAMPION_POINTER), work / INITIAL_CHAMPION)
+
+
+def _replay_config(cfg: SimulateConfig, settings, work: Path):
+    """The replay of the future (its API URL and pace are set once the API is up)."""
+    from recsys_assets.tools.replay.data import read_events
+    from recsys_assets.tools.replay.simulator import ReplayConfig
+
+    future = read_events(work / "future" / "events.csv")
+    past = pd.read_csv(work / "past" / "events.csv", usecols=["user_id", "item_id"], dtype=str)
+    return ReplayConfig(
+        api_url="",
+        api_key=closed_loop.API_KEY,
+        events=future,
+        dataset=cfg.dataset,
+        exclude_seen=not cfg.include_seen,
+        seed=cfg.seed,
+        max_users=cfg.max_users,
+        max_seconds=cfg.duration + 120,
+        concurrency=cfg.concurrency,
+        max_events_per_visit=cfg.max_events_per_visit,
+        shift=cfg.shift,
+        shift_at=cfg.shift_at if cfg.shift else None,
+        past_users=frozenset(past["user_id"]),
+        past_items=frozenset(past["item_id"]),
+        events_dir=settings.events_dir,
+    )
+
+
+def _follow_retrain(settings, store, watcher: _Watcher, shift_at: float, settle_seconds: float) -> closed_loop.Timeline:
+    """The timeline from the shift on, after the replay: up to `settle_seconds` for the new champion to
+    be served, then up to 2 minutes for its run's last steps (registry, logs), so the timeline is whole."""
+    timeline = closed_loop.Timeline(shift_at=shift_at, champion_before=watcher.before)
+    with open_instance(settings) as instance:
+        deadline = time.monotonic() + settle_seconds
+        while watcher.served_at is None and time.monotonic() < deadline:
+            closed_loop.fill_timeline(timeline, instance, shift_at)
+            if timeline.retrain_status in ("FAILURE", "CANCELED"):
+                break
+            time.sleep(2.0)
+        until = time.monotonic() + (120 if watcher.served_at is not None else 0)
+        closed_loop.fill_timeline(timeline, instance, shift_at)
+        while timeline.retrain_status in ("STARTED", "STARTING", "QUEUED") and time.monotonic() < until:
+            time.sleep(2.0)
+            closed_loop.fill_timeline(timeline, instance, shift_at)
+        # the run-status sensors record the ended retrain on their next tick (`retrain_runs`)
+        until = time.monotonic() + (60 if timeline.retrain_status in ("SUCCESS", "FAILURE") else 0)
+        while time.monotonic() < until and not _recorded(store, timeline.window):
+            time.sleep(2.0)
+    if watcher.served_at is not None:
+        timeline.served = watcher.served_at - shift_at
+        timeline.champion_after = watcher.version
+    return timeline
 
 
 def _pace(replay, cfg: SimulateConfig) -> tuple[float, float | None]:

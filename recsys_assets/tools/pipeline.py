@@ -1,0 +1,58 @@
+"""The pipeline run once in this process (`python -m recsys_assets pipeline|tune`, the demo's and the
+replay's training on the past), in the persistent Dagster instance so its runs show in the Dagster UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recsys_assets.contract.settings import Settings
+from recsys_assets.tools.services import open_instance
+
+PROMOTION_CHECK_STEP = "challenger_model_challenger_beats_baseline_and_champion"
+
+
+def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: str | None = None) -> bool:
+    """Materialize every asset and run every check once; print where the results are. True on success,
+    and when the only failure is the promotion check refusing the challenger (the champion stays)."""
+    from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
+
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(job_name or PIPELINE_JOB)
+    with open_instance(settings) as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={
+                "loggers": {"console": {"config": {"log_level": "INFO"}}},
+                "ops": {"model_candidates": {"config": candidates or {}}} if job_name in (None, PIPELINE_JOB) else {},
+            },
+        )
+    print()
+    home = Path(settings.dagster_home).resolve()
+    print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} (Dagster home {home})")
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            print(f"  materialized {event.asset_key.to_user_string()}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            print(f"  check {ev.asset_check_key.name}: {'passed' if ev.passed else 'FAILED'}")
+        elif event.event_type_value == "STEP_FAILURE":
+            print(f"  step {event.step_key} FAILED: {event.event_specific_data.error.message.strip()}")
+    _print_locations(settings)
+    failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
+    if failed == {PROMOTION_CHECK_STEP}:
+        # a challenger that loses is an outcome, not an error: the champion keeps serving
+        print("promotion refused by the blocking check: the current champion stays (see the check's metadata)")
+        return True
+    return bool(result.success)
+
+
+def _print_locations(settings: Settings) -> None:
+    from recsys_assets.contract.storage import Storage
+    from recsys_assets.lib.tracking import tracking_uri
+
+    store = Storage.from_settings(settings)
+    print(f"tables under {store.uri()}")
+    print(f"EDA report: {store.uri('reports', 'eda_report.html')}")
+    print(f"evaluation report: {store.uri('reports', 'evaluation_report.html')}")
+    print(f"MLflow tracking: {tracking_uri(settings)}")
