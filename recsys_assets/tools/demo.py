@@ -147,7 +147,6 @@ class DemoReplay:
         """Replay, store `replay_runs`, print the summary; False if no list was served or the API's
         log disagrees with what the replay counted."""
         from recsys_assets.contract.storage import Storage
-        from recsys_assets.lib import live_windows as live
         from recsys_assets.tools.replay.data import read_events
         from recsys_assets.tools.replay.report import store_runs, summary_text
         from recsys_assets.tools.replay.simulator import ReplayConfig, run_replay
@@ -174,7 +173,7 @@ class DemoReplay:
                 max_seconds=self.seconds + 15,
                 speed=speed,
                 max_events_per_visit=DEMO_EVENTS_PER_VISIT,
-                events_dir=live.events_dir(settings),
+                events_dir=settings.events_path(),
             )
         )
         path = store_runs(Storage.from_settings(settings), result.arms())
@@ -308,7 +307,7 @@ def set_aside_earlier_replays(settings: Settings, work: Path, cut: str) -> None:
         store.fs.makedirs(store.path(*aside), exist_ok=True)
         store.fs.mv(store.path(live.LIVE_EVENTS), store.path(*aside, live.LIVE_EVENTS), recursive=True)
         moved.append(f"live windows: {len(windows)}")
-    segments = live.segments(live.events_dir(settings))
+    segments = live.segments(settings.events_path())
     if segments:
         target = work / "earlier" / stamp / "events"
         target.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, reset, or not HTTP yet
         return False
 
 

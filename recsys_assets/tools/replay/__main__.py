@@ -110,11 +110,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _events_dir(settings) -> Path | None:
-    if settings.events_dir:
-        return Path(settings.events_dir)
-    if settings.is_azure:
+    """The API's event-log folder; None with Blob storage and no `events_dir` (the replay counts on its side)."""
+    if settings.is_azure and not settings.events_dir:
         return None
-    return settings.local_root() / "events"
+    return settings.events_path()
 
 
 def main(argv: list[str] | None = None) -> int:
