@@ -122,7 +122,7 @@ class Component:
         if self.kind == "popularity":
             cache["pop"] = np.asarray(self.arrays["popularity"], dtype=np.float32)
         elif self.kind == "item_item":
-            sim = self.arrays["similarity"]
+            sim: sp.csr_matrix = self.arrays["similarity"]
             cache["sim"] = (
                 sim.toarray().astype(np.float32) if n <= DENSE_LIMIT else sp.csr_matrix(sim, dtype=np.float32)
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -347,7 +347,7 @@ class Settings(BaseSettings):
         return Path(parsed.path if parsed.scheme == "file" else self.storage_uri).resolve()
 
 
-def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
+def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build the settings from the environment (and an optional env file, or `RECSYS_ENV_FILE`)."""
     env_file = env_file or os.environ.get("RECSYS_ENV_FILE")
     return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
