@@ -3,13 +3,10 @@
 The known answer is a checkerboard: two groups of users, each interacting only with its own half of the items. Any
 personalised model must then recommend, to every user, unseen items from that user's own half. Pop cannot, and is
 checked against the answer it does know: training-set popularity.
-
-No `from __future__ import annotations` here: Dagster reads the asset's `config` annotation as a real class.
 """
 
 import time
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -191,19 +188,6 @@ def test_params_are_checked() -> None:
     assert RecBoleModelConfig(model="SASRec").recbole_settings()["train_neg_sample_args"] is None
     with pytest.raises(ValueError, match="valid_metric 'NDCG@20' is not among metrics"):
         RecBoleModelConfig(valid_metric="NDCG@20")
-
-
-def test_config_works_as_dagster_run_config() -> None:
-    @dg.asset
-    def recbole_settings(config: RecBoleModelConfig) -> dict:
-        return config.recbole_settings()
-
-    result = dg.materialize(
-        [recbole_settings],
-        run_config={"ops": {"recbole_settings": {"config": {"model": "BPR", "epochs": 5, "params": {"x": 0.5}}}}},
-    )
-    assert result.success
-    assert result.output_for_node("recbole_settings")["epochs"] == 5
 
 
 def test_splits_must_be_non_empty_and_canonical(splits) -> None:
