@@ -5,7 +5,7 @@ matrices, embeddings, popularity, Mult-VAE's layers) where the model has one.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -116,7 +116,7 @@ def export_component(trained: TrainedRecBoleModel, pdata: ProtocolData) -> Compo
     return None
 
 
-def autoencoder_component(model: object, ipos: np.ndarray) -> Component:
+def autoencoder_component(model: Any, ipos: np.ndarray) -> Component:
     """Mult-VAE's layers with the item axis mapped to our items (RecBole's padding item dropped)."""
     enc = [m for m in model.encoder if hasattr(m, "weight")]
     dec = [m for m in model.decoder if hasattr(m, "weight")]
@@ -141,5 +141,5 @@ def autoencoder_component(model: object, ipos: np.ndarray) -> Component:
             w, b = full_w, full_b
         arrays[f"dec_w{i}"] = w.astype(np.float32)
         arrays[f"dec_b{i}"] = b.astype(np.float32)
-    params = {"n_enc": len(enc), "n_dec": len(dec), "latent": int(model.lat_dim / 2)}
+    params: dict[str, float | int | str] = {"n_enc": len(enc), "n_dec": len(dec), "latent": int(model.lat_dim / 2)}
     return Component("autoencoder", arrays, params)
