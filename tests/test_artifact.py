@@ -53,7 +53,7 @@ def make_artifact(cand, pdata) -> ServingArtifact:
     return ServingArtifact(
         model_name=cand.name,
         model_version=f"{cand.name}-test",
-        scorer=cand.extra["model"].scorer,
+        scorer=cand.model.scorer,
         user_ids=pdata.data.users["user_id"].to_numpy(dtype=str),
         item_ids=items["item_id"].to_numpy(dtype=str),
         history=pdata.data.matrix,
@@ -108,7 +108,7 @@ def test_corrupt_or_incompatible_artifacts_are_refused(trained, temporal, tmp_pa
     folder = tmp_path / "a"
     save_artifact(make_artifact(hybrid, temporal), str(folder))
     good = load_artifact(str(folder))
-    assert good.checksum and good.scorer.weights == hybrid.extra["model"].weights
+    assert good.checksum and good.scorer.weights == hybrid.model.weights
 
     data = (folder / ARRAYS).read_bytes()
     (folder / ARRAYS).write_bytes(data[:-10] + b"0123456789")

@@ -31,7 +31,8 @@ KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder")
 DENSE_LIMIT = 5_000
 
 
-def _standardise(scores: np.ndarray) -> np.ndarray:
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Each row to zero mean and unit variance (a constant row to zeros), as the blend weighs components."""
     mean = scores.mean(axis=1, keepdims=True)
     std = scores.std(axis=1, keepdims=True)
     out = np.zeros_like(scores)
