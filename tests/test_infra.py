@@ -98,7 +98,6 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
     },
     "console": {
-        **cleaning("event_weights", "rating_min", "rating_max", "time_min", "time_max", "kcore_user", "kcore_item"),
         **{
             name: "read by pipeline code the console imports (the champion pointer, the replay's tables) on "
             "paths the console never runs"
