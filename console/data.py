@@ -255,9 +255,7 @@ def served_lists(settings: Settings) -> pd.DataFrame | None:
 
 
 def _mlflow_store_exists(settings: Settings) -> bool:
-    from recsys_assets.lib.tracking import tracking_uri
-
-    uri = tracking_uri(settings)
+    uri = settings.mlflow_store().tracking_uri
     # opening a SQLite store that is not there would create (and migrate) an empty one
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
 
@@ -270,7 +268,7 @@ def registry_history(settings: Settings) -> pd.DataFrame | None:
         return None
     from recsys_assets.lib.tracking import MlflowTracking
 
-    tracking = MlflowTracking.from_settings(settings)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     history = tracking.champion_history()
     if history.empty:
         return None

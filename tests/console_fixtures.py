@@ -28,7 +28,7 @@ import pandas as pd
 
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning
 
 COLUMNS = [
     "user_id",
@@ -326,14 +326,14 @@ def write_ingestion_outputs(store: Storage, settings: Settings) -> None:
     raw = pd.DataFrame(events, columns=["user_id", "item_id", "event_type", "timestamp", "value"])
     for col in ("event_id", "recommendation_id", "category", "raw_line"):
         raw[col] = None
-    result = ingestion.clean_events(raw, settings)
+    result = cleaning.clean_events(raw, settings.cleaning())
     catalog = pd.DataFrame(
         {"item_id": list(TITLES), "title": list(TITLES.values()), "categories": "Fixture", "text": "", "year": 2000}
     )
     store.write_table(result.interactions, "interactions.parquet")
-    store.write_table(ingestion.build_items(result.interactions, catalog), "items.parquet")
-    store.write_table(ingestion.build_users(result.interactions, None), "users.parquet")
-    store.write_table(ingestion.sample_rejects(result.rejected, 10), "rejected_events.parquet")
+    store.write_table(cleaning.build_items(result.interactions, catalog), "items.parquet")
+    store.write_table(cleaning.build_users(result.interactions, None), "users.parquet")
+    store.write_table(cleaning.sample_rejects(result.rejected, 10), "rejected_events.parquet")
 
 
 def write_synthetic_traffic(

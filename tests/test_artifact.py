@@ -21,7 +21,7 @@ from recsys_assets.contract.artifact import (
 )
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.lib.evaluation.metrics import topk_from_scores
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 
 from .conftest import ROOT
 
@@ -31,9 +31,9 @@ def temporal(tmp_path_factory: pytest.TempPathFactory):
     from recsys_assets.lib.models.fitting import prepare
 
     s = get_settings(storage_uri=str(tmp_path_factory.mktemp("art")))
-    raw, items, users = ingestion.read_movielens()
-    inter = ingestion.clean_events(raw, s).interactions
-    return prepare(inter, ingestion.build_items(inter, items), ingestion.build_users(inter, users), "temporal")
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, s.cleaning()).interactions
+    return prepare(inter, cleaning.build_items(inter, items), cleaning.build_users(inter, users), "temporal")
 
 
 @pytest.fixture(scope="module")

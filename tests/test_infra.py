@@ -98,7 +98,6 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
     },
     "console": {
-        **cleaning("event_weights", "rating_min", "rating_max", "time_min", "time_max", "kcore_user", "kcore_item"),
         **{
             name: "read by pipeline code the console imports (the champion pointer, the replay's tables) on "
             "paths the console never runs"
@@ -636,11 +635,10 @@ def test_compose_environment_builds_valid_settings(service: str, monkeypatch: py
     assert settings.is_azure and settings.azure_connection_string
     assert settings.storage_uri == "abfs://recsys/data"
     if COMPOSE_ROLES[service] == "api":
-        from serving.app import events_dir
         from serving.security import ApiKeys
 
         # Azure storage needs a local events folder: the volume the console and the pipeline read
-        assert str(events_dir(settings)) == "/var/lib/recsys/events"
+        assert str(settings.events_path()) == "/var/lib/recsys/events"
         assert ApiKeys.parse(settings.api_keys).scopes_by_key
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from recsys_assets.contract.events import EVENT_COLUMNS, IMPRESSION
-from recsys_assets.lib.ingest.cleaning import parse_timestamps
+from recsys_assets.lib.ingest.readers import parse_timestamps
 
 # Columns of the API's durable event log (the event-log schema plus the serving fields).
 EVENT_LOG_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "model_version", "arm")

@@ -85,7 +85,6 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
 
     from recsys_assets.contract.storage import Storage
     from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
-    from recsys_assets.lib.tracking import tracking_uri
 
     home = _dagster_home(settings)
     defs = build_definitions(settings)
@@ -113,7 +112,7 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     print(f"tables under {store.uri()}")
     print(f"EDA report: {store.uri('reports', 'eda_report.html')}")
     print(f"evaluation report: {store.uri('reports', 'evaluation_report.html')}")
-    print(f"MLflow tracking: {tracking_uri(settings)}")
+    print(f"MLflow tracking: {settings.mlflow_store().tracking_uri}")
     failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
     if failed == {PROMOTION_CHECK_STEP}:
         # a challenger that loses is an outcome, not an error: the champion keeps serving
@@ -183,7 +182,6 @@ def demo_services(settings: Settings, replay: bool = False) -> list[Service]:
     """What `make demo` serves. Every process gets the settings as `RECSYS_*` variables (the source and
     event log included), the API's URL and the Redis in use; with `replay`, the API serves half of the
     users from the popularity arm, without a rate limit, on a fresh Redis."""
-    from recsys_assets.lib.tracking import tracking_uri
     from recsys_assets.tools.closed_loop import settings_env
 
     py = sys.executable
@@ -220,7 +218,7 @@ def demo_services(settings: Settings, replay: bool = False) -> list[Service]:
         Service(
             "MLflow UI",
             [
-                *(py, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(settings)),
+                *(py, "-m", "mlflow", "ui", "--backend-store-uri", settings.mlflow_store().tracking_uri),
                 *("-h", "127.0.0.1", "-p", str(settings.mlflow_ui_port)),
             ],
             mlflow,
@@ -313,7 +311,6 @@ class DemoReplay:
         """Replay, store `replay_runs`, print the summary; False if no list was served or the API's
         log disagrees with what the replay counted."""
         from recsys_assets.contract.storage import Storage
-        from recsys_assets.lib import live_windows as live
         from recsys_assets.tools.replay.data import read_events
         from recsys_assets.tools.replay.report import store_runs, summary_text
         from recsys_assets.tools.replay.simulator import ReplayConfig, run_replay
@@ -340,7 +337,7 @@ class DemoReplay:
                 max_seconds=self.seconds + 15,
                 speed=speed,
                 max_events_per_visit=DEMO_EVENTS_PER_VISIT,
-                events_dir=live.events_dir(settings),
+                events_dir=settings.events_path(),
             )
         )
         path = store_runs(Storage.from_settings(settings), result.arms())
@@ -510,7 +507,7 @@ def set_aside_earlier_replays(settings: Settings, work: Path, cut: str) -> None:
         store.fs.makedirs(store.path(*aside), exist_ok=True)
         store.fs.mv(store.path(live.LIVE_EVENTS), store.path(*aside, live.LIVE_EVENTS), recursive=True)
         moved.append(f"live windows: {len(windows)}")
-    segments = live.segments(live.events_dir(settings))
+    segments = live.segments(settings.events_path())
     if segments:
         target = work / "earlier" / stamp / "events"
         target.mkdir(parents=True, exist_ok=True)
