@@ -177,6 +177,8 @@ def test_pipeline_health_counts_runs_and_failures(tmp_path: Path) -> None:
     failed = health[health["status"] == "FAILURE"].iloc[0]
     assert failed["job"] == "bad_job" and "storage unreachable" in failed["failure"]
     assert (health["duration_s"] >= 0).all()
+    # newest first, as the console's "last pipeline run" takes it
+    assert health["created_at"].is_monotonic_decreasing and health["created_at"].notna().all()
     assert retrains.empty and store.exists("pipeline_health.parquet") and store.exists("retrain_runs.parquet")
 
 

@@ -26,6 +26,8 @@ from mlflow.utils.validation import validate_param_and_metric_name
 from recsys_assets.contract.artifact import ServingArtifact, load_artifact, save_artifact
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.defs import runs
 from recsys_assets.lib.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -175,6 +177,15 @@ def run_registry_scenario(tracking: MlflowTracking, work: Path) -> None:
     assert history["run_id"].tolist() == [run_ids[CHAMPION], run_ids[CHALLENGER]]
     assert history["dataset_fingerprint"].tolist() == ["fp-1", "fp-2"]
     assert history["ndcg_at_10.temporal.all"].tolist() == pytest.approx([0.3, 0.6])
+
+    # the console's copy (`model_registry`, written on promotion): the same versions, with the runs' names
+    store = Storage.from_uri(str(work / "tables"))
+    runs.write_model_registry(store, tracking)
+    table = store.read_table("model_registry.parquet")
+    assert table["version"].tolist() == [1, 2] and table["aliases"].tolist() == [CHAMPION, CHALLENGER]
+    assert table["ndcg_at_10.temporal.all"].tolist() == pytest.approx([0.3, 0.6])
+    # the promotion names its runs "<model> (champion)"; these were not promoted by it
+    assert table["run_name"].tolist() == ["itemknn", "itemknn"] and table["registered_as"].isna().all()
 
 
 # ---------------------------------------------------------------------------------------------

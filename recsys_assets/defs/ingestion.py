@@ -6,6 +6,7 @@ import pandas as pd
 
 from recsys_assets.contract.events import ITEM_COLUMNS, REJECTED_EVENTS, USER_COLUMNS
 from recsys_assets.contract.settings import Settings
+from recsys_assets.defs import runs
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.lib import live_windows as live
 from recsys_assets.lib.ingest import cleaning, readers
@@ -114,6 +115,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             f"{n_rejected} rejected {result.reject_counts}; {result.n_duplicates} duplicates"
         )
         sample = cleaning.sample_rejects(result.rejected, settings.reject_sample_size)
+        runs.write_reject_counts(storage.get(), result.reject_counts)
         yield dg.Output(
             inter,
             output_name="interactions",
@@ -184,6 +186,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         html = render_eda_report(interactions, items, users, summary, title=source_description())
         store = storage.get()
         store.write_text(html, "reports", "eda_report.html")
+        runs.write_eda_summary(store, summary)
         uri = store.uri("reports", "eda_report.html")
         context.log.info(f"EDA report written to {uri}")
         return dg.MaterializeResult(

@@ -23,6 +23,7 @@ from recsys_assets.contract.artifact import (
     write_to_storage,
 )
 from recsys_assets.contract.settings import Settings
+from recsys_assets.defs import runs
 from recsys_assets.defs.ingestion import STORAGE_RETRY
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
@@ -449,6 +450,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     "refit_seconds": round(refit_seconds, 1),
                 }
                 store.write_text(json.dumps(pointer, indent=2), *CHAMPION_POINTER)
+        runs.write_model_registry(store, mlflow)
         context.log.info(f"promoted {aliases}")
         champion = aliases["champion"]
         return dg.MaterializeResult(

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from recsys_assets.contract.events import parse_timestamps
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib.ingest import readers
 
@@ -98,7 +99,7 @@ def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[pd.DataFra
 
 def with_windows(rows: pd.DataFrame, minutes: int) -> pd.Series:
     """The window key of each row (a malformed row takes the window of the row before it)."""
-    ts = readers.parse_timestamps(rows["timestamp"].astype("string"))
+    ts = parse_timestamps(rows["timestamp"].astype("string"))
     keys = window_floor(ts, minutes).map(lambda t: window_key(t) if pd.notna(t) else None)
     return keys.ffill().bfill()
 
@@ -202,7 +203,7 @@ def read_live_events(store: Storage, unit: str = "auto") -> pd.DataFrame:
     say, is cleaned with that unit, so live rows are converted to it)."""
     rows = read_windows(store, stored_windows(store))[list(readers.RAW_COLUMNS)]
     if unit in ("s", "ms", "us") and len(rows):
-        ts = readers.parse_timestamps(rows["timestamp"].astype("string"))
+        ts = parse_timestamps(rows["timestamp"].astype("string"))
         micros = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
         value = micros.astype("float64") / {"s": 1e6, "ms": 1e3, "us": 1.0}[unit]
         rows = rows.assign(timestamp=value.map(lambda v: repr(v) if pd.notna(v) else None).astype("string"))

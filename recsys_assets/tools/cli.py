@@ -84,6 +84,7 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     import dagster as dg
 
     from recsys_assets.contract.storage import Storage
+    from recsys_assets.defs import runs
     from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
 
     home = _dagster_home(settings)
@@ -98,6 +99,8 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
                 "ops": {"model_candidates": {"config": candidates or {}}} if job_name in (None, PIPELINE_JOB) else {},
             },
         )
+        # no run-status sensor sees an in-process run: record it as they do, for the console
+        runs.record(instance, Storage.from_settings(settings))
     print()
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} (Dagster home {home})")
     for event in result.all_events:

@@ -12,9 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys_assets.contract.events import CANONICAL_EVENT_TYPES, IMPRESSION, ITEM_COLUMNS, REJECT_REASONS, USER_COLUMNS
+from recsys_assets.contract.events import (
+    CANONICAL_EVENT_TYPES,
+    IMPRESSION,
+    ITEM_COLUMNS,
+    REJECT_REASONS,
+    USER_COLUMNS,
+    parse_timestamps,
+)
 from recsys_assets.contract.settings import CleaningConfig
-from recsys_assets.lib.ingest.readers import conform, parse_timestamps
+from recsys_assets.lib.ingest.readers import conform
 
 
 @dataclass

@@ -22,7 +22,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from recsys_assets.contract.events import EVENT_COLUMNS, ITEM_COLUMNS, REQUIRED_EVENT_COLUMNS, USER_COLUMNS
+from recsys_assets.contract.events import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    REQUIRED_EVENT_COLUMNS,
+    USER_COLUMNS,
+    parse_timestamps,
+)
 from recsys_assets.contract.settings import EventLogSource, TableSource
 
 RAW_EXTRA_COLUMNS = ("category", "source_file", "source_line", "raw_line")
@@ -311,27 +317,3 @@ def conform(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
         if c not in out:
             out[c] = None
     return out[list(columns)]
-
-
-def parse_timestamps(text: pd.Series, unit: str = "auto") -> pd.Series:
-    """Text -> UTC timestamps (NaT where unparseable). Numbers are unix time in `unit`."""
-    text = text.astype("string").str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
-    is_num = numeric.notna()
-    if is_num.any():
-        n = numeric[is_num].astype("float64")
-        if unit in ("auto", "s", "ms", "us"):
-            num_unit = unit
-            if unit == "auto":
-                mag = n.abs().median()
-                num_unit = "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
-            scale = {"s": 1e6, "ms": 1e3, "us": 1.0}[num_unit]
-            micros = (n * scale).round()
-            ok = micros.abs() < 9e15  # years ~1685..2255, the range datetime64[us] holds comfortably
-            out.loc[micros[ok].index] = pd.to_datetime(micros[ok].astype("int64"), unit="us", utc=True)
-    rest = (~is_num & (text.fillna("") != "")).to_numpy(dtype=bool)
-    if rest.any() and unit in ("auto", "iso"):
-        parsed = pd.to_datetime(text[rest].astype(object), utc=True, errors="coerce", format="ISO8601")
-        out.iloc[np.flatnonzero(rest)] = parsed.astype("datetime64[us, UTC]").to_numpy()
-    return out

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from recsys_assets.contract.events import parse_timestamps
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.tools.replay.behaviour import RealEvent
@@ -138,7 +139,7 @@ def read_events(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("user_id", "item_id", "event_type", "timestamp") if c not in df]
     if missing:
         raise ValueError(f"{path}: required columns missing: {missing}")
-    df["timestamp"] = readers.parse_timestamps(df["timestamp"].astype(str))
+    df["timestamp"] = parse_timestamps(df["timestamp"].astype(str))
     if "value" not in df:
         df["value"] = np.nan
     df = df.dropna(subset=["user_id", "item_id", "event_type", "timestamp"])
