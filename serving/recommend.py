@@ -27,8 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
-from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer
-from recsys_assets.lib.evaluation.metrics import topk_from_scores
+from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer, topk_from_scores
 from serving.errors import UnknownItemError
 from serving.model import LoadedModel
 from serving.schemas import LiveEvent, ReasonKind, RecommendedItem, SimilarItem

@@ -19,8 +19,8 @@ from recsys_assets.contract.artifact import (
     load_artifact,
     save_artifact,
 )
+from recsys_assets.contract.scoring import topk_from_scores
 from recsys_assets.contract.settings import get_settings
-from recsys_assets.lib.evaluation.metrics import topk_from_scores
 from recsys_assets.lib.ingest import cleaning, readers
 
 from .conftest import ROOT

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import Component
-from recsys_assets.lib.evaluation.metrics import top_k
+from recsys_assets.contract.scoring import Component, top_k
 from recsys_assets.lib.models.base import TrainData
 from recsys_assets.lib.models.native import HybridModel
 

@@ -14,9 +14,10 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import MANIFEST, ServingArtifact, load_artifact, save_artifact
+from recsys_assets.contract.scoring import topk_from_scores
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, topk_from_scores
+from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.models.fitting import (
     artifact_metrics,

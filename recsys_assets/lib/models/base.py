@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import Scorer
+from recsys_assets.contract.scoring import Scorer, topk_from_scores
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.metrics import topk_from_scores
 
 
 @dataclass(frozen=True)

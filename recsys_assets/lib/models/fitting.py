@@ -21,9 +21,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact
-from recsys_assets.contract.scoring import Component
+from recsys_assets.contract.scoring import Component, topk_from_scores
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix, topk_from_scores
+from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
 from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
 
 logger = logging.getLogger(__name__)

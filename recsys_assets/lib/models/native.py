@@ -19,8 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, topk_from_scores
+from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise, topk_from_scores
+from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
 
 

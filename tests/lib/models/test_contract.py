@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact, dump_artifact, parse_artifact
-from recsys_assets.lib.evaluation.metrics import top_k
+from recsys_assets.contract.scoring import top_k
 from recsys_assets.lib.models.base import ProtocolData, Recommender, recommend
 from recsys_assets.lib.models.candidates import NATIVE, fit_candidate, native_model
 from recsys_assets.lib.models.fitting import Candidate, serving_artifact
