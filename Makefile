@@ -74,12 +74,14 @@ console: install ## Start the Streamlit console alone (on settings.console_port)
 		--browser.gatherUsageStats false --server.port \
 		$$($(BIN)/python -c 'from recsys_assets.contract.settings import get_settings; print(get_settings().console_port)')
 
-lint: install ## ruff check + format check
+lint: install ## ruff check + format check, mypy (contract and serving), the architecture rules
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test: lint ## Lint, then the whole test suite (starts Azurite, Chromium as needed)
 	$(BIN)/python -m pytest
 
 clean: ## Remove local data, Dagster home and caches (keeps .venv)
-	rm -rf data .dagster_home .pytest_cache .ruff_cache
+	rm -rf data .dagster_home .pytest_cache .ruff_cache .mypy_cache

@@ -1,6 +1,9 @@
 """Everything the console reads, in one place: stored tables and reports (through `Storage` and the DuckDB
-warehouse, so local folders and Azure Blob work alike), the API's event log, the MLflow registry, the
-Dagster instance's run history, and the API itself.
+warehouse, so local folders and Azure Blob work alike), the API's event log, and the API itself.
+
+What Dagster and MLflow know (run history, the registry, the cleaning run's reject counts, the EDA
+numbers) reaches the console as tables the pipeline writes (`recsys_assets.defs.runs`): it imports
+only `recsys_assets.contract`, so its image carries neither.
 
 Every function takes the `Settings` the entry point built and returns None (or an empty frame) when
 its source does not exist yet, so pages can show "no data yet" rather than an error. Queries are
@@ -27,22 +30,29 @@ import streamlit as st
 
 from console import kpis
 from recsys_assets.contract import events as schema
+from recsys_assets.contract.events import (
+    DRIFT_RESULTS,
+    EDA_SUMMARY,
+    EVALUATION_REPORT,
+    MODEL_REGISTRY,
+    PIPELINE_HEALTH,
+    REJECT_COUNTS,
+    REPLAY_PHASES,
+    REPLAY_RUNS,
+    RETRAIN_RUNS,
+)
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.contract.warehouse import TABLES
 
-# Tables the console reads besides the ingestion tables; some are written by later pipeline stages.
-EVALUATION_REPORT = "evaluation_report"
-DRIFT_RESULTS = "drift_results"
-RETRAIN_RUNS = "retrain_runs"
-PIPELINE_HEALTH = "pipeline_health"
-# one row per replay run x A/B arm, written by `python -m recsys_assets.tools.replay run`
-REPLAY_RUNS = "replay_runs"
-# one row per run x arm x phase of the drift scenario, written by `python -m recsys_assets.tools.replay simulate`
-REPLAY_PHASES = "replay_phases"
-ALL_TABLES = (*TABLES, EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, REPLAY_RUNS, REPLAY_PHASES)
+# Tables the console reads besides the ingestion tables (`recsys_assets.contract.events` says who
+# writes each); some are written by later pipeline stages.
+ALL_TABLES = (
+    *TABLES,
+    *(EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, MODEL_REGISTRY, REJECT_COUNTS),
+    *(REPLAY_RUNS, REPLAY_PHASES),
+)
 EVENTS_DIR = "events"
-EDA_REPORT = ("reports", "eda_report.html")
 EVALUATION_REPORT_HTML = ("reports", "evaluation_report.html")
 
 TABLE_TTL = 60
@@ -134,16 +144,11 @@ def champion(settings: Settings) -> dict | None:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def eda(settings: Settings) -> dict[str, Any] | None:
-    """The EDA report's key numbers (`eda_summary`) on the current tables, or None."""
-    from recsys_assets.lib.reports.eda import eda_summary
-
-    cur = _cursor(settings, schema.INTERACTIONS, schema.ITEMS, schema.USERS)
-    if cur is None:
+    """The EDA report's key numbers (`reports/eda_summary.json`, written with the report), or None."""
+    store = storage(settings)
+    if not store.exists(*EDA_SUMMARY):
         return None
-    inter = cur.execute("SELECT user_id, item_id, event_type, timestamp FROM interactions").df()
-    items = cur.execute("SELECT item_id, n_interactions FROM items").df()
-    users = cur.execute("SELECT user_id, n_interactions FROM users").df()
-    return eda_summary(inter, items, users)
+    return json.loads(store.read_bytes(*EDA_SUMMARY))
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -250,41 +255,17 @@ def served_lists(settings: Settings) -> pd.DataFrame | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# MLflow registry
+# What the pipeline records of its runs and its registry
 # ---------------------------------------------------------------------------------------------
 
 
-def _mlflow_store_exists(settings: Settings) -> bool:
-    from recsys_assets.lib.tracking import tracking_uri
-
-    uri = tracking_uri(settings)
-    # opening a SQLite store that is not there would create (and migrate) an empty one
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
-
-
-@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
 def registry_history(settings: Settings) -> pd.DataFrame | None:
-    """Every registered model version (`MlflowTracking.champion_history`) plus its run's name and
-    whether it was registered as champion; None when nothing is registered."""
-    if not _mlflow_store_exists(settings):
+    """Every registered model version, oldest first (the `model_registry` table: version, aliases,
+    model, serving version, the run's metrics, `registered_as`), or None when nothing is registered."""
+    history = table(settings, MODEL_REGISTRY)
+    if history is None or history.empty:
         return None
-    from recsys_assets.lib.tracking import MlflowTracking
-
-    tracking = MlflowTracking.from_settings(settings)
-    history = tracking.champion_history()
-    if history.empty:
-        return None
-    client = tracking.client()
-    names = {}
-    for run_id in history["run_id"].dropna().unique():
-        try:
-            names[run_id] = client.get_run(run_id).info.run_name
-        except Exception:  # a deleted run: the version stays listed
-            names[run_id] = None
-    history["run_name"] = history["run_id"].map(names)
-    # the promotion names each run "<model> (champion)" or "<model> (challenger)"
-    history["registered_as"] = history["run_name"].fillna("").str.extract(r"\((champion|challenger)\)$")[0]
-    return history
+    return history.sort_values("version").reset_index(drop=True)
 
 
 def previous_champion(history: pd.DataFrame | None) -> tuple[dict[str, float], str] | None:
@@ -304,63 +285,32 @@ def previous_champion(history: pd.DataFrame | None) -> tuple[dict[str, float], s
     return values, f"previous champion v{int(prev['version'])} ({prev['model']})"
 
 
-# ---------------------------------------------------------------------------------------------
-# Dagster instance
-# ---------------------------------------------------------------------------------------------
-
-
-def _dagster_home(settings: Settings) -> Path | None:
-    home = Path(settings.dagster_home).resolve()
-    # the default SQLite run storage; no file means no run yet (and opening would create one)
-    return home if (home / "history" / "runs.db").is_file() else None
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def dagster_runs(settings: Settings, limit: int = 50) -> pd.DataFrame | None:
-    """The latest runs of the Dagster instance (newest first), or None when it has none."""
-    home = _dagster_home(settings)
-    if home is None:
-        return None
-    from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
-
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        records = instance.get_run_records(limit=limit)
-    if not records:
-        return None
-    rows = [
-        {
-            "run_id": r.dagster_run.run_id,
-            "job": r.dagster_run.job_name,
-            "status": r.dagster_run.status.value,
-            "created": pd.Timestamp(r.create_timestamp).tz_convert("UTC")
-            if pd.Timestamp(r.create_timestamp).tzinfo
-            else pd.Timestamp(r.create_timestamp, tz="UTC"),
-            "start": pd.Timestamp(r.start_time, unit="s", tz="UTC") if r.start_time else pd.NaT,
-            "end": pd.Timestamp(r.end_time, unit="s", tz="UTC") if r.end_time else pd.NaT,
-        }
-        for r in records
-    ]
-    return pd.DataFrame(rows)
-
-
-@st.cache_data(ttl=60, show_spinner=False)
 def latest_reject_counts(settings: Settings) -> dict[str, int] | None:
-    """Rejected rows per reason of the latest cleaning run (the `interactions` materialization's
-    metadata: full counts, where `rejected_events` keeps only a sample), or None."""
-    home = _dagster_home(settings)
-    if home is None:
+    """Rejected rows per reason of the latest cleaning run (the `reject_counts` table: full counts,
+    where `rejected_events` keeps only a sample), or None."""
+    counts = table(settings, REJECT_COUNTS)
+    if counts is None:
         return None
-    from dagster import AssetKey, DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
+    return {str(r): int(n) for r, n in zip(counts["reason"], counts["rows"], strict=True)}
 
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        event = instance.get_latest_materialization_event(AssetKey(schema.INTERACTIONS))
-    if event is None or event.asset_materialization is None:
+
+def _runs(settings: Settings) -> pd.DataFrame | None:
+    """The `pipeline_health` table (one row per recent run), newest first, or None before the first."""
+    health = table(settings, PIPELINE_HEALTH)
+    if health is None or health.empty:
         return None
-    value = event.asset_materialization.metadata.get("rejected_by_reason")
-    data = getattr(value, "value", None)
-    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else None
+    time_col = next((c for c in ("created_at", "end_time", "start_time", "timestamp") if c in health), None)
+    return health.sort_values(time_col, ascending=False, kind="stable") if time_col else health
+
+
+def last_run(settings: Settings) -> dict[str, Any] | None:
+    """The newest recorded run: run_id, job, status and `when` (its end, else its creation), or None."""
+    runs = _runs(settings)
+    if runs is None:
+        return None
+    run = runs.iloc[0]
+    when = next((run[c] for c in ("end_time", "created_at", "start_time") if c in run and pd.notna(run[c])), pd.NaT)
+    return {"run_id": run.get("run_id", ""), "job": run.get("job", ""), "status": str(run["status"]), "when": when}
 
 
 @dataclass(frozen=True)
@@ -374,27 +324,19 @@ class PipelineHealth:
 
 
 def pipeline_health(settings: Settings, last_n: int = 20) -> PipelineHealth | None:
-    """From the `pipeline_health` table when the pipeline writes one, else from the Dagster runs."""
-    health = table(settings, PIPELINE_HEALTH)
-    if health is not None and not health.empty:
-        time_col = next((c for c in ("end_time", "start_time", "timestamp", "created_at") if c in health), None)
-        if time_col:
-            health = health.sort_values(time_col, ascending=False)
-        if "status" in health:
-            rate, n, prev = kpis.success_rate(health["status"].astype(str).tolist(), last_n)
-            return PipelineHealth(rate, n, prev, "pipeline_health table")
-        if "success_rate" in health:
-            rates = health["success_rate"].astype(float).tolist()
-            prev = rates[1] if len(rates) > 1 else float("nan")
-            n = int(health["n_runs"].iloc[0]) if "n_runs" in health else 0
-            return PipelineHealth(rates[0], n, prev, "pipeline_health table")
-    runs = dagster_runs(settings, limit=2 * last_n + 10)
-    if runs is None:
+    """From the `pipeline_health` table the run-status sensors write after every run, or None."""
+    health = _runs(settings)
+    if health is None:
         return None
-    rate, n, prev = kpis.success_rate(runs["status"].tolist(), last_n)
-    if n == 0:
-        return None
-    return PipelineHealth(rate, n, prev, "Dagster run history")
+    if "status" in health:
+        rate, n, prev = kpis.success_rate(health["status"].astype(str).tolist(), last_n)
+        return PipelineHealth(rate, n, prev, "pipeline_health table") if n else None
+    if "success_rate" in health:
+        rates = health["success_rate"].astype(float).tolist()
+        prev = rates[1] if len(rates) > 1 else float("nan")
+        n = int(health["n_runs"].iloc[0]) if "n_runs" in health else 0
+        return PipelineHealth(rates[0], n, prev, "pipeline_health table")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

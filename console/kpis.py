@@ -2,7 +2,7 @@
 offline metrics of the champion, the API's p95 latency from its Prometheus text, pipeline success rate.
 
 Pure functions over DataFrames and strings (no I/O, no Streamlit), so the pages and the tests compute
-the same numbers. The online ones (served lists, CTR, conversion) live in `recsys_assets.lib.attribution`,
+the same numbers. The online ones (served lists, CTR, conversion) live in `recsys_assets.contract.attribution`,
 which the pipeline's drift report shares, and are re-exported here; its docstring defines them.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys_assets.lib.attribution import (
+from recsys_assets.contract.attribution import (
     CLICK,
     CONVERTING_RATING,
     EVENT_LOG_COLUMNS,

@@ -74,7 +74,8 @@ ROLES: dict[str, Role] = {
             extra="console",
             own_packages=("console",),
             entry_modules=("console.app", *_console_pages()),
-            excluded=TRAINING_STACK,
+            # it reads the tables the pipeline writes of its runs and registry, not Dagster or MLflow
+            excluded=(*TRAINING_STACK, "dagster", "mlflow-skinny"),
         ),
         Role(
             name="pipeline",

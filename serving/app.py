@@ -51,16 +51,12 @@ STATIC_PATH = "/static/swagger-ui"
 UNTHROTTLED = ["^/health$", "^/ready$", "^/metrics$", f"^{DOCS_PATH}", "^/static/"]
 
 
-def events_dir(settings: Settings) -> Path:
-    return settings.events_path()
-
-
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     link: RedisLink = app.state.redis_link
     storage = Storage.from_settings(settings)
-    event_log = EventLog(events_dir(settings), settings.events_segment_max_bytes, settings.events_segment_max_seconds)
+    event_log = EventLog(settings.events_path(), settings.events_segment_max_bytes, settings.events_segment_max_seconds)
     holder = ModelHolder(storage, settings.ab_challenger_share, settings.ab_challenger_path)
     live = LiveState(
         link, settings.cache_ttl_seconds, settings.idempotency_ttl_seconds, settings.live_state_ttl_seconds

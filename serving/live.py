@@ -250,7 +250,7 @@ class LiveState:
         keys = [f"{PREFIX}ver:{user_id}", f"{PREFIX}ev:{user_id}"]
         assert self._fetch is not None or self.link.client is None
         result = await self.link.run(lambda r: self._fetch(keys=keys, args=[prefix], client=r))  # type: ignore[misc]
-        if result is UNAVAILABLE:
+        if isinstance(result, _Unavailable):
             return UserView(events=list(self._local.get(user_id, ())), cached=None, cache_key=None)
         version = result[0].decode()
         key = f"{prefix}{version}" if prefix else None
@@ -324,7 +324,7 @@ class LiveState:
 
         now = time.monotonic()
         result = await self.link.run(claim_in_redis)
-        if result is UNAVAILABLE:
+        if isinstance(result, _Unavailable):
             result = [not self._known_locally(event_id, now) for event_id in event_ids]
             self._pending_ids.extend(e for e, ok in zip(event_ids, result, strict=True) if ok)
         for event_id, ok in zip(event_ids, result, strict=True):

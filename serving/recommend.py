@@ -27,11 +27,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
-from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer
-from recsys_assets.lib.evaluation.metrics import topk_from_scores
+from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer, topk_from_scores
 from serving.errors import UnknownItemError
 from serving.model import LoadedModel
-from serving.schemas import LiveEvent, RecommendedItem, SimilarItem
+from serving.schemas import LiveEvent, ReasonKind, RecommendedItem, SimilarItem
 
 VERBS = {
     "view": "viewed",
@@ -42,6 +41,8 @@ VERBS = {
     "rating": "rated",
 }
 _STRENGTH = {t: i for i, t in enumerate(CANONICAL_EVENT_TYPES)}
+# why an item is recommended: its kind, the sentence shown, the history item it rests on (or None)
+Reason = tuple[ReasonKind, str, str | None]
 
 
 @dataclass
@@ -89,9 +90,9 @@ def build_history(
     for j, w in live.items():
         merged[j] = merged.get(j, 0.0) + w
     idx = np.fromiter(sorted(merged), dtype=np.int64, count=len(merged))
-    w = np.asarray([merged[j] for j in idx.tolist()], dtype=np.float32)
+    merged_w = np.asarray([merged[j] for j in idx.tolist()], dtype=np.float32)
     # the stored user vector of an embedding model predates the live events: fold the history in
-    return UserHistory(idx=idx, weights=w, user=-1, live_types=types)
+    return UserHistory(idx=idx, weights=merged_w, user=-1, live_types=types)
 
 
 def _standardise_one(scores: np.ndarray) -> np.ndarray:
@@ -193,8 +194,8 @@ def _reasons(
     parts: dict[str, np.ndarray],
     top: np.ndarray,
     category: str | None,
-) -> list[tuple[str, str, str | None]]:
-    popular = ("popular", f"popular in category {category}" if category else "popular now", None)
+) -> list[Reason]:
+    popular: Reason = ("popular", f"popular in category {category}" if category else "popular now", None)
     if history.cold:
         return [popular] * len(top)
     components = model.components
@@ -202,7 +203,7 @@ def _reasons(
     evidence = {
         name: _evidence(model, name, hist_idx, hist_w, top) for name in parts if components[name].kind != "popularity"
     }
-    out: list[tuple[str, str, str | None]] = []
+    out: list[Reason] = []
     for col, j in enumerate(top.tolist()):
         dominant = max(parts, key=lambda name: parts[name][j])
         contrib = evidence.get(dominant)

@@ -13,8 +13,12 @@ from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
 # Ids are free text as in the event log, but one line of printable characters: they go into CSV
 # segments, Redis keys and log lines.
 Id = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
-EventType = Literal[*CANONICAL_EVENT_TYPES]
+# mypy reads no Literal unpacked from a tuple (it types EventType as Any); msgspec and the schema do
+EventType = Literal[*CANONICAL_EVENT_TYPES]  # type: ignore[valid-type]
 Arm = Literal["champion", "challenger"]
+# history: evidence from the user's live events; similar: from their training history;
+# popular: popularity decided
+ReasonKind = Literal["history", "similar", "popular"]
 MAX_BATCH = 1000
 
 
@@ -48,9 +52,7 @@ class RecommendedItem(Struct):
     title: str
     categories: list[str]
     reason: str
-    # history: evidence from the user's live events; similar: from their training history;
-    # popular: popularity decided
-    reason_kind: Literal["history", "similar", "popular"]
+    reason_kind: ReasonKind
     evidence_item_id: str | None = None
 
 

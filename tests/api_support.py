@@ -49,14 +49,14 @@ def _item_knn(matrix: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
 def movielens_artifact() -> ServingArtifact:
     """A Hybrid (ItemKNN + content + popularity) trained on all of MovieLens-100k, in seconds."""
     from recsys_assets.contract.scoring import Component
-    from recsys_assets.lib.ingest import cleaning as ingestion
+    from recsys_assets.lib.ingest import cleaning, readers
     from recsys_assets.lib.models.base import TrainData
     from recsys_assets.lib.models.native import HybridModel
 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    raw, items, users = ingestion.read_movielens()
-    inter = ingestion.clean_events(raw, settings).interactions
-    items_t, users_t = ingestion.build_items(inter, items), ingestion.build_users(inter, users)
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, settings.cleaning()).interactions
+    items_t, users_t = cleaning.build_items(inter, items), cleaning.build_users(inter, users)
     data = TrainData.build(inter, items_t, users_t)
     knn = Component("item_item", {"similarity": _item_knn(data.matrix, 50)}, {"binary": 1})
     hybrid = HybridModel(collaborative=knn, collaborative_name="ItemKNN").fit(data)

@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from recsys_assets.contract.artifact import write_to_storage
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 from serving.app import create_app
 from serving.eventlog import LOG_COLUMNS, EventLog
 from serving.model import LoadedModel, challenger_arm
@@ -307,8 +307,8 @@ def test_event_log_and_impressions_ingest_with_the_pipeline(api_settings: Settin
     kinds = [r["event_type"] for r in rows]
     assert kinds.index("click") > max(i for i, k in enumerate(kinds) if k == "impression")
     # the pipeline's own reader and cleaning take the segments as an event log
-    raw = ingestion.read_event_log(EventLogSource(paths=[str(events_dir / "*.csv")]))
-    clean = ingestion.clean_events(raw, api_settings)
+    raw = readers.read_event_log(EventLogSource(paths=[str(events_dir / "*.csv")]))
+    clean = cleaning.clean_events(raw, api_settings.cleaning())
     assert clean.notes["impressions"] == len(impressions) and sum(clean.reject_counts.values()) == 0
     inter = clean.interactions.set_index("event_type")
     assert inter.loc["click", "recommendation_id"] == rec_id

@@ -19,9 +19,9 @@ from recsys_assets.contract.artifact import (
     load_artifact,
     save_artifact,
 )
+from recsys_assets.contract.scoring import topk_from_scores
 from recsys_assets.contract.settings import get_settings
-from recsys_assets.lib.evaluation.metrics import topk_from_scores
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 
 from .conftest import ROOT
 
@@ -31,9 +31,9 @@ def temporal(tmp_path_factory: pytest.TempPathFactory):
     from recsys_assets.lib.models.fitting import prepare
 
     s = get_settings(storage_uri=str(tmp_path_factory.mktemp("art")))
-    raw, items, users = ingestion.read_movielens()
-    inter = ingestion.clean_events(raw, s).interactions
-    return prepare(inter, ingestion.build_items(inter, items), ingestion.build_users(inter, users), "temporal")
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, s.cleaning()).interactions
+    return prepare(inter, cleaning.build_items(inter, items), cleaning.build_users(inter, users), "temporal")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def make_artifact(cand, pdata) -> ServingArtifact:
     return ServingArtifact(
         model_name=cand.name,
         model_version=f"{cand.name}-test",
-        scorer=cand.extra["model"].scorer,
+        scorer=cand.model.scorer,
         user_ids=pdata.data.users["user_id"].to_numpy(dtype=str),
         item_ids=items["item_id"].to_numpy(dtype=str),
         history=pdata.data.matrix,
@@ -108,7 +108,7 @@ def test_corrupt_or_incompatible_artifacts_are_refused(trained, temporal, tmp_pa
     folder = tmp_path / "a"
     save_artifact(make_artifact(hybrid, temporal), str(folder))
     good = load_artifact(str(folder))
-    assert good.checksum and good.scorer.weights == hybrid.extra["model"].weights
+    assert good.checksum and good.scorer.weights == hybrid.model.weights
 
     data = (folder / ARRAYS).read_bytes()
     (folder / ARRAYS).write_bytes(data[:-10] + b"0123456789")

@@ -19,10 +19,13 @@ from streamlit.testing.v1 import AppTest
 
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
+from recsys_assets.defs import runs
 
 from .conftest import ROOT, free_port, wait_for_port
 from .console_fixtures import (
     EXPECTED_P95_MS,
+    PREVIOUS_CHAMPION,
+    model_registry,
     stub_api,
     write_event_log,
     write_ingestion_outputs,
@@ -166,6 +169,34 @@ def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
     recs, history = at.dataframe[0].value, at.dataframe[1].value
     assert list(recs["item_id"]) == ["a", "d", "f"] and list(recs["title"]) == ["Alpha", "Delta", "Foxtrot"]
     assert set(history["item_id"]) <= {"a", "b", "c", "d", "e"} and len(history) > 0
+
+
+def test_registry_run_history_and_reject_counts_come_from_the_pipelines_tables(fixture_storage: Settings) -> None:
+    """What Dagster and MLflow know reaches the console as tables: the previous champion (`model_registry`)
+    is the offline deltas' reference, the newest `pipeline_health` row is the last run, and the rejects
+    are the cleaning run's full counts (`reject_counts`), not the kept sample."""
+    store = Storage.from_settings(fixture_storage)
+    store.write_table(model_registry(), "model_registry.parquet")
+    runs.write_reject_counts(store, {"missing_user_id": 7, "unparseable_timestamp": 3, "bad_value": 0})
+    at = start(fixture_storage)
+    assert_clean(at)
+    tiles = metrics(at)
+    assert tiles["NDCG@10"] == ("0.2500", f"+{0.25 - PREVIOUS_CHAMPION['ndcg']:.4f}")
+    assert tiles["MAP@10"] == ("0.1500", f"+{0.15 - PREVIOUS_CHAMPION['map']:.4f}")
+    assert "vs previous champion v1 (Popularity)" in str(at.metric[4].proto)
+    # run-9, the newest of the fixture's runs, failed
+    assert tiles["Last pipeline run"][0] == "failure"
+    assert any("run-9" in str(m.proto) for m in at.metric)
+
+    goto(at, "models")
+    assert_clean(at)
+    history = at.dataframe[-1].value
+    assert list(history["version"]) == [3, 2, 1]
+    assert list(history["registered_as"]) == ["champion", "challenger", "champion"]
+
+    goto(at, "dataset")
+    assert_clean(at)
+    assert "**10** rows rejected by the latest cleaning run" in page_text(at)
 
 
 def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,7 +99,7 @@ def test_earlier_replays_and_a_champion_trained_on_the_future_are_set_aside(tmp_
     pointer = {"model_version": "EASE-1", "data_until": "2026-11-27T10:00:00+00:00"}
     store.write_text(json.dumps(pointer), "artifacts", "CHAMPION.json")
     store.write_table(pd.DataFrame({"user_id": ["1"]}), live.LIVE_EVENTS, "2026-11-27T1000.parquet")
-    events = live.events_dir(settings)
+    events = settings.events_path()
     events.mkdir(parents=True)
     (events / "events-20261127T100000-host-1-0001-abcdef.csv").write_text("user_id\n1\n")
     work = demo_tool.replay_workdir(settings)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.scoring import Component, Scorer
-from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.settings import DriftConfig, Settings
 from recsys_assets.lib import drift
 from recsys_assets.lib.attribution import EVENT_LOG_COLUMNS
 
@@ -117,9 +117,9 @@ def traffic(
 
 
 @pytest.fixture
-def quiet(settings: Settings) -> Settings:
-    """Default drift settings with no performance floor."""
-    return settings.model_copy(update={"min_ctr": None, "min_ndcg": None})
+def quiet(settings: Settings) -> DriftConfig:
+    """Default drift rules with no performance floor."""
+    return settings.drift().model_copy(update={"min_ctr": None, "min_ndcg": None})
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def drifted_features(result: drift.DriftResult, kind: str = drift.DATA) -> set[s
     return set(t.loc[(t["kind"] == kind) & t["drifted"], "metric"])
 
 
-def test_same_traffic_does_not_drift(reference: pd.DataFrame, champion: ServingArtifact, quiet: Settings) -> None:
+def test_same_traffic_does_not_drift(reference: pd.DataFrame, champion: ServingArtifact, quiet: DriftConfig) -> None:
     result = drift.detect_drift(reference, traffic(2, tag="cur"), champion, quiet)
     assert result.decided and not result.drifted
     assert result.data_drift_share == 0.0
@@ -141,7 +141,7 @@ def test_same_traffic_does_not_drift(reference: pd.DataFrame, champion: ServingA
     assert set(drift.DATA_FEATURES) | set(drift.PREDICTION_FEATURES) | set(drift.PERFORMANCE_METRICS) == set(t.index)
     assert list(result.table.columns) == list(drift.TABLE_COLUMNS)
     features = t[t["kind"] != drift.PERFORMANCE]
-    assert (features["score"] < quiet.drift_threshold).all(), features["score"].to_dict()
+    assert (features["score"] < quiet.threshold).all(), features["score"].to_dict()
     assert set(features["stattest"]) == {drift.NUMERICAL_STATTEST, drift.CATEGORICAL_STATTEST}
     assert t.loc["new_item", "stattest"] == "jensenshannon" and t.loc["user_history", "stattest"] == "wasserstein"
     # the share of events on new items, in each window
@@ -149,19 +149,19 @@ def test_same_traffic_does_not_drift(reference: pd.DataFrame, champion: ServingA
     assert result.n_reference == result.n_current == 4000
 
 
-def test_launch_of_new_items_drifts(reference: pd.DataFrame, champion: ServingArtifact, quiet: Settings) -> None:
+def test_launch_of_new_items_drifts(reference: pd.DataFrame, champion: ServingArtifact, quiet: DriftConfig) -> None:
     result = drift.detect_drift(reference, traffic(3, new_item_share=0.65, tag="cur"), champion, quiet)
     assert result.drifted
     assert {"new_item", "item_popularity"} <= drifted_features(result)
     assert not {"new_user", "user_history"} & drifted_features(result)
-    assert result.data_drift_share >= quiet.drift_share
+    assert result.data_drift_share >= quiet.share
     assert any(r.startswith("new_item: jensenshannon") for r in result.reasons)
     assert any(r.startswith("item_popularity: wasserstein") for r in result.reasons)
     t = result.table.set_index("metric")
     assert t.loc["new_item", "current_value"] == pytest.approx(0.65, abs=0.03)
 
 
-def test_new_population_drifts(reference: pd.DataFrame, champion: ServingArtifact, quiet: Settings) -> None:
+def test_new_population_drifts(reference: pd.DataFrame, champion: ServingArtifact, quiet: DriftConfig) -> None:
     result = drift.detect_drift(reference, traffic(4, new_user_share=0.7, tag="cur"), champion, quiet)
     assert result.drifted
     assert {"new_user", "user_history"} <= drifted_features(result)
@@ -170,7 +170,7 @@ def test_new_population_drifts(reference: pd.DataFrame, champion: ServingArtifac
 
 
 def test_verdict_does_not_depend_on_window_length(
-    reference: pd.DataFrame, champion: ServingArtifact, quiet: Settings
+    reference: pd.DataFrame, champion: ServingArtifact, quiet: DriftConfig
 ) -> None:
     """The same traffic in a window four times shorter keeps its verdict (distances, not p-values)."""
     short = drift.detect_drift(reference, traffic(5, n_events=1000, n_lists=75, tag="cur"), champion, quiet)
@@ -230,7 +230,7 @@ def hand_made_window() -> pd.DataFrame:
 
 
 def test_window_performance_counts_lists_exactly(champion: ServingArtifact, settings: Settings) -> None:
-    perf = drift.window_performance(hand_made_window(), champion, settings)
+    perf = drift.window_performance(hand_made_window(), champion, settings.cleaning())
     assert perf["lists"] == 4 and perf["impressions"] == 12
     assert perf["ctr"] == pytest.approx(2 / 4)
     assert perf["conversion"] == pytest.approx(2 / 4)
@@ -238,8 +238,8 @@ def test_window_performance_counts_lists_exactly(champion: ServingArtifact, sett
 
 def test_ctr_below_floor_drifts(champion: ServingArtifact, settings: Settings) -> None:
     window = hand_made_window()
-    low_bar = settings.model_copy(update={"drift_min_rows": 5, "min_ctr": 0.4})
-    high_bar = settings.model_copy(update={"drift_min_rows": 5, "min_ctr": 0.6})
+    low_bar = settings.drift().model_copy(update={"min_rows": 5, "min_ctr": 0.4})
+    high_bar = settings.drift().model_copy(update={"min_rows": 5, "min_ctr": 0.6})
 
     ok = drift.detect_drift(window, window, champion, low_bar)
     assert ok.decided and not ok.drifted and ok.data_drift_share == 0.0
@@ -291,7 +291,7 @@ def tiny_window() -> pd.DataFrame:
 
 
 def test_champion_ndcg_matches_hand_computation(tiny: ServingArtifact, settings: Settings) -> None:
-    perf = drift.window_performance(tiny_window(), tiny, settings)
+    perf = drift.window_performance(tiny_window(), tiny, settings.cleaning())
     # u0: i0 masked, ranking i1 i2 i3 i4, positives i2 (rank 2) and i4 (rank 4)
     u0 = (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
     # u1: i2 masked, i1 is a positive again, ranking i0 i1 i3 i4: both positives on top
@@ -303,12 +303,12 @@ def test_champion_ndcg_matches_hand_computation(tiny: ServingArtifact, settings:
 
 def test_ndcg_is_nan_without_known_users(tiny: ServingArtifact, settings: Settings) -> None:
     window = tiny_window()
-    perf = drift.window_performance(window[window["user_id"] == "stranger"], tiny, settings)
+    perf = drift.window_performance(window[window["user_id"] == "stranger"], tiny, settings.cleaning())
     assert math.isnan(perf["ndcg@10"]) and perf["ndcg_users"] == 0
 
 
 def test_interaction_and_served_features(tiny: ServingArtifact, settings: Settings) -> None:
-    feats = drift.interaction_features(tiny_window(), tiny, settings)
+    feats = drift.interaction_features(tiny_window(), tiny, settings.cleaning())
     assert list(feats.columns) == list(drift.DATA_FEATURES)
     assert isinstance(feats["event_type"].dtype, pd.CategoricalDtype)
     window = tiny_window()  # in time order, the order of the features
@@ -333,7 +333,7 @@ def test_interaction_and_served_features(tiny: ServingArtifact, settings: Settin
 # ---------------------------------------------------------------------------------------------
 
 
-def test_too_few_events_gives_no_verdict(champion: ServingArtifact, quiet: Settings) -> None:
+def test_too_few_events_gives_no_verdict(champion: ServingArtifact, quiet: DriftConfig) -> None:
     small_ref = traffic(8, n_events=50, n_lists=5, tag="ref")
     launch = traffic(9, n_events=50, n_lists=5, new_item_share=0.9, tag="cur")
     result = drift.detect_drift(small_ref, launch, champion, quiet)
@@ -342,7 +342,7 @@ def test_too_few_events_gives_no_verdict(champion: ServingArtifact, quiet: Setti
     assert (result.n_reference, result.n_current) == (50, 50)
     t = result.table.set_index("metric")
     # the distances are still computed and shown, but none counts
-    assert t.loc["new_item", "score"] > quiet.drift_threshold
+    assert t.loc["new_item", "score"] > quiet.threshold
     assert not result.table["drifted"].any()
     assert "no verdict" in result.html
 
@@ -351,7 +351,7 @@ def test_too_few_events_gives_no_verdict(champion: ServingArtifact, quiet: Setti
     assert "nothing to compare" in empty.html
 
 
-def test_html_is_self_contained(reference: pd.DataFrame, champion: ServingArtifact, quiet: Settings) -> None:
+def test_html_is_self_contained(reference: pd.DataFrame, champion: ServingArtifact, quiet: DriftConfig) -> None:
     result = drift.detect_drift(reference, traffic(3, new_item_share=0.65, tag="cur"), champion, quiet)
     page = result.html
     assert "Drift verdict: drift: retrain" in page and "new_item" in page

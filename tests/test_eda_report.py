@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recsys_assets.contract.settings import Settings
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.reports.eda import eda_summary, gini, render_eda_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,9 +24,9 @@ def movielens_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     from recsys_assets.contract.settings import get_settings
 
     s: Settings = get_settings(storage_uri=str(tmp_path_factory.mktemp("eda")))
-    raw, items, users = ingestion.read_movielens()
-    inter = ingestion.clean_events(raw, s).interactions
-    it, us = ingestion.build_items(inter, items), ingestion.build_users(inter, users)
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, s.cleaning()).interactions
+    it, us = cleaning.build_items(inter, items), cleaning.build_users(inter, users)
     summary = eda_summary(inter, it, us)
     path = s.local_root() / "eda_report.html"
     path.write_text(render_eda_report(inter, it, us, summary, title="MovieLens-100k"))

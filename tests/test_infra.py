@@ -97,16 +97,8 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
     },
-    "console": {
-        **cleaning("event_weights", "rating_min", "rating_max", "time_min", "time_max", "kcore_user", "kcore_item"),
-        **{
-            name: "read by pipeline code the console imports (the champion pointer, the replay's tables) on "
-            "paths the console never runs"
-            for name in ("source", "event_log", "promotion_margin", "reject_sample_size")
-        },
-        "dagster_home": "the console reads run history from a SQLite instance only; with Postgres (every "
-        "deployment here) its pipeline-health tile falls back to the `pipeline_health` table or 'no data yet'",
-    },
+    # the console reads only where the data is and where the API answers: all set everywhere it runs
+    "console": {},
     "pipeline": {
         **cleaning(
             *("event_weights", "rating_min", "rating_max", "time_min", "time_max"),
@@ -428,10 +420,25 @@ def test_every_module_a_role_imports_is_in_its_lock(role_name: str) -> None:
 
 def test_api_and_console_import_no_training_stack() -> None:
     for role_name in ("api", "console"):
-        imported = set(roles.role_imports(roles.ROLES[role_name]).third_party)
+        found = roles.role_imports(roles.ROLES[role_name])
+        imported = set(found.third_party) | set(found.optional)
         assert not imported & {"torch", "recbole", "ray", "evidently", "optuna", "sklearn"}, role_name
-    # the API reads only the artifact: no Dagster, no MLflow
-    assert not set(roles.role_imports(roles.ROLES["api"]).third_party) & {"dagster", "mlflow"}
+        # the API reads only the artifact, the console the tables the pipeline writes: no Dagster, no MLflow
+        assert not imported & {"dagster", "mlflow"}, role_name
+
+
+@pytest.mark.parametrize("package", ["console", "serving"])
+def test_console_and_api_import_only_the_contract_of_the_pipeline(package: str) -> None:
+    """Every import of `recsys_assets` in console/ and serving/, at module level or inside a function, is
+    of `recsys_assets.contract` (the console reads tables through `contract.warehouse`)."""
+    outside = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for imp in roles.imports_of(module):
+            parts = imp.module.split(".")
+            if parts[0] == "recsys_assets" and parts[:2] != ["recsys_assets", "contract"]:
+                outside.append(f"{module} imports {imp.module}")
+    assert not outside, outside
 
 
 @pytest.mark.parametrize("role_name", sorted(roles.ROLES))
@@ -574,7 +581,7 @@ def test_dagster_and_mlflow_ports_and_health_paths() -> None:
 def test_settings_read_by_each_role_are_found() -> None:
     # the analysis itself: a few settings each role certainly reads
     assert {"storage_uri", "redis_url", "api_keys", "events_dir"} <= settings_read_by("api")
-    assert {"storage_uri", "api_url", "mlflow_tracking_uri"} <= settings_read_by("console")
+    assert {"storage_uri", "api_url", "events_dir"} <= settings_read_by("console")
     assert {"storage_uri", "source", "mlflow_tracking_uri", "dagster_home"} <= settings_read_by("pipeline")
 
 

@@ -2,7 +2,7 @@
 way its Dockerfile builds the image (the lock with `--no-deps`, binary wheels only, then the project
 with `--no-deps`, then `pip check`), must hold everything the role imports and nothing of the training
 stack, and must run: the API serves a champion and passes the deployment's smoke test, the console
-answers its health route and renders every page.
+answers its health route and renders every page with neither Dagster nor MLflow installed or imported.
 
 The environments are cached under the system's temporary folder, keyed by pyproject.toml, the lock
 and the interpreter, so a rerun only reinstalls the project (seconds); the first run downloads the
@@ -211,23 +211,27 @@ def test_api_image_environment_serves_without_the_training_stack(
     assert get_settings(storage_uri=str(storage)).storage_uri == str(storage)
 
 
+# neither installed in the console's environment nor imported by any page it renders
+CONSOLE_FORBIDDEN = ("dagster", "mlflow", "torch", "recbole")
 CONSOLE_CHECK = textwrap.dedent(
     """
-    import sys
-    # what the pages import lazily: the champion (training assets), the registry (MLflow client),
-    # the run history (Dagster instance), the EDA numbers, DuckDB over the tables
-    import console.data, console.kpis, console.ui
-    import recsys_assets.defs.training, recsys_assets.lib.tracking, recsys_assets.lib.reports.eda
-    import recsys_assets.contract.warehouse
-    from dagster._core.instance.ref import InstanceRef
+    import importlib.util, sys
     from streamlit.testing.v1 import AppTest
 
+    forbidden = sys.argv[2].split(",")
+    installed = [m for m in forbidden if importlib.util.find_spec(m)]
     app = sys.argv[1]
     at = AppTest.from_file(app, default_timeout=120).run()
     errors = []
     for page in ["overview", "online", "drift", "models", "dataset", "lookup"]:
         at = at.switch_page(f"app_pages/{page}.py").run()
         errors += [f"{page}: {e.value}" for e in list(at.exception) + list(at.error)]
+    # every module the app and its pages imported, the pipeline's included
+    project = sorted(m for m in sys.modules if m.split(".")[0] == "recsys_assets")
+    imported = sorted({m.split(".")[0] for m in sys.modules} & set(forbidden))
+    values = {m.label: m.value for m in at.switch_page("app_pages/overview.py").run().metric}
+    print(f"installed {installed}; imported {imported}; champion {values.get('Champion')}")
+    print("project modules:", " ".join(project))
     print("\\n".join(errors) or "clean")
     """
 )
@@ -237,6 +241,7 @@ def test_console_image_environment_renders_without_the_training_stack(
     project_wheel: Path, tmp_path: Path, clean_env: dict[str, str], process: list[subprocess.Popen]
 ) -> None:
     from .console_fixtures import (
+        model_registry,
         write_event_log,
         write_ingestion_outputs,
         write_monitoring_outputs,
@@ -250,21 +255,27 @@ def test_console_image_environment_renders_without_the_training_stack(
     app = _run(python, "-c", where).stdout.strip()
     assert app == str(venv / "lib" / "python3.11" / "site-packages" / "console" / "app.py")
 
-    # every source the pages read, written by this (full) environment
-    settings = get_settings(storage_uri=str(tmp_path / "data"), dagster_home=str(tmp_path / "dagster"))
+    # every source the pages read, written by this (full) environment as the pipeline writes them
+    settings = get_settings(storage_uri=str(tmp_path / "data"))
     store = Storage.from_settings(settings)
     write_ingestion_outputs(store, settings)
     write_training_outputs(store)
     write_monitoring_outputs(store)
     write_event_log(store)
+    store.write_table(model_registry(), "model_registry.parquet")
     env = {
         **clean_env,
         "RECSYS_STORAGE_URI": str(tmp_path / "data"),
-        "RECSYS_DAGSTER_HOME": str(tmp_path / "dagster"),
         "RECSYS_API_URL": f"http://127.0.0.1:{free_port()}",  # no API: the lookup page says so
     }
-    out = _run(python, "-c", CONSOLE_CHECK, app, cwd=tmp_path, env=env, timeout=600).stdout.strip()
+    forbidden = ",".join(CONSOLE_FORBIDDEN)
+    out = _run(python, "-c", CONSOLE_CHECK, app, forbidden, cwd=tmp_path, env=env, timeout=600).stdout.strip()
     assert out.endswith("clean"), out
+    assert "installed []; imported []; champion EASE" in out, out
+    # the pages reach the pipeline's code only through its contract
+    project = next(line for line in out.splitlines() if line.startswith("project modules:")).split()[2:]
+    outside = [m for m in project if m != "recsys_assets" and m.split(".")[:2] != ["recsys_assets", "contract"]]
+    assert "recsys_assets.contract.storage" in project and not outside, f"imported beyond the contract: {outside}"
 
     port = free_port()
     log = (tmp_path / "console.log").open("w")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from recsys_assets.contract.settings import Settings, get_settings
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 
 TAOBAO_ENV = Path(__file__).resolve().parents[1] / "docs" / "config" / "taobao.env"
 
@@ -23,7 +23,7 @@ def taobao_settings(tmp_path: Path, path: Path) -> Settings:
 
 
 def test_movielens_reads_the_wheel_files() -> None:
-    raw, items, users = ingestion.read_movielens()
+    raw, items, users = readers.read_movielens()
     assert len(raw) == 100_000
     assert raw["user_id"].nunique() == 943 and raw["item_id"].nunique() == 1682
     assert len(items) == 1682 and len(users) == 943
@@ -33,8 +33,8 @@ def test_movielens_reads_the_wheel_files() -> None:
 
 
 def test_movielens_cleans_to_the_published_size(settings: Settings) -> None:
-    raw, _items, _users = ingestion.read_movielens()
-    result = ingestion.clean_events(raw, settings)
+    raw, _items, _users = readers.read_movielens()
+    result = cleaning.clean_events(raw, settings.cleaning())
     inter = result.interactions
     assert len(inter) == 100_000
     assert sum(result.reject_counts.values()) == 0 and result.n_duplicates == 0
@@ -61,8 +61,8 @@ def _expected_taobao(path: Path, lo: dt.datetime, hi: dt.datetime) -> tuple[set[
 
 def test_taobao_ingests_by_configuration_alone(tmp_path: Path, taobao_path: Path) -> None:
     s = taobao_settings(tmp_path, taobao_path)
-    raw = ingestion.read_event_log(s.event_log)
-    result = ingestion.clean_events(raw, s, unit=s.event_log.timestamp_unit)
+    raw = readers.read_event_log(s.event_log)
+    result = cleaning.clean_events(raw, s.cleaning(), unit=s.event_log.timestamp_unit)
     inter = result.interactions
 
     expected, total = _expected_taobao(taobao_path, s.time_min, s.time_upper)
@@ -130,8 +130,8 @@ def test_every_reject_reason_is_counted(tmp_path: Path) -> None:
         "u2,i3\n",  # malformed
     )
     s = _source_settings(tmp_path, p)
-    raw = ingestion.read_event_log(s.event_log)
-    r = ingestion.clean_events(raw, s)
+    raw = readers.read_event_log(s.event_log)
+    r = cleaning.clean_events(raw, s.cleaning())
     assert r.reject_counts == {
         "malformed_row": 1,
         "missing_user_id": 1,
@@ -159,9 +159,9 @@ def test_column_and_event_type_mapping_over_many_files(tmp_path: Path) -> None:
         columns={"user_id": "uid", "item_id": "sku", "event_type": "what", "timestamp": "when"},
         event_types={"pageview": "view", "order": "purchase"},
     )
-    raw = ingestion.read_event_log(s.event_log)
+    raw = readers.read_event_log(s.event_log)
     assert sorted(raw["source_file"].unique()) == [str(a), str(b)]
-    r = ingestion.clean_events(raw, s)
+    r = cleaning.clean_events(raw, s.cleaning())
     assert list(r.interactions["event_type"]) == ["view", "purchase"]
 
 
@@ -179,7 +179,7 @@ def test_parquet_log_with_native_types(tmp_path: Path) -> None:
     p = tmp_path / "log.parquet"
     df.to_parquet(p)
     s = _source_settings(tmp_path, p)
-    r = ingestion.clean_events(ingestion.read_event_log(s.event_log), s)
+    r = cleaning.clean_events(readers.read_event_log(s.event_log), s.cleaning())
     assert list(r.interactions["user_id"]) == ["1", "2"]
     assert r.interactions["timestamp"].iloc[0] == pd.Timestamp("2024-01-01", tz="UTC")
     assert r.interactions["weight"].iloc[1] == 3.5
@@ -188,18 +188,18 @@ def test_parquet_log_with_native_types(tmp_path: Path) -> None:
 
 def test_kcore_filter_is_iterative() -> None:
     inter = pd.DataFrame({"user_id": ["a", "a", "b", "b", "c"], "item_id": ["x", "y", "x", "y", "z"], "weight": 1.0})
-    out = ingestion.kcore_filter(inter, min_user=2, min_item=2)
+    out = cleaning.kcore_filter(inter, min_user=2, min_item=2)
     assert set(out["user_id"]) == {"a", "b"} and set(out["item_id"]) == {"x", "y"}
 
 
 def test_items_keep_catalog_only_items_and_matrix_maps_ids(settings: Settings) -> None:
-    raw, items, users = ingestion.read_movielens()
-    r = ingestion.clean_events(raw.head(1000), settings)
-    it = ingestion.build_items(r.interactions, items)
-    us = ingestion.build_users(r.interactions, users)
+    raw, items, users = readers.read_movielens()
+    r = cleaning.clean_events(raw.head(1000), settings.cleaning())
+    it = cleaning.build_items(r.interactions, items)
+    us = cleaning.build_users(r.interactions, users)
     assert len(it) == 1682 and (it["n_interactions"] == 0).any()
-    m = ingestion.build_matrix(r.interactions, us, it)
-    csr = ingestion.to_csr(m, len(us), len(it))
+    m = cleaning.build_matrix(r.interactions, us, it)
+    csr = cleaning.to_csr(m, len(us), len(it))
     u, i = m.iloc[0][["user_idx", "item_idx"]]
     assert us["user_id"].iloc[u] == m.iloc[0]["user_id"] and it["item_id"].iloc[i] == m.iloc[0]["item_id"]
     assert csr.nnz == len(m) and csr.sum() == pytest.approx(r.interactions["weight"].sum())

@@ -29,6 +29,7 @@ from recsys_assets.defs import runs
 from recsys_assets.defs.definitions import LIVE_WINDOW_JOB, PIPELINE_JOB, build_definitions
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
 from recsys_assets.lib import live_windows as live
+from recsys_assets.lib.ingest import readers
 from serving.eventlog import LOG_COLUMNS, encode_rows
 from tests.api_support import ApiProcess
 
@@ -83,7 +84,7 @@ def test_a_torn_last_line_stays_in_its_window_and_is_rejected_by_cleaning(tmp_pa
     assert len(rows) == 2 and rows["raw_line"].notna().sum() == 1
     from recsys_assets.lib.ingest.cleaning import clean_events
 
-    result = clean_events(rows[list(live.ingestion.RAW_COLUMNS)], settings)
+    result = clean_events(rows[list(readers.RAW_COLUMNS)], settings.cleaning())
     assert len(result.interactions) == 1 and result.reject_counts["malformed_row"] == 1
 
 
@@ -176,6 +177,8 @@ def test_pipeline_health_counts_runs_and_failures(tmp_path: Path) -> None:
     failed = health[health["status"] == "FAILURE"].iloc[0]
     assert failed["job"] == "bad_job" and "storage unreachable" in failed["failure"]
     assert (health["duration_s"] >= 0).all()
+    # newest first, as the console's "last pipeline run" takes it
+    assert health["created_at"].is_monotonic_decreasing and health["created_at"].notna().all()
     assert retrains.empty and store.exists("pipeline_health.parquet") and store.exists("retrain_runs.parquet")
 
 
@@ -393,12 +396,12 @@ def test_live_windows_go_to_blob(tmp_path: Path, azurite: str) -> None:
     assert store.uri(live.LIVE_EVENTS).startswith("abfs://")
     assert live.stored_windows(store) == [key]
     rows = live.read_live_events(store)
-    assert list(rows["user_id"]) == ["u1"] and list(rows.columns) == list(live.ingestion.RAW_COLUMNS)
+    assert list(rows["user_id"]) == ["u1"] and list(rows.columns) == list(readers.RAW_COLUMNS)
 
 
 def test_live_rows_take_the_unit_of_a_log_in_unix_seconds(tmp_path: Path, settings: Settings) -> None:
     store = Storage.from_uri(str(tmp_path / "data"))
-    frame = live.ingestion.empty(live.LIVE_COLUMNS).astype("string")
+    frame = readers.empty(live.LIVE_COLUMNS).astype("string")
     frame.loc[0] = pd.Series({"user_id": "u", "item_id": "i", "event_type": "view", "timestamp": NOW.isoformat()})
     store.write_table(frame, live.LIVE_EVENTS, "2026-11-27T1205.parquet")
     seconds = live.read_live_events(store, unit="s")
@@ -406,7 +409,7 @@ def test_live_rows_take_the_unit_of_a_log_in_unix_seconds(tmp_path: Path, settin
     from recsys_assets.lib.ingest.cleaning import clean_events
 
     # cleaned with the source's unit, the live row is kept, not rejected as unparseable
-    assert len(clean_events(seconds, settings, unit="s").interactions) == 1
+    assert len(clean_events(seconds, settings.cleaning(), unit="s").interactions) == 1
     assert live.read_live_events(store)["timestamp"].iloc[0] == NOW.isoformat()
 
 

@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from recsys_assets.contract.scoring import topk_from_scores, truth_to_csr
 from recsys_assets.lib.evaluation.metrics import (
     ACCURACY_METRICS,
     AVERAGE_POPULARITY,
@@ -21,8 +22,6 @@ from recsys_assets.lib.evaluation.metrics import (
     exclusion_matrix,
     head_items,
     per_user_topk_metrics,
-    topk_from_scores,
-    truth_to_csr,
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -84,6 +84,13 @@ def test_movielens_graph_materializes_with_published_sizes(settings: Settings) -
     meta = mats[0].metadata
     assert meta["n_interactions"].value == 100_000
     assert 0.93 < meta["sparsity"].value < 0.94  # 1 - 100000 / (943 * 1682)
+    # the same numbers beside the report, and the cleaning run's reject counts: the console reads these
+    store = Storage.from_settings(settings)
+    summary = json.loads(store.read_bytes("reports", "eda_summary.json"))
+    assert summary["n_interactions"] == 100_000 and summary["sparsity"] == meta["sparsity"].value
+    rejects = store.read_table("reject_counts.parquet")
+    rejected = result.asset_materializations_for_node("clean")[0].metadata["rejected_rows"].value
+    assert int(rejects["rows"].sum()) == rejected
 
 
 def step_failure(result: dg.ExecuteInProcessResult) -> str:
@@ -169,6 +176,12 @@ def test_pipeline_command_records_runs_in_the_dagster_instance(tmp_path: Path) -
         assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
         for key in ("interactions", "model_candidates", "evaluation_report", "champion_model"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
+    # what the console reads of the run and the registry, with no sensor running
+    store = Storage.from_uri(env["RECSYS_STORAGE_URI"])
+    health = store.read_table("pipeline_health.parquet")
+    assert health["run_id"].tolist() == [runs[0].run_id] and health["status"].tolist() == ["SUCCESS"]
+    registry = store.read_table("model_registry.parquet")
+    assert "champion" in set(registry["registered_as"]) and registry["aliases"].str.contains("champion").any()
 
 
 @pytest.mark.integration

@@ -14,10 +14,11 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import MANIFEST, ServingArtifact, load_artifact, save_artifact
+from recsys_assets.contract.scoring import topk_from_scores
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, topk_from_scores
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.evaluation.metrics import evaluate_topk
+from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.models.fitting import (
     artifact_metrics,
     evaluate_scores,
@@ -31,11 +32,11 @@ from recsys_assets.lib.models.refit import refit_artifact, refit_ratios
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     s = get_settings(storage_uri=str(tmp_path_factory.mktemp("refit")))
-    raw, items, users = ingestion.read_movielens()
-    inter = ingestion.clean_events(raw, s).interactions
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, s.cleaning()).interactions
     held = S.temporal_split(inter, (0.9, 0.0, 0.1))
     past, future = held.train, held.test
-    items, users = ingestion.build_items(inter, items), ingestion.build_users(inter, users)
+    items, users = cleaning.build_items(inter, items), cleaning.build_users(inter, users)
     temporal = prepare(past, items, users, S.TEMPORAL)
     first_seen = past.groupby("item_id")["timestamp"].min()
     return {

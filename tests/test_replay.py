@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 
 from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
+from recsys_assets.contract.events import ITEM_COLUMNS, REJECT_REASONS, USER_COLUMNS
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.contract.settings import DEFAULT_EVENT_WEIGHTS, get_settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.tools.replay import data as replay_data
 from recsys_assets.tools.replay.behaviour import (
     TAOBAO_FUNNEL,
@@ -67,16 +68,16 @@ def test_prepare_writes_a_past_the_pipeline_reads_and_a_future_the_replay_reads(
 
     settings = get_settings(env_file=prep.env_file)
     assert settings.source == "event_log" and settings.local_root() == (tmp_path / "work" / "data").resolve()
-    raw = ingestion.read_event_log(settings.event_log)
-    clean = ingestion.clean_events(raw, settings, unit=settings.event_log.timestamp_unit)
-    assert clean.n_raw == len(prep.split.past) and clean.reject_counts == dict.fromkeys(ingestion.REJECT_REASONS, 0)
+    raw = readers.read_event_log(settings.event_log)
+    clean = cleaning.clean_events(raw, settings.cleaning(), unit=settings.event_log.timestamp_unit)
+    assert clean.n_raw == len(prep.split.past) and clean.reject_counts == dict.fromkeys(REJECT_REASONS, 0)
     assert clean.interactions["timestamp"].max() < prep.split.cut
     # ratings keep their values, titles and genres their text
     assert sorted(clean.interactions["value"].unique()) == [1.0, 2.0, 3.0, 4.0, 5.0]
-    items = ingestion.read_table_source(settings.event_log.items, ingestion.ITEM_COLUMNS)
+    items = readers.read_table_source(settings.event_log.items, ITEM_COLUMNS)
     star_wars = items.set_index("item_id").loc["50"]
     assert star_wars["title"] == "Star Wars" and "Sci-Fi" in star_wars["categories"].split("|")
-    users = ingestion.read_table_source(settings.event_log.users, ingestion.USER_COLUMNS)
+    users = readers.read_table_source(settings.event_log.users, USER_COLUMNS)
     assert set(users["user_id"]) == set(prep.split.past["user_id"])
 
     future = replay_data.read_events(prep.future_events)

@@ -26,14 +26,14 @@ from mlflow.utils.validation import validate_param_and_metric_name
 from recsys_assets.contract.artifact import ServingArtifact, load_artifact, save_artifact
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.contract.settings import Settings, get_settings
+from recsys_assets.contract.storage import Storage
+from recsys_assets.defs import runs
 from recsys_assets.lib.tracking import (
     CHALLENGER,
     CHAMPION,
     MlflowTracking,
-    artifact_location,
     metric_key,
     sanitize_name,
-    tracking_uri,
 )
 
 from .conftest import free_port, wait_for_port
@@ -178,6 +178,15 @@ def run_registry_scenario(tracking: MlflowTracking, work: Path) -> None:
     assert history["dataset_fingerprint"].tolist() == ["fp-1", "fp-2"]
     assert history["ndcg_at_10.temporal.all"].tolist() == pytest.approx([0.3, 0.6])
 
+    # the console's copy (`model_registry`, written on promotion): the same versions, with the runs' names
+    store = Storage.from_uri(str(work / "tables"))
+    runs.write_model_registry(store, tracking)
+    table = store.read_table("model_registry.parquet")
+    assert table["version"].tolist() == [1, 2] and table["aliases"].tolist() == [CHAMPION, CHALLENGER]
+    assert table["ndcg_at_10.temporal.all"].tolist() == pytest.approx([0.3, 0.6])
+    # the promotion names its runs "<model> (champion)"; these were not promoted by it
+    assert table["run_name"].tolist() == ["itemknn", "itemknn"] and table["registered_as"].isna().all()
+
 
 # ---------------------------------------------------------------------------------------------
 # Unit
@@ -186,22 +195,23 @@ def run_registry_scenario(tracking: MlflowTracking, work: Path) -> None:
 
 def test_default_uri_lives_under_the_data_folder(settings: Settings, tmp_path: Path) -> None:
     root = settings.local_root()
-    assert tracking_uri(settings) == f"sqlite:///{root}/mlflow/mlflow.db"
-    assert artifact_location(settings) == (root / "mlflow" / "artifacts").as_uri()
-    res = MlflowTracking.from_settings(settings)
-    assert (res.tracking_uri, res.artifact_location) == (tracking_uri(settings), artifact_location(settings))
+    store = settings.mlflow_store()
+    assert store.tracking_uri == f"sqlite:///{root}/mlflow/mlflow.db"
+    assert store.artifact_location == (root / "mlflow" / "artifacts").as_uri()
+    res = MlflowTracking.for_store(store)
+    assert (res.tracking_uri, res.artifact_location) == (store.tracking_uri, store.artifact_location)
     assert (res.experiment, res.registered_model) == ("recsys", "recsys-recommender")
 
-    server = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:5000"})
-    assert tracking_uri(server) == "http://127.0.0.1:5000"
-    assert artifact_location(server) is None
+    server = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:5000"}).mlflow_store()
+    assert server.tracking_uri == "http://127.0.0.1:5000"
+    assert server.artifact_location is None
 
     azure = get_settings(
         storage_uri="abfs://recsys/data",
         azure_connection_string="UseDevelopmentStorage=true",
         dagster_home=str(tmp_path / "dagster"),
     )
-    assert tracking_uri(azure) == f"sqlite:///{tmp_path}/dagster/mlflow/mlflow.db"
+    assert azure.mlflow_store().tracking_uri == f"sqlite:///{tmp_path}/dagster/mlflow/mlflow.db"
 
 
 def test_metric_names_are_sanitized() -> None:
@@ -223,14 +233,14 @@ def test_duplicate_metric_rows_are_rejected(settings: Settings) -> None:
         columns=["model", "metric", "k", "protocol", "slice", "value"],
     )
     with pytest.raises(ValueError, match="several rows"):
-        MlflowTracking.from_settings(settings).log_training_run("m", {}, table, "fp")
+        MlflowTracking.for_store(settings.mlflow_store()).log_training_run("m", {}, table, "fp")
 
 
 def test_working_directory_stays_clean(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    tracking = MlflowTracking.from_settings(settings)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     run_id = tracking.log_training_run("pop", {"a": 1}, metrics_table("pop", 1.0), "fp")
     assert tracking.client().get_run(run_id).data.metrics["ndcg_at_10.temporal.all"] == pytest.approx(0.3)
     assert tracking.alias_version(CHAMPION) is None
@@ -250,7 +260,7 @@ def test_registry_round_trip_local(settings: Settings, tmp_path: Path, monkeypat
     monkeypatch.chdir(cwd)
     work = tmp_path / "work"
     work.mkdir()
-    tracking = MlflowTracking.from_settings(settings)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     run_registry_scenario(tracking, work)
     assert sorted(os.listdir(cwd)) == []
     # the model files live in the experiment's artifact root under the data folder
@@ -348,7 +358,9 @@ def test_registry_round_trip_server(
     monkeypatch.chdir(cwd)
     work = tmp_path / "work"
     work.mkdir()
-    tracking = MlflowTracking.from_settings(settings.model_copy(update={"mlflow_tracking_uri": mlflow_server}))
+    tracking = MlflowTracking.for_store(
+        settings.model_copy(update={"mlflow_tracking_uri": mlflow_server}).mlflow_store()
+    )
     assert tracking.artifact_location is None
     run_registry_scenario(tracking, work)
     # artifacts went through the server (mlflow-artifacts:), not to a local folder

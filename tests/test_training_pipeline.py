@@ -67,7 +67,7 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
     pointer = read_pointer(store)
     assert pointer is not None and store.exists(*pointer["path"], "manifest.json")
     monkeypatch.chdir(tmp_path)  # nothing of MLflow's may land in the working directory
-    tracking = MlflowTracking.from_settings(settings)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     champion = tracking.alias_version("champion")
     assert champion is not None and champion["version"] == pointer["registry_version"]
     assert tracking.alias_version("challenger") is not None
@@ -85,7 +85,7 @@ def test_a_worse_challenger_is_not_promoted(first) -> None:
     settings, _ = first
     store = Storage.from_settings(settings)
     before = read_pointer(store)
-    tracking = MlflowTracking.from_settings(settings)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     alias_before = tracking.alias_version("champion")
     # only RecBole's popularity and the content model: both lose to the hybrid champion
     result = run(settings, models=["Pop"], native_models=["Content"])

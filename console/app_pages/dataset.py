@@ -63,11 +63,11 @@ def render_eda(settings: Settings) -> None:
         fig.update_traces(marker_color=ui.COLORS[0], texttemplate="%{x:,}", textposition="inside")
         ui.chart(ui.style(fig, height=min(300, 110 + 45 * len(types)), yaxis_title=None), key="data_event_types")
 
-    html = data.report_html(settings, "/".join(data.EDA_REPORT))
+    html = data.report_html(settings, "/".join(schema.EDA_REPORT))
     if html is None:
         st.caption("The EDA report (`reports/eda_report.html`) is not written yet.")
     else:
-        st.caption(f"Full report: `{data.storage(settings).uri(*data.EDA_REPORT)}`")
+        st.caption(f"Full report: `{data.storage(settings).uri(*schema.EDA_REPORT)}`")
         if st.toggle("Show the full EDA report", key="data_eda_html"):
             ui.embed_html(html, height=1000, title="EDA report")
 

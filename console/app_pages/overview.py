@@ -143,20 +143,19 @@ def status_row(settings: Settings) -> None:
             start, end = pd.Timestamp(last["window_start"].min()), pd.Timestamp(last["window_end"].max())
             st.caption(f"Window {start:%Y-%m-%d} → {end:%Y-%m-%d}")
     with right:
-        runs = data.dagster_runs(settings, limit=1)
-        if runs is None:
-            ui.tile("Last pipeline run", None, help=f"Dagster instance at `{settings.dagster_home}`.")
+        run = data.last_run(settings)
+        if run is None:
+            ui.tile("Last pipeline run", None, help="From the `pipeline_health` table, written after every run.")
         else:
-            run = runs.iloc[0]
-            when = run["end"] if pd.notna(run["end"]) else run["created"]
+            when = pd.Timestamp(run["when"]) if pd.notna(run["when"]) else None
             ui.tile(
                 "Last pipeline run",
                 run["status"].lower(),
-                ui.ago(when),
+                ui.ago(when) if when is not None else None,
                 neutral=True,
                 help=f"Run `{run['run_id']}`.",
             )
-            st.caption(f"`{run['job']}` · {pd.Timestamp(when):%Y-%m-%d %H:%M} UTC")
+            st.caption(f"`{run['job']}`" + (f" · {when:%Y-%m-%d %H:%M} UTC" if when is not None else ""))
 
 
 def render(settings: Settings) -> None:

@@ -98,7 +98,8 @@ def dump_artifact(art: ServingArtifact) -> dict[str, bytes]:
         stored = [_put(arrays, f"{cname}.{aname}", a) for aname, a in comp.arrays.items()]
         components[cname] = {"kind": comp.kind, "params": comp.params, "arrays": stored}
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # numpy's stub types **kwds as if an array could be named allow_pickle
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     payload = buf.getvalue()
     checksum = hashlib.sha256(payload).hexdigest()
     manifest = {

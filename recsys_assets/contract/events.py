@@ -1,10 +1,13 @@
 """The event-log contract shared by the pipeline and the API, and the names of every table.
 
 Importing this module imports neither Dagster nor torch: the API writes events in this schema and
-the pipeline reads them back.
+the pipeline reads them back (timestamps with `parse_timestamps`, as does the console).
 """
 
 from __future__ import annotations
+
+import numpy as np
+import pandas as pd
 
 # Canonical event types, in funnel order. `rating` carries its score in `value`.
 CANONICAL_EVENT_TYPES: tuple[str, ...] = (
@@ -49,3 +52,47 @@ ITEMS = "items"
 USERS = "users"
 INTERACTION_MATRIX = "interaction_matrix"
 REJECTED_EVENTS = "rejected_events"
+
+# Tables the pipeline writes for the console (and the replay), each `<name>.parquet` like those above.
+EVALUATION_REPORT = "evaluation_report"
+DRIFT_RESULTS = "drift_results"
+# one row per recent Dagster run, and per run of the retrain job (`defs/runs.py`, after every run)
+PIPELINE_HEALTH = "pipeline_health"
+RETRAIN_RUNS = "retrain_runs"
+# every version in the MLflow registry with its run's metrics (`defs/runs.py`, on every promotion)
+MODEL_REGISTRY = "model_registry"
+# rows the latest cleaning run rejected, per reason (`reason`, `rows`): full counts, where
+# `rejected_events` keeps a sample
+REJECT_COUNTS = "reject_counts"
+# one row per replay run x A/B arm, and per run x arm x phase of its drift scenario (`tools/replay`)
+REPLAY_RUNS = "replay_runs"
+REPLAY_PHASES = "replay_phases"
+
+# The EDA report and its key numbers (`lib/reports/eda.eda_summary` as JSON), keys under the storage root.
+EDA_REPORT = ("reports", "eda_report.html")
+EDA_SUMMARY = ("reports", "eda_summary.json")
+
+
+def parse_timestamps(text: pd.Series, unit: str = "auto") -> pd.Series:
+    """Text -> UTC timestamps (NaT where unparseable). Numbers are unix time in `unit` (`s`, `ms`, `us`, or
+    `auto`: by magnitude), other text ISO 8601 (with `auto` or `iso`)."""
+    text = text.astype("string").str.strip()
+    numeric = pd.to_numeric(text, errors="coerce")
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    is_num = numeric.notna()
+    if is_num.any():
+        n = numeric[is_num].astype("float64")
+        if unit in ("auto", "s", "ms", "us"):
+            num_unit = unit
+            if unit == "auto":
+                mag = n.abs().median()
+                num_unit = "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
+            scale = {"s": 1e6, "ms": 1e3, "us": 1.0}[num_unit]
+            micros = (n * scale).round()
+            ok = micros.abs() < 9e15  # years ~1685..2255, the range datetime64[us] holds comfortably
+            out.loc[micros[ok].index] = pd.to_datetime(micros[ok].astype("int64"), unit="us", utc=True)
+    rest = (~is_num & (text.fillna("") != "")).to_numpy(dtype=bool)
+    if rest.any() and unit in ("auto", "iso"):
+        parsed = pd.to_datetime(text[rest].astype(object), utc=True, errors="coerce", format="ISO8601")
+        out.iloc[np.flatnonzero(rest)] = parsed.astype("datetime64[us, UTC]").to_numpy()
+    return out

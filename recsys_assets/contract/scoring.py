@@ -18,20 +18,22 @@ why a served top-10 equals the offline one exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.lib.evaluation.metrics import top_k
-
+PAD = -1  # pads a top-k row that has fewer than k items
+Truth: TypeAlias = sp.spmatrix | sp.sparray | Sequence[Iterable[int]]
 KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder")
 # Catalogs up to this size keep item x item matrices dense for the one-user path (5,000 items: 100 MB).
 DENSE_LIMIT = 5_000
 
 
-def _standardise(scores: np.ndarray) -> np.ndarray:
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Each row to zero mean and unit variance (a constant row to zeros), as the blend weighs components."""
     mean = scores.mean(axis=1, keepdims=True)
     std = scores.std(axis=1, keepdims=True)
     out = np.zeros_like(scores)
@@ -122,7 +124,7 @@ class Component:
         if self.kind == "popularity":
             cache["pop"] = np.asarray(self.arrays["popularity"], dtype=np.float32)
         elif self.kind == "item_item":
-            sim = self.arrays["similarity"]
+            sim: sp.csr_matrix = self.arrays["similarity"]
             cache["sim"] = (
                 sim.toarray().astype(np.float32) if n <= DENSE_LIMIT else sp.csr_matrix(sim, dtype=np.float32)
             )
@@ -328,3 +330,99 @@ def _standardise_one(scores: np.ndarray) -> np.ndarray:
     if std <= 1e-12:
         return np.zeros_like(scores, dtype=np.float32)
     return ((scores - scores.mean()) / np.float32(std)).astype(np.float32, copy=False)
+
+
+def truth_to_csr(truth: Truth, n_items: int | None = None) -> sp.csr_matrix:
+    """The ground truth as a binary CSR matrix (n_users x n_items) with sorted, unique indices.
+
+    Any stored non-zero counts as a positive (repeated events on one item are one positive, as in
+    RecBole, whose positives are a set). A list of index arrays needs `n_items` unless the largest
+    index + 1 is the catalog size.
+    """
+    if sp.issparse(truth):
+        m = sp.csr_matrix(truth, dtype=np.float64, copy=True)
+        m.sum_duplicates()
+        m.eliminate_zeros()
+        if n_items is not None and n_items != m.shape[1]:
+            if n_items < m.shape[1]:
+                raise ValueError(f"truth has {m.shape[1]} item columns, more than n_items={n_items}")
+            m.resize((m.shape[0], n_items))
+    else:
+        rows = [np.asarray(list(r) if not isinstance(r, np.ndarray) else r, dtype=np.int64).ravel() for r in truth]
+        lengths = np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
+        cols = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        if cols.size and cols.min() < 0:
+            raise ValueError("truth item indices must be >= 0")
+        width = int(cols.max()) + 1 if cols.size else 0
+        if n_items is None:
+            n_items = width
+        elif width > n_items:
+            raise ValueError(f"truth has item index {width - 1} >= n_items={n_items}")
+        user_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+        m = sp.csr_matrix((np.ones(cols.size), (user_of, cols)), shape=(len(rows), n_items))
+        m.sum_duplicates()
+    m.data = np.ones(m.nnz, dtype=np.int8)
+    m.sort_indices()
+    return m
+
+
+def topk_from_scores(
+    scores: np.ndarray | sp.spmatrix | sp.sparray,
+    k: int,
+    exclude: sp.spmatrix | sp.sparray | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Top-k item indices per user from an n_users x n_items score matrix, best first.
+
+    Items stored in `exclude` (e.g. training items, see `exclusion_matrix`) and items scored -inf or
+    NaN are never recommended; when fewer than k items remain the row ends with ``-1`` padding. A
+    sparse score matrix is densified one batch of users at a time (absent entries score 0). Equal
+    scores are ordered by item index, at the k-th place too (see `top_k`), so the result is deterministic.
+    """
+    n_users, n_items = scores.shape
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if exclude is not None:
+        exclude = truth_to_csr(exclude)
+        if exclude.shape != (n_users, n_items):
+            raise ValueError(f"exclude has shape {exclude.shape}, scores have {(n_users, n_items)}")
+    out = np.full((n_users, k), PAD, dtype=np.int64)
+    for start in range(0, n_users, batch_size):
+        stop = min(start + batch_size, n_users)
+        part_scores: Any = scores[start:stop]
+        block = part_scores.toarray() if sp.issparse(part_scores) else np.asarray(part_scores)
+        block = np.array(block, dtype=np.result_type(block.dtype, np.float32))
+        block[np.isnan(block)] = -np.inf
+        if exclude is not None:
+            part = exclude[start:stop]
+            block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
+        for r in range(stop - start):
+            out[start + r] = top_k(block[r], k)
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best finite scores, best first; equal scores ordered by index; -1 padded.
+
+    Ties at the k-th place go to the lowest indices too, so the result never depends on how
+    `argpartition` happened to split them.
+    """
+    n = scores.shape[0]
+    kk = min(k, n)
+    if kk < n:
+        cand = np.argpartition(scores, n - kk)[n - kk :]
+        vals = scores[cand]
+        kth = vals.min()
+        if np.count_nonzero(scores == kth) > np.count_nonzero(vals == kth):  # ties left outside: lowest indices
+            above = cand[vals > kth]
+            cand = np.concatenate([above, np.flatnonzero(scores == kth)[: kk - len(above)]])
+            vals = scores[cand]
+    else:
+        cand = np.arange(n)
+        vals = scores
+    chosen = cand[np.lexsort((cand, -vals))]
+    if not np.isfinite(vals).all():
+        chosen = chosen[np.isfinite(scores[chosen])]
+    if len(chosen) < k:
+        chosen = np.concatenate([chosen, np.full(k - len(chosen), PAD, dtype=np.int64)])
+    return chosen.astype(np.int64, copy=False)

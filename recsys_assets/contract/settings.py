@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
@@ -70,6 +70,54 @@ class EventLogSource(BaseModel):
         if unknown:
             raise ValueError(f"event_types maps to unknown event types {unknown}; known: {list(CANONICAL_EVENT_TYPES)}")
         return mapping
+
+
+def _time_upper(time_max: dt.datetime | None) -> dt.datetime:
+    """The latest valid event time: `time_max`, else one day from now."""
+    return time_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+
+
+class CleaningConfig(BaseModel):
+    """The rules that turn raw events into interactions (`Settings.cleaning()`; fields as in `Settings`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_weights: dict[str, float]
+    rating_min: float
+    rating_max: float
+    time_min: dt.datetime
+    time_max: dt.datetime | None
+    kcore_user: int = Field(ge=0)
+    kcore_item: int = Field(ge=0)
+
+    @property
+    def time_upper(self) -> dt.datetime:
+        return _time_upper(self.time_max)
+
+
+class DriftConfig(BaseModel):
+    """The rules of a window's drift verdict (`Settings.drift()`; `Settings.drift_*`, `min_ctr`, `min_ndcg`),
+    and the cleaning rules its windows are cleaned with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    threshold: float = Field(gt=0)
+    share: float = Field(gt=0, le=1)
+    min_rows: int = Field(ge=1)
+    features: list[str]
+    min_ctr: float | None
+    min_ndcg: float | None
+    cleaning: CleaningConfig
+
+
+class MlflowStore(BaseModel):
+    """Where MLflow keeps runs and the model registry (`Settings.mlflow_store()`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tracking_uri: str
+    # artifact root of new experiments; None lets a tracking server decide
+    artifact_location: str | None = None
 
 
 class Settings(BaseSettings):
@@ -318,7 +366,55 @@ class Settings(BaseSettings):
 
     @property
     def time_upper(self) -> dt.datetime:
-        return self.time_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        return _time_upper(self.time_max)
+
+    def cleaning(self) -> CleaningConfig:
+        """The cleaning rules, for `recsys_assets.lib.ingest.cleaning.clean_events`."""
+        return CleaningConfig(
+            event_weights=self.event_weights,
+            rating_min=self.rating_min,
+            rating_max=self.rating_max,
+            time_min=self.time_min,
+            time_max=self.time_max,
+            kcore_user=self.kcore_user,
+            kcore_item=self.kcore_item,
+        )
+
+    def drift(self) -> DriftConfig:
+        """The drift verdict's rules, for `recsys_assets.lib.drift.detect_drift`."""
+        return DriftConfig(
+            threshold=self.drift_threshold,
+            share=self.drift_share,
+            min_rows=self.drift_min_rows,
+            features=self.drift_features,
+            min_ctr=self.min_ctr,
+            min_ndcg=self.min_ndcg,
+            cleaning=self.cleaning(),
+        )
+
+    def mlflow_root(self) -> Path:
+        """Local folder of the default MLflow store: `<local_root>/mlflow`, or `<dagster_home>/mlflow` on Azure.
+
+        With Azure storage there is no local data folder and MLflow cannot use Blob as a SQLite backend,
+        so the default store goes next to the Dagster instance instead; set `RECSYS_MLFLOW_TRACKING_URI`
+        to a tracking server to share runs between machines.
+        """
+        base = Path(self.dagster_home).resolve() if self.is_azure else self.local_root()
+        return base / "mlflow"
+
+    def mlflow_store(self) -> MlflowStore:
+        """The tracking (and registry) URI and the artifact root of new experiments.
+
+        `mlflow_tracking_uri` when set (its server decides where artifacts go); otherwise a SQLite file
+        `<mlflow_root>/mlflow.db` with artifacts in `<mlflow_root>/artifacts`, never MLflow's own default
+        (`sqlite:///mlflow.db`, artifacts in `./mlruns`) in the working folder.
+        """
+        if self.mlflow_tracking_uri:
+            return MlflowStore(tracking_uri=self.mlflow_tracking_uri)
+        root = self.mlflow_root()
+        return MlflowStore(
+            tracking_uri=f"sqlite:///{(root / 'mlflow.db').as_posix()}", artifact_location=(root / "artifacts").as_uri()
+        )
 
     def events_path(self) -> Path:
         """The local folder of the API's event-log segments: `events_dir`, else `<storage>/events`."""
@@ -347,7 +443,7 @@ class Settings(BaseSettings):
         return Path(parsed.path if parsed.scheme == "file" else self.storage_uri).resolve()
 
 
-def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
+def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build the settings from the environment (and an optional env file, or `RECSYS_ENV_FILE`)."""
     env_file = env_file or os.environ.get("RECSYS_ENV_FILE")
     return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

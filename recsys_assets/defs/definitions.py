@@ -8,11 +8,10 @@ from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.defs.checks import build_ingestion_checks
 from recsys_assets.defs.ingestion import build_ingestion_assets
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_EVENTS, LIVE_WINDOWS, build_monitoring_assets
-from recsys_assets.defs.resources import ParquetIOManager, StorageResource
+from recsys_assets.defs.resources import MlflowResource, ParquetIOManager, StorageResource
 from recsys_assets.defs.runs import RETRAIN_JOB
 from recsys_assets.defs.sensors import build_sensors
 from recsys_assets.defs.training import build_training_assets
-from recsys_assets.lib.tracking import MlflowTracking
 
 PIPELINE_JOB = "pipeline_job"
 INGESTION_JOB = "ingestion_job"
@@ -84,7 +83,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "storage": storage,
             "io_manager": ParquetIOManager(storage=storage),
-            "mlflow": MlflowTracking.from_settings(settings),
+            "mlflow": MlflowResource.from_settings(settings),
         },
     )
 

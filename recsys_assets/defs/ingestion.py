@@ -6,9 +6,10 @@ import pandas as pd
 
 from recsys_assets.contract.events import ITEM_COLUMNS, REJECTED_EVENTS, USER_COLUMNS
 from recsys_assets.contract.settings import Settings
+from recsys_assets.defs import runs
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.lib import live_windows as live
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.reports.eda import eda_summary, render_eda_report
 
 GROUP = "ingestion"
@@ -34,12 +35,12 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
 
     def read_source(context: dg.AssetExecutionContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         if settings.source == "movielens":
-            return ingestion.read_movielens()
+            return readers.read_movielens()
         src = settings.event_log
         assert src is not None
-        raw = ingestion.read_event_log(src, progress=context.log.info)
-        items = ingestion.read_table_source(src.items, ITEM_COLUMNS) if src.items else ingestion.empty(ITEM_COLUMNS)
-        users = ingestion.read_table_source(src.users, USER_COLUMNS) if src.users else ingestion.empty(USER_COLUMNS)
+        raw = readers.read_event_log(src, progress=context.log.info)
+        items = readers.read_table_source(src.items, ITEM_COLUMNS) if src.items else readers.empty(ITEM_COLUMNS)
+        users = readers.read_table_source(src.users, USER_COLUMNS) if src.users else readers.empty(USER_COLUMNS)
         return raw, items, users
 
     @dg.multi_asset(
@@ -56,7 +57,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         context.log.info(f"reading {source_description()}")
         try:
             raw, items, users = read_source(context)
-        except ingestion.IngestionError as exc:
+        except readers.IngestionError as exc:
             # Fail the step with the file, column and problem; nothing is written, so the last good
             # materialization of every table stays in place.
             raise dg.Failure(
@@ -106,14 +107,15 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if len(live_rows):
             context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
             raw_events = pd.concat([raw_events, live_rows], ignore_index=True)
-        result = ingestion.clean_events(raw_events, settings, unit=unit)
+        result = cleaning.clean_events(raw_events, settings.cleaning(), unit=unit)
         inter = result.interactions
         n_rejected = sum(result.reject_counts.values())
         context.log.info(
             f"{result.n_raw} raw rows -> {len(inter)} interactions; "
             f"{n_rejected} rejected {result.reject_counts}; {result.n_duplicates} duplicates"
         )
-        sample = ingestion.sample_rejects(result.rejected, settings.reject_sample_size)
+        sample = cleaning.sample_rejects(result.rejected, settings.reject_sample_size)
+        runs.write_reject_counts(storage.get(), result.reject_counts)
         yield dg.Output(
             inter,
             output_name="interactions",
@@ -142,14 +144,14 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def items(interactions: pd.DataFrame, raw_items: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         """Every known item: the catalog's items (including those with no interaction yet) and every item
         seen in the log, with title, categories, text and popularity statistics."""
-        df = ingestion.build_items(interactions, raw_items)
+        df = cleaning.build_items(interactions, raw_items)
         cold = int((df["n_interactions"] == 0).sum())
         return dg.Output(df, metadata={"n_items": len(df), "items_without_interactions": cold})
 
     @dg.asset(group_name=GROUP)
     def users(interactions: pd.DataFrame, raw_users: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         """Every known user with demographics (when the source has them) and activity statistics."""
-        df = ingestion.build_users(interactions, raw_users)
+        df = cleaning.build_users(interactions, raw_users)
         return dg.Output(df, metadata={"n_users": len(df)})
 
     @dg.asset(group_name=GROUP)
@@ -158,7 +160,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     ) -> dg.Output[pd.DataFrame]:
         """The sparse user x item matrix as (user_idx, item_idx, weight) triples. `user_idx` and
         `item_idx` index the rows of `users` and `items` in their stored order (the id maps)."""
-        df = ingestion.build_matrix(interactions, users, items)
+        df = cleaning.build_matrix(interactions, users, items)
         density = len(df) / max(1, len(users) * len(items))
         return dg.Output(
             df,
@@ -184,6 +186,7 @@ def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         html = render_eda_report(interactions, items, users, summary, title=source_description())
         store = storage.get()
         store.write_text(html, "reports", "eda_report.html")
+        runs.write_eda_summary(store, summary)
         uri = store.uri("reports", "eda_report.html")
         context.log.info(f"EDA report written to {uri}")
         return dg.MaterializeResult(

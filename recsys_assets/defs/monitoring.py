@@ -43,7 +43,7 @@ def build_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         stored window."""
         key = context.partition_key
         start, end = live.window_bounds(key, minutes)
-        rows = live.read_window(live.events_dir(settings), key, minutes)
+        rows = live.read_window(settings.events_path(), key, minutes)
         store = storage.get()
         store.write_table(rows, LIVE_EVENTS, f"{live.file_key(key)}.parquet")
         is_impression = rows["event_type"] == "impression"
@@ -101,7 +101,7 @@ def build_monitoring_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if pointer is None:
             raise dg.Failure("no champion is serving yet: run the pipeline first", allow_retries=False)
         champion = read_from_storage(store, *pointer["path"])
-        result = drift.detect_drift(reference, current, champion, settings)
+        result = drift.detect_drift(reference, current, champion, settings.drift())
 
         folder = ("drift", live.file_key(key))
         store.write_text(result.html, *folder, "report.html")

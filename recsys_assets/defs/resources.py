@@ -1,4 +1,4 @@
-"""Dagster resources: the storage root and the Parquet IO manager on top of it.
+"""Dagster resources: the storage root, the Parquet IO manager on top of it, and MLflow tracking.
 
 Blob goes through fsspec/adlfs rather than dagster-azure's ADLS2 IO manager, which needs a
 Data Lake (dfs) endpoint that Azurite and plain Blob accounts do not have.
@@ -12,6 +12,7 @@ from pydantic import PrivateAttr
 
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
+from recsys_assets.lib.tracking import MlflowTracking
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -70,3 +71,56 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         return self._store.read_table(self._key(context))
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Training runs, the model registry and aliases in MLflow: `MlflowTracking` as the `mlflow` resource.
+
+    A small Pythonic resource rather than dagster-mlflow's `mlflow_tracking`: that one is an
+    older-style `@resource` configured through run config (and marked beta); it opens one global
+    MLflow run per Dagster run and sets the process-wide tracking URI, which composes neither with
+    Pythonic resources nor with `Settings` passed in, and gives one run per job rather than per
+    trained model.
+    """
+
+    tracking_uri: str
+    artifact_location: str | None = None
+    experiment: str = "recsys"
+    registered_model: str = "recsys-recommender"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "MlflowResource":
+        store = settings.mlflow_store()
+        return cls(tracking_uri=store.tracking_uri, artifact_location=store.artifact_location)
+
+    def tracker(self) -> MlflowTracking:
+        """The plain tracking object this resource configures."""
+        return MlflowTracking(
+            tracking_uri=self.tracking_uri,
+            artifact_location=self.artifact_location,
+            experiment=self.experiment,
+            registered_model=self.registered_model,
+        )
+
+    def log_training_run(
+        self,
+        model_name: str,
+        params: dict,
+        metrics: pd.DataFrame,
+        dataset_fingerprint: str,
+        protocol_tags: dict | None = None,
+        artifacts: dict[str, str] | None = None,
+        duration_s: float | None = None,
+    ) -> str:
+        """Record one trained model; returns the run id (`MlflowTracking.log_training_run`)."""
+        return self.tracker().log_training_run(
+            model_name, params, metrics, dataset_fingerprint, protocol_tags, artifacts, duration_s
+        )
+
+    def register_artifact(self, artifact_dir: str, run_id: str, alias: str) -> str:
+        """Register the serving artifact under `run_id` and point `alias` at it (`MlflowTracking.register_artifact`)."""
+        return self.tracker().register_artifact(artifact_dir, run_id, alias)
+
+    def alias_version(self, alias: str) -> dict | None:
+        """The version an alias points at, or None (`MlflowTracking.alias_version`)."""
+        return self.tracker().alias_version(alias)

@@ -1,25 +1,42 @@
-"""Pipeline health from Dagster's run history: the tables the console reads.
+"""What Dagster and MLflow know, written as tables the console reads (it imports neither).
 
-- `pipeline_health`: one row per recent run (job, status, start, end, duration, what triggered it,
-  the failure message). The success rate over the last runs is the pipeline's KPI (goal > 95%).
+- `pipeline_health`: one row per recent run (job, status, created, start, end, duration, what
+  triggered it, the failure message). The success rate over the last runs is the pipeline's KPI
+  (goal > 95%); the newest row is the console's "last pipeline run".
 - `retrain_runs`: one row per run of the retrain job: trigger (`drift`, `schedule`, `manual`), the
   drift window that triggered it, outcome, whether a new champion was promoted, and why not.
+- `model_registry`: every registered model version with its run's metrics and whether it was
+  registered as champion or challenger (the console's registry history and previous champion).
+- `reject_counts` and `reports/eda_summary.json`: the cleaning run's rejected rows per reason and the
+  EDA report's key numbers, which otherwise live only in asset metadata.
 
-The run-status sensors rewrite both tables after every run ends; `record(instance, store)` does it.
+The run-status sensors rewrite the first two after every run ends (`record(instance, store)`; the
+command line's in-process run calls it too); the assets that produce the others call their writers.
+Names and paths are in `recsys_assets.contract.events`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
-from dagster._core.events import DagsterEventType
+from dagster import DagsterEventType
 
+from recsys_assets.contract.events import (
+    EDA_SUMMARY,
+    MODEL_REGISTRY,
+    PIPELINE_HEALTH,
+    REJECT_COUNTS,
+    RETRAIN_RUNS,
+)
 from recsys_assets.contract.storage import Storage
 
-PIPELINE_HEALTH = "pipeline_health"
-RETRAIN_RUNS = "retrain_runs"
+if TYPE_CHECKING:
+    from recsys_assets.lib.tracking import MlflowTracking
+
 RETRAIN_JOB = "retrain_job"
 PROMOTION_CHECK = "challenger_beats_baseline_and_champion"
 CHAMPION_ASSET = "champion_model"
@@ -85,13 +102,17 @@ def pipeline_health(instance: dg.DagsterInstance, limit: int = HISTORY) -> pd.Da
                 "status": run.status.value,
                 "partition": tags.get("dagster/partition", ""),
                 "trigger": _trigger(tags),
+                "created_at": pd.Timestamp(rec.create_timestamp).tz_convert("UTC"),
                 "start_time": start,
                 "end_time": end,
                 "duration_s": (end - start).total_seconds() if pd.notna(start) and pd.notna(end) else float("nan"),
                 "failure": _failure(instance, run.run_id) if run.status == dg.DagsterRunStatus.FAILURE else "",
             }
         )
-    columns = ["run_id", "job", "status", "partition", "trigger", "start_time", "end_time", "duration_s", "failure"]
+    columns = [
+        *("run_id", "job", "status", "partition", "trigger", "created_at", "start_time", "end_time"),
+        *("duration_s", "failure"),
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -171,6 +192,41 @@ def record(instance: dg.DagsterInstance, store: Storage) -> tuple[pd.DataFrame, 
     store.write_table(health, f"{PIPELINE_HEALTH}.parquet")
     store.write_table(retrains, f"{RETRAIN_RUNS}.parquet")
     return health, retrains
+
+
+def model_registry(tracking: MlflowTracking) -> pd.DataFrame:
+    """Every registered version (`MlflowTracking.champion_history`), oldest first, with its run's name
+    and `registered_as`: `champion` or `challenger`, as the promotion named the run."""
+    history = tracking.champion_history()
+    client = tracking.client()
+    names: dict[str, str | None] = {}
+    for run_id in history["run_id"].dropna().unique():
+        try:
+            names[run_id] = client.get_run(run_id).info.run_name
+        except Exception:  # a deleted run: the version stays listed
+            names[run_id] = None
+    history["run_name"] = history["run_id"].map(names)
+    # the promotion names each run "<model> (champion)" or "<model> (challenger)"
+    history["registered_as"] = history["run_name"].fillna("").str.extract(r"\((champion|challenger)\)$")[0]
+    return history
+
+
+def write_model_registry(store: Storage, tracking: MlflowTracking) -> pd.DataFrame:
+    """Rewrite `model_registry` from the MLflow registry (after the champion asset registered)."""
+    history = model_registry(tracking)
+    store.write_table(history, f"{MODEL_REGISTRY}.parquet")
+    return history
+
+
+def write_eda_summary(store: Storage, summary: Mapping[str, Any]) -> None:
+    """The EDA report's key numbers (`eda_summary`) as JSON beside the report."""
+    store.write_text(json.dumps(dict(summary), indent=2, default=str), *EDA_SUMMARY)
+
+
+def write_reject_counts(store: Storage, counts: Mapping[str, int]) -> None:
+    """Rows the cleaning run rejected, per reason (`reason`, `rows`), every reason it counted."""
+    frame = pd.DataFrame({"reason": pd.Series(list(counts), dtype="string"), "rows": list(counts.values())})
+    store.write_table(frame.astype({"rows": "int64"}), f"{REJECT_COUNTS}.parquet")
 
 
 def active_retrain(instance: dg.DagsterInstance) -> str | None:

@@ -37,7 +37,7 @@ def build_sensors(
         description="Turns the API's event-log segments into `live_events` partitions, one per finished window.",
     )
     def live_events_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        directory = live.events_dir(settings)
+        directory = settings.events_path()
         state = live.ScanState.from_json(json.loads(context.cursor) if context.cursor else None)
         result = live.scan(directory, state, dt.datetime.now(dt.UTC), minutes, settings.drift_window_grace_seconds)
         cursor = json.dumps(result.state.to_json())

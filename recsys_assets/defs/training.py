@@ -23,8 +23,9 @@ from recsys_assets.contract.artifact import (
     write_to_storage,
 )
 from recsys_assets.contract.settings import Settings
+from recsys_assets.defs import runs
 from recsys_assets.defs.ingestion import STORAGE_RETRY
-from recsys_assets.defs.resources import StorageResource
+from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.fitting import (
     CHAMPION_METRIC,
@@ -38,7 +39,6 @@ from recsys_assets.lib.models.fitting import (
     serving_artifact,
 )
 from recsys_assets.lib.reports.evaluation_report import render_evaluation_report
-from recsys_assets.lib.tracking import MlflowTracking
 
 TRAINING = "training"
 EVALUATION = "evaluation"
@@ -124,7 +124,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         context: dg.AssetExecutionContext,
         config: CandidatesConfig,
         storage: StorageResource,
-        mlflow: MlflowTracking,
+        mlflow: MlflowResource,
         interactions: pd.DataFrame,
         items: pd.DataFrame,
         users: pd.DataFrame,
@@ -209,7 +209,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
     def evaluation_report(
         context: dg.AssetExecutionContext,
         storage: StorageResource,
-        mlflow: MlflowTracking,
+        mlflow: MlflowResource,
         model_candidates: pd.DataFrame,
     ) -> dg.Output[pd.DataFrame]:
         """The comparison as a table (Parquet: model x metric x K x protocol x slice) and an offline HTML
@@ -374,7 +374,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
     def champion_model(
         context: dg.AssetExecutionContext,
         storage: StorageResource,
-        mlflow: MlflowTracking,
+        mlflow: MlflowResource,
         challenger_model: pd.DataFrame,
         interactions: pd.DataFrame,
         items: pd.DataFrame,
@@ -450,6 +450,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                     "refit_seconds": round(refit_seconds, 1),
                 }
                 store.write_text(json.dumps(pointer, indent=2), *CHAMPION_POINTER)
+        runs.write_model_registry(store, mlflow)
         context.log.info(f"promoted {aliases}")
         champion = aliases["champion"]
         return dg.MaterializeResult(

@@ -57,10 +57,11 @@ import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.events import IMPRESSION
-from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.settings import CleaningConfig, DriftConfig
 from recsys_assets.lib import attribution
 from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
-from recsys_assets.lib.ingest.cleaning import RAW_COLUMNS, clean_events
+from recsys_assets.lib.ingest.cleaning import clean_events
+from recsys_assets.lib.ingest.readers import RAW_COLUMNS
 
 DATA, PREDICTION, PERFORMANCE = "data", "prediction", "performance"
 DATA_FEATURES: tuple[str, ...] = ("event_type", "rating", "user_history", "item_popularity", "new_user", "new_item")
@@ -156,10 +157,10 @@ def _counts(index: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.where(index >= 0, counts[np.maximum(index, 0)], 0)
 
 
-def _interactions(raw_rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def _interactions(raw_rows: pd.DataFrame, cleaning: CleaningConfig) -> pd.DataFrame:
     """The window's cleaned events (impressions set aside); no k-core filter: every event of a window counts."""
     raw = raw_rows.reindex(columns=list(RAW_COLUMNS))
-    return clean_events(raw, settings.model_copy(update={"kcore_user": 0, "kcore_item": 0})).interactions
+    return clean_events(raw, cleaning.model_copy(update={"kcore_user": 0, "kcore_item": 0})).interactions
 
 
 def _interaction_features(inter: pd.DataFrame, champ: _Champion) -> pd.DataFrame:
@@ -179,10 +180,10 @@ def _interaction_features(inter: pd.DataFrame, champ: _Champion) -> pd.DataFrame
     )
 
 
-def interaction_features(raw_rows: pd.DataFrame, champion: ServingArtifact, settings: Settings) -> pd.DataFrame:
-    """One row per cleaned event of the window (impressions and rejected rows left out), columns
-    `DATA_FEATURES`, each relative to the champion's training data (see the module docstring)."""
-    return _interaction_features(_interactions(raw_rows, settings), _Champion.of(champion))
+def interaction_features(raw_rows: pd.DataFrame, champion: ServingArtifact, cleaning: CleaningConfig) -> pd.DataFrame:
+    """One row per event of the window cleaned by `cleaning` (impressions and rejected rows left out),
+    columns `DATA_FEATURES`, each relative to the champion's training data (see the module docstring)."""
+    return _interaction_features(_interactions(raw_rows, cleaning), _Champion.of(champion))
 
 
 def _impressions(raw_rows: pd.DataFrame) -> pd.DataFrame:
@@ -244,12 +245,12 @@ def _performance(raw_rows: pd.DataFrame, inter: pd.DataFrame, champ: _Champion, 
 
 
 def window_performance(
-    raw_rows: pd.DataFrame, champion: ServingArtifact, settings: Settings, k: int = 10
+    raw_rows: pd.DataFrame, champion: ServingArtifact, cleaning: CleaningConfig, k: int = 10
 ) -> dict[str, float]:
     """Online `ctr` and `conversion` of the lists served in the window (with `lists`, `impressions`), and
-    the champion's offline `ndcg@<k>` on the window's events (NaN when no user and item of the window is
-    known to it; `ndcg_users` says how many users it averages)."""
-    return _performance(raw_rows, _interactions(raw_rows, settings), _Champion.of(champion), k)
+    the champion's offline `ndcg@<k>` on the window's events cleaned by `cleaning` (NaN when no user and
+    item of the window is known to it; `ndcg_users` says how many users it averages)."""
+    return _performance(raw_rows, _interactions(raw_rows, cleaning), _Champion.of(champion), k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def _summary_value(name: str, values: pd.Series) -> float:
 
 
 def _evidently(
-    reference: pd.DataFrame, current: pd.DataFrame, features: list[str], settings: Settings
+    reference: pd.DataFrame, current: pd.DataFrame, features: list[str], config: DriftConfig
 ) -> tuple[dict[str, float], str]:
     """Run one Evidently report over `features` of the two frames: the distance per feature and the HTML."""
     from evidently import DataDefinition, Dataset, Report
@@ -287,13 +288,13 @@ def _evidently(
         metrics.append(
             DriftedColumnsCount(
                 columns=data_features,
-                drift_share=settings.drift_share,
+                drift_share=config.share,
                 num_method=NUMERICAL_STATTEST,
                 cat_method=CATEGORICAL_STATTEST,
-                threshold=settings.drift_threshold,
+                threshold=config.threshold,
             )
         )
-    metrics += [ValueDrift(column=f, method=method[f], threshold=settings.drift_threshold) for f in features]
+    metrics += [ValueDrift(column=f, method=method[f], threshold=config.threshold) for f in features]
     with warnings.catch_warnings():
         # Evidently's own pandas calls (`replace` downcasting) warn on every column
         warnings.simplefilter("ignore", FutureWarning)
@@ -318,7 +319,8 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
 
-def _summary_html(result: DriftResult, settings: Settings) -> str:
+def _summary_html(result: DriftResult, share: float) -> str:
+    """The verdict, its reasons and the table, to head the Evidently report (`share`: the retrain share)."""
     verdict = "drift: retrain" if result.drifted else "no drift" if result.decided else "no verdict"
     rows = "".join(
         "<tr>"
@@ -344,55 +346,39 @@ def _summary_html(result: DriftResult, settings: Settings) -> str:
         '<section style="font-family:sans-serif;margin:16px">'
         f"<h1>Drift verdict: {html.escape(verdict)}</h1>"
         f"<p>{result.n_current} events in the window, {result.n_reference} in the reference; "
-        f"data drift share {_fmt(result.data_drift_share)} (retrain at &ge; {settings.drift_share:g}).</p>"
+        f"data drift share {_fmt(result.data_drift_share)} (retrain at &ge; {share:g}).</p>"
         f"<ul>{reasons}</ul>"
         f'<table border="1" cellpadding="4" style="border-collapse:collapse"><tr>{head}</tr>{rows}</table>'
         "</section>"
     )
 
 
-def detect_drift(
-    reference_rows: pd.DataFrame, current_rows: pd.DataFrame, champion: ServingArtifact, settings: Settings
-) -> DriftResult:
-    """Compare a window (`current_rows`) with its reference, both raw event-log rows, and decide whether
-    the champion should be retrained (the rule is in the module docstring)."""
-    champ = _Champion.of(champion)
-    inter = {"reference": _interactions(reference_rows, settings), "current": _interactions(current_rows, settings)}
-    raw = {"reference": reference_rows, "current": current_rows}
-    frames = {
-        side: _stack(_interaction_features(inter[side], champ), _served_features(_impressions(raw[side]), champ))
-        for side in raw
-    }
-    perf = {side: _performance(raw[side], inter[side], champ, 10) for side in raw}
-    n_ref, n_cur = len(inter["reference"]), len(inter["current"])
-    decided = min(n_ref, n_cur) >= settings.drift_min_rows
-
-    features = [
-        f
-        for f in (*DATA_FEATURES, *PREDICTION_FEATURES)
-        if frames["reference"][f].notna().any() and frames["current"][f].notna().any()
-    ]
-    scores, report_html = (
-        _evidently(frames["reference"], frames["current"], features, settings) if features else ({}, "")
-    )
-
+def _feature_rows(
+    features: list[str], frames: dict[str, pd.DataFrame], scores: dict[str, float], decided: bool, threshold: float
+) -> list[dict[str, object]]:
+    """One table row per compared data or prediction feature."""
     rows = []
     for f in features:
-        stattest = CATEGORICAL_STATTEST if f in CATEGORICAL_FEATURES else NUMERICAL_STATTEST
         score = scores.get(f, math.nan)
         rows.append(
             {
                 "metric": f,
                 "kind": DATA if f in DATA_FEATURES else PREDICTION,
                 "score": score,
-                "threshold": settings.drift_threshold,
-                "drifted": decided and bool(score >= settings.drift_threshold),
-                "stattest": stattest,
+                "threshold": threshold,
+                "drifted": decided and bool(score >= threshold),
+                "stattest": CATEGORICAL_STATTEST if f in CATEGORICAL_FEATURES else NUMERICAL_STATTEST,
                 "current_value": _summary_value(f, frames["current"][f]),
                 "reference_value": _summary_value(f, frames["reference"][f]),
             }
         )
-    floors = {"ctr": settings.min_ctr, "conversion": None, "ndcg@10": settings.min_ndcg}
+    return rows
+
+
+def _performance_rows(perf: dict[str, dict[str, float]], decided: bool, config: DriftConfig) -> list[dict[str, object]]:
+    """One table row per performance metric; a metric with a floor drifts when the window is below it."""
+    floors = {"ctr": config.min_ctr, "conversion": None, "ndcg@10": config.min_ndcg}
+    rows = []
     for name in PERFORMANCE_METRICS:
         cur, ref, floor = perf["current"][name], perf["reference"][name], floors[name]
         breached = floor is not None and not math.isnan(cur) and cur < floor
@@ -408,51 +394,81 @@ def detect_drift(
                 "reference_value": ref,
             }
         )
+    return rows
+
+
+def _reasons(
+    table: pd.DataFrame, data_rows: pd.DataFrame, share: float, n_ref: int, n_cur: int, config: DriftConfig
+) -> list[str]:
+    """One line per fact behind the verdict or worth a look."""
+    if min(n_ref, n_cur) < config.min_rows:
+        return [
+            f"{TOO_FEW} for a verdict: {n_cur} in the window, {n_ref} in the reference "
+            f"(at least {config.min_rows} needed on each side)"
+        ]
+    reasons: list[str] = []
+    n_drifted = int(data_rows["drifted"].sum())
+    if n_drifted:
+        rel = ">=" if share >= config.share else "<"
+        reasons.append(
+            f"data drift: {n_drifted} of {len(data_rows)} features drifted (share {share:.2f} {rel} {config.share:g})"
+        )
+    for r in table[table["drifted"]].itertuples():
+        if r.kind == PERFORMANCE:
+            reasons.append(f"{r.metric}: {r.score:.3g} < floor {r.threshold:g}")
+        else:
+            note = ""
+            if r.kind == PREDICTION:
+                note = " (prediction drift: reported, not deciding)"
+            elif r.metric not in config.features:
+                note = " (reported, not deciding: not in drift_features)"
+            reasons.append(f"{r.metric}: {r.stattest} {r.score:.3g} >= {r.threshold:g}{note}")
+    return reasons
+
+
+def detect_drift(
+    reference_rows: pd.DataFrame, current_rows: pd.DataFrame, champion: ServingArtifact, config: DriftConfig
+) -> DriftResult:
+    """Compare a window (`current_rows`) with its reference, both raw event-log rows, and decide whether
+    the champion should be retrained (the rule is in the module docstring)."""
+    champ = _Champion.of(champion)
+    raw = {"reference": reference_rows, "current": current_rows}
+    inter = {side: _interactions(rows, config.cleaning) for side, rows in raw.items()}
+    frames = {
+        side: _stack(_interaction_features(inter[side], champ), _served_features(_impressions(raw[side]), champ))
+        for side in raw
+    }
+    perf = {side: _performance(raw[side], inter[side], champ, 10) for side in raw}
+    n_ref, n_cur = len(inter["reference"]), len(inter["current"])
+    decided = min(n_ref, n_cur) >= config.min_rows
+
+    features = [
+        f
+        for f in (*DATA_FEATURES, *PREDICTION_FEATURES)
+        if frames["reference"][f].notna().any() and frames["current"][f].notna().any()
+    ]
+    scores, report_html = _evidently(frames["reference"], frames["current"], features, config) if features else ({}, "")
+    rows = _feature_rows(features, frames, scores, decided, config.threshold) + _performance_rows(perf, decided, config)
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).astype({"drifted": bool})
 
     # the data features that decide (`drift_features`); the others are reported only
-    data_rows = table[(table["kind"] == DATA) & table["metric"].isin(list(settings.drift_features))]
+    data_rows = table[(table["kind"] == DATA) & table["metric"].isin(list(config.features))]
     share = float(data_rows["drifted"].mean()) if decided and len(data_rows) else math.nan
     perf_breached = table[(table["kind"] == PERFORMANCE) & table["drifted"]]
-    drifted = decided and ((not math.isnan(share) and share >= settings.drift_share) or not perf_breached.empty)
-
-    reasons: list[str] = []
-    if not decided:
-        reasons.append(
-            f"{TOO_FEW} for a verdict: {n_cur} in the window, {n_ref} in the reference "
-            f"(at least {settings.drift_min_rows} needed on each side)"
-        )
-    else:
-        n_drifted = int(data_rows["drifted"].sum())
-        if n_drifted:
-            rel = ">=" if share >= settings.drift_share else "<"
-            reasons.append(
-                f"data drift: {n_drifted} of {len(data_rows)} features drifted "
-                f"(share {share:.2f} {rel} {settings.drift_share:g})"
-            )
-        for r in table[table["drifted"]].itertuples():
-            if r.kind == PERFORMANCE:
-                reasons.append(f"{r.metric}: {r.score:.3g} < floor {r.threshold:g}")
-            else:
-                note = ""
-                if r.kind == PREDICTION:
-                    note = " (prediction drift: reported, not deciding)"
-                elif r.metric not in settings.drift_features:
-                    note = " (reported, not deciding: not in drift_features)"
-                reasons.append(f"{r.metric}: {r.stattest} {r.score:.3g} >= {r.threshold:g}{note}")
+    drifted = decided and ((not math.isnan(share) and share >= config.share) or not perf_breached.empty)
 
     result = DriftResult(
         drifted=bool(drifted),
         decided=decided,
         data_drift_share=share,
-        reasons=reasons,
+        reasons=_reasons(table, data_rows, share, n_ref, n_cur, config),
         table=table,
         n_reference=n_ref,
         n_current=n_cur,
         html="",
         performance=perf,
     )
-    summary = _summary_html(result, settings)
+    summary = _summary_html(result, config.share)
     if report_html and "<body>" in report_html:
         result.html = report_html.replace("<body>", f"<body>{summary}", 1)
     else:

@@ -1,8 +1,8 @@
 """Live events: the API's event-log segments cut into fixed time windows.
 
 The API appends every served list (impression rows) and every feedback event to CSV segments under
-`events_dir` (`serving/eventlog.py`). The pipeline reads them back here, window by window: a
-window is `[start, start + drift_window_minutes)` in UTC, named by its start (`2026-11-27T16:00`),
+`Settings.events_path()` (`serving/eventlog.py`). The pipeline reads them back here, window by window:
+a window is `[start, start + drift_window_minutes)` in UTC, named by its start (`2026-11-27T16:00`),
 and a row belongs to the window of its `timestamp` (for an impression, when the list was served).
 A torn last line (a write cut by a crash, never acknowledged) has no timestamp: it goes to the
 window of the row before it and is rejected by cleaning as `malformed_row`.
@@ -23,21 +23,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.events import parse_timestamps
 from recsys_assets.contract.storage import Storage
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import readers
 
 # Raw columns of a live window: the ingestion's raw schema plus the serving fields.
 SERVING_COLUMNS: tuple[str, ...] = ("model_version", "arm")
-LIVE_COLUMNS: tuple[str, ...] = (*ingestion.RAW_COLUMNS, *SERVING_COLUMNS)
+LIVE_COLUMNS: tuple[str, ...] = (*readers.RAW_COLUMNS, *SERVING_COLUMNS)
 LIVE_EVENTS = "live_events"  # the stored windows: `live_events/<window>.parquet`
 KEY_FORMAT = "%Y-%m-%dT%H:%M"
 SEGMENT_GLOB = "events-*.csv"
-
-
-def events_dir(settings: Settings) -> Path:
-    """The local folder of the API's segments (`Settings.events_path`)."""
-    return settings.events_path()
 
 
 def window_floor(ts: pd.Series, minutes: int) -> pd.Series:
@@ -68,15 +63,15 @@ def read_segment(path: str | os.PathLike[str]) -> pd.DataFrame:
     text in `raw_line`. An empty or header-only segment gives no rows."""
     path = str(path)
     if os.path.getsize(path) == 0:
-        return ingestion.empty(LIVE_COLUMNS)
-    table, bad = ingestion._read_csv_text(path, ",", True, None)
+        return readers.empty(LIVE_COLUMNS)
+    table, bad = readers.read_csv_text(path, ",", True, None)
     df = pd.DataFrame({c: table[c].to_pandas().astype("string") for c in table.column_names if c in LIVE_COLUMNS})
     df["source_file"] = path
-    df["source_line"] = ingestion._line_numbers(len(df), bad, header=True)
+    df["source_line"] = readers.line_numbers(len(df), bad, header=True)
     if bad:
         torn = pd.DataFrame({"source_file": path, "source_line": [n for n, _ in bad], "raw_line": [t for _, t in bad]})
         df = pd.concat([df, torn], ignore_index=True).sort_values("source_line", kind="stable")
-    return ingestion._conform(df, LIVE_COLUMNS).reset_index(drop=True)
+    return readers.conform(df, LIVE_COLUMNS).reset_index(drop=True)
 
 
 def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[pd.DataFrame, int]:
@@ -89,7 +84,7 @@ def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[pd.DataFra
         data = fh.read()
     end = data.rfind(b"\n") + 1
     if end == 0:
-        return ingestion.empty(LIVE_COLUMNS), start
+        return readers.empty(LIVE_COLUMNS), start
     table = pacsv.read_csv(
         io.BytesIO(header + data[:end]),
         read_options=pacsv.ReadOptions(use_threads=False),
@@ -99,12 +94,12 @@ def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[pd.DataFra
         ),
     )
     df = pd.DataFrame({c: table[c].to_pandas().astype("string") for c in table.column_names if c in LIVE_COLUMNS})
-    return ingestion._conform(df, LIVE_COLUMNS), start + end
+    return readers.conform(df, LIVE_COLUMNS), start + end
 
 
 def with_windows(rows: pd.DataFrame, minutes: int) -> pd.Series:
     """The window key of each row (a malformed row takes the window of the row before it)."""
-    ts = ingestion.parse_timestamps(rows["timestamp"].astype("string"))
+    ts = parse_timestamps(rows["timestamp"].astype("string"))
     keys = window_floor(ts, minutes).map(lambda t: window_key(t) if pd.notna(t) else None)
     return keys.ffill().bfill()
 
@@ -118,7 +113,7 @@ def read_window(directory: str | os.PathLike[str], key: str, minutes: int) -> pd
             continue
         frames.append(rows[(with_windows(rows, minutes) == key).to_numpy()])
     if not frames:
-        return ingestion.empty(LIVE_COLUMNS)
+        return readers.empty(LIVE_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -199,16 +194,16 @@ def stored_windows(store: Storage) -> list[str]:
 def read_windows(store: Storage, keys: list[str]) -> pd.DataFrame:
     frames = [store.read_table(LIVE_EVENTS, f"{file_key(k)}.parquet") for k in keys]
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else ingestion.empty(LIVE_COLUMNS)
+    return pd.concat(frames, ignore_index=True) if frames else readers.empty(LIVE_COLUMNS)
 
 
 def read_live_events(store: Storage, unit: str = "auto") -> pd.DataFrame:
     """Every stored window, in the ingestion's raw schema (the serving columns dropped), timestamps
     written in `unit`, the source log's (the API writes ISO 8601; a log declared in unix seconds,
     say, is cleaned with that unit, so live rows are converted to it)."""
-    rows = read_windows(store, stored_windows(store))[list(ingestion.RAW_COLUMNS)]
+    rows = read_windows(store, stored_windows(store))[list(readers.RAW_COLUMNS)]
     if unit in ("s", "ms", "us") and len(rows):
-        ts = ingestion.parse_timestamps(rows["timestamp"].astype("string"))
+        ts = parse_timestamps(rows["timestamp"].astype("string"))
         micros = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
         value = micros.astype("float64") / {"s": 1e6, "ms": 1e3, "us": 1.0}[unit]
         rows = rows.assign(timestamp=value.map(lambda v: repr(v) if pd.notna(v) else None).astype("string"))

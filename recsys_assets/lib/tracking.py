@@ -6,9 +6,10 @@ files such as the evaluation report. `register_artifact` logs the numpy-only ser
 pyfunc model under that run, registers it and points an alias at it (`champion`, `challenger`); the
 API resolves an alias to a version and downloads the artifact folder to hot-reload it.
 
-Where MLflow keeps its data: `RECSYS_MLFLOW_TRACKING_URI` when set (a server), otherwise a SQLite
-store and an artifact folder under the data folder (`tracking_uri`), so nothing ever lands in the
-working directory.
+Where MLflow keeps its data is a `MlflowStore` (`Settings.mlflow_store()`): `RECSYS_MLFLOW_TRACKING_URI`
+when set (a server), otherwise a SQLite store and an artifact folder under the data folder, so nothing
+ever lands in the working directory. No Dagster here: `recsys_assets.defs.resources` wraps
+`MlflowTracking` as the pipeline's `mlflow` resource.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import dagster as dg
 import mlflow
 import numpy as np
 import pandas as pd
@@ -44,9 +44,10 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 from mlflow.types import ColSpec, Schema
+from pydantic import BaseModel, ConfigDict
 
 from recsys_assets.contract.artifact import ServingArtifact, load_artifact
-from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.settings import MlflowStore
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -76,42 +77,8 @@ _NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PA
 
 
 # ---------------------------------------------------------------------------------------------
-# Where MLflow keeps its data
+# Metric and parameter names
 # ---------------------------------------------------------------------------------------------
-
-
-def mlflow_root(settings: Settings) -> Path:
-    """Local folder of the default store: `<local_root>/mlflow`, or `<dagster_home>/mlflow` on Azure.
-
-    With Azure storage there is no local data folder and MLflow cannot use Blob as a SQLite backend,
-    so the default store goes next to the Dagster instance instead; set `RECSYS_MLFLOW_TRACKING_URI`
-    to a tracking server to share runs between machines.
-    """
-    base = Path(settings.dagster_home).resolve() if settings.is_azure else settings.local_root()
-    return base / "mlflow"
-
-
-def tracking_uri(settings: Settings) -> str:
-    """The tracking (and registry) URI: `settings.mlflow_tracking_uri`, or a SQLite file in `mlflow_root`.
-
-    The default is `sqlite:///<local_root>/mlflow/mlflow.db` (`<dagster_home>/mlflow/mlflow.db` for
-    Azure storage, see `mlflow_root`), never MLflow's own default (`sqlite:///mlflow.db`, artifacts in
-    `./mlruns`) in the working folder.
-    """
-    configured = getattr(settings, "mlflow_tracking_uri", None)
-    if configured:
-        return configured
-    return f"sqlite:///{(mlflow_root(settings) / 'mlflow.db').as_posix()}"
-
-
-def artifact_location(settings: Settings) -> str | None:
-    """Artifact root of new experiments: `<mlflow_root>/artifacts` for the default store.
-
-    None with a configured tracking server, which then decides (e.g. its `--artifacts-destination`).
-    """
-    if getattr(settings, "mlflow_tracking_uri", None):
-        return None
-    return (mlflow_root(settings) / "artifacts").as_uri()
 
 
 def metric_key(metric: str, k: float | int | None, protocol: str, slice_: str) -> str:
@@ -251,21 +218,19 @@ def _pip_requirements() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Dagster resource
+# Runs and the registry
 # ---------------------------------------------------------------------------------------------
 
 
-class MlflowTracking(dg.ConfigurableResource):
-    """Training runs, the model registry and aliases in MLflow, for assets, the API and the console.
+class MlflowTracking(BaseModel):
+    """Training runs, the model registry and aliases in MLflow, for the pipeline and the console.
 
-    A small Pythonic resource rather than dagster-mlflow's `mlflow_tracking`: that one is an
-    older-style `@resource` configured through run config (and marked beta); it opens one global
-    MLflow run per Dagster run and sets the process-wide tracking URI, which composes neither with
-    Pythonic resources nor with `Settings` passed in, and gives one run per job rather than per
-    trained model. Every call here names its run explicitly through an `MlflowClient`; only model
-    logging, which MLflow offers solely through its fluent API, touches global state, briefly and
-    under a lock (see `activated`).
+    Every call names its run explicitly through an `MlflowClient`; only model logging, which MLflow
+    offers solely through its fluent API, touches global state, briefly and under a lock (see
+    `activated`).
     """
+
+    model_config = ConfigDict(frozen=True)
 
     tracking_uri: str
     artifact_location: str | None = None
@@ -273,8 +238,9 @@ class MlflowTracking(dg.ConfigurableResource):
     registered_model: str = "recsys-recommender"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MlflowTracking:
-        return cls(tracking_uri=tracking_uri(settings), artifact_location=artifact_location(settings))
+    def for_store(cls, store: MlflowStore) -> MlflowTracking:
+        """Runs and models in `store` (`Settings.mlflow_store()`), under the default experiment and model."""
+        return cls(tracking_uri=store.tracking_uri, artifact_location=store.artifact_location)
 
     # -- plumbing ------------------------------------------------------------------------------
 

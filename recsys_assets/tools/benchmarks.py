@@ -22,8 +22,8 @@ import scipy.sparse as sp
 
 def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed: int = 0) -> dict[str, float | str]:
     from recsys_assets.contract.scoring import Component, Scorer
-    from recsys_assets.lib.models.recbole_adapter import _build_config, _make_trainer
     from recsys_assets.lib.models.recbole_compat import patch_recbole
+    from recsys_assets.lib.models.recbole_config import build_config, make_trainer
 
     patch_recbole()
     import torch
@@ -32,7 +32,7 @@ def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed:
     from recbole.utils.case_study import full_sort_topk
 
     with tempfile.TemporaryDirectory() as work:
-        config = _build_config(
+        config = build_config(
             model,
             "ml-100k",
             {"use_gpu": False, "show_progress": False, "checkpoint_dir": work, "epochs": epochs, "stopping_step": 100},
@@ -41,7 +41,7 @@ def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed:
         dataset = create_dataset(config)
         train_data, valid_data, test_data = data_preparation(config, dataset)
         rec = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-        trainer = _make_trainer(config, rec)
+        trainer = make_trainer(config, rec)
         trainer.fit(train_data, valid_data, verbose=False, saved=False)
     rec.eval()
 
@@ -68,9 +68,9 @@ def bench_scoring(model: str = "BPR", epochs: int = 5, n_users: int = 200, seed:
         elif model == "EASE":
             comp = Component("item_item", {"similarity": sp.csr_matrix(rec.item_similarity[1:, 1:])}, {"binary": 1})
         elif model == "MultiVAE":
-            from recsys_assets.lib.models.candidates import _autoencoder_component
+            from recsys_assets.lib.models.recbole_recommender import autoencoder_component
 
-            comp = _autoencoder_component(rec, np.arange(n_items - 1))
+            comp = autoencoder_component(rec, np.arange(n_items - 1))
         else:
             raise ValueError("scoring benchmark supports BPR, EASE and MultiVAE")
     scorer = Scorer({"m": comp}, {"m": 1.0})

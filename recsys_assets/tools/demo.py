@@ -63,8 +63,6 @@ def demo_services(settings: Settings, replay: bool = False) -> list[Service]:
     """What `make demo` serves. Every process gets the settings as `RECSYS_*` variables (the source and
     event log included), the API's URL and the Redis in use; with `replay`, the API serves half of the
     users from the popularity arm, without a rate limit, on a fresh Redis."""
-    from recsys_assets.lib.tracking import tracking_uri
-
     py = sys.executable
     api_base = _api_base(settings)
     redis, redis_url = _redis(settings, fresh=replay)
@@ -95,7 +93,7 @@ def demo_services(settings: Settings, replay: bool = False) -> list[Service]:
         Service(
             "MLflow UI",
             [
-                *(py, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(settings)),
+                *(py, "-m", "mlflow", "ui", "--backend-store-uri", settings.mlflow_store().tracking_uri),
                 *("-h", "127.0.0.1", "-p", str(settings.mlflow_ui_port)),
             ],
             mlflow,

@@ -14,6 +14,8 @@ PROMOTION_CHECK_STEP = "challenger_model_challenger_beats_baseline_and_champion"
 def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: str | None = None) -> bool:
     """Materialize every asset and run every check once; print where the results are. True on success,
     and when the only failure is the promotion check refusing the challenger (the champion stays)."""
+    from recsys_assets.contract.storage import Storage
+    from recsys_assets.defs import runs
     from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
 
     defs = build_definitions(settings)
@@ -27,6 +29,8 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
                 "ops": {"model_candidates": {"config": candidates or {}}} if job_name in (None, PIPELINE_JOB) else {},
             },
         )
+        # no run-status sensor sees an in-process run: record it as they do, for the console
+        runs.record(instance, Storage.from_settings(settings))
     print()
     home = Path(settings.dagster_home).resolve()
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} (Dagster home {home})")
@@ -49,10 +53,9 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
 
 def _print_locations(settings: Settings) -> None:
     from recsys_assets.contract.storage import Storage
-    from recsys_assets.lib.tracking import tracking_uri
 
     store = Storage.from_settings(settings)
     print(f"tables under {store.uri()}")
     print(f"EDA report: {store.uri('reports', 'eda_report.html')}")
     print(f"evaluation report: {store.uri('reports', 'evaluation_report.html')}")
-    print(f"MLflow tracking: {tracking_uri(settings)}")
+    print(f"MLflow tracking: {settings.mlflow_store().tracking_uri}")

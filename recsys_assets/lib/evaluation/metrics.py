@@ -27,11 +27,14 @@ never pads lists, whereas here a ``-1`` slot is a miss and does not count in the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+# the truth matrix and the padding are the scoring path's (shared with the API)
+from recsys_assets.contract.scoring import PAD, Truth, truth_to_csr
 
 # Columns of the long result table (the caller adds model / protocol / slice columns).
 METRIC_COL = "metric"
@@ -47,48 +50,11 @@ AVERAGE_POPULARITY = "averagepopularity"
 HEAD_PERCENTAGE = "headpercentage"  # share of recommended items among the most popular ones
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
 DEFAULT_HEAD_FRACTION = 0.2
-PAD = -1
-
-Truth = sp.spmatrix | sp.sparray | Sequence[Iterable[int]]
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
-
-
-def truth_to_csr(truth: Truth, n_items: int | None = None) -> sp.csr_matrix:
-    """The ground truth as a binary CSR matrix (n_users x n_items) with sorted, unique indices.
-
-    Any stored non-zero counts as a positive (repeated events on one item are one positive, as in
-    RecBole, whose positives are a set). A list of index arrays needs `n_items` unless the largest
-    index + 1 is the catalog size.
-    """
-    if sp.issparse(truth):
-        m = sp.csr_matrix(truth, dtype=np.float64, copy=True)
-        m.sum_duplicates()
-        m.eliminate_zeros()
-        if n_items is not None and n_items != m.shape[1]:
-            if n_items < m.shape[1]:
-                raise ValueError(f"truth has {m.shape[1]} item columns, more than n_items={n_items}")
-            m.resize((m.shape[0], n_items))
-    else:
-        rows = [np.asarray(list(r) if not isinstance(r, np.ndarray) else r, dtype=np.int64).ravel() for r in truth]
-        lengths = np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
-        cols = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        if cols.size and cols.min() < 0:
-            raise ValueError("truth item indices must be >= 0")
-        width = int(cols.max()) + 1 if cols.size else 0
-        if n_items is None:
-            n_items = width
-        elif width > n_items:
-            raise ValueError(f"truth has item index {width - 1} >= n_items={n_items}")
-        user_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-        m = sp.csr_matrix((np.ones(cols.size), (user_of, cols)), shape=(len(rows), n_items))
-        m.sum_duplicates()
-    m.data = np.ones(m.nnz, dtype=np.int8)
-    m.sort_indices()
-    return m
 
 
 def _check_topk(topk: np.ndarray, n_items: int) -> np.ndarray:
@@ -348,65 +314,3 @@ def exclusion_matrix(seen: sp.spmatrix | sp.sparray, truth: Truth | None = None)
         mask = sp.csr_matrix(mask - mask.multiply(t))
         mask.eliminate_zeros()
     return mask
-
-
-def topk_from_scores(
-    scores: np.ndarray | sp.spmatrix | sp.sparray,
-    k: int,
-    exclude: sp.spmatrix | sp.sparray | None = None,
-    batch_size: int = 1024,
-) -> np.ndarray:
-    """Top-k item indices per user from an n_users x n_items score matrix, best first.
-
-    Items stored in `exclude` (e.g. training items, see `exclusion_matrix`) and items scored -inf or
-    NaN are never recommended; when fewer than k items remain the row ends with ``-1`` padding. A
-    sparse score matrix is densified one batch of users at a time (absent entries score 0). Equal
-    scores are ordered by item index, at the k-th place too (see `top_k`), so the result is deterministic.
-    """
-    n_users, n_items = scores.shape
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    if exclude is not None:
-        exclude = truth_to_csr(exclude)
-        if exclude.shape != (n_users, n_items):
-            raise ValueError(f"exclude has shape {exclude.shape}, scores have {(n_users, n_items)}")
-    out = np.full((n_users, k), PAD, dtype=np.int64)
-    for start in range(0, n_users, batch_size):
-        stop = min(start + batch_size, n_users)
-        block = scores[start:stop]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        block = np.array(block, dtype=np.result_type(block.dtype, np.float32))
-        block[np.isnan(block)] = -np.inf
-        if exclude is not None:
-            part = exclude[start:stop]
-            block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
-        for r in range(stop - start):
-            out[start + r] = top_k(block[r], k)
-    return out
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best finite scores, best first; equal scores ordered by index; -1 padded.
-
-    Ties at the k-th place go to the lowest indices too, so the result never depends on how
-    `argpartition` happened to split them.
-    """
-    n = scores.shape[0]
-    kk = min(k, n)
-    if kk < n:
-        cand = np.argpartition(scores, n - kk)[n - kk :]
-        vals = scores[cand]
-        kth = vals.min()
-        if np.count_nonzero(scores == kth) > np.count_nonzero(vals == kth):  # ties left outside: lowest indices
-            above = cand[vals > kth]
-            cand = np.concatenate([above, np.flatnonzero(scores == kth)[: kk - len(above)]])
-            vals = scores[cand]
-    else:
-        cand = np.arange(n)
-        vals = scores
-    chosen = cand[np.lexsort((cand, -vals))]
-    if not np.isfinite(vals).all():
-        chosen = chosen[np.isfinite(scores[chosen])]
-    if len(chosen) < k:
-        chosen = np.concatenate([chosen, np.full(k - len(chosen), PAD, dtype=np.int64)])
-    return chosen.astype(np.int64, copy=False)

@@ -1,18 +1,25 @@
-"""The contract every recommender follows, and the training data they all share.
+"""The one interface every recommender follows, and the data they are fitted on.
 
 All models work in one index space: rows of the `users` table and rows of the `items` table (the
 id maps of `interaction_matrix`). Items of the catalog with no interaction and users with no
 training event are part of that space, so cold-start cases are scored like any other.
+
+`TrainData` is a training part in that space; `ProtocolData` is one protocol's whole split (what
+`fitting.prepare` builds and every model is fitted on); `Recommender` is the interface: fit on a
+`ProtocolData`, score users, export the serving artifact's scorer. `recommend` ranks through it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from recsys_assets.contract.scoring import Scorer, topk_from_scores
+from recsys_assets.lib.evaluation import splits as S
 
 
 @dataclass(frozen=True)
@@ -57,16 +64,59 @@ class TrainData:
         return cls(matrix=matrix, events=events.reset_index(drop=True), items=items, users=users)
 
 
+@dataclass
+class ProtocolData:
+    """One protocol's split in the shared index space, with what evaluation needs."""
+
+    protocol: str
+    split: S.Split
+    data: TrainData
+    valid_truth: sp.csr_matrix
+    test_truth: sp.csr_matrix
+    test_exclude: sp.csr_matrix
+    user_slice: np.ndarray  # slice label per user (by training events)
+    new_item_truth: sp.csr_matrix  # test positives on items unseen in training
+    item_popularity: np.ndarray
+
+
 @runtime_checkable
 class Recommender(Protocol):
-    """Fit on `TrainData`, then score every item for given users (higher is better).
+    """What the pipeline needs of a model: fit on a protocol's split, score users, export for serving.
 
-    `score` returns a dense float array (len(user_idx) x n_items); it does not exclude items the
-    user has seen (the caller does, with the training matrix).
+    `fit` trains on `data.split` (or its indexed training part `data.data`); it may early-stop or tune
+    on the validation part, never on the test part. After it:
+
+    * `score(user_idx)` is a dense float array (len(user_idx) x n_items) in the shared index space,
+      higher is better. It does not exclude seen items (`recommend` does, with `history`); an item or a
+      user the model cannot score is -inf.
+    * `history` is the users x items matrix of training event weights the model was fitted on.
+    * `scorer` is the model as the serving artifact stores it (`contract.scoring.Scorer`, the API's
+      scoring path), or None for a model with no serving form.
+    * `params()` are the hyper-parameters a training run records.
+
+    `family` is "recbole" (trained through the RecBole adapter) or "native".
     """
 
-    name: str
+    history: sp.csr_matrix
 
-    def fit(self, data: TrainData) -> Recommender: ...
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def scorer(self) -> Scorer | None: ...
+
+    def fit(self, data: ProtocolData) -> Self: ...
 
     def score(self, user_idx: np.ndarray) -> np.ndarray: ...
+
+    def params(self) -> dict[str, object]: ...
+
+
+def recommend(model: Recommender, user_idx: np.ndarray, k: int) -> np.ndarray:
+    """Top-`k` item indices per user, best first, never an item of the user's training history nor one
+    the model cannot score; a row with fewer than `k` such items ends with -1."""
+    user_idx = np.asarray(user_idx)
+    return topk_from_scores(model.score(user_idx), k, exclude=model.history[user_idx])

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,10 +21,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact
-from recsys_assets.contract.scoring import Component, Scorer
+from recsys_assets.contract.scoring import Component, topk_from_scores
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix, topk_from_scores
-from recsys_assets.lib.models.base import TrainData
+from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
+from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +32,6 @@ KS = (5, 10, 20)
 ALL = "all"
 SLICES = (ALL, *S.USER_SLICES, S.NEW_ITEM_SLICE)
 CHAMPION_METRIC = ("ndcg", 10, S.TEMPORAL)
-
-
-@dataclass
-class ProtocolData:
-    """One protocol's split in the shared index space, with what evaluation needs."""
-
-    protocol: str
-    split: S.Split
-    data: TrainData
-    valid_truth: sp.csr_matrix
-    test_truth: sp.csr_matrix
-    test_exclude: sp.csr_matrix
-    user_slice: np.ndarray  # slice label per user (by training events)
-    new_item_truth: sp.csr_matrix  # test positives on items unseen in training
-    item_popularity: np.ndarray
 
 
 def fingerprint(inter: pd.DataFrame) -> str:
@@ -119,17 +104,23 @@ def evaluate_scores(
 
 @dataclass
 class Candidate:
-    """A trained model: its test scores, its serving component (if it has one) and timings."""
+    """A fitted model on one protocol: what the comparison records of it (timings, validation NDCG@10,
+    hyper-parameters) around the `Recommender` itself."""
 
     name: str
     protocol: str
     family: str  # "recbole" | "native"
-    scores: Callable[[np.ndarray], np.ndarray]
+    model: Recommender
+    # The model's single serving component, which a hybrid can blend; None when it has none or several.
     component: Component | None = None
     valid_ndcg10: float = float("nan")
     train_seconds: float = 0.0
     params: dict[str, object] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+
+    def scores(self, user_idx: np.ndarray) -> np.ndarray:
+        """The model's scores for `user_idx` (see `Recommender.score`)."""
+        return self.model.score(user_idx)
 
 
 def valid_ndcg(scores: np.ndarray, pdata: ProtocolData) -> float:
@@ -204,12 +195,8 @@ def serving_artifact(
     """The serving artifact of a trained candidate over every user and item of `data`, or None when the
     model has no serving component. `history` (users x items event weights) defaults to the training
     matrix; `trained_until` is the time of the last event in `data`."""
-    model = cand.extra.get("model")
-    if model is not None:  # native models carry their scorer
-        scorer = model.scorer
-    elif cand.component is not None:
-        scorer = Scorer({cand.name: cand.component}, {cand.name: 1.0})
-    else:
+    scorer = cand.model.scorer
+    if scorer is None:
         return None
     items = data.items
     last = data.events["timestamp"].max() if len(data.events) else None

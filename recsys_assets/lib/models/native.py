@@ -19,20 +19,31 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, _standardise, history_buckets
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, topk_from_scores
-from recsys_assets.lib.models.base import TrainData
+from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise, topk_from_scores
+from recsys_assets.lib.evaluation.metrics import evaluate_topk
+from recsys_assets.lib.models.base import ProtocolData, TrainData
 
 
 class ComponentModel:
-    """A model whose scoring is one `Component` (or a blend): fit builds it, score delegates."""
+    """A model whose scoring is one `Component` (or a blend): fit builds it, score delegates.
+
+    A `Recommender`: `fit` takes a protocol's split, or just its training part (`TrainData`).
+    """
 
     name = "component"
+    family = "native"
     scorer: Scorer
     history: sp.csr_matrix
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
         return self.scorer.score(self.history[user_idx], user_idx=user_idx)
+
+    def params(self) -> dict[str, object]:
+        return {}
+
+
+def _train_part(data: TrainData | ProtocolData) -> TrainData:
+    return data.data if isinstance(data, ProtocolData) else data
 
 
 @dataclass
@@ -42,7 +53,8 @@ class PopularityModel(ComponentModel):
     half_life_days: float | None = None
     name: str = "Popularity"
 
-    def fit(self, data: TrainData) -> PopularityModel:
+    def fit(self, data: TrainData | ProtocolData) -> PopularityModel:
+        data = _train_part(data)
         ev = data.events.drop_duplicates(["user_idx", "item_idx"], keep="last")
         weight = np.ones(len(ev))
         if self.half_life_days:
@@ -75,7 +87,8 @@ class ContentModel(ComponentModel):
     max_features: int | None = 50_000
     name: str = "Content"
 
-    def fit(self, data: TrainData) -> ContentModel:
+    def fit(self, data: TrainData | ProtocolData) -> ContentModel:
+        data = _train_part(data)
         docs = item_documents(data.items)
         if not any(docs):
             feats = sp.csr_matrix((data.n_items, 1), dtype=np.float32)
@@ -120,7 +133,11 @@ class HybridModel(ComponentModel):
     half_life_days: float | None = None
     tuning: pd.DataFrame | None = None
 
-    def fit(self, data: TrainData, valid: sp.csr_matrix | None = None) -> HybridModel:
+    def fit(self, data: TrainData | ProtocolData, valid: sp.csr_matrix | None = None) -> HybridModel:
+        """Tune on `valid` (by default a protocol's validation part; none: equal weights), then blend."""
+        if isinstance(data, ProtocolData) and valid is None:
+            valid = data.valid_truth
+        data = _train_part(data)
         self.history = data.matrix
         have_valid = valid is not None and valid.nnz > 0
         if have_valid:
@@ -133,6 +150,14 @@ class HybridModel(ComponentModel):
             self._tune(names, data.matrix, valid)
         self.scorer = Scorer(comps, self.weights, self.bucket_weights)
         return self
+
+    def params(self) -> dict[str, object]:
+        return {
+            "weights": self.weights,
+            "bucket_weights": self.bucket_weights,
+            "popularity_half_life_days": self.half_life_days,
+            "collaborative": self.collaborative_name,
+        }
 
     def refit(self, data: TrainData, collaborative: Component | None) -> HybridModel:
         """This hybrid's choices (popularity half-life, blend weights) on new data: every component is
@@ -165,7 +190,7 @@ class HybridModel(ComponentModel):
         users = np.flatnonzero(np.diff(valid.indptr) > 0)
         hist = train[users]
         # standardised component scores, computed once; each grid point is then a weighted sum
-        parts = {n: _standardise(self.components[n].raw_scores(hist, users)) for n in names}
+        parts = {n: standardise(self.components[n].raw_scores(hist, users)) for n in names}
         steps = round(1 / self.step)
         grid = [c for c in itertools.product(range(steps + 1), repeat=len(names)) if sum(c) == steps]
         buckets = history_buckets(hist)

@@ -19,12 +19,15 @@ import pandas as pd
 
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.models.base import TrainData
-from recsys_assets.lib.models.fitting import Candidate, ProtocolData, fingerprint, prepare, serving_artifact
+from recsys_assets.lib.models.base import ProtocolData, TrainData
+from recsys_assets.lib.models.candidates import EXPORTABLE, NATIVE, native_candidate, recbole_candidate
+from recsys_assets.lib.models.fitting import Candidate, Timer, fingerprint, prepare, serving_artifact
+from recsys_assets.lib.models.native import HybridModel
+from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
+from recsys_assets.lib.models.tuning import model_config
 
 logger = logging.getLogger(__name__)
 
-NATIVE = ("Popularity", "Content", "Hybrid")
 VALID_SHARE = 0.05
 
 
@@ -107,22 +110,18 @@ def _fit_on_every_event(
     hybrid_cf: str | None,
 ) -> Candidate:
     """The served candidate: `model` fitted on every event, with what `tuned_cand` chose."""
-    from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
-    from recsys_assets.lib.models.fitting import Timer
-    from recsys_assets.lib.models.native import HybridModel
-    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.lib.models.tuning import model_config
 
     def recbole(name: str) -> Candidate:
         return recbole_candidate(RecBoleModelConfig(**model_config(name, budget, seed, tuned=tuned)), full)
 
     if model != "Hybrid":
         return native_candidate(model, full) if model in NATIVE else recbole(model)
-    chosen: HybridModel = tuned_cand.extra["model"]
+    chosen = tuned_cand.model
+    assert isinstance(chosen, HybridModel)
     cf = recbole(hybrid_cf) if hybrid_cf else None
     with Timer() as t:
         hybrid = chosen.refit(full.data, cf.component if cf is not None else None)
-    cand = dataclasses.replace(tuned_cand, scores=hybrid.score, extra={**tuned_cand.extra, "model": hybrid})
+    cand = dataclasses.replace(tuned_cand, model=hybrid, extra=dict(tuned_cand.extra))
     cand.train_seconds = t.seconds + (cf.train_seconds if cf is not None else 0.0)
     return cand
 
@@ -137,10 +136,6 @@ def refit_candidate(
     hybrid_cf: str | None = None,
 ) -> Candidate:
     """Train `model` (and, for `Hybrid`, its collaborative model first) on `pdata`'s train part."""
-    from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
-    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.lib.models.tuning import model_config
-
     _check_model(model, hybrid_cf)
 
     def recbole(name: str) -> Candidate:
@@ -158,8 +153,6 @@ def refit_candidate(
 
 
 def _check_model(model: str, hybrid_cf: str | None) -> None:
-    from recsys_assets.lib.models.candidates import EXPORTABLE
-
     if model not in NATIVE and model not in EXPORTABLE:
         raise ValueError(f"{model} cannot be served; refit one of {[*EXPORTABLE, *NATIVE]}")
     if hybrid_cf is not None and (model != "Hybrid" or hybrid_cf not in EXPORTABLE or hybrid_cf == "Pop"):

@@ -25,8 +25,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from recsys_assets.contract.events import parse_timestamps
 from recsys_assets.contract.settings import EventLogSource, Settings
-from recsys_assets.lib.ingest import cleaning as ingestion
+from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.tools.replay.behaviour import RealEvent
 from recsys_assets.tools.services import PROJECT_ROOT
 
@@ -68,15 +69,15 @@ def _cleaning_settings(**overrides: object) -> Settings:
 def load_dataset(name: str, path: str | Path | None = None) -> Dataset:
     """`ml-100k` (from the recbole wheel) or `taobao` (the sample, or the file at `path`), cleaned."""
     if name == "ml-100k":
-        raw, items, users = ingestion.read_movielens(Path(path) if path else None)
-        inter = ingestion.clean_events(raw, _cleaning_settings()).interactions
+        raw, items, users = readers.read_movielens(Path(path) if path else None)
+        inter = cleaning.clean_events(raw, _cleaning_settings().cleaning()).interactions
         return Dataset(name, _canonical(inter), items, users)
     if name == "taobao":
         source = TAOBAO_SOURCE.model_copy(update={"paths": [str(path or TAOBAO_SAMPLE)]})
-        raw = ingestion.read_event_log(source)
+        raw = readers.read_event_log(source)
         lo, hi = TAOBAO_PERIOD
         settings = _cleaning_settings(time_min=lo.to_pydatetime(), time_max=hi.to_pydatetime())
-        return Dataset(name, _canonical(ingestion.clean_events(raw, settings, unit="s").interactions))
+        return Dataset(name, _canonical(cleaning.clean_events(raw, settings.cleaning(), unit="s").interactions))
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -137,7 +138,7 @@ def read_events(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("user_id", "item_id", "event_type", "timestamp") if c not in df]
     if missing:
         raise ValueError(f"{path}: required columns missing: {missing}")
-    df["timestamp"] = ingestion.parse_timestamps(df["timestamp"].astype(str))
+    df["timestamp"] = parse_timestamps(df["timestamp"].astype(str))
     if "value" not in df:
         df["value"] = np.nan
     df = df.dropna(subset=["user_id", "item_id", "event_type", "timestamp"])

@@ -1,0 +1,319 @@
+"""Reading sources into the canonical raw event log (all text), and the side tables beside it.
+
+MovieLens-100k from the recbole wheel, a generic event log of CSV/Parquet files, an item catalog or a
+user table. Reading never drops a row silently: a row the CSV parser cannot split is kept as a malformed
+raw row (its text in `raw_line`) so that cleaning counts it under `malformed_row`.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.resources
+import io
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from recsys_assets.contract.events import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    REQUIRED_EVENT_COLUMNS,
+    USER_COLUMNS,
+    parse_timestamps,
+)
+from recsys_assets.contract.settings import EventLogSource, TableSource
+
+RAW_EXTRA_COLUMNS = ("category", "source_file", "source_line", "raw_line")
+RAW_COLUMNS = EVENT_COLUMNS + RAW_EXTRA_COLUMNS
+
+Progress = Callable[[str], None]
+
+
+class IngestionError(ValueError):
+    """A source that cannot be ingested at all; the message names the file, the column and the problem."""
+
+    def __init__(self, file: str, problem: str, column: str | None = None) -> None:
+        where = f"{file}" + (f", column {column!r}" if column else "")
+        super().__init__(f"{where}: {problem}")
+        self.file = file
+        self.column = column
+        self.problem = problem
+
+
+# ---------------------------------------------------------------------------------------------
+# MovieLens-100k from the recbole wheel
+# ---------------------------------------------------------------------------------------------
+
+
+def movielens_dir() -> Path:
+    """The ml-100k atomic files shipped inside the recbole wheel."""
+    path = Path(str(importlib.resources.files("recbole") / "dataset_example" / "ml-100k"))
+    if not (path / "ml-100k.inter").is_file():
+        raise IngestionError(str(path), "ml-100k.inter not found: is recbole installed?")
+    return path
+
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    """Read a RecBole atomic file; headers look like `user_id:token`."""
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    df.columns = [c.split(":", 1)[0] for c in df.columns]
+    return df
+
+
+def read_movielens(directory: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """MovieLens-100k as (raw events, item catalog, user table) in the canonical schema."""
+    directory = directory or movielens_dir()
+    inter_file = directory / "ml-100k.inter"
+    inter = _read_atomic(inter_file)
+    raw = pd.DataFrame(
+        {
+            "user_id": inter["user_id"],
+            "item_id": inter["item_id"],
+            "event_type": "rating",
+            "timestamp": inter["timestamp"],
+            "value": inter["rating"],
+        }
+    )
+    raw["source_file"] = str(inter_file)
+    raw["source_line"] = np.arange(2, len(raw) + 2)
+    raw = conform(raw, RAW_COLUMNS)
+
+    item = _read_atomic(directory / "ml-100k.item")
+    items = pd.DataFrame(
+        {
+            "item_id": item["item_id"],
+            "title": item["movie_title"],
+            # genres are space-separated tokens in the atomic file
+            "categories": item["class"].fillna("").str.split().map(lambda g: "|".join(g)),
+            "year": pd.to_numeric(item["release_year"], errors="coerce").astype("Int32"),
+        }
+    )
+    users = _read_atomic(directory / "ml-100k.user").rename(columns={"zip_code": "zip_code"})
+    users["age"] = pd.to_numeric(users["age"], errors="coerce").astype("Int32")
+    return raw, conform(items, ITEM_COLUMNS), conform(users, USER_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic event log
+# ---------------------------------------------------------------------------------------------
+
+
+def expand_paths(patterns: Iterable[str]) -> list[str]:
+    """Expand globs (local or fsspec URLs) into a sorted, de-duplicated list of files."""
+    files: list[str] = []
+    for pattern in patterns:
+        if "://" in pattern:
+            _fs, _, matches = fsspec.get_fs_token_paths(pattern)
+            proto = pattern.split("://", 1)[0]
+            found = [f"{proto}://{m}" for m in matches]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+        if not found:
+            raise IngestionError(pattern, "no file matches this path")
+        files.extend(found)
+    return list(dict.fromkeys(files))
+
+
+def _detect_format(path: str, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "csv"
+
+
+def read_csv_text(
+    path: str, delimiter: str, header: bool, names: list[str] | None
+) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """Read every column as text; rows the parser cannot split are returned apart, with their line."""
+    bad: list[tuple[int, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad.append((int(row.number) if row.number is not None else -1, row.text))
+        return "skip"
+
+    read_opts = pacsv.ReadOptions(
+        column_names=names if not header else None,
+        autogenerate_column_names=not header and names is None,
+        block_size=1 << 24,
+        use_threads=False,  # row numbers of invalid rows are only known single-threaded
+    )
+    parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
+    with fsspec.open(path, "rb") as fh:
+        data = fh.read()
+    if not data.strip():
+        raise IngestionError(path, "the file is empty")
+    try:
+        # First pass learns the column names, second reads them all as strings.
+        names_probe = pacsv.read_csv(
+            io.BytesIO(data[: 1 << 16].rsplit(b"\n", 1)[0] + b"\n" if b"\n" in data[: 1 << 16] else data),
+            read_options=read_opts,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda r: "skip"),
+        ).column_names
+        convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names_probe}, strings_can_be_null=True)
+        table = pacsv.read_csv(
+            io.BytesIO(data), read_options=read_opts, parse_options=parse_opts, convert_options=convert
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise IngestionError(path, f"cannot be parsed as CSV ({exc})") from exc
+    return table, bad
+
+
+_ALLOWED_PARQUET_TYPES: dict[str, Callable[[pa.DataType], bool]] = {
+    "user_id": lambda t: pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+    "item_id": lambda t: pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+    "event_type": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t),
+    "timestamp": lambda t: (
+        pa.types.is_timestamp(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+    ),
+    "value": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t),
+}
+
+
+def _read_parquet(path: str) -> pa.Table:
+    try:
+        with fsspec.open(path, "rb") as fh:
+            return pq.read_table(fh)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestionError(path, f"cannot be read as Parquet ({exc})") from exc
+
+
+def _to_text(col: pa.ChunkedArray) -> pd.Series:
+    """Arrow column -> text, keeping timestamps as ISO strings in UTC."""
+    if pa.types.is_timestamp(col.type):
+        s = col.to_pandas()
+        s = s.dt.tz_localize("UTC") if s.dt.tz is None else s.dt.tz_convert("UTC")
+        return s.map(lambda v: v.isoformat() if pd.notna(v) else None).astype(object)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string())
+    s = col.to_pandas()
+    if pd.api.types.is_float_dtype(s):
+        # 5.0 -> "5", keeps integral ids and unix seconds readable
+        return s.map(lambda v: None if pd.isna(v) else (repr(int(v)) if float(v).is_integer() else repr(v)))
+    return s.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).astype(object)
+
+
+def read_event_log(source: EventLogSource, progress: Progress | None = None) -> pd.DataFrame:
+    """Read every file of the log into the canonical raw schema (all text)."""
+    files = expand_paths(source.paths)
+    rename = {v: k for k, v in source.columns.items()}
+    frames = []
+    for i, path in enumerate(tqdm(files, desc="reading event log", unit="file", disable=len(files) < 2), 1):
+        if progress:
+            progress(f"reading {path} ({i}/{len(files)})")
+        fmt = _detect_format(path, source.format)
+        bad: list[tuple[int, str]] = []
+        if fmt == "parquet":
+            table = _read_parquet(path)
+        else:
+            table, bad = read_csv_text(path, source.delimiter, source.header, source.names)
+        table = table.rename_columns([rename.get(n, n) for n in table.column_names])
+        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in table.column_names]
+        if missing:
+            raise IngestionError(
+                path,
+                f"required column missing (found columns {table.column_names}; "
+                "map names with `columns` or give `names` for a file without header)",
+                column=missing[0],
+            )
+        if fmt == "parquet":
+            for name, ok in _ALLOWED_PARQUET_TYPES.items():
+                if name in table.column_names and not ok(table.schema.field(name).type):
+                    raise IngestionError(path, f"wrong type {table.schema.field(name).type}", column=name)
+        df = pd.DataFrame({c: _to_text(table[c]) for c in table.column_names if c in EVENT_COLUMNS})
+        if source.category_column:
+            cat = rename.get(source.category_column, source.category_column)
+            if cat not in table.column_names:
+                raise IngestionError(path, "category column missing", column=source.category_column)
+            df["category"] = _to_text(table[cat])
+        _check_column_types(df, path, source)
+        df["source_file"] = path
+        # data line numbers (1-based, counting the header) for rows we kept
+        df["source_line"] = line_numbers(len(df), bad, header=source.header)
+        if bad:
+            malformed = pd.DataFrame(
+                {"source_file": path, "source_line": [n for n, _ in bad], "raw_line": [t for _, t in bad]}
+            )
+            df = pd.concat([df, malformed], ignore_index=True)
+        frames.append(conform(df, RAW_COLUMNS))
+    raw = pd.concat(frames, ignore_index=True)
+    if source.event_types:
+        mapped = raw["event_type"].map(source.event_types)
+        raw["event_type"] = mapped.where(mapped.notna(), raw["event_type"])
+    return raw
+
+
+def line_numbers(n_rows: int, bad: list[tuple[int, str]], header: bool) -> np.ndarray:
+    """1-based line numbers of the kept rows, skipping the lines the parser rejected."""
+    first = 2 if header else 1
+    skipped = sorted(n for n, _ in bad if n >= 0)
+    lines = np.arange(first, first + n_rows + len(skipped), dtype=np.int64)
+    if skipped:
+        # pyarrow numbers rows from 1 including the header; lines of rejected rows are not data rows
+        lines = lines[~np.isin(lines, skipped)][:n_rows]
+    return lines[:n_rows]
+
+
+def _check_column_types(df: pd.DataFrame, path: str, source: EventLogSource) -> None:
+    """A column none of whose values parse is a wrong type for the whole file, not bad rows."""
+    ts = df["timestamp"].dropna()
+    if len(ts) and parse_timestamps(ts.head(1000), source.timestamp_unit).isna().all():
+        raise IngestionError(
+            path, f"wrong type: no value parses as a timestamp (e.g. {ts.iloc[0]!r})", column="timestamp"
+        )
+    if "value" in df:
+        val = df["value"].dropna()
+        if len(val) and pd.to_numeric(val.head(1000), errors="coerce").isna().all():
+            raise IngestionError(path, f"wrong type: no value is numeric (e.g. {val.iloc[0]!r})", column="value")
+
+
+def read_table_source(source: TableSource, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read an item catalog or user table into its canonical columns."""
+    frames = []
+    for path in expand_paths([source.path]):
+        if _detect_format(path, source.format) == "parquet":
+            table = _read_parquet(path)
+        else:
+            table, _ = read_csv_text(path, source.delimiter, source.header, source.names)
+        rename = {v: k for k, v in source.columns.items()}
+        df = table.to_pandas().rename(columns=rename)
+        if columns[0] not in df:
+            raise IngestionError(path, f"required column missing (found {list(df.columns)})", column=columns[0])
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    df[columns[0]] = df[columns[0]].astype(str)
+    if "categories" in df:
+        df["categories"] = df["categories"].fillna("").astype(str).str.replace(source.list_separator, "|")
+    return conform(df, columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared with cleaning and the live windows
+# ---------------------------------------------------------------------------------------------
+
+
+def empty(columns: Iterable[str]) -> pd.DataFrame:
+    """An empty table with the given columns."""
+    return conform(pd.DataFrame(), columns)
+
+
+def conform(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """Select and order `columns`, adding missing ones as nulls."""
+    out = df.copy()
+    for c in columns:
+        if c not in out:
+            out[c] = None
+    return out[list(columns)]

@@ -1,0 +1,231 @@
+"""The model contract: every model the pipeline can train passes the same behavioural checks on one tiny
+checkerboard (`checkerboard.py`), through the one `Recommender` interface and the pipeline's own calls.
+
+Each model fits; ranks the obvious items first (its own half of the catalog, or training popularity for a
+model that does not personalise); never returns an item the user has seen; handles users with no history,
+in process and through the served artifact, where an unknown user is scored from their history alone; and
+serialises to the serving artifact, which scores identically after reload through `contract.scoring.Scorer`,
+as the API does. What a model cannot do is written in its `Case`, and checked: a model with no serving form
+must produce no artifact, a model that abstains for a user it never saw must return nothing for them.
+
+A new model joins by adding one line to `CASES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys_assets.contract.artifact import ServingArtifact, dump_artifact, parse_artifact
+from recsys_assets.contract.scoring import top_k
+from recsys_assets.lib.models.base import ProtocolData, Recommender, recommend
+from recsys_assets.lib.models.candidates import NATIVE, fit_candidate, native_model
+from recsys_assets.lib.models.fitting import Candidate, serving_artifact
+from recsys_assets.lib.models.recbole_adapter import SUPPORTED_MODELS, RecBoleModelConfig
+from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
+
+from .checkerboard import COLD_USERS, TINY_SETTINGS, checkerboard, own_half
+
+# What a model returns for a user with no history: nothing (it abstains), the most popular items first, or any
+# items (it has nothing to say, so no order is promised).
+Cold = Literal["abstains", "popular", "any"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model and what the contract expects of it."""
+
+    make: Callable[[ProtocolData], Recommender]
+    personalised: bool = True  # False: the same list for everyone, by training popularity
+    serves: bool = True  # False: no serving form, so no artifact (NeuMF's MLP, NGCF, SASRec's sequence)
+    cold: Cold = "any"  # a user with no history, in process
+    cold_served: Cold = "any"  # an unknown user with no history, through the served artifact (the API)
+    folds_in: bool = True  # served: an unknown user with a history gets items like that history's
+
+
+def recbole(name: str) -> Callable[[ProtocolData], Recommender]:
+    return lambda _build: RecBoleRecommender(RecBoleModelConfig(model=name, **TINY_SETTINGS[name]))
+
+
+def native(name: str, collaborative: str | None = None) -> Callable[[ProtocolData], Recommender]:
+    """A native model; a hybrid blends `collaborative`, fitted first the way the pipeline does."""
+
+    def make(build: ProtocolData) -> Recommender:
+        cf = fit_candidate(recbole(collaborative)(build), build) if collaborative else None
+        return native_model(name, cf)
+
+    return make
+
+
+# RecBole abstains for a user it never saw (in process); its served component scores them like anyone else.
+CASES: dict[str, Case] = {
+    "Pop": Case(recbole("Pop"), personalised=False, cold="abstains", cold_served="popular", folds_in=False),
+    "ItemKNN": Case(recbole("ItemKNN"), cold="abstains"),
+    "EASE": Case(recbole("EASE"), cold="abstains"),
+    "BPR": Case(recbole("BPR"), cold="abstains"),
+    "NeuMF": Case(recbole("NeuMF"), serves=False, cold="abstains"),
+    "LightGCN": Case(recbole("LightGCN"), cold="abstains"),
+    "NGCF": Case(recbole("NGCF"), serves=False, cold="abstains"),
+    "MultiVAE": Case(recbole("MultiVAE"), cold="abstains"),
+    "SASRec": Case(recbole("SASRec"), serves=False, cold="abstains"),
+    "Popularity": Case(native("Popularity"), personalised=False, cold="popular", cold_served="popular", folds_in=False),
+    "Content": Case(native("Content")),
+    "Hybrid": Case(native("Hybrid"), cold="popular", cold_served="popular"),
+    "Hybrid+EASE": Case(native("Hybrid", collaborative="EASE"), cold="popular", cold_served="popular"),
+}
+
+
+def test_every_model_the_pipeline_can_train_is_in_the_contract() -> None:
+    names = {name.split("+")[0] for name in CASES}
+    assert names == set(SUPPORTED_MODELS) | set(NATIVE)
+    assert set(TINY_SETTINGS) == set(SUPPORTED_MODELS)
+
+
+@dataclass
+class Fitted:
+    case: Case
+    build: ProtocolData
+    cand: Candidate
+    artifact: ServingArtifact | None
+
+    @property
+    def model(self) -> Recommender:
+        return self.cand.model
+
+    @property
+    def warm(self) -> np.ndarray:
+        """Users with training events."""
+        return np.flatnonzero(np.diff(self.build.data.matrix.indptr) > 0)
+
+    @property
+    def cold(self) -> np.ndarray:
+        return self.build.data.users.index[self.build.data.users["user_id"].isin(COLD_USERS)].to_numpy()
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """Distinct training users per item."""
+        return np.diff(self.build.data.matrix.tocsc().indptr).astype(np.float64)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def fitted(request: pytest.FixtureRequest) -> Fitted:
+    """The model fitted as the pipeline fits a candidate, and its serving artifact (None without a serving form)."""
+    case, build = CASES[request.param], checkerboard()
+    cand = fit_candidate(case.make(build), build)
+    return Fitted(case, build, cand, serving_artifact(cand, build.data, "checkerboard"))
+
+
+def test_fits(fitted: Fitted) -> None:
+    model, build = fitted.model, fitted.build
+    assert isinstance(model, Recommender)
+    assert fitted.cand.name == model.name
+    assert fitted.cand.family == model.family
+    assert model.family in ("recbole", "native")
+    assert model.history.shape == (build.data.n_users, build.data.n_items)
+    scores = model.score(np.arange(build.data.n_users))
+    assert scores.shape == (build.data.n_users, build.data.n_items) and scores.dtype.kind == "f"
+    assert not np.isnan(scores).any()
+    trained_items = fitted.popularity > 0
+    assert np.isfinite(scores[np.ix_(fitted.warm, trained_items)]).all()
+    assert np.isfinite(fitted.cand.valid_ndcg10)
+
+
+def test_ranks_the_obvious_items_first(fitted: Fitted) -> None:
+    """Each user's own half of the catalog; by training popularity for a model that does not personalise."""
+    users = fitted.warm
+    top = recommend(fitted.model, users, 5)
+    if fitted.case.personalised:
+        own = own_half(fitted.build, users, top)
+        assert own[:, 0].all(), f"{(~own[:, 0]).sum()} users get an item of the other half first"
+        assert own.mean() >= 0.95
+    else:
+        scores = fitted.model.score(users)
+        np.testing.assert_array_equal(scores, np.broadcast_to(scores[0], scores.shape))  # the same for everyone
+        n_popular = int((fitted.popularity > 0).sum())
+        np.testing.assert_array_equal(top_k(scores[0], n_popular), top_k(fitted.popularity, n_popular))
+
+
+def test_never_returns_seen_items(fitted: Fitted) -> None:
+    """Asked for more items than there are, a user gets every item they have not seen, once, then -1."""
+    users, n_items = fitted.warm, fitted.build.data.n_items
+    top = recommend(fitted.model, users, n_items + 5)
+    seen = fitted.build.data.matrix[users]
+    for row, user_seen in zip(top, np.split(seen.indices, seen.indptr[1:-1]), strict=True):
+        items = row[row >= 0]
+        assert not set(items) & set(user_seen)
+        assert len(set(items)) == len(items) and (row[len(items) :] == -1).all()
+        assert len(items) > 0
+
+
+def _expect_cold(got: np.ndarray, expected: Cold, popularity: np.ndarray) -> None:
+    if expected == "abstains":
+        assert (got == -1).all(), f"expected no item, got {got}"
+        return
+    assert (got >= 0).all() and len(set(got.tolist())) == len(got)
+    if expected == "popular":
+        np.testing.assert_array_equal(got, top_k(popularity, len(got)))
+
+
+def test_handles_users_with_no_history(fitted: Fitted) -> None:
+    top = recommend(fitted.model, fitted.cold, 3)
+    assert top.shape == (len(fitted.cold), 3)
+    for row in top:
+        _expect_cold(row, fitted.case.cold, fitted.popularity)
+
+
+def test_serves_unknown_users_from_their_history(fitted: Fitted) -> None:
+    """Through the served artifact, as the API scores a user it does not know (index -1)."""
+    if not fitted.case.serves:
+        assert fitted.artifact is None and fitted.model.scorer is None
+        return
+    scorer, data = fitted.artifact.scorer, fitted.build.data
+    nothing = np.array([], dtype=np.int64)
+    top = scorer.topk_one(nothing, nothing.astype(np.float32), 3, user=-1)
+    _expect_cold(top, fitted.case.cold_served, fitted.popularity)
+
+    # A visitor who touched three items of half 1.
+    half_1 = np.flatnonzero(data.items["categories"].eq("Genre1").to_numpy() & (fitted.popularity > 0))[:3]
+    top = scorer.topk_one(half_1, np.ones(3, dtype=np.float32), 5, user=-1, exclude=half_1)
+    assert not set(top.tolist()) & set(half_1.tolist())
+    if fitted.case.folds_in:
+        in_half_1 = data.items["categories"].to_numpy()[top] == "Genre1"
+        assert in_half_1[0] and in_half_1.mean() >= 0.8, f"served {data.items['item_id'].to_numpy()[top]}"
+    else:
+        popular = fitted.popularity.copy()
+        popular[half_1] = -np.inf
+        np.testing.assert_array_equal(top, top_k(popular, 5))
+
+
+def test_serialises_to_the_serving_artifact_and_scores_identically_after_reload(fitted: Fitted) -> None:
+    if not fitted.case.serves:
+        assert fitted.artifact is None and fitted.model.scorer is None
+        return
+    art = fitted.artifact
+    reloaded = parse_artifact(dump_artifact(art))
+    assert reloaded.model_name == fitted.model.name and reloaded.checksum == art.checksum
+    users = np.arange(len(art.user_ids))
+    history = reloaded.history
+    np.testing.assert_array_equal(reloaded.scorer.score(history, users), art.scorer.score(art.history, users))
+    unknown = np.full(len(users), -1)
+    np.testing.assert_array_equal(reloaded.scorer.score(history, unknown), art.scorer.score(history, unknown))
+
+    # What the API serves a known user: the obvious items first, never one the user has seen.
+    warm = fitted.warm
+    served = reloaded.topk_for_users(warm, 5)
+    assert not (sp.csr_matrix(history[warm]).multiply(_as_matrix(served, history.shape[1])).nnz)
+    if fitted.case.personalised:
+        assert own_half(fitted.build, warm, served)[:, 0].all()
+    # ... and the model's own ranking (up to near-ties of floats: the artifact scores in NumPy, RecBole in torch).
+    same = (served == recommend(fitted.model, warm, 5)).all(axis=1).mean()
+    assert same >= 0.9, f"only {same:.0%} of the served top-5 lists are the model's own"
+
+
+def _as_matrix(top: np.ndarray, n_items: int) -> sp.csr_matrix:
+    rows = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    keep = top.ravel() >= 0
+    return sp.csr_matrix((np.ones(keep.sum()), (rows[keep], top.ravel()[keep])), shape=(top.shape[0], n_items))
