@@ -15,7 +15,6 @@ from recsys_assets.defs.promotion import challenger_model
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
 from recsys_assets.lib.models.fitting import CHAMPION_METRIC, evaluate_artifact, metric_value, prepare
-from recsys_assets.lib.models.refit import refit_artifact
 
 # Fewest events newer than the champion's data for a like-with-like comparison on them.
 MIN_FRESH_EVENTS = 50
@@ -109,6 +108,9 @@ def _challenger_against_champion(
     users: pd.DataFrame,
 ) -> tuple[float, float, str]:
     """The champion's and the challenger's NDCG@10 on the same events, and which events those are."""
+    # the training stack loads in the step that refits, not with the code location
+    from recsys_assets.lib.models.refit import refit_artifact
+
     metric, k, protocol = CHAMPION_METRIC
     champion_art = read_from_storage(store, *current["path"])
     ts = pd.to_datetime(interactions["timestamp"], utc=True)

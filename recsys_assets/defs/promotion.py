@@ -14,7 +14,6 @@ from recsys_assets.defs.evaluation import champion_ranking
 from recsys_assets.defs.resources import STORAGE_RETRY, StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
 from recsys_assets.lib.models.fitting import CHAMPION_METRIC, metric_value
-from recsys_assets.lib.models.refit import refit_artifact
 from recsys_assets.lib.tracking import MlflowTracking
 
 SERVING = "serving_artifacts"
@@ -82,6 +81,9 @@ def champion_model(
     the artifact goes to `artifacts/<version>/`, `artifacts/CHAMPION.json` points at it (the API
     hot-reloads from there), and MLflow registers it with alias `champion`; the runner-up (as
     evaluated) gets `challenger`."""
+    # the training stack loads in the step that refits, not with the code location
+    from recsys_assets.lib.models.refit import refit_artifact
+
     store = storage.get()
     tuned = tuned_params(store)
     aliases = {}

@@ -17,7 +17,6 @@ from recsys_assets.defs.resources import StorageResource
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.fitting import (
     Candidate,
-    ProtocolData,
     artifact_metrics,
     evaluate_scores,
     fingerprint,
@@ -25,16 +24,16 @@ from recsys_assets.lib.models.fitting import (
     prepare,
     serving_artifact,
 )
-from recsys_assets.lib.models.refit import NATIVE
 from recsys_assets.lib.tracking import MlflowTracking
 
 TRAINING = "training"
 TUNED_PARAMS = ("tuning", "best_params.json")
 SEED = 2020
 
-# The RecBole models `model_candidates` trains unless configured (the retrain job trains `retrain_models`),
-# and those the hyper-parameter search tunes.
+# The models `model_candidates` trains unless configured (the retrain job trains `retrain_models`), and
+# those the hyper-parameter search tunes.
 RECBOLE_MODELS = ["Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec"]
+NATIVE_MODELS = ["Popularity", "Content", "Hybrid"]
 TUNED_MODELS = ["ItemKNN", "EASE", "BPR", "LightGCN", "MultiVAE", "NeuMF"]
 
 
@@ -52,7 +51,7 @@ class CandidatesConfig(dg.Config):
     models: list[str] = Field(default_factory=lambda: list(RECBOLE_MODELS), description="RecBole models.")
     protocols: list[str] = Field(default_factory=lambda: list(S.PROTOCOLS), description="random and/or temporal.")
     native_models: list[str] = Field(
-        default_factory=lambda: list(NATIVE), description="Models trained without RecBole."
+        default_factory=lambda: list(NATIVE_MODELS), description="Models trained without RecBole."
     )
     budget: str = Field(default="standard", description="`standard` (documented budgets) or `smoke` (tests).")
     seed: int = SEED
@@ -111,24 +110,6 @@ def tuned_hyperparameters(
     )
 
 
-def _train(
-    name: str, pdata: ProtocolData, trained: list[Candidate], config: CandidatesConfig, tuned: dict[str, Any]
-) -> Candidate:
-    """One candidate; the hybrid blends with the best collaborative candidate trained before it."""
-    from recsys_assets.lib.models.candidates import EXPORTABLE, native_candidate, recbole_candidate
-    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.lib.models.tuning import model_config
-
-    if name == "Hybrid":
-        cf = [c for c in trained if c.component is not None and c.name in EXPORTABLE and c.name != "Pop"]
-        best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
-        return native_candidate("Hybrid", pdata, best_cf)
-    if name in ("Popularity", "Content"):
-        return native_candidate(name, pdata)
-    kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
-    return recbole_candidate(RecBoleModelConfig(**kwargs), pdata)
-
-
 @dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
 def model_candidates(
     context: dg.AssetExecutionContext,
@@ -143,6 +124,11 @@ def model_candidates(
     protocols and evaluates each with one metrics implementation: model x metric x K x protocol x slice.
     Each training run is tracked in MLflow; the temporal protocol's exportable candidates are saved
     as serving artifacts under `candidates/`."""
+    # RecBole, torch and Optuna load in the step that trains, not with the code location
+    from recsys_assets.lib.models.candidates import EXPORTABLE, native_candidate, recbole_candidate
+    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.lib.models.tuning import model_config
+
     store = storage.get()
     fp = fingerprint(interactions)
     tuned = tuned_params(store)
@@ -161,7 +147,15 @@ def model_candidates(
         for name in [*config.models, *config.native_models]:
             done += 1
             context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
-            cand = _train(name, pdata, cands, config, tuned)
+            if name == "Hybrid":
+                cf = [c for c in cands if c.component is not None and c.name in EXPORTABLE and c.name != "Pop"]
+                best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
+                cand = native_candidate("Hybrid", pdata, best_cf)
+            elif name in ("Popularity", "Content"):
+                cand = native_candidate(name, pdata)
+            else:
+                kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
+                cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata)
             res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
             # what the promotion needs to refit this model on the latest data
             res["budget"] = config.budget
