@@ -43,42 +43,14 @@ PRIVATE_DAGSTER_ALLOWED: dict[str, str] = {}
 
 # ---- today's violations, each fixed in its own change: empty these lists as the fixes land ----
 KNOWN_CYCLES: set[frozenset[str]] = set()
-KNOWN_LAYER_VIOLATIONS: set[tuple[str, str]] = {  # (importer, imported)
-    ("recsys_assets.contract.scoring", "recsys_assets.lib.evaluation.metrics"),
-    ("serving.recommend", "recsys_assets.lib.evaluation.metrics"),
-    ("console.data", "recsys_assets.lib.reports.eda"),
-    ("console.data", "recsys_assets.lib.tracking"),
-    ("console.kpis", "recsys_assets.lib.attribution"),
-}
-KNOWN_BIG_MODULES: set[str] = {
-    "recsys_assets.lib.ingest.cleaning",
-    "recsys_assets.lib.models.recbole_adapter",
-    "recsys_assets.lib.tracking",
-}
-KNOWN_LONG_FUNCTIONS: set[str] = {
-    "recsys_assets.defs.ingestion.build_ingestion_assets",
-    "recsys_assets.defs.monitoring.build_monitoring_assets",
-    "recsys_assets.defs.training.build_training_assets",
-}
+KNOWN_LAYER_VIOLATIONS: set[tuple[str, str]] = set()  # (importer, imported)
+KNOWN_BIG_MODULES: set[str] = set()
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 KNOWN_PRIVATE_DAGSTER: set[str] = {
-    "console.data",
     "recsys_assets.defs.compute_logs",
-    "recsys_assets.defs.runs",
-    "recsys_assets.defs.sensors",
 }
-KNOWN_PRIVATE_NAMES: set[tuple[str, str]] = {  # (importer, "module._name")
-    ("recsys_assets.lib.live_windows", "recsys_assets.lib.ingest.cleaning._conform"),
-    ("recsys_assets.lib.live_windows", "recsys_assets.lib.ingest.cleaning._line_numbers"),
-    ("recsys_assets.lib.live_windows", "recsys_assets.lib.ingest.cleaning._read_csv_text"),
-    ("recsys_assets.lib.models.native", "recsys_assets.contract.scoring._standardise"),
-    ("recsys_assets.tools.benchmarks", "recsys_assets.lib.models.candidates._autoencoder_component"),
-    ("recsys_assets.tools.benchmarks", "recsys_assets.lib.models.recbole_adapter._build_config"),
-    ("recsys_assets.tools.benchmarks", "recsys_assets.lib.models.recbole_adapter._make_trainer"),
-}
-KNOWN_HEAVY: set[tuple[str, str]] = {  # (serving | console, the module that imports the package)
-    ("console", "console.data"),
-    ("console", "recsys_assets.lib.tracking"),
-}
+KNOWN_PRIVATE_NAMES: set[tuple[str, str]] = set()  # (importer, "module._name")
+KNOWN_HEAVY: set[tuple[str, str]] = set()  # (serving | console, the module that imports the package)
 
 
 @dataclass(frozen=True)

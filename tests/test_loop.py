@@ -94,6 +94,13 @@ def loop_settings(settings: Settings, tmp_path: Path, **extra) -> Settings:
     )
 
 
+def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorEvaluationContext:
+    """A sensor tick's context with the resource the sensors read, the settings (the daemon gives them every
+    resource of the code location)."""
+    resources = {"settings": (defs.resources or {})["settings"]}
+    return dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
+
+
 def test_live_events_sensor_adds_partitions_and_requests_runs(tmp_path: Path, settings: Settings) -> None:
     s = loop_settings(settings, tmp_path, drift_window_grace_seconds=0)
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=3 * MINUTES)
@@ -101,14 +108,14 @@ def test_live_events_sensor_adds_partitions_and_requests_runs(tmp_path: Path, se
     defs = build_definitions(s)
     sensor = defs.get_sensor_def("live_events_sensor")
     with dg.instance_for_test() as instance:
-        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        result = sensor(tick(defs, instance))
         key = live.window_key(pd.Timestamp(recent).floor(f"{MINUTES}min"))
         assert [r.partition_key for r in result.run_requests] == [key]
         assert result.run_requests[0].run_key.startswith(f"live:{key}:")
         assert result.run_requests[0].tags[runs.TRIGGER_TAG] == "new_events"
         assert result.dynamic_partitions_requests[0].partition_keys == [key]
         # the next tick with the same cursor has nothing to do
-        nothing = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, definitions=defs))
+        nothing = sensor(tick(defs, instance, result.cursor))
         assert isinstance(nothing, dg.SkipReason)
 
 
@@ -122,13 +129,13 @@ def test_drift_retrain_sensor_one_run_per_drifted_window(tmp_path: Path, setting
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(DRIFT_REPORT, partition=key, metadata={"retrain": retrain, "reasons": "x"})
             )
-        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        result = sensor(tick(defs, instance))
         assert [r.run_key for r in result.run_requests] == ["drift:2026-11-27T12:05"]
         tags = result.run_requests[0].tags
         assert tags[runs.TRIGGER_TAG] == "drift" and tags[runs.WINDOW_TAG] == "2026-11-27T12:05"
         assert tags[runs.WINDOW_END_TAG] == "2026-11-27T12:10:00+00:00"
         # a new tick sees no new verdict
-        again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, definitions=defs))
+        again = sensor(tick(defs, instance, result.cursor))
         assert not again.run_requests
         # while a retrain runs, a further drifted window is left to it
         create_run_for_test(instance, job_name=runs.RETRAIN_JOB, status=dg.DagsterRunStatus.STARTED)
@@ -136,7 +143,7 @@ def test_drift_retrain_sensor_one_run_per_drifted_window(tmp_path: Path, setting
         instance.report_runless_asset_event(
             dg.AssetMaterialization(DRIFT_REPORT, partition="2026-11-27T12:10", metadata={"retrain": True})
         )
-        busy = sensor(dg.build_sensor_context(instance=instance, cursor=again.cursor, definitions=defs))
+        busy = sensor(tick(defs, instance, again.cursor))
         assert not busy.run_requests
 
 
@@ -212,7 +219,7 @@ def _materialize_windows(defs: dg.Definitions, instance: dg.DagsterInstance, cur
     """One tick of the live-events sensor (its cursor kept in `cursors`, with each window's `no_drift`
     check evaluation), then the runs it requests."""
     sensor = defs.get_sensor_def("live_events_sensor")
-    result = sensor(dg.build_sensor_context(instance=instance, cursor=cursors.get("live"), definitions=defs))
+    result = sensor(tick(defs, instance, cursors.get("live")))
     assert not isinstance(result, dg.SkipReason), result
     cursors["live"] = result.cursor
     for request in result.dynamic_partitions_requests:
@@ -300,7 +307,7 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
     windows = _materialize_windows(defs, instance, cursors)
     assert windows == [live.window_key(s) for s in starts[:2]]
     retrain_sensor = defs.get_sensor_def("drift_retrain_sensor")
-    quiet = retrain_sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+    quiet = retrain_sensor(tick(defs, instance))
     assert not quiet.run_requests
     results = store.read_table("drift_results.parquet")
     assert set(results["window"]) == set(windows)
@@ -320,7 +327,7 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
     assert max(scores["new_user"], scores["user_history"]) >= settings.drift_threshold
     assert all(cursors[f"check:{w}"].passed for w in windows)
     assert store.exists("drift", live.file_key(report.partition), "report.html")
-    request = retrain_sensor(dg.build_sensor_context(instance=instance, cursor=quiet.cursor, definitions=defs))
+    request = retrain_sensor(tick(defs, instance, quiet.cursor))
     assert [r.run_key for r in request.run_requests] == [f"drift:{live.window_key(starts[2])}"]
 
     # the retrain: live events in the interactions, a new champion, served after hot reload
@@ -431,6 +438,7 @@ def test_failure_sensor_records_a_failed_run(settings: Settings) -> None:
             dagster_event=result.get_run_failure_event(),
             dagster_instance=instance,
             dagster_run=result.dagster_run,
+            resources={"settings": settings},
         ).for_run_failure()
         sensor(context)
     health = Storage.from_settings(settings).read_table("pipeline_health.parquet")

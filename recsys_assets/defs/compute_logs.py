@@ -15,9 +15,13 @@ from urllib.parse import urlparse
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from dagster import Field, Noneable, StringSource
+
+# Private on purpose: a compute log manager is built on Dagster's internal compute-log API, which has no
+# public counterpart. The methods overridden below take its `ComputeIOType`, and a log's file extension
+# is its `IO_TYPE_EXTENSION`, as in the parent class.
 from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION
-from dagster_azure.blob.compute_log_manager import AzureBlobComputeLogManager
+from dagster_azure.blob import AzureBlobComputeLogManager
 
 if TYPE_CHECKING:
     from recsys_assets.contract.settings import Settings

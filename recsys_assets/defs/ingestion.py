@@ -4,196 +4,203 @@ the interaction matrix, and the EDA report."""
 import dagster as dg
 import pandas as pd
 
-from recsys_assets.contract.events import ITEM_COLUMNS, REJECTED_EVENTS, USER_COLUMNS
+from recsys_assets.contract.events import EDA_REPORT, ITEM_COLUMNS, REJECTED_EVENTS, USER_COLUMNS
 from recsys_assets.contract.settings import Settings
 from recsys_assets.defs import runs
-from recsys_assets.defs.resources import StorageResource
+from recsys_assets.defs.resources import STORAGE_RETRY, StorageResource
 from recsys_assets.lib import live_windows as live
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.reports.eda import eda_summary, render_eda_report
 
-GROUP = "ingestion"
-
-# Steps that read or write storage retry transient errors (a Blob timeout, a busy disk) with backoff;
-# bad input raises `dg.Failure(allow_retries=False)` and fails at once.
-STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+INGESTION = "ingestion"
 
 
 def _md_table(df: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.head(limit).astype(str).to_markdown(index=False) if len(df) else "(none)")
 
 
-def build_ingestion_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    """The ingestion assets for one configuration (the source and the cleaning rules)."""
-    unit = settings.event_log.timestamp_unit if settings.event_log else "auto"
+def _timestamp_unit(settings: Settings) -> str:
+    return settings.event_log.timestamp_unit if settings.event_log else "auto"
 
-    def source_description() -> str:
-        if settings.source == "movielens":
-            return "MovieLens-100k (recbole wheel)"
-        assert settings.event_log is not None
-        return f"event log {settings.event_log.paths}"
 
-    def read_source(context: dg.AssetExecutionContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        if settings.source == "movielens":
-            return readers.read_movielens()
-        src = settings.event_log
-        assert src is not None
-        raw = readers.read_event_log(src, progress=context.log.info)
-        items = readers.read_table_source(src.items, ITEM_COLUMNS) if src.items else readers.empty(ITEM_COLUMNS)
-        users = readers.read_table_source(src.users, USER_COLUMNS) if src.users else readers.empty(USER_COLUMNS)
-        return raw, items, users
+def _source_description(settings: Settings) -> str:
+    if settings.source == "movielens":
+        return "MovieLens-100k (recbole wheel)"
+    assert settings.event_log is not None
+    return f"event log {settings.event_log.paths}"
 
-    @dg.multi_asset(
-        group_name=GROUP,
-        retry_policy=STORAGE_RETRY,
-        outs={
-            "raw_events": dg.AssetOut(description="Every row of the source log, as text, in the canonical columns."),
-            "raw_items": dg.AssetOut(description="The item catalog as given by the source (may be empty)."),
-            "raw_users": dg.AssetOut(description="The user table as given by the source (may be empty)."),
+
+def _read_source(
+    context: dg.AssetExecutionContext, settings: Settings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    if settings.source == "movielens":
+        return readers.read_movielens()
+    src = settings.event_log
+    assert src is not None
+    raw = readers.read_event_log(src, progress=context.log.info)
+    items = readers.read_table_source(src.items, ITEM_COLUMNS) if src.items else readers.empty(ITEM_COLUMNS)
+    users = readers.read_table_source(src.users, USER_COLUMNS) if src.users else readers.empty(USER_COLUMNS)
+    return raw, items, users
+
+
+@dg.multi_asset(
+    group_name=INGESTION,
+    retry_policy=STORAGE_RETRY,
+    outs={
+        "raw_events": dg.AssetOut(description="Every row of the source log, as text, in the canonical columns."),
+        "raw_items": dg.AssetOut(description="The item catalog as given by the source (may be empty)."),
+        "raw_users": dg.AssetOut(description="The user table as given by the source (may be empty)."),
+    },
+)
+def raw_sources(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings]):
+    """Reads the configured source (MovieLens-100k by default, or a generic CSV/Parquet event log)."""
+    context.log.info(f"reading {_source_description(settings)}")
+    try:
+        raw, items, users = _read_source(context, settings)
+    except readers.IngestionError as exc:
+        # Fail the step with the file, column and problem; nothing is written, so the last good
+        # materialization of every table stays in place.
+        raise dg.Failure(
+            description=str(exc),
+            allow_retries=False,
+            metadata={"file": exc.file, "column": exc.column or "", "problem": exc.problem},
+        ) from exc
+    files = sorted(raw["source_file"].dropna().unique())
+    yield dg.Output(
+        raw,
+        output_name="raw_events",
+        metadata={
+            "source": _source_description(settings),
+            "files": dg.MetadataValue.json(files),
+            "malformed_rows": int(raw["raw_line"].notna().sum()),
         },
     )
-    def raw_sources(context: dg.AssetExecutionContext):
-        """Reads the configured source (MovieLens-100k by default, or a generic CSV/Parquet event log)."""
-        context.log.info(f"reading {source_description()}")
-        try:
-            raw, items, users = read_source(context)
-        except readers.IngestionError as exc:
-            # Fail the step with the file, column and problem; nothing is written, so the last good
-            # materialization of every table stays in place.
-            raise dg.Failure(
-                description=str(exc),
-                allow_retries=False,
-                metadata={"file": exc.file, "column": exc.column or "", "problem": exc.problem},
-            ) from exc
-        files = sorted(raw["source_file"].dropna().unique())
-        yield dg.Output(
-            raw,
-            output_name="raw_events",
-            metadata={
-                "source": source_description(),
-                "files": dg.MetadataValue.json(files),
-                "malformed_rows": int(raw["raw_line"].notna().sum()),
-            },
-        )
-        yield dg.Output(
-            items.astype({c: "string" for c in ("item_id", "title", "categories", "text")}), output_name="raw_items"
-        )
-        yield dg.Output(
-            users.astype({c: "string" for c in ("user_id", "gender", "occupation", "zip_code")}),
-            output_name="raw_users",
-        )
+    yield dg.Output(
+        items.astype({c: "string" for c in ("item_id", "title", "categories", "text")}), output_name="raw_items"
+    )
+    yield dg.Output(
+        users.astype({c: "string" for c in ("user_id", "gender", "occupation", "zip_code")}),
+        output_name="raw_users",
+    )
 
-    @dg.multi_asset(
-        group_name=GROUP,
-        ins={"raw_events": dg.AssetIn()},
-        deps=[dg.AssetKey(live.LIVE_EVENTS)],
-        retry_policy=STORAGE_RETRY,
-        outs={
-            "interactions": dg.AssetOut(
-                description="Typed, validated, de-duplicated events with their weight, sorted by time."
-            ),
-            REJECTED_EVENTS: dg.AssetOut(
-                description="A sample of the rejected raw rows (up to `reject_sample_size` per reason), "
-                "with the reason."
-            ),
+
+@dg.multi_asset(
+    group_name=INGESTION,
+    ins={"raw_events": dg.AssetIn()},
+    deps=[dg.AssetKey(live.LIVE_EVENTS)],
+    retry_policy=STORAGE_RETRY,
+    outs={
+        "interactions": dg.AssetOut(
+            description="Typed, validated, de-duplicated events with their weight, sorted by time."
+        ),
+        REJECTED_EVENTS: dg.AssetOut(
+            description="A sample of the rejected raw rows (up to `reject_sample_size` per reason), with the reason."
+        ),
+    },
+)
+def clean(
+    context: dg.AssetExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    raw_events: pd.DataFrame,
+):
+    """Cleans raw events, the source's and every stored `live_events` window's: rejects rows with
+    missing ids, bad timestamps, unknown event types or bad values (counted per reason), drops
+    duplicates (by `event_id`, else by every field), weighs each event by its type, and applies the
+    optional k-core filter."""
+    unit = _timestamp_unit(settings)
+    live_rows = live.read_live_events(storage.get(), unit=unit)
+    if len(live_rows):
+        context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
+        raw_events = pd.concat([raw_events, live_rows], ignore_index=True)
+    result = cleaning.clean_events(raw_events, settings.cleaning(), unit=unit)
+    inter = result.interactions
+    n_rejected = sum(result.reject_counts.values())
+    context.log.info(
+        f"{result.n_raw} raw rows -> {len(inter)} interactions; "
+        f"{n_rejected} rejected {result.reject_counts}; {result.n_duplicates} duplicates"
+    )
+    sample = cleaning.sample_rejects(result.rejected, settings.reject_sample_size)
+    runs.write_reject_counts(storage.get(), result.reject_counts)
+    yield dg.Output(
+        inter,
+        output_name="interactions",
+        metadata={
+            "raw_rows": result.n_raw,
+            "live_rows": len(live_rows),
+            "rejected_rows": n_rejected,
+            "duplicates_dropped": result.n_duplicates,
+            "impressions_set_aside": int(result.notes.get("impressions", 0)),
+            "kcore_dropped": result.kcore_dropped,
+            "rejected_by_reason": dg.MetadataValue.json(result.reject_counts),
+            "n_users": int(inter["user_id"].nunique()),
+            "n_items": int(inter["item_id"].nunique()),
+            "event_types": dg.MetadataValue.json(inter["event_type"].value_counts().to_dict()),
+            "time_min": str(inter["timestamp"].min()),
+            "time_max": str(inter["timestamp"].max()),
         },
     )
-    def clean(context: dg.AssetExecutionContext, storage: StorageResource, raw_events: pd.DataFrame):
-        """Cleans raw events, the source's and every stored `live_events` window's: rejects rows with
-        missing ids, bad timestamps, unknown event types or bad values (counted per reason), drops
-        duplicates (by `event_id`, else by every field), weighs each event by its type, and applies the
-        optional k-core filter."""
-        live_rows = live.read_live_events(storage.get(), unit=unit)
-        if len(live_rows):
-            context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
-            raw_events = pd.concat([raw_events, live_rows], ignore_index=True)
-        result = cleaning.clean_events(raw_events, settings.cleaning(), unit=unit)
-        inter = result.interactions
-        n_rejected = sum(result.reject_counts.values())
-        context.log.info(
-            f"{result.n_raw} raw rows -> {len(inter)} interactions; "
-            f"{n_rejected} rejected {result.reject_counts}; {result.n_duplicates} duplicates"
-        )
-        sample = cleaning.sample_rejects(result.rejected, settings.reject_sample_size)
-        runs.write_reject_counts(storage.get(), result.reject_counts)
-        yield dg.Output(
-            inter,
-            output_name="interactions",
-            metadata={
-                "raw_rows": result.n_raw,
-                "live_rows": len(live_rows),
-                "rejected_rows": n_rejected,
-                "duplicates_dropped": result.n_duplicates,
-                "impressions_set_aside": int(result.notes.get("impressions", 0)),
-                "kcore_dropped": result.kcore_dropped,
-                "rejected_by_reason": dg.MetadataValue.json(result.reject_counts),
-                "n_users": int(inter["user_id"].nunique()),
-                "n_items": int(inter["item_id"].nunique()),
-                "event_types": dg.MetadataValue.json(inter["event_type"].value_counts().to_dict()),
-                "time_min": str(inter["timestamp"].min()),
-                "time_max": str(inter["timestamp"].max()),
-            },
-        )
-        yield dg.Output(
-            sample,
-            output_name=REJECTED_EVENTS,
-            metadata={"preview": _md_table(sample), "rejected_rows": n_rejected},
-        )
+    yield dg.Output(
+        sample,
+        output_name=REJECTED_EVENTS,
+        metadata={"preview": _md_table(sample), "rejected_rows": n_rejected},
+    )
 
-    @dg.asset(group_name=GROUP)
-    def items(interactions: pd.DataFrame, raw_items: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        """Every known item: the catalog's items (including those with no interaction yet) and every item
-        seen in the log, with title, categories, text and popularity statistics."""
-        df = cleaning.build_items(interactions, raw_items)
-        cold = int((df["n_interactions"] == 0).sum())
-        return dg.Output(df, metadata={"n_items": len(df), "items_without_interactions": cold})
 
-    @dg.asset(group_name=GROUP)
-    def users(interactions: pd.DataFrame, raw_users: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        """Every known user with demographics (when the source has them) and activity statistics."""
-        df = cleaning.build_users(interactions, raw_users)
-        return dg.Output(df, metadata={"n_users": len(df)})
+@dg.asset(group_name=INGESTION)
+def items(interactions: pd.DataFrame, raw_items: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """Every known item: the catalog's items (including those with no interaction yet) and every item
+    seen in the log, with title, categories, text and popularity statistics."""
+    df = cleaning.build_items(interactions, raw_items)
+    cold = int((df["n_interactions"] == 0).sum())
+    return dg.Output(df, metadata={"n_items": len(df), "items_without_interactions": cold})
 
-    @dg.asset(group_name=GROUP)
-    def interaction_matrix(
-        interactions: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
-    ) -> dg.Output[pd.DataFrame]:
-        """The sparse user x item matrix as (user_idx, item_idx, weight) triples. `user_idx` and
-        `item_idx` index the rows of `users` and `items` in their stored order (the id maps)."""
-        df = cleaning.build_matrix(interactions, users, items)
-        density = len(df) / max(1, len(users) * len(items))
-        return dg.Output(
-            df,
-            metadata={
-                "shape": dg.MetadataValue.json([len(users), len(items)]),
-                "nnz": len(df),
-                "density": float(density),
-            },
-        )
 
-    @dg.asset(group_name=GROUP, kinds={"html"}, retry_policy=STORAGE_RETRY)
-    def eda_report(
-        context: dg.AssetExecutionContext,
-        storage: StorageResource,
-        interactions: pd.DataFrame,
-        items: pd.DataFrame,
-        users: pd.DataFrame,
-    ) -> dg.MaterializeResult:
-        """A self-contained HTML report (plots embedded, works offline): size and sparsity, the item
-        popularity long tail, user activity, events over time, the event-type funnel, ratings and
-        the cold-start share."""
-        summary = eda_summary(interactions, items, users)
-        html = render_eda_report(interactions, items, users, summary, title=source_description())
-        store = storage.get()
-        store.write_text(html, "reports", "eda_report.html")
-        runs.write_eda_summary(store, summary)
-        uri = store.uri("reports", "eda_report.html")
-        context.log.info(f"EDA report written to {uri}")
-        return dg.MaterializeResult(
-            metadata={
-                "report": dg.MetadataValue.path(uri),
-                **{k: v for k, v in summary.items() if not isinstance(v, dict)},
-            }
-        )
+@dg.asset(group_name=INGESTION)
+def users(interactions: pd.DataFrame, raw_users: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """Every known user with demographics (when the source has them) and activity statistics."""
+    df = cleaning.build_users(interactions, raw_users)
+    return dg.Output(df, metadata={"n_users": len(df)})
 
-    return [raw_sources, clean, items, users, interaction_matrix, eda_report]
+
+@dg.asset(group_name=INGESTION)
+def interaction_matrix(interactions: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """The sparse user x item matrix as (user_idx, item_idx, weight) triples. `user_idx` and
+    `item_idx` index the rows of `users` and `items` in their stored order (the id maps)."""
+    df = cleaning.build_matrix(interactions, users, items)
+    density = len(df) / max(1, len(users) * len(items))
+    return dg.Output(
+        df,
+        metadata={
+            "shape": dg.MetadataValue.json([len(users), len(items)]),
+            "nnz": len(df),
+            "density": float(density),
+        },
+    )
+
+
+@dg.asset(group_name=INGESTION, kinds={"html"}, retry_policy=STORAGE_RETRY)
+def eda_report(
+    context: dg.AssetExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+) -> dg.MaterializeResult:
+    """A self-contained HTML report (plots embedded, works offline): size and sparsity, the item
+    popularity long tail, user activity, events over time, the event-type funnel, ratings and
+    the cold-start share."""
+    summary = eda_summary(interactions, items, users)
+    html = render_eda_report(interactions, items, users, summary, title=_source_description(settings))
+    store = storage.get()
+    store.write_text(html, *EDA_REPORT)
+    runs.write_eda_summary(store, summary)
+    uri = store.uri(*EDA_REPORT)
+    context.log.info(f"EDA report written to {uri}")
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(uri),
+            **{k: v for k, v in summary.items() if not isinstance(v, dict)},
+        }
+    )

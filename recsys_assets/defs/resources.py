@@ -1,10 +1,11 @@
-"""Dagster resources: the storage root, the Parquet IO manager on top of it, and MLflow tracking.
+"""Dagster resources: the settings, the storage root, the Parquet IO manager on top of it, and MLflow.
 
 Blob goes through fsspec/adlfs rather than dagster-azure's ADLS2 IO manager, which needs a
 Data Lake (dfs) endpoint that Azurite and plain Blob accounts do not have.
 """
 
 from functools import cached_property
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -13,6 +14,10 @@ from pydantic import PrivateAttr
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib.tracking import MlflowTracking
+
+# Steps that read or write storage retry transient errors (a Blob timeout, a busy disk) with backoff;
+# bad input raises `dg.Failure(allow_retries=False)` and fails at once.
+STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -124,3 +129,15 @@ class MlflowResource(dg.ConfigurableResource):
     def alias_version(self, alias: str) -> dict | None:
         """The version an alias points at, or None (`MlflowTracking.alias_version`)."""
         return self.tracker().alias_version(alias)
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """The resources of one configuration. `settings` is the whole configuration as a plain object:
+    assets, checks and sensors that read a setting take `settings: dg.ResourceParam[Settings]`."""
+    storage = StorageResource.from_settings(settings)
+    return {
+        "settings": settings,
+        "storage": storage,
+        "io_manager": ParquetIOManager(storage=storage),
+        "mlflow": MlflowResource.from_settings(settings),
+    }
