@@ -12,7 +12,7 @@ PIPELINE_JOB = "pipeline_job"
 INGESTION_JOB = "ingestion_job"
 TUNE_JOB = "tune_job"
 LIVE_WINDOW_JOB = "live_window_job"
-# Training jobs never run side by side (torch takes every core): `recsys_assets.tools.cli` limits runs
+# Training jobs never run side by side (torch takes every core): `tools.services.INSTANCE_YAML` limits runs
 # with this tag to one at a time in the instance's run queue.
 EXCLUSIVE_TAG = {"recsys/exclusive": "training"}
 
