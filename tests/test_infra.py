@@ -643,11 +643,10 @@ def test_compose_environment_builds_valid_settings(service: str, monkeypatch: py
     assert settings.is_azure and settings.azure_connection_string
     assert settings.storage_uri == "abfs://recsys/data"
     if COMPOSE_ROLES[service] == "api":
-        from serving.app import events_dir
         from serving.security import ApiKeys
 
         # Azure storage needs a local events folder: the volume the console and the pipeline read
-        assert str(events_dir(settings)) == "/var/lib/recsys/events"
+        assert str(settings.events_path()) == "/var/lib/recsys/events"
         assert ApiKeys.parse(settings.api_keys).scopes_by_key
 
 
