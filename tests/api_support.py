@@ -20,8 +20,7 @@ import scipy.sparse as sp
 from recsys_assets.contract.artifact import ARRAYS, ServingArtifact, write_to_storage
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-
-from .conftest import ROOT, free_port, wait_for_port
+from tests.conftest import ROOT, free_port, wait_for_port
 
 API_KEY = "test-events-key"
 ADMIN_KEY = "test-admin-key"

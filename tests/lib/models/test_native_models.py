@@ -10,8 +10,7 @@ import scipy.sparse as sp
 from recsys_assets.contract.scoring import Component, top_k
 from recsys_assets.lib.models.base import TrainData
 from recsys_assets.lib.models.native import HybridModel
-
-from .lib.models.checkerboard import NEW_ITEMS, checkerboard
+from tests.lib.models.checkerboard import NEW_ITEMS, checkerboard
 
 
 def item_item_component(data: TrainData) -> Component:

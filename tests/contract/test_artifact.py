@@ -22,8 +22,7 @@ from recsys_assets.contract.artifact import (
 from recsys_assets.contract.scoring import topk_from_scores
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.lib.ingest import cleaning, readers
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

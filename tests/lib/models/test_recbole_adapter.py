@@ -20,9 +20,8 @@ from recsys_assets.lib.models.recbole_adapter import (
     run_quick_start,
     train_recbole_model,
 )
-
-from .conftest import ROOT
-from .lib.models.checkerboard import TINY_SETTINGS, checkerboard
+from tests.conftest import ROOT
+from tests.lib.models.checkerboard import TINY_SETTINGS, checkerboard
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from console import kpis
-
-from .console_fixtures import (
+from tests.console_fixtures import (
     EXPECTED_DAY_BEFORE,
     EXPECTED_LAST_DAY,
     EXPECTED_P95_MS,

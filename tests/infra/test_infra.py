@@ -33,8 +33,7 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel
 
 from recsys_assets.contract.settings import Settings, get_settings
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
 AZURE = INFRA / "azure"

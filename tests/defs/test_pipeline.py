@@ -21,8 +21,7 @@ from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.contract.warehouse import connect
 from recsys_assets.defs.definitions import INGESTION_JOB, build_definitions
-
-from .conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port
 
 INGESTION_ASSETS = {
     "raw_events",

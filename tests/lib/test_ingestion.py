@@ -11,8 +11,9 @@ import pytest
 
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.lib.ingest import cleaning, readers
+from tests.conftest import ROOT
 
-TAOBAO_ENV = Path(__file__).resolve().parents[1] / "docs" / "config" / "taobao.env"
+TAOBAO_ENV = ROOT / "docs" / "config" / "taobao.env"
 
 
 def taobao_settings(tmp_path: Path, path: Path) -> Settings:

@@ -21,8 +21,7 @@ import scipy.sparse as sp
 
 from recsys_assets.lib.models import recbole_compat
 from recsys_assets.lib.models.recbole_compat import patch_recbole
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module", autouse=True)

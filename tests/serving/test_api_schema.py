@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from .api_support import API_KEY, API_KEYS, ApiProcess, RedisServer, movielens_artifact, publish
+from tests.api_support import API_KEY, API_KEYS, ApiProcess, RedisServer, movielens_artifact, publish
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 160  # per operation and generation mode: about 1,100 cases in all

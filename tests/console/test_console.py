@@ -20,9 +20,8 @@ from streamlit.testing.v1 import AppTest
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
-
-from .conftest import ROOT, free_port, wait_for_port
-from .console_fixtures import (
+from tests.conftest import ROOT, free_port, wait_for_port
+from tests.console_fixtures import (
     EXPECTED_P95_MS,
     PREVIOUS_CHAMPION,
     model_registry,

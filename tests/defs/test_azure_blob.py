@@ -8,8 +8,7 @@ import pytest
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.contract.warehouse import connect
-
-from .test_pipeline import check_results, run
+from tests.defs.test_pipeline import check_results, run
 
 TABLES = ("raw_events", "interactions", "items", "users", "interaction_matrix", "rejected_events")
 

@@ -21,8 +21,7 @@ from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib import live_windows as live
 from recsys_assets.tools import demo as demo_tool
-
-from .conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port
 
 PAST = EventLogSource(paths=["/nowhere/past/events.csv"], timestamp_unit="s")
 

@@ -32,9 +32,8 @@ from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.contract.storage import Storage
-
-from .conftest import ROOT, free_port, wait_for_port
-from .test_infra import roles, smoke
+from tests.conftest import ROOT, free_port, wait_for_port
+from tests.infra.test_infra import roles, smoke
 
 pytestmark = pytest.mark.integration
 
@@ -240,7 +239,7 @@ CONSOLE_CHECK = textwrap.dedent(
 def test_console_image_environment_renders_without_the_training_stack(
     project_wheel: Path, tmp_path: Path, clean_env: dict[str, str], process: list[subprocess.Popen]
 ) -> None:
-    from .console_fixtures import (
+    from tests.console_fixtures import (
         model_registry,
         write_event_log,
         write_ingestion_outputs,

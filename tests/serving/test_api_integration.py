@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .api_support import (
+from tests.api_support import (
     ADMIN_KEY,
     API_KEY,
     API_KEYS,

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from .api_support import API_KEYS, ApiProcess, movielens_artifact, publish
+from tests.api_support import API_KEYS, ApiProcess, movielens_artifact, publish
 
 CHROMIUM = "/usr/bin/chromium"
 

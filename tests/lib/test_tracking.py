@@ -35,8 +35,7 @@ from recsys_assets.lib.tracking import (
     metric_key,
     sanitize_name,
 )
-
-from .conftest import free_port, wait_for_port
+from tests.conftest import free_port, wait_for_port
 
 N_USERS, N_ITEMS, K = 5, 8, 3
 

@@ -35,8 +35,7 @@ from recsys_assets.tools.replay.behaviour import (
 from recsys_assets.tools.replay.data import Visit, apply_shift, build_visits, split_in_time
 from recsys_assets.tools.replay.report import REPLAY_RUNS, phase_rows, store_phases, store_runs, summary_text
 from recsys_assets.tools.replay.simulator import Phases, Progress, ReplayConfig, run_replay
-
-from .api_support import API_KEY, API_KEYS, ApiProcess, RedisServer, movielens_artifact, publish, read_segments
+from tests.api_support import API_KEY, API_KEYS, ApiProcess, RedisServer, movielens_artifact, publish, read_segments
 
 
 def ev(user: str, item: str, ts: float, event_type: str = "rating", value: float | None = None) -> RealEvent:
@@ -388,7 +387,7 @@ def test_the_loop_stops_at_max_seconds() -> None:
 def test_runs_are_stored_per_arm_and_shown_by_the_console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from .conftest import ROOT
+    from tests.conftest import ROOT
 
     rows = [(u, str(i), 100.0 * i, 4.0) for i in range(4) for u in ("alice", "zoe")]
     config = ReplayConfig(

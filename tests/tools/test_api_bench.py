@@ -13,8 +13,7 @@ from recsys_assets.tools.loadgen.command_line import main
 from recsys_assets.tools.loadgen.openloop import check_local, open_loop, run_async
 from recsys_assets.tools.loadgen.stack import stack
 from recsys_assets.tools.loadgen.workload import Workload
-
-from .api_support import movielens_artifact, publish
+from tests.api_support import movielens_artifact, publish
 
 
 @pytest.fixture(scope="module")

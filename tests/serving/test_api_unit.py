@@ -26,8 +26,7 @@ from serving.model import LoadedModel, challenger_arm
 from serving.recommend import blend, build_history
 from serving.schemas import LiveEvent
 from serving.security import ApiKeys
-
-from .api_support import (
+from tests.api_support import (
     ADMIN_KEY,
     API_KEY,
     API_KEYS,
@@ -37,7 +36,7 @@ from .api_support import (
     read_segments,
     with_version,
 )
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 EVENTS = {"X-API-Key": API_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
