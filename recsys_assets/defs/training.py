@@ -15,6 +15,7 @@ from recsys_assets.contract.artifact import write_to_storage
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.models import catalog
 from recsys_assets.lib.models.fitting import (
     Candidate,
     artifact_metrics,
@@ -29,17 +30,11 @@ TRAINING = "training"
 TUNED_PARAMS = ("tuning", "best_params.json")
 SEED = 2020
 
-# The models `model_candidates` trains unless configured (the retrain job trains `retrain_models`), and
-# those the hyper-parameter search tunes.
-RECBOLE_MODELS = ["Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec"]
-NATIVE_MODELS = ["Popularity", "Content", "Hybrid"]
-TUNED_MODELS = ["ItemKNN", "EASE", "BPR", "LightGCN", "MultiVAE", "NeuMF"]
-
 
 class TuningConfig(dg.Config):
     """The hyper-parameter search: which models, and trials per model (default: the documented budget)."""
 
-    models: list[str] = Field(default_factory=lambda: list(TUNED_MODELS))
+    models: list[str] = Field(default_factory=lambda: list(catalog.TUNED))
     trials: int | None = Field(default=None, description="Trials per model; None uses `tuning.TRIALS`.")
     seed: int = SEED
 
@@ -47,10 +42,10 @@ class TuningConfig(dg.Config):
 class CandidatesConfig(dg.Config):
     """Which models to train and compare, on which protocols, with which budget."""
 
-    models: list[str] = Field(default_factory=lambda: list(RECBOLE_MODELS), description="RecBole models.")
+    models: list[str] = Field(default_factory=lambda: list(catalog.RECBOLE_DEFAULT), description="RecBole models.")
     protocols: list[str] = Field(default_factory=lambda: list(S.PROTOCOLS), description="random and/or temporal.")
     native_models: list[str] = Field(
-        default_factory=lambda: list(NATIVE_MODELS), description="Models trained without RecBole."
+        default_factory=lambda: list(catalog.NATIVE), description="Models trained without RecBole."
     )
     budget: str = Field(default="standard", description="`standard` (documented budgets) or `smoke` (tests).")
     seed: int = SEED
@@ -124,7 +119,7 @@ def model_candidates(
     Each training run is tracked in MLflow; the temporal protocol's exportable candidates are saved
     as serving artifacts under `candidates/`."""
     # RecBole, torch and Optuna load in the step that trains, not with the code location
-    from recsys_assets.lib.models.candidates import EXPORTABLE, native_candidate, recbole_candidate
+    from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
     from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
     from recsys_assets.lib.models.tuning import model_config
 
@@ -147,7 +142,7 @@ def model_candidates(
             done += 1
             context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
             if name == "Hybrid":
-                cf = [c for c in cands if c.component is not None and c.name in EXPORTABLE and c.name != "Pop"]
+                cf = [c for c in cands if c.component is not None and c.name in catalog.EXPORTABLE and c.name != "Pop"]
                 best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
                 cand = native_candidate("Hybrid", pdata, best_cf)
             elif name in ("Popularity", "Content"):

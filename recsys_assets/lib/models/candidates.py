@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from recsys_assets.lib.models.base import ProtocolData, Recommender
+from recsys_assets.lib.models.catalog import NATIVE
 from recsys_assets.lib.models.fitting import Candidate, Timer, valid_ndcg
 from recsys_assets.lib.models.native import ContentModel, HybridModel, PopularityModel
 from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
 from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
 
 # Models whose serving component reproduces RecBole's own ranking exactly.
-EXPORTABLE = ("Pop", "ItemKNN", "EASE", "BPR", "LightGCN", "MultiVAE")
-NATIVE = ("Popularity", "Content", "Hybrid")
 
 
 def fit_candidate(model: Recommender, pdata: ProtocolData) -> Candidate:

@@ -20,7 +20,8 @@ import pandas as pd
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.base import ProtocolData, TrainData
-from recsys_assets.lib.models.candidates import EXPORTABLE, NATIVE, native_candidate, recbole_candidate
+from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
+from recsys_assets.lib.models.catalog import EXPORTABLE, NATIVE
 from recsys_assets.lib.models.fitting import Candidate, Timer, fingerprint, prepare, serving_artifact
 from recsys_assets.lib.models.native import HybridModel
 from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig

@@ -24,7 +24,8 @@ import scipy.sparse as sp
 from recsys_assets.contract.artifact import ServingArtifact, dump_artifact, parse_artifact
 from recsys_assets.contract.scoring import top_k
 from recsys_assets.lib.models.base import ProtocolData, Recommender, recommend
-from recsys_assets.lib.models.candidates import NATIVE, fit_candidate, native_model
+from recsys_assets.lib.models.candidates import fit_candidate, native_model
+from recsys_assets.lib.models.catalog import NATIVE
 from recsys_assets.lib.models.fitting import Candidate, serving_artifact
 from recsys_assets.lib.models.recbole_adapter import SUPPORTED_MODELS, RecBoleModelConfig
 from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
