@@ -39,16 +39,17 @@ ALLOWED = {
 }
 
 # At most one module may use Dagster's private API: its name, and why there is no public equivalent.
-PRIVATE_DAGSTER_ALLOWED: dict[str, str] = {}
+PRIVATE_DAGSTER_ALLOWED: dict[str, str] = {
+    "recsys_assets.defs.compute_logs": "a compute log manager overrides methods typed with Dagster's internal "
+    "ComputeIOType and names files with its IO_TYPE_EXTENSION; there is no public counterpart",
+}
 
 # ---- today's violations, each fixed in its own change: empty these lists as the fixes land ----
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_LAYER_VIOLATIONS: set[tuple[str, str]] = set()  # (importer, imported)
 KNOWN_BIG_MODULES: set[str] = set()
 KNOWN_LONG_FUNCTIONS: set[str] = set()
-KNOWN_PRIVATE_DAGSTER: set[str] = {
-    "recsys_assets.defs.compute_logs",
-}
+KNOWN_PRIVATE_DAGSTER: set[str] = set()
 KNOWN_PRIVATE_NAMES: set[tuple[str, str]] = set()  # (importer, "module._name")
 KNOWN_HEAVY: set[tuple[str, str]] = set()  # (serving | console, the module that imports the package)
 
