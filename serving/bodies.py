@@ -133,7 +133,23 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-EVENTS_BODY_SCHEMA = _inline(msgspec.json.schema(EventsIn))
+def _body_schema() -> dict[str, Any]:
+    schema = _inline(msgspec.json.schema(EventsIn))
+    event = next(s for s in schema["anyOf"] if s.get("type") == "object")
+    batch = next(s for s in schema["anyOf"] if s.get("type") == "array")
+    for name in ("user_id", "item_id"):
+        # "integer" already includes whole floats (8482.0), which are what the float member decodes
+        prop = event["properties"][name]
+        prop["anyOf"] = [s for s in prop["anyOf"] if s.get("type") != "number"]
+    # unix seconds (or ms, us) or ISO 8601
+    for s in event["properties"]["timestamp"]["anyOf"]:
+        if s.get("type") == "string":
+            s["format"] = "date-time"
+    batch["items"] = event
+    return schema
+
+
+EVENTS_BODY_SCHEMA = _body_schema()
 
 
 @dataclass

@@ -26,7 +26,8 @@ ID_RULE = (
     "(not NA, NULL, NaN, nan or null)"
 )
 Id = Annotated[str, Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description=ID_RULE)]
-# a numeric id is stored as its decimal text
+# a numeric id is stored as its decimal text. JSON Schema's "integer" includes 8482.0, so a float is
+# decoded too and taken when it is whole (`service.normalise`); the schema shows "integer" only
 NumericId = Annotated[int, Meta(ge=0, description="A numeric id, stored as its decimal text.")]
 # mypy reads no Literal unpacked from a tuple (it types EventType as Any); msgspec and the schema do
 EventType = Literal[*CANONICAL_EVENT_TYPES]  # type: ignore[valid-type]
@@ -45,8 +46,8 @@ def valid_id(text: str) -> bool:
 class EventIn(Struct, forbid_unknown_fields=True):
     """One interaction, in the event-log schema (`recsys_assets.contract.events`)."""
 
-    user_id: Id | NumericId
-    item_id: Id | NumericId
+    user_id: Id | NumericId | float
+    item_id: Id | NumericId | float
     event_type: EventType
     value: float | None = None
     # unix seconds or ISO 8601 (UTC unless it says otherwise); default: when the API receives it

@@ -126,6 +126,15 @@ def _fault_point(step: str, event_ids: list[str]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _id_text(value: str | int | float, key: str) -> str:
+    """An id as the event log stores it: a string as is, a whole number as its decimal text."""
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer() and value >= 0):
+            raise InvalidEventError(key, f"must be an id string or a whole number >= 0, got {value!r}")
+        value = int(value)
+    return str(value)
+
+
 def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
     """Apply the event-log contract's rules that types alone do not express (as the pipeline's cleaning does)."""
     where = f"{key}." if key else ""
@@ -140,8 +149,9 @@ def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
             )
     elif ev.value is not None and ev.value < 0:
         raise InvalidEventError(f"{where}value", "must be >= 0")
+    ids = {name: _id_text(getattr(ev, name), f"{where}{name}") for name in ("user_id", "item_id")}
     for name in ("user_id", "item_id", "event_id", "recommendation_id"):
-        text = getattr(ev, name)
+        text = ids.get(name, getattr(ev, name))
         # the schema's pattern, exactly (msgspec's `$` lets a final line break through)
         if isinstance(text, str) and not valid_id(text):
             raise InvalidEventError(f"{where}{name}", f"must be {ID_RULE}")
@@ -151,8 +161,8 @@ def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
         # only instants inside the valid range are printed as dates: others may not be representable
         raise InvalidEventError(f"{where}timestamp", f"{ts} (unix seconds) outside [{iso(lower)}, {iso(upper)}]")
     return _Event(
-        user_id=str(ev.user_id),
-        item_id=str(ev.item_id),
+        user_id=ids["user_id"],
+        item_id=ids["item_id"],
         event_type=ev.event_type,
         value=ev.value,
         ts=ts,
