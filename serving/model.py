@@ -366,8 +366,20 @@ class ModelHolder:
             pointer = json.loads(raw)
             parts = _parts(pointer.get("path") if isinstance(pointer, dict) else None)
         except (ValueError, ArtifactError) as exc:
-            log.error("rejected %s: %s; still serving the current champion", "/".join(CHAMPION_POINTER), exc)
             bad = RejectedArtifact(path="/".join(CHAMPION_POINTER), error=str(exc), at=_now())
+            fallback, source = self._last_good(exclude="") if self.champion is None else (None, "")
+            if fallback is not None:
+                log.error(
+                    "rejected %s: %s; serving the last good champion %s (%s) from %s",
+                    "/".join(CHAMPION_POINTER),
+                    exc,
+                    fallback.version,
+                    fallback.path,
+                    source,
+                )
+                return _Loaded(model=fallback, rejected=bad, marker=raw)
+            current = self.champion.version if self.champion is not None else f"nothing ({source})"
+            log.error("rejected %s: %s; still serving %s", "/".join(CHAMPION_POINTER), exc, current)
             return _Loaded(rejected=bad, marker=raw)
         current = self.champion
         if current is not None and current.path == "/".join(parts) and not force:

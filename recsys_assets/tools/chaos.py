@@ -11,7 +11,8 @@ the load stays under) under a steady open-loop load, while faults are injected o
 
 The load: `--rate` requests/s, `--event-share` of them click events with unique `event_id`s (the
 rest lists for the artifact's users), each scheduled at a fixed time whatever the answers, on
-keep-alive connections and without retries. Figures: availability (answers 200/202 over all
+keep-alive connections; nothing is retried but what any HTTP client does (aiohttp sends a GET again,
+once, when its kept-alive connection turns out closed: RFC 9112, 9.3.1). Figures: availability (answers 200/202 over all
 requests; a timeout, a connection reset or any other status counts against it), per fault the
 failed requests in the 10 s after it, acknowledged events missing from the event log after the run
 (every `event_id` answered 202 looked up in the segments), events stored twice, and what serves at
@@ -426,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         "rate_rps": args.rate,
         "duration_s": args.duration,
         "workers": args.workers,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     result = header | run(args)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)

@@ -386,6 +386,32 @@ def test_corrupt_champion_is_rejected_and_the_old_one_serves(
         assert recs(c, "1")["model_version"] == "Hybrid-test-B"
 
 
+def test_a_worker_starting_on_a_broken_pointer_serves_the_last_good_champion(
+    api_settings: Settings, artifact, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    publish(root, artifact)
+    settings = api_settings.model_copy(update={"storage_uri": str(root)})
+    with TestClient(create_app(settings)) as c:
+        assert recs(c, "1")["model_version"] == "Hybrid-test-A"
+    last_good = json.loads((root / "artifacts" / "LAST_GOOD.json").read_text())
+    assert last_good == {
+        "path": ["artifacts", "Hybrid-test-A"],
+        "model_version": "Hybrid-test-A",
+        "model_name": "Hybrid",
+    }
+    for broken in (b"{not json", json.dumps({"path": ["artifacts", "nowhere"]}).encode()):
+        (root / "artifacts" / "CHAMPION.json").write_bytes(broken)
+        with TestClient(create_app(settings)) as c:
+            assert c.get("/ready").status_code == 200
+            assert recs(c, "1")["model_version"] == "Hybrid-test-A"
+            assert c.get("/v1/model").json()["last_rejected"]["path"] in (
+                "artifacts/CHAMPION.json",
+                "artifacts/nowhere",
+            )
+            assert c.post("/v1/admin/reload", headers=ADMIN).status_code == 409
+
+
 def test_ab_split_is_stable_and_recorded(api_settings: Settings, artifact, tmp_path: Path) -> None:
     root = tmp_path / "store"
     publish(root, artifact)
