@@ -324,7 +324,7 @@ class LiveState:
         if isinstance(found, _Unavailable):
             return [self._known_locally(e, now) for e in event_ids]
         # "1": stored; anything else (an older version's "0" claim) was never confirmed stored
-        return [v == b"1" or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]  # type: ignore[arg-type]
+        return [v == b"1" or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
 
     async def remember(self, event_ids: list[str]) -> list[bool]:
         """Mark ids whose events are now durable; for each, False if another request stored it first."""
@@ -347,7 +347,7 @@ class LiveState:
             self._local_ids.move_to_end(event_id)
         while len(self._local_ids) > MAX_LOCAL_IDS:
             self._local_ids.popitem(last=False)
-        return result  # type: ignore[return-value]
+        return result
 
     def _known_locally(self, event_id: str, now: float) -> bool:
         expiry = self._local_ids.get(event_id)

@@ -378,8 +378,8 @@ class ModelHolder:
                     source,
                 )
                 return _Loaded(model=fallback, rejected=bad, marker=raw)
-            current = self.champion.version if self.champion is not None else f"nothing ({source})"
-            log.error("rejected %s: %s; still serving %s", "/".join(CHAMPION_POINTER), exc, current)
+            serving = self.champion.version if self.champion is not None else f"nothing ({source})"
+            log.error("rejected %s: %s; still serving %s", "/".join(CHAMPION_POINTER), exc, serving)
             return _Loaded(rejected=bad, marker=raw)
         current = self.champion
         if current is not None and current.path == "/".join(parts) and not force:

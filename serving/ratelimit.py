@@ -20,11 +20,11 @@ import math
 import re
 import time
 from collections import OrderedDict
-from typing import Any
 
 import msgspec
+from litestar.enums import ScopeType
 from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 from serving.live import PREFIX, UNAVAILABLE, RedisLink
 from serving.security import HEADER, ApiKeys
@@ -96,7 +96,7 @@ class RateLimitMiddleware:
         self.exclude = re.compile("|".join(exclude)) if exclude else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.exclude is not None and self.exclude.search(scope["path"])):
+        if scope["type"] != ScopeType.HTTP or (self.exclude is not None and self.exclude.search(scope["path"])):
             await self.app(scope, receive, send)
             return
         limiter = self.limiter
@@ -111,7 +111,7 @@ class RateLimitMiddleware:
             await _too_many(send, limiter.limit, reset, headers)
             return
 
-        async def send_with_headers(message: Any) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *headers]}
             await send(message)
@@ -126,16 +126,16 @@ async def _too_many(send: Send, limit: int, reset: int, headers: list[tuple[byte
             "detail": f"Too many requests: the limit is {limit} per minute per client; retry in {reset} s",
         }
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": HTTP_429_TOO_MANY_REQUESTS,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(reset).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": HTTP_429_TOO_MANY_REQUESTS,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(reset).encode()),
+            *headers,
+        ],
+    }
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(start)
+    await send(end)
