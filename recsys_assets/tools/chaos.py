@@ -68,14 +68,14 @@ def quick_champion(storage: Path) -> None:
     from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
     from recsys_assets.contract.scoring import Component
     from recsys_assets.contract.settings import Settings
-    from recsys_assets.lib.ingest import cleaning
+    from recsys_assets.lib.ingest import cleaning, readers
     from recsys_assets.lib.models.base import TrainData
     from recsys_assets.lib.models.native import HybridModel
 
     progress(f"no champion under {storage}: building a quick Hybrid over MovieLens-100k")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    raw, items, users = cleaning.read_movielens()
-    inter = cleaning.clean_events(raw, settings).interactions
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, settings.cleaning()).interactions
     items_t, users_t = cleaning.build_items(inter, items), cleaning.build_users(inter, users)
     data = TrainData.build(inter, items_t, users_t)
     x = data.matrix.sign().astype(np.float64).tocsc()

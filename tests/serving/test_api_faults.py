@@ -30,8 +30,7 @@ import pytest
 from recsys_assets.contract.artifact import ARRAYS, MANIFEST
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
-
-from .api_support import (
+from tests.api_support import (
     ADMIN_KEY,
     API_KEY,
     API_KEYS,
@@ -219,10 +218,10 @@ def test_a_crash_between_steps_never_turns_a_retry_into_a_lost_duplicate(
     rows = [r for r in read_segments(storage / "events") if r["event_id"] == event_id]
     assert 1 <= len(rows) <= 2
     # the pipeline's ingestion keeps one row per event id
-    from recsys_assets.lib.ingest import cleaning
+    from recsys_assets.lib.ingest import cleaning, readers
 
-    raw = cleaning.read_event_log(EventLogSource(paths=[str(storage / "events" / "*.csv")]))
-    clean = cleaning.clean_events(raw, Settings(_env_file=None))  # type: ignore[call-arg]
+    raw = readers.read_event_log(EventLogSource(paths=[str(storage / "events" / "*.csv")]))
+    clean = cleaning.clean_events(raw, Settings(_env_file=None).cleaning())  # type: ignore[call-arg]
     assert (clean.interactions["event_id"] == event_id).sum() == 1
 
 
@@ -334,10 +333,10 @@ def test_loose_input_is_refused_and_ids_round_trip_through_the_event_log(strict_
     body = [{"user_id": u, "item_id": "50", "event_type": "view", "event_id": f"rt-{u}"} for u in odd]
     assert post_raw(strict_api, json.dumps(body).encode()).json()["accepted"] == len(odd)
     # the pipeline's reader gives every id back exactly as sent
-    from recsys_assets.lib.ingest import cleaning
+    from recsys_assets.lib.ingest import readers
 
     events_dir = Path(strict_api.env["RECSYS_STORAGE_URI"]) / "events"
-    raw = cleaning.read_event_log(EventLogSource(paths=[str(events_dir / "*.csv")]))
+    raw = readers.read_event_log(EventLogSource(paths=[str(events_dir / "*.csv")]))
     read_back = dict(zip(raw["event_id"], raw["user_id"], strict=True))
     assert [read_back[f"rt-{u}"] for u in odd] == odd
 
