@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline tune simulate bench soak test lint ui console serve clean
+.PHONY: help install demo demo-ci pipeline tune simulate bench soak chaos test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,11 @@ SOAK_SECONDS ?= 1800
 SOAK_RPS ?= 100
 soak: install ## API soak: SOAK_RPS requests/s (100) for SOAK_SECONDS (1800); no errors, memory growth < 10%
 	$(BIN)/python -m recsys_assets.tools.loadgen soak --storage /tmp/recsys-apibench-data --rate $(SOAK_RPS) --duration $(SOAK_SECONDS)
+
+CHAOS_SECONDS ?= 120
+CHAOS_RPS ?= 100
+chaos: install ## API chaos run: CHAOS_RPS requests/s while a worker is killed, Redis restarted, a damaged champion promoted
+	$(BIN)/python -m recsys_assets.tools.chaos --rate $(CHAOS_RPS) --duration $(CHAOS_SECONDS) --out /tmp/recsys-chaos.json
 
 ui: install ## Start the Dagster UI (webserver + daemon) on the configured port
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1

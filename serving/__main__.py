@@ -2,20 +2,28 @@
 
 Each worker builds its app with `serving.app:create_app_from_env` (uvicorn's `--factory`), so settings
 are read when a worker starts. With more than one worker, the Prometheus client runs in multiprocess
-mode over a fresh folder, removed at exit, so `/metrics` answers for all workers whichever serves it.
+mode over a fresh folder, `<tmp>/recsys-api-metrics-<pid of this process>-*`, removed at exit; one
+left by a server that was killed (its pid no longer running) is removed when the next one starts.
+`/metrics` answers for all workers whichever serves it.
 Each worker uses one BLAS thread unless `OPENBLAS_NUM_THREADS`, `OMP_NUM_THREADS` or `MKL_NUM_THREADS` is set.
+`X-Forwarded-For` is believed only from the proxies in `forwarded_allow_ips` (default: none); uvicorn's
+own default would believe it from 127.0.0.1, which lets any local client pick its address (and so
+escape the rate limit). Run uvicorn directly only with `--no-proxy-headers` or `--forwarded-allow-ips`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 
 from recsys_assets.contract.settings import get_settings
+from serving.telemetry import pid_alive
 
 # prometheus_client reads it when first imported, i.e. in each worker, which inherits it from here
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -24,6 +32,20 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # 4x the CPU per request). The workers are the parallelism. Read when numpy is first imported, which
 # is after this in every worker.
 BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+METRICS_PREFIX = "recsys-api-metrics-"
+_METRICS_DIR = re.compile(rf"^{METRICS_PREFIX}(\d+)-")
+
+
+def remove_stale_metrics_dirs(tmp: str | None = None) -> list[Path]:
+    """Remove the metrics folders of servers that no longer run (killed before they could)."""
+    removed = []
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*"):
+        match = _METRICS_DIR.match(path.name)
+        # folders of the older naming (no pid) cannot be told apart: a running server may own one
+        if match and path.is_dir() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def main() -> int:
@@ -32,7 +54,8 @@ def main() -> int:
         os.environ.update(dict.fromkeys(BLAS_THREADS_ENV, "1"))
     metrics_dir = None
     if settings.api_workers > 1 and not os.environ.get(MULTIPROC_ENV):
-        metrics_dir = tempfile.mkdtemp(prefix="recsys-api-metrics-")
+        remove_stale_metrics_dirs()
+        metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     base = f"http://{settings.api_host}:{settings.api_port}"
     print(f"recsys API on {base} (docs {base}/docs, {settings.api_workers} worker(s))", flush=True)
@@ -44,6 +67,8 @@ def main() -> int:
             port=settings.api_port,
             workers=settings.api_workers,
             timeout_graceful_shutdown=10,
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or None,
         )
     finally:
         if metrics_dir:

@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.logging.config import LoggingConfig
-from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -25,6 +25,7 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.types import Scope
 
+from recsys_assets.contract.artifact import CHAMPION_POINTER
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from serving import errors
@@ -37,10 +38,11 @@ from serving.controllers import (
 )
 from serving.errors import ServingError, domain_error_handler, validation_error_handler
 from serving.eventlog import FLUSH_SECONDS, EventLog
-from serving.live import FallbackStore, LiveState, RedisLink
+from serving.live import LiveState, RedisLink
 from serving.model import ModelHolder
+from serving.ratelimit import RateLimiter, RateLimitMiddleware
 from serving.security import HEADER, SECURITY_SCHEME, ApiKeys
-from serving.telemetry import LATENCY_BUCKETS, get_metrics, mark_process_dead
+from serving.telemetry import LATENCY_BUCKETS, get_metrics, mark_dead_workers, mark_process_dead
 
 log = logging.getLogger("serving")
 
@@ -62,11 +64,16 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         link, settings.cache_ttl_seconds, settings.idempotency_ttl_seconds, settings.live_state_ttl_seconds
     )
     app.state.update(holder=holder, live=live, event_log=event_log)
+    _mark_dead_workers()
     get_metrics().redis_up.set(0)
     await link.connect()
     await _refresh(holder)
-    if holder.champion is None:
-        log.warning("no champion artifact under %s yet: /ready answers 503 until one is published", storage.root)
+    if holder.champion is None and holder.last_rejected is None:
+        log.warning(
+            "no champion artifact under %s yet (no %s): /ready answers 503 until one is published",
+            storage.root,
+            "/".join(CHAMPION_POINTER),
+        )
     if not app.state.api_keys.scopes_by_key:
         log.warning("RECSYS_API_KEYS is empty: POST /v1/events and admin endpoints refuse every request")
     log.info(
@@ -81,6 +88,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         while True:
             await anyio.sleep(settings.model_poll_seconds)
             await _refresh(holder)
+            _mark_dead_workers()
             try:
                 await link.check()
             except Exception:
@@ -115,6 +123,14 @@ async def _refresh(holder: ModelHolder) -> None:
         # a storage hiccup must not stop the poller; the served model stays
         current = holder.champion.version if holder.champion else "nothing"
         log.exception("model refresh failed; still serving %s", current)
+
+
+def _mark_dead_workers() -> None:
+    try:
+        if dead := mark_dead_workers():
+            log.warning("dropped the live gauges of workers that died without stopping: pids %s", dead)
+    except OSError as exc:
+        log.warning("could not clean the metrics folder: %s", exc)
 
 
 async def _after_exception(exc: Exception, scope: Scope) -> None:
@@ -160,13 +176,8 @@ def create_app(settings: Settings) -> Litestar:
     import swagger_ui_bundle
 
     link = RedisLink(settings.redis_url or None)
-    state = State(
-        {
-            "settings": settings,
-            "redis_link": link,
-            "api_keys": ApiKeys.parse(settings.api_keys),
-        }
-    )
+    api_keys = ApiKeys.parse(settings.api_keys)
+    state = State({"settings": settings, "redis_link": link, "api_keys": api_keys})
     middleware = [
         PrometheusConfig(
             app_name="recsys-api",
@@ -177,9 +188,8 @@ def create_app(settings: Settings) -> Litestar:
         ).middleware,
     ]
     if settings.rate_limit_per_minute:
-        middleware.append(
-            RateLimitConfig(rate_limit=("minute", settings.rate_limit_per_minute), exclude=UNTHROTTLED).middleware
-        )
+        limiter = RateLimiter(link, settings.rate_limit_per_minute, api_keys)
+        middleware.append(DefineMiddleware(RateLimitMiddleware, limiter=limiter, exclude=UNTHROTTLED))
     return Litestar(
         route_handlers=[
             RecommendationController,
@@ -198,7 +208,6 @@ def create_app(settings: Settings) -> Litestar:
         state=state,
         lifespan=[lifespan],
         middleware=middleware,
-        stores={"rate_limit": FallbackStore(link)},
         exception_handlers={
             ServingError: domain_error_handler,
             ValidationException: validation_error_handler,

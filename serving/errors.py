@@ -6,21 +6,19 @@ Handlers and services raise these; `app.create_app` registers `domain_error_hand
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import msgspec
 from litestar import Request, Response
 from litestar.exceptions import ValidationException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
-from litestar.utils.scope.state import ScopeState
 
-from serving.schemas import EventsIn
+from serving.schemas import ID_RULE, valid_id
 
 
 class ServingError(Exception):
@@ -40,11 +38,22 @@ class UnknownItemError(ServingError):
     """The item is not in the serving model's catalog."""
 
 
-class InvalidEventError(ServingError):
+class InvalidRequestError(ServingError):
+    """A parameter or body breaks a rule of the API that its type alone does not say; `key` names it."""
+
+    def __init__(self, key: str, message: str, source: str = "body", detail: str | None = None) -> None:
+        super().__init__(detail or "Validation failed", [{"key": key, "message": message, "source": source}])
+
+
+class InvalidEventError(InvalidRequestError):
     """An event is well-formed JSON of the right types but breaks a rule of the event-log contract."""
 
     def __init__(self, key: str, message: str) -> None:
-        super().__init__("Validation failed for POST /v1/events", [{"key": key, "message": message, "source": "body"}])
+        super().__init__(key, message, "body", "Validation failed for POST /v1/events")
+
+
+class UnsupportedMediaTypeError(ServingError):
+    """The body is not declared as JSON."""
 
 
 class EventLogUnavailableError(ServingError):
@@ -59,7 +68,8 @@ class ArtifactRejectedError(ServingError):
 STATUS_BY_ERROR: dict[type[ServingError], int] = {
     ModelNotReadyError: HTTP_503_SERVICE_UNAVAILABLE,
     UnknownItemError: HTTP_404_NOT_FOUND,
-    InvalidEventError: HTTP_400_BAD_REQUEST,
+    InvalidRequestError: HTTP_400_BAD_REQUEST,
+    UnsupportedMediaTypeError: HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     EventLogUnavailableError: HTTP_503_SERVICE_UNAVAILABLE,
     ArtifactRejectedError: HTTP_409_CONFLICT,
 }
@@ -81,29 +91,15 @@ def domain_error_handler(_: Request, exc: ServingError) -> Response:
     return Response(body, status_code=status, headers=headers)
 
 
-# Request bodies whose validation errors are re-decoded to name the offending field with its full path.
-# Litestar reports only the top-level parameter ("data") for an error inside a JSON array; msgspec's
-# own message has the path (`$[3].value`), so it is recovered from the cached body.
-PRECISE_BODY_TYPES: dict[tuple[str, str], Any] = {("POST", "/v1/events"): EventsIn}
-_NAMED_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
-
-
-def validation_error_handler(request: Request, exc: ValidationException) -> Response:
+def validation_error_handler(_: Request, exc: ValidationException) -> Response:
     extra = exc.extra if isinstance(exc.extra, list) else []
-    target = PRECISE_BODY_TYPES.get((request.method, request.scope.get("path_template", "")))
-    body = ScopeState.from_scope(request.scope).body
-    if target is not None and isinstance(body, bytes):
-        try:
-            msgspec.json.decode(body, type=target)
-        except msgspec.ValidationError as err:
-            message, _, at = str(err).partition(" - at `$")
-            path = at.rstrip("`").lstrip(".")
-            # a missing or unknown field is named in the message, not in the path
-            if named := _NAMED_FIELD.search(message):
-                path = f"{path}.{named.group(1)}" if path else named.group(1)
-            extra = [{"key": path or "body", "message": message, "source": "body"}]
-        except msgspec.DecodeError:
-            pass
     return Response(
         {"status_code": HTTP_400_BAD_REQUEST, "detail": exc.detail, "extra": extra}, status_code=HTTP_400_BAD_REQUEST
     )
+
+
+def check_path_id(name: str, value: str) -> str:
+    """A path id must follow the id rule exactly, as a body's does (the pattern alone lets `\\n` end one)."""
+    if not valid_id(value):
+        raise InvalidRequestError(name, f"must be {ID_RULE}", source="path")
+    return value

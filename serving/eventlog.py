@@ -58,8 +58,8 @@ def encode_rows(rows: Iterable[Row]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     for row in rows:
         writer.writerow(["" if v is None else v for v in row])
-    # ids are validated as UTF-8 text on the way in; a path parameter (an impression's user id) is
-    # not, so a lone surrogate is escaped rather than allowed to fail the write
+    # ids, in bodies and paths, follow the id rule (ASCII); a lone surrogate elsewhere is escaped
+    # rather than allowed to fail the write
     return buf.getvalue().encode("utf-8", errors="backslashreplace")
 
 

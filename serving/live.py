@@ -1,5 +1,5 @@
-"""Live state shared by the API's worker processes: users' recent events, cached lists, idempotency
-keys and rate-limit counters, in Redis, with an in-process fallback while Redis is unreachable.
+"""Live state shared by the API's worker processes: users' recent events, cached lists and the ids of
+stored events, in Redis, with an in-process fallback while Redis is unreachable.
 
 Keys (prefix `recsys:`):
 
@@ -11,16 +11,21 @@ Keys (prefix `recsys:`):
   reader filling the cache and a writer invalidating it;
 * `rec:<model version, k, category, exclude_seen, user>:<ver>`: a computed list, expiring after
   `cache_ttl_seconds`. One Lua call reads the version, then the list or the events: one round trip;
-* `eid:<event_id>`: idempotency claims, `SET NX` with a short TTL while the event is being written,
-  extended to `idempotency_ttl_seconds` once it is durable (a crash between claim and write frees
-  the id again after `CLAIM_SECONDS`);
-* `ratelimit:*`: Litestar's rate-limit store.
+* `eid:<event_id>`: the ids of events durably in the event log, for `idempotency_ttl_seconds`. An id
+  is looked up before its event is written and set (`SET NX`) only once the write is fsync'd, so
+  a crash at any point never leaves an id marked stored whose event is not in the log: a retry is
+  stored, never answered "duplicate" for an event that was lost. Two requests racing with one id
+  may both write it; the one whose `SET NX` loses answers "duplicate" (true: it is in the log) and
+  the pipeline keeps the first row of an id when it ingests the log;
+* `ratelimit:<client>`: request counters (`serving/ratelimit.py`).
 
 Fallback: every worker also keeps the live events it accepted in memory (bounded LRU). A Redis
 error opens a circuit breaker (one warning in the log): the worker then serves from its own memory,
 without cache, dedupes event ids in memory and counts rate limits in memory, and retries Redis
-every `RETRY_SECONDS`. On reconnection it replays what Redis missed: the events and ids accepted
-during the outage, or, when Redis restarted empty (its `run_id` changed), every live event it holds.
+every `RETRY_SECONDS`. On reconnection it first drops every pooled connection (those to a restarted
+Redis are dead, and each would otherwise fail once more and trip the breaker again), then replays
+what Redis missed: the events and ids accepted during the outage, or, when Redis restarted empty
+(its `run_id` changed), every live event it holds.
 Each event is held by the one worker that accepted it, so the replays of all workers add up to the
 whole live state without duplicates. The durable event log, not Redis, is the record of truth: the
 pipeline also drops duplicate event ids when it ingests the log.
@@ -33,13 +38,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Final, TypeVar
 
 import msgspec
-from litestar.stores.base import Store
-from litestar.stores.memory import MemoryStore
-from litestar.stores.redis import RedisStore
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "recsys:"
 RETRY_SECONDS = 1.0
-CLAIM_SECONDS = 30
 MAX_EVENTS_PER_USER = 500
 MAX_LOCAL_USERS = 100_000
 MAX_LOCAL_IDS = 1_000_000
@@ -170,6 +170,9 @@ class RedisLink:
         assert self.client is not None
         self._recovering = True
         try:
+            # connections pooled before the outage may be dead (a restarted Redis closed them): one
+            # would fail the next command and trip the breaker again; open fresh ones instead
+            await self.client.connection_pool.disconnect(inuse_connections=False)
             run_id = await self._run_id()
             restarted = self.run_id is not None and run_id is not None and run_id != self.run_id
             if self.on_reconnect is not None:
@@ -218,7 +221,7 @@ def _cache_prefix(model_version: str, k: int, category: str | None, exclude_seen
 
 
 class LiveState:
-    """Users' live events, the list cache and idempotency claims over a `RedisLink`."""
+    """Users' live events, the list cache and the ids of stored events over a `RedisLink`."""
 
     def __init__(self, link: RedisLink, cache_ttl: int, idempotency_ttl: int, state_ttl: int) -> None:
         self.link = link
@@ -311,85 +314,41 @@ class LiveState:
 
     # --- idempotency ------------------------------------------------------------------------
 
-    async def claim(self, event_ids: list[str]) -> list[bool]:
-        """For each id, True if this request may store it (first time seen), False for a duplicate."""
+    async def stored(self, event_ids: list[str]) -> list[bool]:
+        """For each id, True if an event with it is already durably stored (a resent event)."""
         if not event_ids:
             return []
+        now = time.monotonic()
+        keys = [f"{PREFIX}eid:{e}" for e in event_ids]
+        found = await self.link.run(lambda r: r.mget(keys))
+        if isinstance(found, _Unavailable):
+            return [self._known_locally(e, now) for e in event_ids]
+        # "1": stored; anything else (an older version's "0" claim) was never confirmed stored
+        return [v == b"1" or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
 
-        async def claim_in_redis(r: Redis) -> list[bool]:
+    async def remember(self, event_ids: list[str]) -> list[bool]:
+        """Mark ids whose events are now durable; for each, False if another request stored it first."""
+        if not event_ids:
+            return []
+        now = time.monotonic()
+
+        async def set_in_redis(r: Redis) -> list[bool]:
             pipe = r.pipeline(transaction=False)
             for event_id in event_ids:
-                pipe.set(f"{PREFIX}eid:{event_id}", b"0", nx=True, ex=CLAIM_SECONDS)
+                pipe.set(f"{PREFIX}eid:{event_id}", b"1", nx=True, ex=self.idempotency_ttl)
             return [bool(x) for x in await pipe.execute()]
 
-        now = time.monotonic()
-        result = await self.link.run(claim_in_redis)
+        result = await self.link.run(set_in_redis)
         if isinstance(result, _Unavailable):
             result = [not self._known_locally(event_id, now) for event_id in event_ids]
-            self._pending_ids.extend(e for e, ok in zip(event_ids, result, strict=True) if ok)
-        for event_id, ok in zip(event_ids, result, strict=True):
-            if ok:
-                self._local_ids[event_id] = now + self.idempotency_ttl
+            self._pending_ids.extend(e for e, first in zip(event_ids, result, strict=True) if first)
+        for event_id in event_ids:
+            self._local_ids[event_id] = now + self.idempotency_ttl
+            self._local_ids.move_to_end(event_id)
         while len(self._local_ids) > MAX_LOCAL_IDS:
             self._local_ids.popitem(last=False)
         return result
 
-    async def confirm(self, event_ids: list[str]) -> None:
-        """The events are durable: remember their ids for the full TTL."""
-        if event_ids:
-
-            async def extend(r: Redis) -> None:
-                pipe = r.pipeline(transaction=False)
-                for event_id in event_ids:
-                    pipe.set(f"{PREFIX}eid:{event_id}", b"1", ex=self.idempotency_ttl)
-                await pipe.execute()
-
-            await self.link.run(extend)
-
-    async def release(self, event_ids: list[str]) -> None:
-        """The events could not be stored: free their ids for a retry."""
-        for event_id in event_ids:
-            self._local_ids.pop(event_id, None)
-        if event_ids:
-            await self.link.run(lambda r: r.delete(*(f"{PREFIX}eid:{e}" for e in event_ids)))
-
     def _known_locally(self, event_id: str, now: float) -> bool:
         expiry = self._local_ids.get(event_id)
         return expiry is not None and expiry > now
-
-
-class FallbackStore(Store):
-    """Litestar store on Redis while the link is up, in process memory while it is down (rate limits)."""
-
-    __slots__ = ("link", "memory", "redis")
-
-    def __init__(self, link: RedisLink, namespace: str = f"{PREFIX}ratelimit") -> None:
-        self.link = link
-        self.redis = RedisStore(link.client, namespace=namespace) if link.client is not None else None
-        self.memory = MemoryStore()
-
-    async def _either(self, redis_op: Callable[[RedisStore], Awaitable[T]], memory_op: Callable[[], Awaitable[T]]) -> T:
-        if self.redis is not None:
-            store = self.redis
-            result = await self.link.run(lambda _: redis_op(store))
-            if result is not UNAVAILABLE:
-                return result  # type: ignore[return-value]
-        return await memory_op()
-
-    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
-        await self._either(lambda s: s.set(key, value, expires_in), lambda: self.memory.set(key, value, expires_in))
-
-    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
-        return await self._either(lambda s: s.get(key, renew_for), lambda: self.memory.get(key, renew_for))
-
-    async def delete(self, key: str) -> None:
-        await self._either(lambda s: s.delete(key), lambda: self.memory.delete(key))
-
-    async def delete_all(self) -> None:
-        await self._either(lambda s: s.delete_all(), self.memory.delete_all)
-
-    async def exists(self, key: str) -> bool:
-        return await self._either(lambda s: s.exists(key), lambda: self.memory.exists(key))
-
-    async def expires_in(self, key: str) -> int | None:
-        return await self._either(lambda s: s.expires_in(key), lambda: self.memory.expires_in(key))

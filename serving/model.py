@@ -4,9 +4,16 @@
 `artifacts/CHAMPION.json`; when it names a new artifact, the artifact is read and checked in a worker
 thread, and only a complete, valid one replaces the served model, by assigning one attribute.
 A request takes its model reference once at its start, so a switch never fails or mixes two
-models within a request. An artifact that `parse_artifact` refuses (`ArtifactError`) or that
-cannot score is logged with its path and reason and the old model keeps serving; the same pointer
-is not retried until it changes.
+models within a request. An artifact that is refused (`ArtifactError`: `parse_artifact`'s checks,
+every array checked against the manifest in `serving/verify.py`, a trial scoring) is reported in four
+places: a log line naming it, the reason and what serves instead; `GET /v1/model`'s `last_rejected`;
+`recsys_model_reloads_total{outcome="rejected"}`; and a 409 from `POST /v1/admin/reload`. The old
+model keeps serving, and the same pointer is not retried until it changes.
+
+A worker that has nothing to serve yet (starting, or restarted by its master) when the pointer
+names a refused artifact serves the last good champion instead and is ready: the one named by
+`artifacts/LAST_GOOD.json`, which every worker writes when a champion loads, or, without it, the
+newest artifact under `artifacts/` that loads.
 
 The challenger is `RECSYS_AB_CHALLENGER_PATH` (a folder under the storage root, e.g.
 `candidates/EASE`) or, when unset, the folder named by an optional `artifacts/CHALLENGER.json`
@@ -33,14 +40,20 @@ from recsys_assets.contract.artifact import (
     MANIFEST,
     ArtifactError,
     ServingArtifact,
-    read_from_storage,
 )
 from recsys_assets.contract.storage import Storage
 from serving.errors import ArtifactRejectedError, ModelNotReadyError
 from serving.schemas import ArtifactInfo, RejectedArtifact
 from serving.telemetry import get_metrics
+from serving.verify import parse_verified, read_files
 
 log = logging.getLogger(__name__)
+
+# The last champion a worker loaded (same format as the pointer), written by the API: a worker that
+# cannot load the champion the pointer names, and serves nothing yet, serves this one instead.
+LAST_GOOD = ("artifacts", "LAST_GOOD.json")
+# without LAST_GOOD.json, how many of the newest artifact folders to try
+MAX_FALLBACK_TRIES = 3
 
 
 def _now() -> str:
@@ -172,6 +185,7 @@ class ModelHolder:
         self.last_rejected: RejectedArtifact | None = None
         self._champion_marker: bytes | None = None
         self._challenger_marker: bytes | None = None
+        self._last_good_warned = False
         self._lock = anyio.Lock()
 
     def pick(self, user_id: str) -> tuple[LoadedModel, str]:
@@ -192,20 +206,19 @@ class ModelHolder:
     async def refresh(self, force: bool = False) -> bool:
         """Load a newly published champion (and challenger); True if a served model changed.
 
-        With `force` (admin reload) a rejected artifact raises `ArtifactRejectedError`.
+        With `force` (admin reload) a rejected artifact raises `ArtifactRejectedError`, after any
+        fallback to the last good champion is in place.
         """
         async with self._lock:
             champ = await anyio.to_thread.run_sync(self._check_champion, force)
             chall = await anyio.to_thread.run_sync(self._check_challenger, force)
             changed = False
+            refused: list[str] = []
             for arm, loaded in (("champion", champ), ("challenger", chall)):
                 if loaded.rejected is not None:
                     self.last_rejected = loaded.rejected
                     get_metrics().model_reloads.labels("rejected").inc()
-                    if force:
-                        raise ArtifactRejectedError(
-                            f"{arm} artifact {loaded.rejected.path} rejected: {loaded.rejected.error}"
-                        )
+                    refused.append(f"{arm} artifact {loaded.rejected.path} rejected: {loaded.rejected.error}")
                 if loaded.model is not None:
                     self._swap(arm, loaded.model)
                     changed = True
@@ -214,6 +227,10 @@ class ModelHolder:
                         self._champion_marker = loaded.marker
                     else:
                         self._challenger_marker = loaded.marker
+            if champ.model is not None:
+                await anyio.to_thread.run_sync(self._record_last_good, champ.model)
+            if force and refused:
+                raise ArtifactRejectedError("; ".join(refused))
             return changed
 
     def _swap(self, arm: str, model: LoadedModel) -> None:
@@ -237,21 +254,107 @@ class ModelHolder:
             f", replacing {old.version}" if old is not None else "",
         )
 
+    def _build(self, parts: tuple[str, ...]) -> LoadedModel:
+        """Read, verify and build one artifact; `ArtifactError` for anything wrong with its files."""
+        path = "/".join(parts)
+        # a storage error propagates (the next poll tries again); the files' own faults refuse them
+        files = read_files(self.storage, parts)
+        art = parse_verified(files)
+        try:
+            return LoadedModel.build(art, path)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"artifact cannot be served: {type(exc).__name__}: {exc}") from exc
+
     def _load(self, parts: tuple[str, ...], arm: str, marker: bytes) -> _Loaded:
         path = "/".join(parts)
         try:
-            model = LoadedModel.build(read_from_storage(self.storage, *parts), path)
+            model = self._build(parts)
         except ArtifactError as exc:
+            rejected = RejectedArtifact(path=path, error=str(exc), at=_now())
             current = self.champion if arm == "champion" else self.challenger
+            if current is not None or arm != "champion":
+                log.error(
+                    "rejected %s artifact %s: %s; still serving %s",
+                    arm,
+                    path,
+                    exc,
+                    current.version if current is not None else "nothing",
+                )
+                return _Loaded(rejected=rejected, marker=marker)
+            # nothing served yet (a worker starting, or restarted, while the pointer names a bad
+            # artifact): the last good champion serves rather than nothing
+            fallback, source = self._last_good(exclude=path)
+            if fallback is None:
+                log.error(
+                    "rejected champion artifact %s (named by %s): %s; no earlier artifact could be loaded "
+                    "either (%s): nothing to serve, /ready answers 503 until a servable champion is published",
+                    path,
+                    "/".join(CHAMPION_POINTER),
+                    exc,
+                    source,
+                )
+                return _Loaded(rejected=rejected, marker=marker)
             log.error(
-                "rejected %s artifact %s: %s; still serving %s",
-                arm,
+                "rejected champion artifact %s (named by %s): %s; serving the last good champion %s (%s) from %s",
                 path,
+                "/".join(CHAMPION_POINTER),
                 exc,
-                current.version if current is not None else "nothing",
+                fallback.version,
+                fallback.path,
+                source,
             )
-            return _Loaded(rejected=RejectedArtifact(path=path, error=str(exc), at=_now()), marker=marker)
+            return _Loaded(model=fallback, rejected=rejected, marker=marker)
         return _Loaded(model=model, marker=marker)
+
+    def _last_good(self, exclude: str) -> tuple[LoadedModel | None, str]:
+        """The last champion that loaded (`artifacts/LAST_GOOD.json`), else the newest artifact under
+        `artifacts/` that loads; with where it came from (or why there is none)."""
+        tried: list[str] = []
+        if self.storage.exists(*LAST_GOOD):
+            try:
+                parts = _parts(json.loads(self.storage.read_bytes(*LAST_GOOD)).get("path"))
+                if "/".join(parts) != exclude:
+                    return self._build(parts), "/".join(LAST_GOOD)
+                tried.append(f"{'/'.join(LAST_GOOD)} names the rejected artifact too")
+            except (ValueError, AttributeError, ArtifactError) as exc:
+                tried.append(f"{'/'.join(LAST_GOOD)}: {exc}")
+        else:
+            tried.append(f"no {'/'.join(LAST_GOOD)}")
+        # found otherwise: the artifact folders next to the pointer, newest manifest first
+        for created, parts in self._artifact_folders(exclude)[:MAX_FALLBACK_TRIES]:
+            try:
+                return self._build(parts), f"the newest loadable artifact under artifacts/ (created {created})"
+            except ArtifactError as exc:
+                tried.append(f"{'/'.join(parts)}: {exc}")
+        return None, "; ".join(tried) or "no other artifact under artifacts/"
+
+    def _artifact_folders(self, exclude: str) -> list[tuple[str, tuple[str, ...]]]:
+        found = []
+        for key in self.storage.list(CHAMPION_POINTER[0]):
+            parts = tuple(key.split("/"))
+            if parts[-1] != MANIFEST or "/".join(parts[:-1]) == exclude:
+                continue
+            try:
+                created = str(json.loads(self.storage.read_bytes(*parts)).get("created_at", ""))
+            except ValueError:
+                continue
+            found.append((created, parts[:-1]))
+        return sorted(found, reverse=True)
+
+    def _record_last_good(self, model: LoadedModel) -> None:
+        """Remember the champion that loaded, for a worker that cannot load the pointer's later."""
+        body = {"path": model.path.split("/"), "model_version": model.version, "model_name": model.artifact.model_name}
+        try:
+            if self.storage.exists(*LAST_GOOD) and json.loads(self.storage.read_bytes(*LAST_GOOD)) == body:
+                return
+            self.storage.write_text(json.dumps(body), *LAST_GOOD)
+        except Exception as exc:
+            # e.g. a read-only storage identity: serving goes on, the fallback then scans artifacts/
+            if not self._last_good_warned:
+                log.warning("could not write %s (%s: %s)", "/".join(LAST_GOOD), type(exc).__name__, exc)
+                self._last_good_warned = True
 
     def _check_champion(self, force: bool) -> _Loaded:
         if not self.storage.exists(*CHAMPION_POINTER):
@@ -263,8 +366,20 @@ class ModelHolder:
             pointer = json.loads(raw)
             parts = _parts(pointer.get("path") if isinstance(pointer, dict) else None)
         except (ValueError, ArtifactError) as exc:
-            log.error("rejected %s: %s; still serving the current champion", "/".join(CHAMPION_POINTER), exc)
             bad = RejectedArtifact(path="/".join(CHAMPION_POINTER), error=str(exc), at=_now())
+            fallback, source = self._last_good(exclude="") if self.champion is None else (None, "")
+            if fallback is not None:
+                log.error(
+                    "rejected %s: %s; serving the last good champion %s (%s) from %s",
+                    "/".join(CHAMPION_POINTER),
+                    exc,
+                    fallback.version,
+                    fallback.path,
+                    source,
+                )
+                return _Loaded(model=fallback, rejected=bad, marker=raw)
+            serving = self.champion.version if self.champion is not None else f"nothing ({source})"
+            log.error("rejected %s: %s; still serving %s", "/".join(CHAMPION_POINTER), exc, serving)
             return _Loaded(rejected=bad, marker=raw)
         current = self.champion
         if current is not None and current.path == "/".join(parts) and not force:

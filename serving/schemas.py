@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -10,9 +11,24 @@ from msgspec import Meta, Struct
 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
 
-# Ids are free text as in the event log, but one line of printable characters: they go into CSV
-# segments, Redis keys and log lines.
-Id = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Ids (users, items, events, recommendations; in bodies and in paths alike): 1 to 256 of the
+# characters an URL path segment holds unencoded, `A-Z a-z 0-9 _ . : ~ @ + = -`, the first a letter, a
+# digit or `_`. So an id written into the event log is read back by the pipeline unchanged: no CSV
+# cell starts a spreadsheet formula (`=`, `+`, `-`, `@`), none holds a separator, quote, space or
+# line break, and none is a spelling its CSV reader takes for a missing value (`NA`, `NULL`, `NaN`,
+# `nan`, `null`). The same id works in `/v1/users/{user_id}/...` without escaping.
+ID_MAX_LENGTH = 256
+ID_PATTERN = r"^(?!(?:NA|NULL|NaN|nan|null)$)[A-Za-z0-9_][A-Za-z0-9_.:~@+=-]*$"
+# Python's `$` also matches before a final line break; this one does not (checked in code too)
+ID_RE = re.compile(ID_PATTERN.replace("$)", r"\Z)").removesuffix("$") + r"\Z")
+ID_RULE = (
+    f"1 to {ID_MAX_LENGTH} characters from A-Z a-z 0-9 _ . : ~ @ + = -, starting with a letter, a digit or _ "
+    "(not NA, NULL, NaN, nan or null)"
+)
+Id = Annotated[str, Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description=ID_RULE)]
+# a numeric id is stored as its decimal text. JSON Schema's "integer" includes 8482.0, so a float is
+# decoded too and taken when it is whole (`service.normalise`); the schema shows "integer" only
+NumericId = Annotated[int, Meta(ge=0, description="A numeric id, stored as its decimal text.")]
 # mypy reads no Literal unpacked from a tuple (it types EventType as Any); msgspec and the schema do
 EventType = Literal[*CANONICAL_EVENT_TYPES]  # type: ignore[valid-type]
 Arm = Literal["champion", "challenger"]
@@ -22,11 +38,16 @@ ReasonKind = Literal["history", "similar", "popular"]
 MAX_BATCH = 1000
 
 
+def valid_id(text: str) -> bool:
+    """The id rule above, exactly (the schema's pattern lets a final line break through in Python)."""
+    return len(text) <= ID_MAX_LENGTH and ID_RE.match(text) is not None
+
+
 class EventIn(Struct, forbid_unknown_fields=True):
     """One interaction, in the event-log schema (`recsys_assets.contract.events`)."""
 
-    user_id: Id | int
-    item_id: Id | int
+    user_id: Id | NumericId | float
+    item_id: Id | NumericId | float
     event_type: EventType
     value: float | None = None
     # unix seconds or ISO 8601 (UTC unless it says otherwise); default: when the API receives it
@@ -37,6 +58,20 @@ class EventIn(Struct, forbid_unknown_fields=True):
 
 EventBatch = Annotated[list[EventIn], Meta(min_length=1, max_length=MAX_BATCH)]
 EventsIn = EventIn | EventBatch
+
+
+class ErrorDetail(Struct):
+    key: str
+    message: str
+    source: str | None = None
+
+
+class ErrorBody(Struct):
+    """Every error answer: its status code, what went wrong, and for a 400 the fields at fault."""
+
+    status_code: int
+    detail: str
+    extra: list[ErrorDetail] | dict[str, str] | None = None
 
 
 class EventsAccepted(Struct):

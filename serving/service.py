@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from serving.model import ModelHolder
 from serving.recommend import build_history, recommend
 from serving.schemas import (
     CACHED_DECODER,
+    ID_RULE,
     LIVE_ENCODER,
     MAX_BATCH,
     EventIn,
@@ -26,6 +29,7 @@ from serving.schemas import (
     EventsIn,
     LiveEvent,
     Recommendations,
+    valid_id,
 )
 from serving.telemetry import get_metrics
 
@@ -110,12 +114,25 @@ def _unix_seconds(value: dt.datetime | float) -> float:
     return value / 1e6 if magnitude > 1e14 else value / 1e3 if magnitude > 1e11 else float(value)
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+# A test hook, never set in a deployment: `<step>` or `<step>:<event_id>` makes the process kill itself
+# (SIGKILL) at that step of storing events, so a test can crash it exactly between two steps.
+FAULT_ENV = "SERVING_TEST_KILL_AT"
+STEPS = ("before_append", "after_append")
+
+
+def _fault_point(step: str, event_ids: list[str]) -> None:
+    target = os.environ.get(FAULT_ENV)
+    if target and (target == step or any(target == f"{step}:{e}" for e in event_ids)):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _id_text(value: str | int | float, key: str) -> str:
+    """An id as the event log stores it: a string as is, a whole number as its decimal text."""
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer() and value >= 0):
+            raise InvalidEventError(key, f"must be an id string or a whole number >= 0, got {value!r}")
+        value = int(value)
+    return str(value)
 
 
 def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
@@ -132,18 +149,20 @@ def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
             )
     elif ev.value is not None and ev.value < 0:
         raise InvalidEventError(f"{where}value", "must be >= 0")
+    ids = {name: _id_text(getattr(ev, name), f"{where}{name}") for name in ("user_id", "item_id")}
     for name in ("user_id", "item_id", "event_id", "recommendation_id"):
-        text = getattr(ev, name)
-        if isinstance(text, str) and not _is_utf8(text):
-            raise InvalidEventError(f"{where}{name}", "is not valid UTF-8 text (lone surrogate)")
+        text = ids.get(name, getattr(ev, name))
+        # the schema's pattern, exactly (msgspec's `$` lets a final line break through)
+        if isinstance(text, str) and not valid_id(text):
+            raise InvalidEventError(f"{where}{name}", f"must be {ID_RULE}")
     ts = now if ev.timestamp is None else _unix_seconds(ev.timestamp)
     lower, upper = settings.time_min.timestamp(), settings.time_upper.timestamp()
     if not (math.isfinite(ts) and lower <= ts <= upper):
         # only instants inside the valid range are printed as dates: others may not be representable
         raise InvalidEventError(f"{where}timestamp", f"{ts} (unix seconds) outside [{iso(lower)}, {iso(upper)}]")
     return _Event(
-        user_id=str(ev.user_id),
-        item_id=str(ev.item_id),
+        user_id=ids["user_id"],
+        item_id=ids["item_id"],
         event_type=ev.event_type,
         value=ev.value,
         ts=ts,
@@ -153,12 +172,15 @@ def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
 
 
 async def accept_events(data: EventsIn, live: LiveState, event_log: EventLog, settings: Settings) -> EventsAccepted:
-    """Validate all, drop resent ids, append durably, then update live state; all or nothing before the write."""
+    """Validate all, drop resent ids, append durably, then mark the ids stored and update live state.
+
+    Write first, mark after: an id is marked stored only once its event is fsync'd, so a crash
+    between any two steps never makes a retry look like a duplicate of an event that was lost.
+    """
     now = time.time()
     if isinstance(data, EventIn):
         events = [normalise(data, "", settings, now)]
     else:
-        # the schema says so too, but a union member's length bounds are not enforced when decoding
         if not 1 <= len(data) <= MAX_BATCH:
             raise InvalidEventError("body", f"a batch holds 1 to {MAX_BATCH} events, got {len(data)}")
         events = [normalise(ev, f"[{i}]", settings, now) for i, ev in enumerate(data)]
@@ -168,26 +190,33 @@ async def accept_events(data: EventsIn, live: LiveState, event_log: EventLog, se
     for i, ev in enumerate(events):
         if ev.event_id is not None:
             first.setdefault(ev.event_id, i)
-    claimed_ids = [e for e, ok in zip(first, await live.claim(list(first)), strict=True) if ok]
-    claimed = set(claimed_ids)
+    ids = list(first)
+    already = {e for e, seen in zip(ids, await live.stored(ids), strict=True) if seen}
     keep: list[_Event] = []
     duplicates: list[str] = []
     for i, ev in enumerate(events):
-        if ev.event_id is None or (ev.event_id in claimed and first[ev.event_id] == i):
+        if ev.event_id is None or (ev.event_id not in already and first[ev.event_id] == i):
             keep.append(ev)
         else:
             duplicates.append(ev.event_id)
+    new_ids = [ev.event_id for ev in keep if ev.event_id is not None]
 
     # once the write starts, finish the bookkeeping even if the client goes away
     with anyio.CancelScope(shield=True):
         if keep:
+            _fault_point("before_append", new_ids)
             try:
                 await anyio.to_thread.run_sync(event_log.append, [ev.row() for ev in keep])
             except OSError as exc:
-                await live.release(claimed_ids)
                 log.error("event log append failed (%s); %d events refused", exc, len(keep))
                 raise EventLogUnavailableError("the event log could not be written; nothing was stored") from exc
-        await live.confirm(claimed_ids)
+            _fault_point("after_append", new_ids)
+        # a request racing this one with the same id may have stored it too: it is in the log
+        # (twice; ingestion keeps one), and only the first to mark it counts it as accepted
+        lost = {e for e, won in zip(new_ids, await live.remember(new_ids), strict=True) if not won}
+        if lost:
+            duplicates.extend(sorted(lost))
+            keep = [ev for ev in keep if ev.event_id not in lost]
         await live.record(
             (ev.user_id, LiveEvent(item_id=ev.item_id, event_type=ev.event_type, value=ev.value, ts=ev.ts))
             for ev in keep

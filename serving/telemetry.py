@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -78,3 +80,33 @@ def mark_process_dead() -> None:
     """Drop this worker's live gauges from the shared folder when it stops."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(os.getpid())
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_dead_workers() -> list[int]:
+    """Drop the live gauges of workers that died without stopping (kill -9, OOM): their last values
+    (`recsys_redis_up 0` from an outage) would otherwise count in `/metrics` for ever. Each worker
+    runs this when it starts (the one replacing a killed worker finds its files) and every poll."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return []
+    dead = set()
+    for path in Path(folder).glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.match(path.name)
+        if match and not pid_alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, folder)
+    return sorted(dead)

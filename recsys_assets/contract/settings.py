@@ -209,9 +209,20 @@ class Settings(BaseSettings):
         "invalidates that user's lists at once.",
     )
     rate_limit_per_minute: int = Field(
-        default=1200, ge=0, description="Requests per client address and minute (0: no limit); 429 beyond."
+        default=1200,
+        ge=0,
+        description="Requests per client and minute (0: no limit), counted in Redis across workers; a client "
+        "is its API key when it sends a valid one, else its address; 429 with `Retry-After` beyond.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Proxies whose `X-Forwarded-For`/`X-Forwarded-Proto` the API believes (comma-separated "
+        "addresses or networks, `*` for any); empty: none, the client address is the connection's peer.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted; 413 beyond.")
+    max_json_depth: int = Field(
+        default=8, ge=2, le=64, description="Deepest nesting of arrays and objects in a JSON body; 400 beyond."
+    )
     ab_challenger_share: float = Field(
         default=0.0,
         ge=0.0,

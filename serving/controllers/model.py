@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get, post
 from litestar.status_codes import HTTP_200_OK
 
+from serving.controllers.responses import errors
 from serving.model import ModelHolder
 from serving.schemas import ModelInfo
 from serving.security import SECURITY_SCHEME, requires
@@ -24,7 +25,7 @@ class ModelController(Controller):
     path = "/v1"
     tags = ("model",)
 
-    @get("/model", operation_id="getModel", summary="Served models")
+    @get("/model", operation_id="getModel", summary="Served models", responses=errors(429))
     async def get_model(self, holder: ModelHolder) -> ModelInfo:
         """The champion and challenger this worker serves, and the last artifact it refused."""
         return model_info(holder)
@@ -36,6 +37,7 @@ class ModelController(Controller):
         status_code=HTTP_200_OK,
         guards=[requires("admin")],
         security=[{SECURITY_SCHEME: []}],
+        responses=errors(401, 403, 409, 429),
     )
     async def reload(self, holder: ModelHolder) -> ModelInfo:
         """Re-read the champion pointer and artifacts now (this worker; the others at their next poll)."""

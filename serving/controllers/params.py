@@ -6,17 +6,25 @@ from typing import Annotated
 
 from litestar.params import Parameter
 
-# one printable line: ids end up in CSV segments, Redis keys and log lines
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+from serving.schemas import ID_MAX_LENGTH, ID_PATTERN, ID_RULE
 
-UserId = Annotated[str, Parameter(min_length=1, max_length=256, pattern=ID_PATTERN, description="User id.")]
-ItemId = Annotated[str, Parameter(min_length=1, max_length=256, pattern=ID_PATTERN, description="Item id.")]
+# a category is catalog text ("Children's", "Film-Noir"), not an id: one printable line
+CATEGORY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+UserId = Annotated[
+    str,
+    Parameter(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description=f"User id: {ID_RULE}."),
+]
+ItemId = Annotated[
+    str,
+    Parameter(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN, description=f"Item id: {ID_RULE}."),
+]
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return.")]
 Category = Annotated[
     str | None,
     Parameter(
         max_length=256,
-        pattern=ID_PATTERN,
+        pattern=CATEGORY_PATTERN,
         description="Only items of this catalog category (case-insensitive); none match: an empty list.",
     ),
 ]

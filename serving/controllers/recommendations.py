@@ -6,6 +6,8 @@ from litestar import Controller, get
 
 from recsys_assets.contract.settings import Settings
 from serving.controllers.params import Category, ExcludeSeen, K, UserId
+from serving.controllers.responses import errors
+from serving.errors import check_path_id
 from serving.eventlog import EventLog
 from serving.live import LiveState
 from serving.model import ModelHolder
@@ -17,7 +19,12 @@ class RecommendationController(Controller):
     path = "/v1/users"
     tags = ("recommendations",)
 
-    @get("/{user_id:str}/recommendations", operation_id="getRecommendations", summary="Recommendations for a user")
+    @get(
+        "/{user_id:str}/recommendations",
+        operation_id="getRecommendations",
+        summary="Recommendations for a user",
+        responses=errors(400, 429, 503),
+    )
     async def get_recommendations(
         self,
         user_id: UserId,
@@ -30,4 +37,5 @@ class RecommendationController(Controller):
         exclude_seen: ExcludeSeen = True,
     ) -> Recommendations:
         """Ranked items for a user, each with a reason; unknown and new users get the cold-start list."""
+        check_path_id("user_id", user_id)
         return await serve_recommendations(holder, live, event_log, settings, user_id, k, category, exclude_seen)

@@ -86,6 +86,7 @@ SERVING_TUNING = {
         "live_state_ttl_seconds",
         "events_segment_max_bytes",
         "events_segment_max_seconds",
+        "max_json_depth",
     )
 }
 ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
@@ -95,6 +96,9 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         **SERVING_TUNING,
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
+        "forwarded_allow_ips": "default: no proxy is believed, the client address is the connection's peer; a "
+        "deployment that puts the API behind its own proxy names it (compose and Azure: each client is its API "
+        "key or the ingress's address)",
     },
     # the console reads only where the data is and where the API answers: all set everywhere it runs
     "console": {},

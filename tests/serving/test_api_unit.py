@@ -121,8 +121,11 @@ def test_cold_start_for_unknown_users_is_popularity(client: TestClient, artifact
     assert [it["item_id"] for it in body["items"]] == [
         artifact.item_ids[j] for j in np.argsort(-pop, kind="stable")[:10]
     ]
-    # odd but valid ids are users too
-    assert recs(client, "user with spaces é", k=3)["cold_start"] is True
+    # odd but valid ids are users too; ids outside the id rule are refused, in paths as in bodies
+    assert recs(client, "u:mail@example.org+x=1~y.z_-", k=3)["cold_start"] is True
+    for bad in ("user with spaces", "-1", "=cmd", "null", "é"):
+        r = client.get(f"/v1/users/{bad}/recommendations")
+        assert r.status_code == 400 and r.json()["extra"][0]["key"] == "user_id", (bad, r.text)
 
 
 def test_three_clicks_personalise_a_new_user(client: TestClient) -> None:
@@ -231,7 +234,8 @@ def test_query_validation_names_the_parameter(client: TestClient) -> None:
     ):
         r = client.get("/v1/users/1/recommendations", params=params)
         assert r.status_code == 400 and r.json()["extra"][0]["key"] == key, r.text
-    assert client.post("/v1/events", content=b"{not json", headers=EVENTS).status_code == 400
+    json_type = {**EVENTS, "Content-Type": "application/json"}
+    assert client.post("/v1/events", content=b"{not json", headers=json_type).status_code == 400
 
 
 def test_rejected_requests_store_nothing(client: TestClient, api_settings: Settings) -> None:
@@ -260,17 +264,17 @@ def test_rate_limit_is_429(api_settings: Settings) -> None:
     with TestClient(create_app(api_settings.model_copy(update={"rate_limit_per_minute": 3}))) as c:
         codes = [c.get("/v1/users/1/recommendations").status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
-        assert (
-            c.post(
-                "/v1/events", json={"user_id": "u", "item_id": "1", "event_type": "view"}, headers=EVENTS
-            ).status_code
-            == 429
-        )
+        refused = c.get("/v1/users/1/recommendations")
+        assert 55 <= int(refused.headers["Retry-After"]) <= 60 and "3 per minute" in refused.json()["detail"]
+        # an unknown key is no way around it: the client is still its address
+        assert c.get("/v1/users/1/recommendations", headers={"X-API-Key": "made-up"}).status_code == 429
+        # a valid key is a client of its own, with its own budget
+        event = {"user_id": "u", "item_id": "1", "event_type": "view"}
+        assert [post(c, event).status_code for _ in range(4)] == [202, 202, 202, 429]
         # probes are never throttled
         assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
-    assert read_segments(Path(api_settings.events_dir or "")) == [] or all(
-        r["event_type"] == "impression" for r in read_segments(Path(api_settings.events_dir or ""))
-    )
+    rows = read_segments(Path(api_settings.events_dir or ""))
+    assert len([r for r in rows if r["event_type"] == "view"]) == 3
 
 
 def test_idempotency_stores_an_event_id_once(client: TestClient, api_settings: Settings) -> None:
@@ -380,6 +384,32 @@ def test_corrupt_champion_is_rejected_and_the_old_one_serves(
         publish(root, good)
         assert c.post("/v1/admin/reload", headers=ADMIN).json()["champion"]["model_version"] == "Hybrid-test-B"
         assert recs(c, "1")["model_version"] == "Hybrid-test-B"
+
+
+def test_a_worker_starting_on_a_broken_pointer_serves_the_last_good_champion(
+    api_settings: Settings, artifact, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    publish(root, artifact)
+    settings = api_settings.model_copy(update={"storage_uri": str(root)})
+    with TestClient(create_app(settings)) as c:
+        assert recs(c, "1")["model_version"] == "Hybrid-test-A"
+    last_good = json.loads((root / "artifacts" / "LAST_GOOD.json").read_text())
+    assert last_good == {
+        "path": ["artifacts", "Hybrid-test-A"],
+        "model_version": "Hybrid-test-A",
+        "model_name": "Hybrid",
+    }
+    for broken in (b"{not json", json.dumps({"path": ["artifacts", "nowhere"]}).encode()):
+        (root / "artifacts" / "CHAMPION.json").write_bytes(broken)
+        with TestClient(create_app(settings)) as c:
+            assert c.get("/ready").status_code == 200
+            assert recs(c, "1")["model_version"] == "Hybrid-test-A"
+            assert c.get("/v1/model").json()["last_rejected"]["path"] in (
+                "artifacts/CHAMPION.json",
+                "artifacts/nowhere",
+            )
+            assert c.post("/v1/admin/reload", headers=ADMIN).status_code == 409
 
 
 def test_ab_split_is_stable_and_recorded(api_settings: Settings, artifact, tmp_path: Path) -> None:
