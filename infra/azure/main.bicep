@@ -102,7 +102,7 @@ var names = {
   mlflow: '${base}-mlflow'
   pipelineJob: '${base}-pipeline'
 }
-// ports of the images (infra/docker); tests/test_infra.py checks they agree
+// ports of the images (infra/docker); tests/infra/test_infra.py checks they agree
 var apiPort = 8000
 var consolePort = 8501
 var codePort = 4000
