@@ -41,6 +41,7 @@ NOT_SETTINGS: frozenset[str] = frozenset(
 class UnknownSettingWarning(UserWarning):
     """A `RECSYS_*` variable that is no setting (a typo would otherwise fall back to the default)."""
 
+
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
     "click": 2.0,

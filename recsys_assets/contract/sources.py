@@ -19,6 +19,11 @@ DEFAULTABLE_COLUMNS: tuple[str, ...] = tuple(c for c in EVENT_COLUMNS if c not i
 SNIFFED_DELIMITERS: tuple[str, ...] = (",", "\t", ";", "|")
 
 
+def _with_hint(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, 1)
+    return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+
+
 class StrictModel(BaseModel):
     """A configuration block that refuses keys it does not know, naming them and the known ones."""
 
@@ -33,10 +38,7 @@ class StrictModel(BaseModel):
             known = sorted(cls.model_fields)
             unknown = sorted(str(k) for k in data if k not in cls.model_fields)
             if unknown:
-                hints = [
-                    f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, 1)) else repr(key)
-                    for key in unknown
-                ]
+                hints = [_with_hint(key, known) for key in unknown]
                 raise ValueError(f"unknown key {', '.join(hints)} in {cls.where}; known keys: {known}")
         return data
 
@@ -134,7 +136,7 @@ class EventLogSource(StrictModel):
             raise ValueError(
                 f"columns maps both 'event_type' and {shared} to the file's column {type_column!r}: every event "
                 f"type would be a value of {type_column!r}. For a file whose rows are all of one type, drop "
-                f"'event_type' from `columns` and set `defaults: {{\"event_type\": \"rating\"}}`; or map each "
+                f'\'event_type\' from `columns` and set `defaults: {{"event_type": "rating"}}`; or map each '
                 f"value of {type_column!r} to an event type in `event_types`"
             )
         return self

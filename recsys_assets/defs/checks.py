@@ -24,7 +24,14 @@ BASELINES = ("Pop", "Popularity")
 
 @dg.asset_check(asset="interactions", blocking=True, description="At least one interaction survived cleaning.")
 def interactions_not_empty(interactions: pd.DataFrame) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=len(interactions) > 0, metadata={"rows": len(interactions)})
+    empty = len(interactions) == 0
+    return dg.AssetCheckResult(
+        passed=not empty,
+        metadata={"rows": len(interactions)},
+        description="every row was rejected or filtered: see `rejected_events` and the `clean` step's log"
+        if empty
+        else None,
+    )
 
 
 @dg.asset_check(

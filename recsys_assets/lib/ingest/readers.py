@@ -254,7 +254,7 @@ def _missing_columns(path: str, found: list[str], source: EventLogSource) -> Non
         path,
         f"{len(missing)} column{'s' if len(missing) > 1 else ''} missing: {named}; found columns {found}. "
         "Map the file's names with `columns` (canonical name -> name in the file), give a constant with "
-        "`defaults` (e.g. {\"event_type\": \"rating\"}), or `names` for a file without header",
+        '`defaults` (e.g. {"event_type": "rating"}), or `names` for a file without header',
         column=", ".join(c for c, _ in missing),
     )
 
