@@ -174,3 +174,20 @@ def test_reject_summary_gives_top_reasons_with_counts_fixes_and_an_example(tmp_p
     assert f"e.g. {p} line 2: user_id='u0', item_id='i0', event_type='rating'" in lines[2]
     assert "unknown_event_type: 1 rows" in summary and "`event_types`" in summary
     assert "malformed_row: 1 rows" in summary and "'u1,i1'" in summary
+
+
+# --- the README's examples ----------------------------------------------------------------------
+
+
+def test_readme_examples_are_valid_event_log_configurations() -> None:
+    import re
+
+    from recsys_assets.contract.sources import EventLogSource
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Mapping your own log", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(r"^RECSYS_EVENT_LOG='(.+)'$", section, flags=re.M)
+    assert len(examples) == 3
+    for example in examples:
+        EventLogSource.model_validate_json(example)
