@@ -172,6 +172,10 @@ def _fail_or_warn(context: dg.AssetExecutionContext, settings: Settings, result:
         )
     if n_rows and n_rejected / n_rows > WARN_REJECTED_SHARE:
         context.log.warning(f"most rows were rejected: {cleaning.reject_summary(result)}")
+    problem = cleaning.time_problem(result.interactions)
+    if problem:
+        # said here too, at ingestion: the blocking check `interactions_have_time` decides
+        context.log.warning(f"time: {problem[1]}")
 
 
 @dg.asset(group_name=INGESTION)

@@ -42,7 +42,10 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
                 _print_counts(event.event_specific_data.materialization.metadata)
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
-            print(f"  check {ev.asset_check_key.name}: {'passed' if ev.passed else 'FAILED'}")
+            outcome = "passed" if ev.passed else "FAILED" if ev.severity.value == "ERROR" else "warning"
+            print(f"  check {ev.asset_check_key.name}: {outcome}")
+            if not ev.passed and ev.description:
+                print(f"    {ev.description}")
         elif event.event_type_value == "STEP_FAILURE":
             print(f"  step {event.step_key} FAILED: {event.event_specific_data.error.message.strip()}")
     _print_locations(settings, training=job_name != INGESTION_JOB)

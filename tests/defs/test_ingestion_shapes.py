@@ -94,3 +94,45 @@ def test_ingest_command_materializes_the_ingestion_group_only(tmp_path: Path) ->
         assert len(instance.get_runs()) == 1
         assert instance.get_latest_materialization_event(dg.AssetKey("eda_report")) is not None
         assert instance.get_latest_materialization_event(dg.AssetKey("model_candidates")) is None
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str | None]]:
+    return {
+        e.event_specific_data.check_name: (e.event_specific_data.passed, e.event_specific_data.description)
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_one_instant_for_every_event_stops_before_training(tmp_path: Path, settings: Settings) -> None:
+    # a play-count file with no time, given a constant timestamp to get in
+    log = tmp_path / "plays.csv"
+    log.write_text("user,item,weight\n" + "".join(f"u{u},i{i},{u + i}\n" for u in range(4) for i in range(5)))
+    source = {
+        "paths": [str(log)],
+        "columns": {"user_id": "user", "item_id": "item", "value": "weight"},
+        "defaults": {"event_type": "view", "timestamp": "2024-01-01T00:00:00Z"},
+    }
+    s = get_settings(storage_uri=settings.storage_uri, source="event_log", event_log=source)
+    result = run(s)
+    assert not result.success
+    passed, description = check_evaluations(result)["interactions_have_time"]
+    assert not passed and "all 20 interactions share one timestamp (2024-01-01 00:00:00+00:00)" in description
+    # the check blocks what follows the interactions; a model step would be skipped the same way
+    materialized = {
+        e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    assert "interactions" in materialized and "interaction_matrix" not in materialized
+
+
+def test_most_events_at_one_instant_is_a_warning(tmp_path: Path, settings: Settings) -> None:
+    log = tmp_path / "events.csv"
+    rows = [f"u{i % 4},i{i % 5},view,1704067200" for i in range(15)] + [
+        f"u1,i{i},view,{1704067300 + i}" for i in range(5)
+    ]
+    log.write_text("user_id,item_id,event_type,timestamp\n" + "\n".join(rows) + "\n")
+    s = get_settings(storage_uri=settings.storage_uri, source="event_log", event_log={"paths": [str(log)]})
+    result = run(s)
+    assert result.success
+    passed, description = check_evaluations(result)["interactions_have_time"]
+    assert not passed and "share one timestamp" in description

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -191,3 +192,27 @@ def test_readme_examples_are_valid_event_log_configurations() -> None:
     assert len(examples) == 3
     for example in examples:
         EventLogSource.model_validate_json(example)
+
+
+# --- degenerate time ----------------------------------------------------------------------------
+
+
+def _times(*stamps: str) -> pd.DataFrame:
+    return pd.DataFrame({"timestamp": pd.to_datetime(list(stamps), utc=True)})
+
+
+def test_degenerate_time_is_named() -> None:
+    assert cleaning.time_problem(_times("2024-01-01", "2024-01-02", "2024-01-03")) is None
+    level, text = cleaning.time_problem(_times(*["2024-01-01"] * 4))
+    assert level == "error" and "all 4 interactions share one timestamp (2024-01-01 00:00:00+00:00)" in text
+    level, text = cleaning.time_problem(_times(*["2024-01-01"] * 3, "2024-01-02"))
+    assert level == "warning" and "75% of the 4 interactions share one timestamp" in text
+    level, text = cleaning.time_problem(_times("1970-01-01 00:00:01", "1970-01-01 00:00:02", "1970-01-01 00:00:03"))
+    assert level == "warning" and "order numbers" in text
+
+
+def test_a_play_count_file_with_no_time_column_says_what_is_missing(tmp_path: Path) -> None:
+    p = _log(tmp_path, "user,item,weight\nu1,i1,3\nu2,i1,1\n")
+    s = _settings(tmp_path, p, columns={"user_id": "user", "item_id": "item", "value": "weight"})
+    with pytest.raises(readers.IngestionError, match=r"2 columns missing: 'event_type', 'timestamp'"):
+        readers.read_event_log(s.event_log)

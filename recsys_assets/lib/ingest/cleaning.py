@@ -241,6 +241,43 @@ def _sort_ids(df: pd.DataFrame, col: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
+# Degenerate time
+# ---------------------------------------------------------------------------------------------
+
+# Above this share of events at one instant, time is degenerate: a warning (all of them: an error).
+DEGENERATE_TIME_SHARE = 0.5
+# Times before this look like small integers (order numbers, positions) read as seconds since 1970.
+EPOCH_START = pd.Timestamp("1971-01-01", tz="UTC")
+
+
+def time_problem(inter: pd.DataFrame) -> tuple[str, str] | None:
+    """("error" or "warning", what is wrong) when the interactions' times cannot order them, else None.
+
+    Every event at one instant is an error (a time cut has nothing to cut); most of them at one
+    instant, or every time within 1970 (numbers that are no Unix times), is a warning."""
+    ts = inter["timestamp"].dropna()
+    if len(ts) < 2:
+        return None
+    counts = ts.value_counts()
+    top, share = counts.index[0], counts.iloc[0] / len(ts)
+    fix = (
+        "map the real time column with `columns` and check `timestamp_unit`; the temporal protocol "
+        "(a cut in time) needs times that order the events"
+    )
+    if len(counts) == 1:
+        return "error", f"all {len(ts)} interactions share one timestamp ({top}): the log has no usable time; {fix}"
+    if share > DEGENERATE_TIME_SHARE:
+        return "warning", f"{share:.0%} of the {len(ts)} interactions share one timestamp ({top}); {fix}"
+    if ts.max() < EPOCH_START:
+        return "warning", (
+            f"every timestamp is within 1970 ({ts.min()} .. {ts.max()}): these look like small numbers "
+            "(order numbers, positions) read as seconds since 1970, and a time cut would compare the "
+            f"numbers of different users; {fix}"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Explaining rejects
 # ---------------------------------------------------------------------------------------------
 
