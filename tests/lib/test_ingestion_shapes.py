@@ -216,3 +216,11 @@ def test_a_play_count_file_with_no_time_column_says_what_is_missing(tmp_path: Pa
     s = _settings(tmp_path, p, columns={"user_id": "user", "item_id": "item", "value": "weight"})
     with pytest.raises(readers.IngestionError, match=r"2 columns missing: 'event_type', 'timestamp'"):
         readers.read_event_log(s.event_log)
+
+
+def test_names_allowed_besides_the_settings_are_used_by_the_deployment() -> None:
+    from recsys_assets.contract.settings import NOT_SETTINGS
+    from tests.conftest import ROOT
+
+    infra = "\n".join(p.read_text() for p in (ROOT / "infra").rglob("*") if p.is_file() and p.suffix != ".png")
+    assert [n for n in sorted(NOT_SETTINGS - {"RECSYS_ENV_FILE"}) if n not in infra] == []
