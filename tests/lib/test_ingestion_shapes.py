@@ -104,10 +104,13 @@ def test_delimiter_is_recognized_from_the_header(tmp_path: Path, sep: str) -> No
     assert len(r.interactions) == 2 and sum(r.reject_counts.values()) == 0
 
 
-def test_a_wrong_delimiter_is_named_in_the_error(tmp_path: Path) -> None:
-    p = _log(tmp_path, "user_id\titem_id\tevent_type\ttimestamp\nu1\ti1\tview\t1704067200\n")
-    s = _settings(tmp_path, p, delimiter=",")
-    with pytest.raises(readers.IngestionError, match=r"tab.*set `delimiter` to '\\t'") as err:
+@pytest.mark.parametrize("header", [True, False])
+def test_a_wrong_delimiter_is_named_in_the_error(tmp_path: Path, header: bool) -> None:
+    text = "user_id\titem_id\tevent_type\ttimestamp\n" * header + "u1\ti1\tview\t1704067200\n"
+    p = _log(tmp_path, text)
+    names = None if header else ["user_id", "item_id", "event_type", "timestamp"]
+    s = _settings(tmp_path, p, delimiter=",", header=header, names=names)
+    with pytest.raises(readers.IngestionError, match=r"has no ',' but a tab.*set `delimiter` to '\\t'") as err:
         readers.read_event_log(s.event_log)
     assert str(p) in str(err.value)
 

@@ -142,17 +142,17 @@ def sniff_delimiter(data: bytes) -> str:
     return best if counts[best] else ","
 
 
-def _check_split(path: str, columns: list[str], delimiter: str) -> None:
-    """A header read as one column holding another separator: the file is split by something else."""
-    if len(columns) != 1:
-        return
-    others = [d for d in SNIFFED_DELIMITERS if d != delimiter and d in columns[0]]
-    if others:
+def _check_split(path: str, data: bytes, delimiter: str, header: bool) -> None:
+    """A first line without the delimiter but with another separator: the file is split by something else."""
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    others = [d for d in SNIFFED_DELIMITERS if d != delimiter and d in first]
+    if delimiter not in first and others:
         shown = {"\t": "a tab (\\t)"}.get(others[0], repr(others[0]))
+        line = "the header" if header else "the first line"
         raise IngestionError(
             path,
-            f"the header reads as one column {columns[0]!r} containing {shown}: the file is not separated by "
-            f"{delimiter!r}; set `delimiter` to {others[0]!r} (or leave `delimiter` out to have it recognized)",
+            f"{line} {first!r} has no {delimiter!r} but {shown}: the file is not separated by {delimiter!r}; "
+            f"set `delimiter` to {others[0]!r} (or leave `delimiter` out to have it recognized)",
         )
 
 
@@ -179,6 +179,7 @@ def read_csv_text(
     if not data.strip():
         raise IngestionError(path, "the file is empty")
     delimiter = delimiter or sniff_delimiter(data)
+    _check_split(path, data, delimiter, header)
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     try:
         # First pass learns the column names, second reads them all as strings.
@@ -187,8 +188,6 @@ def read_csv_text(
             read_options=read_opts,
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda r: "skip"),
         ).column_names
-        if header:
-            _check_split(path, names_probe, delimiter)
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names_probe}, strings_can_be_null=True)
         table = pacsv.read_csv(
             io.BytesIO(data), read_options=read_opts, parse_options=parse_opts, convert_options=convert
