@@ -227,3 +227,21 @@ def test_names_allowed_besides_the_settings_are_used_by_the_deployment() -> None
 
     infra = "\n".join(p.read_text() for p in (ROOT / "infra").rglob("*") if p.is_file() and p.suffix != ".png")
     assert [n for n in sorted(NOT_SETTINGS - {"RECSYS_ENV_FILE"}) if n not in infra] == []
+
+
+def test_the_eda_report_says_when_most_events_share_one_instant() -> None:
+    from recsys_assets.lib.reports.eda import eda_summary, render_eda_report
+
+    stamps = pd.to_datetime(["2024-01-01"] * 3 + ["2024-01-02"], utc=True)
+    inter = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"], "item_id": ["i1", "i2", "i1", "i3"]})
+    inter = inter.assign(event_type="view", timestamp=stamps, value=float("nan"), weight=1.0)
+    items = cleaning.build_items(inter.assign(category=None), None)
+    users = cleaning.build_users(inter, None)
+    summary = eda_summary(inter, items, users)
+    assert (
+        summary["distinct_timestamps"] == 2
+        and "75% of the 4 interactions share one timestamp" in summary["time_warning"]
+    )
+    assert '<p id="time-warning"><strong>Time:</strong> 75% of the 4' in render_eda_report(
+        inter, items, users, summary, "t"
+    )
