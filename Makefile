@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci pipeline tune simulate bench soak chaos test lint ui console serve clean
+.PHONY: help install demo demo-ci ingest pipeline tune simulate bench soak chaos test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install torch (CPU) and the project, editable (idempotent)
+
+ingest: install ## Ingest the configured source only (no training): row counts, rejects and the EDA report's path
+	$(BIN)/python -m recsys_assets ingest
 
 pipeline: install ## Materialize the whole asset graph once and exit
 	$(BIN)/python -m recsys_assets pipeline

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -15,7 +17,30 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
+# TableSource is re-exported: callers import the sources from here
+from recsys_assets.contract.sources import EventLogSource, TableSource  # noqa: F401
+
+# `RECSYS_*` names that are not settings: the env file's own variable, and deployment parameters
+# (compose and Azure) that never reach `Settings`
+NOT_SETTINGS: frozenset[str] = frozenset(
+    {
+        "RECSYS_ENV_FILE",
+        "RECSYS_POSTGRES_ADMIN_PASSWORD",
+        "RECSYS_PG_PASSWORD",
+        "RECSYS_REGISTRY_NAME",
+        "RECSYS_REGISTRY_RESOURCE_GROUP",
+        "RECSYS_IMAGE_TAG",
+        "RECSYS_API_STABLE_REVISION",
+        "RECSYS_API_REVISION_SUFFIX",
+        "RECSYS_API_NEW_REVISION_WEIGHT",
+        "RECSYS_ADMIN_IP_RANGES",
+    }
+)
+
+
+class UnknownSettingWarning(UserWarning):
+    """A `RECSYS_*` variable that is no setting (a typo would otherwise fall back to the default)."""
+
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -24,52 +49,6 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "add_to_cart": 4.0,
     "purchase": 8.0,
 }
-
-
-class TableSource(BaseModel):
-    """An optional side table (item catalog or user table) in CSV or Parquet."""
-
-    path: str
-    format: Literal["auto", "csv", "parquet"] = "auto"
-    delimiter: str = ","
-    header: bool = True
-    names: list[str] | None = None
-    # canonical column -> column in the file, for the columns whose names differ
-    columns: dict[str, str] = Field(default_factory=dict)
-    # separator of multi-valued columns (categories) inside one cell
-    list_separator: str = "|"
-
-
-class EventLogSource(BaseModel):
-    """A generic event log: one or many CSV/Parquet files or globs in the documented schema.
-
-    Required columns: user_id, item_id, event_type, timestamp. Optional: value, event_id,
-    recommendation_id, and a category column that becomes item metadata when no catalog is given.
-    """
-
-    paths: list[str]
-    format: Literal["auto", "csv", "parquet"] = "auto"
-    delimiter: str = ","
-    header: bool = True
-    # column names of a file without a header, in order
-    names: list[str] | None = None
-    # canonical column -> column in the file, for the columns whose names differ
-    columns: dict[str, str] = Field(default_factory=dict)
-    # event-type value in the file -> canonical event type
-    event_types: dict[str, str] = Field(default_factory=dict)
-    timestamp_unit: Literal["auto", "s", "ms", "us", "iso"] = "auto"
-    # a column of the log holding the item's category (e.g. Taobao's category_id)
-    category_column: str | None = None
-    items: TableSource | None = None
-    users: TableSource | None = None
-
-    @field_validator("event_types")
-    @classmethod
-    def _known_targets(cls, mapping: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(mapping.values()) - set(CANONICAL_EVENT_TYPES))
-        if unknown:
-            raise ValueError(f"event_types maps to unknown event types {unknown}; known: {list(CANONICAL_EVENT_TYPES)}")
-        return mapping
 
 
 def _time_upper(time_max: dt.datetime | None) -> dt.datetime:
@@ -454,7 +433,51 @@ class Settings(BaseSettings):
         return Path(parsed.path if parsed.scheme == "file" else self.storage_uri).resolve()
 
 
+def _is_setting(parts: list[str], model: type[BaseModel]) -> bool:
+    """Whether `RECSYS_A__B` (as ["a", "b"]) names a field of `model`, nested models unfolded."""
+    info = model.model_fields.get(parts[0])
+    if info is None:
+        return False
+    if len(parts) == 1:
+        return True
+    annotation = info.annotation
+    for arg in typing.get_args(annotation) if typing.get_origin(annotation) is not dict else (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return _is_setting(parts[1:], arg)
+        if typing.get_origin(arg) is dict:
+            return True  # a key of a mapping (e.g. RECSYS_EVENT_WEIGHTS__VIEW)
+    return False
+
+
+def unknown_variables(names: Any) -> list[str]:
+    """The `RECSYS_*` names among `names` that are no setting (nor a known deployment parameter)."""
+    return sorted(
+        name
+        for name in names
+        if name.upper().startswith("RECSYS_")
+        and name.upper() not in NOT_SETTINGS
+        and not _is_setting(name[len("RECSYS_") :].lower().split("__"), Settings)
+    )
+
+
 def get_settings(env_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Build the settings from the environment (and an optional env file, or `RECSYS_ENV_FILE`)."""
+    """Build the settings from the environment (and an optional env file, or `RECSYS_ENV_FILE`).
+
+    `RECSYS_*` variables (in the environment or the env file) that are no setting are named in an
+    `UnknownSettingWarning`: a misspelt name would otherwise leave its setting at the default.
+    """
     env_file = env_file or os.environ.get("RECSYS_ENV_FILE")
+    names = set(os.environ)
+    if env_file and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        names |= {k for k in dotenv_values(env_file) if k}
+    unknown = unknown_variables(names)
+    if unknown:
+        warnings.warn(
+            f"ignored: {unknown} {'is' if len(unknown) == 1 else 'are'} no setting (see `Settings` or the README "
+            "for the RECSYS_* names)",
+            UnknownSettingWarning,
+            stacklevel=2,
+        )
     return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

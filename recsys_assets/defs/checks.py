@@ -14,6 +14,7 @@ from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.promotion import challenger_model
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
+from recsys_assets.lib.ingest.cleaning import time_problem
 from recsys_assets.lib.models.fitting import CHAMPION_METRIC, evaluate_artifact, metric_value, prepare
 
 # Fewest events newer than the champion's data for a like-with-like comparison on them.
@@ -24,7 +25,31 @@ BASELINES = ("Pop", "Popularity")
 
 @dg.asset_check(asset="interactions", blocking=True, description="At least one interaction survived cleaning.")
 def interactions_not_empty(interactions: pd.DataFrame) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=len(interactions) > 0, metadata={"rows": len(interactions)})
+    empty = len(interactions) == 0
+    return dg.AssetCheckResult(
+        passed=not empty,
+        metadata={"rows": len(interactions)},
+        description="every row was rejected or filtered: see `rejected_events` and the `clean` step's log"
+        if empty
+        else None,
+    )
+
+
+@dg.asset_check(
+    asset="interactions",
+    blocking=True,
+    description="The timestamps order the events: not all at one instant (an error, before any training), "
+    "nor most of them, nor small numbers read as seconds since 1970 (warnings).",
+)
+def interactions_have_time(interactions: pd.DataFrame) -> dg.AssetCheckResult:
+    problem = time_problem(interactions)
+    ts = interactions["timestamp"]
+    return dg.AssetCheckResult(
+        passed=problem is None,
+        severity=dg.AssetCheckSeverity.ERROR if problem and problem[0] == "error" else dg.AssetCheckSeverity.WARN,
+        description=problem[1] if problem else None,
+        metadata={"distinct_timestamps": int(ts.nunique()), "time_min": str(ts.min()), "time_max": str(ts.max())},
+    )
 
 
 @dg.asset_check(
@@ -214,6 +239,7 @@ def challenger_beats_baseline_and_champion(
 
 CHECKS = [
     interactions_not_empty,
+    interactions_have_time,
     interactions_unique,
     interactions_valid,
     referential_integrity,

@@ -122,11 +122,13 @@ def clean(
     )
     sample = cleaning.sample_rejects(result.rejected, settings.reject_sample_size)
     runs.write_reject_counts(storage.get(), result.reject_counts)
+    _fail_or_warn(context, settings, result)
     yield dg.Output(
         inter,
         output_name="interactions",
         metadata={
             "raw_rows": result.n_raw,
+            "rows": len(inter),
             "live_rows": len(live_rows),
             "rejected_rows": n_rejected,
             "duplicates_dropped": result.n_duplicates,
@@ -145,6 +147,35 @@ def clean(
         output_name=REJECTED_EVENTS,
         metadata={"preview": _md_table(sample), "rejected_rows": n_rejected},
     )
+
+
+# Above this share of rejected rows the run goes on with a warning that says why.
+WARN_REJECTED_SHARE = 0.5
+
+
+def _fail_or_warn(context: dg.AssetExecutionContext, settings: Settings, result: cleaning.CleanResult) -> None:
+    """Fail the step, before anything is written, when no interaction is left, saying why in the message
+    itself (the top reject reasons with one example row each); warn when most rows were rejected."""
+    n_rejected = sum(result.reject_counts.values())
+    n_rows = result.n_raw - int(result.notes.get("impressions", 0))
+    if len(result.interactions) == 0 and n_rejected:
+        raise dg.Failure(
+            description=f"no interaction left: {cleaning.reject_summary(result)}",
+            allow_retries=False,
+            metadata={"rejected_by_reason": dg.MetadataValue.json(result.reject_counts)},
+        )
+    if len(result.interactions) == 0 and result.kcore_dropped:
+        raise dg.Failure(
+            description=f"the k-core filter (RECSYS_KCORE_USER={settings.kcore_user}, RECSYS_KCORE_ITEM="
+            f"{settings.kcore_item}) removed all {result.kcore_dropped} interactions: lower it",
+            allow_retries=False,
+        )
+    if n_rows and n_rejected / n_rows > WARN_REJECTED_SHARE:
+        context.log.warning(f"most rows were rejected: {cleaning.reject_summary(result)}")
+    problem = cleaning.time_problem(result.interactions)
+    if problem:
+        # said here too, at ingestion: the blocking check `interactions_have_time` decides
+        context.log.warning(f"time: {problem[1]}")
 
 
 @dg.asset(group_name=INGESTION)

@@ -1,4 +1,7 @@
-"""Command line: `python -m recsys_assets pipeline|tune|demo`.
+"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo`.
+
+`ingest` materializes the ingestion assets only (the source to the interaction matrix and the EDA
+report) and prints the row counts, the rejects by reason and where the EDA report is.
 
 `pipeline` materializes the whole asset graph once in a persistent Dagster instance (so the runs
 show up in the Dagster UI) and exits non-zero if any step or blocking check failed. `demo` runs the
@@ -18,6 +21,9 @@ from recsys_assets.tools.pipeline import run_pipeline
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m recsys_assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "ingest", help="materialize the ingestion assets only and print row counts, rejects and the EDA report's path"
+    )
     pipeline = sub.add_parser("pipeline", help="materialize the whole asset graph once and exit")
     sub.add_parser("tune", help="run the budgeted hyper-parameter search (needs a materialized pipeline)")
     demo_args = sub.add_parser(
@@ -44,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
+    if args.command == "ingest":
+        from recsys_assets.defs.definitions import INGESTION_JOB
+
+        return 0 if run_pipeline(settings, job_name=INGESTION_JOB) else 1
     if args.command == "tune":
         from recsys_assets.defs.definitions import TUNE_JOB
 

@@ -4,6 +4,7 @@ replay's training on the past), in the persistent Dagster instance so its runs s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from recsys_assets.contract.settings import Settings
 from recsys_assets.tools.services import open_instance
@@ -16,7 +17,7 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     and when the only failure is the promotion check refusing the challenger (the champion stays)."""
     from recsys_assets.contract.storage import Storage
     from recsys_assets.defs import runs
-    from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
+    from recsys_assets.defs.definitions import INGESTION_JOB, PIPELINE_JOB, build_definitions
 
     defs = build_definitions(settings)
     job = defs.resolve_job_def(job_name or PIPELINE_JOB)
@@ -37,12 +38,17 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             print(f"  materialized {event.asset_key.to_user_string()}")
+            if event.asset_key.to_user_string() == "interactions":
+                _print_counts(event.event_specific_data.materialization.metadata)
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
-            print(f"  check {ev.asset_check_key.name}: {'passed' if ev.passed else 'FAILED'}")
+            outcome = "passed" if ev.passed else "FAILED" if ev.severity.value == "ERROR" else "warning"
+            print(f"  check {ev.asset_check_key.name}: {outcome}")
+            if not ev.passed and ev.description:
+                print(f"    {ev.description}")
         elif event.event_type_value == "STEP_FAILURE":
             print(f"  step {event.step_key} FAILED: {event.event_specific_data.error.message.strip()}")
-    _print_locations(settings)
+    _print_locations(settings, training=job_name != INGESTION_JOB)
     failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
     if failed == {PROMOTION_CHECK_STEP}:
         # a challenger that loses is an outcome, not an error: the champion keeps serving
@@ -51,11 +57,28 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
     return bool(result.success)
 
 
-def _print_locations(settings: Settings) -> None:
+def _print_counts(metadata: dict) -> None:
+    """The row counts of the cleaning step: raw rows, interactions, rejects by reason, duplicates."""
+
+    def value(key: str) -> Any:
+        entry = metadata.get(key)
+        return getattr(entry, "value", entry)
+
+    by_reason = value("rejected_by_reason") or {}
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items(), key=lambda kv: -kv[1]) if n) or "none"
+    print(
+        f"    {value('raw_rows')} raw rows -> {value('rows')} interactions "
+        f"({value('n_users')} users, {value('n_items')} items); {value('rejected_rows')} rejected ({reasons}); "
+        f"{value('duplicates_dropped')} duplicates dropped"
+    )
+
+
+def _print_locations(settings: Settings, training: bool = True) -> None:
     from recsys_assets.contract.storage import Storage
 
     store = Storage.from_settings(settings)
     print(f"tables under {store.uri()}")
     print(f"EDA report: {store.uri('reports', 'eda_report.html')}")
-    print(f"evaluation report: {store.uri('reports', 'evaluation_report.html')}")
-    print(f"MLflow tracking: {settings.mlflow_store().tracking_uri}")
+    if training:
+        print(f"evaluation report: {store.uri('reports', 'evaluation_report.html')}")
+        print(f"MLflow tracking: {settings.mlflow_store().tracking_uri}")

@@ -64,6 +64,7 @@ def test_movielens_graph_materializes_with_published_sizes(settings: Settings) -
     assert result.success
     assert check_results(result) == {
         "interactions_not_empty": True,
+        "interactions_have_time": True,
         "interactions_unique": True,
         "interactions_valid": True,
         "referential_integrity": True,

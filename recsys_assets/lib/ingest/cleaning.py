@@ -238,3 +238,82 @@ def _sort_ids(df: pd.DataFrame, col: str) -> pd.DataFrame:
     num = pd.to_numeric(df[col], errors="coerce")
     order = np.lexsort((df[col].astype(str).to_numpy(), num.fillna(0).to_numpy(), num.isna().to_numpy()))
     return df.iloc[order].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate time
+# ---------------------------------------------------------------------------------------------
+
+# Above this share of events at one instant, time is degenerate: a warning (all of them: an error).
+DEGENERATE_TIME_SHARE = 0.5
+# Times before this look like small integers (order numbers, positions) read as seconds since 1970.
+EPOCH_START = pd.Timestamp("1971-01-01", tz="UTC")
+
+
+def time_problem(inter: pd.DataFrame) -> tuple[str, str] | None:
+    """("error" or "warning", what is wrong) when the interactions' times cannot order them, else None.
+
+    Every event at one instant is an error (a time cut has nothing to cut); most of them at one
+    instant, or every time within 1970 (numbers that are no Unix times), is a warning."""
+    ts = inter["timestamp"].dropna()
+    if len(ts) < 2:
+        return None
+    counts = ts.value_counts()
+    top, share = counts.index[0], counts.iloc[0] / len(ts)
+    fix = (
+        "map the real time column with `columns` and check `timestamp_unit`; the temporal protocol "
+        "(a cut in time) needs times that order the events"
+    )
+    if len(counts) == 1:
+        return "error", f"all {len(ts)} interactions share one timestamp ({top}): the log has no usable time; {fix}"
+    if share > DEGENERATE_TIME_SHARE:
+        return "warning", f"{share:.0%} of the {len(ts)} interactions share one timestamp ({top}); {fix}"
+    if ts.max() < EPOCH_START:
+        return "warning", (
+            f"every timestamp is within 1970 ({ts.min()} .. {ts.max()}): these look like small numbers "
+            "(order numbers, positions) read as seconds since 1970, and a time cut would compare the "
+            f"numbers of different users; {fix}"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Explaining rejects
+# ---------------------------------------------------------------------------------------------
+
+# What to change for each reject reason, said with the reason in a failure message.
+REJECT_FIXES: dict[str, str] = {
+    "malformed_row": "the row does not split into the header's columns: check `delimiter` and quoting",
+    "missing_user_id": "map the user column with `columns`",
+    "missing_item_id": "map the item column with `columns`",
+    "missing_event_type": 'map the type column with `columns`, or set `defaults: {"event_type": "rating"}`',
+    "unknown_event_type": "map the file's values to event types with `event_types`, or set `defaults`",
+    "missing_timestamp": "map the time column with `columns`",
+    "unparseable_timestamp": "set `timestamp_unit` (s, ms, us or iso)",
+    "timestamp_out_of_range": "check `timestamp_unit`, or widen RECSYS_TIME_MIN / RECSYS_TIME_MAX",
+    "bad_value": "ratings must lie in RECSYS_RATING_MIN..RECSYS_RATING_MAX; other events need a number >= 0 or none",
+}
+
+
+def reject_summary(result: CleanResult, top: int = 3) -> str:
+    """The `top` reject reasons with their counts, what to change, and one example row each."""
+    n_rejected = sum(result.reject_counts.values())
+    kept = result.n_raw - int(result.notes.get("impressions", 0))
+    lines = [f"{n_rejected} of {kept} rows rejected ({n_rejected / max(1, kept):.0%})"]
+    ranked = sorted(((n, r) for r, n in result.reject_counts.items() if n), reverse=True)[:top]
+    for n, reason in ranked:
+        lines.append(f"  {reason}: {n} rows ({REJECT_FIXES.get(reason, '')})")
+        rows = result.rejected[result.rejected["reason"] == reason]
+        if len(rows):
+            lines.append(f"    e.g. {_example(rows.iloc[0])}")
+    return "\n".join(lines)
+
+
+def _example(row: pd.Series) -> str:
+    where = f"{row.get('source_file')} line {row.get('source_line')}" if pd.notna(row.get("source_file")) else "row"
+    if pd.notna(row.get("raw_line")):
+        return f"{where}: {row['raw_line']!r}"
+    fields = ", ".join(
+        f"{c}={row[c]!r}" for c in ("user_id", "item_id", "event_type", "timestamp", "value") if pd.notna(row.get(c))
+    )
+    return f"{where}: {fields}"

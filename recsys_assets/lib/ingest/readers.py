@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from recsys_assets.contract.events import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
+    OPTIONAL_EVENT_COLUMNS,
     REQUIRED_EVENT_COLUMNS,
     USER_COLUMNS,
     parse_timestamps,
 )
-from recsys_assets.contract.settings import EventLogSource, TableSource
+from recsys_assets.contract.sources import SNIFFED_DELIMITERS, EventLogSource, TableSource
 
 RAW_EXTRA_COLUMNS = ("category", "source_file", "source_line", "raw_line")
 RAW_COLUMNS = EVENT_COLUMNS + RAW_EXTRA_COLUMNS
@@ -38,10 +39,11 @@ Progress = Callable[[str], None]
 
 
 class IngestionError(ValueError):
-    """A source that cannot be ingested at all; the message names the file, the column and the problem."""
+    """A source that cannot be ingested at all; the message names the file, the column(s) and the problem."""
 
     def __init__(self, file: str, problem: str, column: str | None = None) -> None:
-        where = f"{file}" + (f", column {column!r}" if column else "")
+        where = f"{file}" + (f", column {column!r}" if column and "," not in column else "")
+        where += f", columns {column}" if column and "," in column else ""
         super().__init__(f"{where}: {problem}")
         self.file = file
         self.column = column
@@ -131,10 +133,35 @@ def _detect_format(path: str, declared: str) -> str:
     return "csv"
 
 
+def sniff_delimiter(data: bytes) -> str:
+    """The field separator of a CSV/TSV text: the one of `SNIFFED_DELIMITERS` most frequent in its first
+    line (`,` when none is there)."""
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    counts = {d: first.count(d) for d in SNIFFED_DELIMITERS}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _check_split(path: str, data: bytes, delimiter: str, header: bool) -> None:
+    """A first line without the delimiter but with another separator: the file is split by something else."""
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    others = [d for d in SNIFFED_DELIMITERS if d != delimiter and d in first]
+    if delimiter not in first and others:
+        shown = {"\t": "a tab (\\t)"}.get(others[0], repr(others[0]))
+        line = "the header" if header else "the first line"
+        raise IngestionError(
+            path,
+            f"{line} {first!r} has no {delimiter!r} but {shown}: the file is not separated by {delimiter!r}; "
+            f"set `delimiter` to {others[0]!r} (or leave `delimiter` out to have it recognized)",
+        )
+
+
 def read_csv_text(
-    path: str, delimiter: str, header: bool, names: list[str] | None
+    path: str, delimiter: str | None, header: bool, names: list[str] | None
 ) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """Read every column as text; rows the parser cannot split are returned apart, with their line."""
+    """Read every column as text; rows the parser cannot split are returned apart, with their line.
+
+    `delimiter` None: recognized from the first line (see `sniff_delimiter`)."""
     bad: list[tuple[int, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -147,11 +174,13 @@ def read_csv_text(
         block_size=1 << 24,
         use_threads=False,  # row numbers of invalid rows are only known single-threaded
     )
-    parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     with fsspec.open(path, "rb") as fh:
         data = fh.read()
     if not data.strip():
         raise IngestionError(path, "the file is empty")
+    delimiter = delimiter or sniff_delimiter(data)
+    _check_split(path, data, delimiter, header)
+    parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     try:
         # First pass learns the column names, second reads them all as strings.
         names_probe = pacsv.read_csv(
@@ -206,10 +235,35 @@ def _to_text(col: pa.ChunkedArray) -> pd.Series:
     return s.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).astype(object)
 
 
+def _missing_columns(path: str, found: list[str], source: EventLogSource) -> None:
+    """Every required column the file lacks (and no constant stands for), reported at once."""
+    missing = [
+        (c, source.columns.get(c, c))
+        for c in REQUIRED_EVENT_COLUMNS
+        if c not in source.defaults and source.columns.get(c, c) not in found
+    ]
+    wanted = {c: source.columns.get(c, c) for c in OPTIONAL_EVENT_COLUMNS if c in source.columns}
+    missing += [(c, f) for c, f in wanted.items() if f not in found]
+    if source.category_column and source.category_column not in found:
+        missing.append(("category_column", source.category_column))
+    if not missing:
+        return
+    named = ", ".join(repr(c) if c == f else f"{c!r} (looked for {f!r})" for c, f in missing)
+    raise IngestionError(
+        path,
+        f"{len(missing)} column{'s' if len(missing) > 1 else ''} missing: {named}; found columns {found}. "
+        "Map the file's names with `columns` (canonical name -> name in the file), give a constant with "
+        '`defaults` (e.g. {"event_type": "rating"}), or `names` for a file without header',
+        column=", ".join(c for c, _ in missing),
+    )
+
+
 def read_event_log(source: EventLogSource, progress: Progress | None = None) -> pd.DataFrame:
-    """Read every file of the log into the canonical raw schema (all text)."""
+    """Read every file of the log into the canonical raw schema (all text).
+
+    A canonical column comes from the file column `columns` names (its own name by default; one file
+    column may feed several), else from its constant in `defaults`, which also fills blank cells."""
     files = expand_paths(source.paths)
-    rename = {v: k for k, v in source.columns.items()}
     frames = []
     for i, path in enumerate(tqdm(files, desc="reading event log", unit="file", disable=len(files) < 2), 1):
         if progress:
@@ -220,25 +274,18 @@ def read_event_log(source: EventLogSource, progress: Progress | None = None) -> 
             table = _read_parquet(path)
         else:
             table, bad = read_csv_text(path, source.delimiter, source.header, source.names)
-        table = table.rename_columns([rename.get(n, n) for n in table.column_names])
-        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in table.column_names]
-        if missing:
-            raise IngestionError(
-                path,
-                f"required column missing (found columns {table.column_names}; "
-                "map names with `columns` or give `names` for a file without header)",
-                column=missing[0],
-            )
+        _missing_columns(path, table.column_names, source)
+        wanted = {c: source.columns.get(c, c) for c in EVENT_COLUMNS}
+        present = {c: f for c, f in wanted.items() if f in table.column_names}
         if fmt == "parquet":
             for name, ok in _ALLOWED_PARQUET_TYPES.items():
-                if name in table.column_names and not ok(table.schema.field(name).type):
-                    raise IngestionError(path, f"wrong type {table.schema.field(name).type}", column=name)
-        df = pd.DataFrame({c: _to_text(table[c]) for c in table.column_names if c in EVENT_COLUMNS})
+                if name in present and not ok(table.schema.field(present[name]).type):
+                    raise IngestionError(path, f"wrong type {table.schema.field(present[name]).type}", column=name)
+        df = pd.DataFrame({c: _to_text(table[f]) for c, f in present.items()})
+        for column, constant in source.defaults.items():
+            df[column] = df[column].fillna(constant) if column in df else constant
         if source.category_column:
-            cat = rename.get(source.category_column, source.category_column)
-            if cat not in table.column_names:
-                raise IngestionError(path, "category column missing", column=source.category_column)
-            df["category"] = _to_text(table[cat])
+            df["category"] = _to_text(table[source.category_column])
         _check_column_types(df, path, source)
         df["source_file"] = path
         # data line numbers (1-based, counting the header) for rows we kept

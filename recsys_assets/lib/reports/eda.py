@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from recsys_assets.lib.ingest.cleaning import time_problem
+
 COLD_START_THRESHOLD = 5
 
 
@@ -33,6 +35,7 @@ def eda_summary(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -
     user_act = inter.groupby("user_id").size()
     top20 = max(1, round(0.2 * len(item_pop)))
     funnel = inter["event_type"].value_counts()
+    problem = time_problem(inter)
     return {
         "n_interactions": len(inter),
         "n_users": n_users,
@@ -48,6 +51,9 @@ def eda_summary(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -
         "items_without_interactions": int((items["n_interactions"] == 0).sum()),
         "time_min": str(inter["timestamp"].min()),
         "time_max": str(inter["timestamp"].max()),
+        "distinct_timestamps": int(inter["timestamp"].nunique()),
+        # what is wrong with the times (all or most events at one instant, numbers read as 1970), or none
+        "time_warning": problem[1] if problem else "none",
         "event_types": {k: int(v) for k, v in funnel.items()},
     }
 
@@ -103,6 +109,10 @@ def render_eda_report(
         div = fig.to_html(full_html=False, include_plotlyjs=(n == 0), config={"displaylogo": False})
         parts.append(f"<section><h2>{html.escape(name)}</h2>{div}</section>")
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items())
+    time_warning = summary.get("time_warning", "none")
+    warning = (
+        "" if time_warning == "none" else f'<p id="time-warning"><strong>Time:</strong> {html.escape(time_warning)}</p>'
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>EDA report: {html.escape(title)}</title>
 <style>
@@ -114,7 +124,7 @@ section {{ margin-top: 2rem; }}
 <body>
 <h1>Exploratory data analysis</h1>
 <p>Source: {html.escape(title)}</p>
-<h2>Key numbers</h2>
+{warning}<h2>Key numbers</h2>
 <table id="summary">{rows}</table>
 {"".join(parts)}
 </body></html>
