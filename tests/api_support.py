@@ -197,3 +197,16 @@ class ApiProcess:
         if self.proc is not None:
             self._log.close()
         self.proc = None
+
+
+def api_env(storage: Path, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an API process on `storage` and `redis_url`: test keys, no rate limit, fast polls."""
+    return {
+        "RECSYS_STORAGE_URI": str(storage),
+        "RECSYS_REDIS_URL": redis_url,
+        "RECSYS_API_KEYS": API_KEYS,
+        "RECSYS_RATE_LIMIT_PER_MINUTE": "0",
+        "RECSYS_MODEL_POLL_SECONDS": "0.5",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }

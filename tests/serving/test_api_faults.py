@@ -33,9 +33,9 @@ from recsys_assets.contract.storage import Storage
 from tests.api_support import (
     ADMIN_KEY,
     API_KEY,
-    API_KEYS,
     ApiProcess,
     RedisServer,
+    api_env,
     movielens_artifact,
     publish,
     read_segments,
@@ -44,48 +44,6 @@ from tests.api_support import (
 
 pytestmark = pytest.mark.integration
 EVENTS = {"X-API-Key": API_KEY}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    publish(root, movielens_artifact())
-    return root
-
-
-def api_env(storage: Path, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "RECSYS_STORAGE_URI": str(storage),
-        "RECSYS_REDIS_URL": redis_url,
-        "RECSYS_API_KEYS": API_KEYS,
-        "RECSYS_RATE_LIMIT_PER_MINUTE": "0",
-        "RECSYS_MODEL_POLL_SECONDS": "0.5",
-        "OMP_NUM_THREADS": "1",
-        **extra,
-    }
-
-
-@pytest.fixture
-def start_api(tmp_path: Path) -> Iterator:
-    procs: list[ApiProcess] = []
-
-    def start(env: dict[str, str], workers: int = 1, via_module: bool = False) -> ApiProcess:
-        proc = ApiProcess(env, tmp_path / f"api-{len(procs)}.log", workers=workers, via_module=via_module)
-        procs.append(proc)
-        return proc.start()
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def wait_for(what: str, predicate, timeout: float = 20.0, api: ApiProcess | None = None) -> None:
