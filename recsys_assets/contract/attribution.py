@@ -1,8 +1,8 @@
 """Online attribution: served lists, their clicks and conversions, from the API's event log.
 
 Pure functions over DataFrames (no I/O). They are the one definition of an impression, a click and a
-conversion for everyone who reads the event log: the pipeline's drift report (per finished window,
-through `recsys_assets.lib.attribution`), the replay's report, and the console. The console applies
+conversion for everyone who reads the event log: the pipeline's drift report (per finished window),
+the replay's report, and the console. The console applies
 them to the log itself rather than reading a table of attributed lists from the pipeline: its CTR
 then moves with the log as the API writes it (not one finished window later), and with the same
 functions on the same rows its numbers equal the drift report's by construction.

@@ -45,7 +45,7 @@ def evaluation_report(
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "evaluation_report.html").write_text(html)
         model_candidates.to_parquet(Path(tmp) / "evaluation_report.parquet")
-        run_id = mlflow.log_training_run(
+        run_id = mlflow.tracker().log_training_run(
             model_name="evaluation report",
             params={"models": sorted(model_candidates["model"].unique()), "champion_metric": "ndcg@10 temporal"},
             metrics=pd.DataFrame(columns=["metric", "k", "protocol", "slice", "value"]),

@@ -111,7 +111,7 @@ def champion_model(
         else:
             art = evaluated
         write_to_storage(art, store, "artifacts", art.model_version)
-        run_id = mlflow.log_training_run(
+        run_id = mlflow.tracker().log_training_run(
             model_name=f"{row['model']} ({alias})",
             params={"model_version": art.model_version, "trained_until": art.trained_until},
             metrics=pd.DataFrame(
@@ -131,7 +131,7 @@ def champion_model(
         )
         with tempfile.TemporaryDirectory() as tmp:
             save_artifact(art, tmp)
-            version = mlflow.register_artifact(tmp, run_id, alias)
+            version = mlflow.tracker().register_artifact(tmp, run_id, alias)
         aliases[alias] = {"model": row["model"], "model_version": art.model_version, "registry_version": version}
         if rank == 0:
             pointer = {

@@ -107,29 +107,6 @@ class MlflowResource(dg.ConfigurableResource):
             registered_model=self.registered_model,
         )
 
-    def log_training_run(
-        self,
-        model_name: str,
-        params: dict,
-        metrics: pd.DataFrame,
-        dataset_fingerprint: str,
-        protocol_tags: dict | None = None,
-        artifacts: dict[str, str] | None = None,
-        duration_s: float | None = None,
-    ) -> str:
-        """Record one trained model; returns the run id (`MlflowTracking.log_training_run`)."""
-        return self.tracker().log_training_run(
-            model_name, params, metrics, dataset_fingerprint, protocol_tags, artifacts, duration_s
-        )
-
-    def register_artifact(self, artifact_dir: str, run_id: str, alias: str) -> str:
-        """Register the serving artifact under `run_id` and point `alias` at it (`MlflowTracking.register_artifact`)."""
-        return self.tracker().register_artifact(artifact_dir, run_id, alias)
-
-    def alias_version(self, alias: str) -> dict | None:
-        """The version an alias points at, or None (`MlflowTracking.alias_version`)."""
-        return self.tracker().alias_version(alias)
-
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """The resources of one configuration. `settings` is the whole configuration as a plain object:

@@ -172,7 +172,7 @@ def model_candidates(
                 if art is not None:
                     write_to_storage(art, store, "candidates", cand.name)
                     artifact_path = store.uri("candidates", cand.name)
-            mlflow.log_training_run(
+            mlflow.tracker().log_training_run(
                 model_name=cand.name,
                 params={**cand.params, "protocol": protocol, "family": cand.family},
                 metrics=res,

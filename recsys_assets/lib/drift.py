@@ -29,7 +29,7 @@ for numbers and the Jensen-Shannon distance for categories; a feature has drifte
 at least `drift_threshold`.
 
 Performance (`window_performance`): the online list CTR and conversion of every list served in the
-window (`recsys_assets.lib.attribution`), and the champion's offline NDCG@10 on the window: for users it
+window (`recsys_assets.contract.attribution`), and the champion's offline NDCG@10 on the window: for users it
 knows, it ranks from their training history and the relevant items are those they touched in the window
 (every event counts as a positive and the training history is masked except those items, as in the
 offline evaluation, so the number compares with the champion's own NDCG@10).
@@ -55,10 +55,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys_assets.contract import attribution
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.events import IMPRESSION
 from recsys_assets.contract.settings import CleaningConfig, DriftConfig
-from recsys_assets.lib import attribution
 from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
 from recsys_assets.lib.ingest.cleaning import clean_events
 from recsys_assets.lib.ingest.readers import RAW_COLUMNS

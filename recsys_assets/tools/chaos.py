@@ -46,7 +46,16 @@ from typing import Any
 
 from recsys_assets.contract.artifact import ARRAYS, CHAMPION_POINTER, MANIFEST, read_pointer
 from recsys_assets.contract.storage import Storage
-from recsys_assets.tools.services import free_port, wait_for_port
+from recsys_assets.tools.services import (
+    free_port,
+    http_ok,
+    redis_command,
+    spawn,
+    stop_all,
+    wait_for_port,
+    wait_http,
+    worker_pids,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "chaos-events-key"
@@ -147,14 +156,9 @@ def promote_damaged(store: Storage, version: str) -> str:
 
 
 def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """SIGTERM to a process group started here (the API's master drains its workers), SIGKILL after 15 s."""
+    if proc is not None and proc.poll() is None:
+        stop_all([proc], timeout=15, sig=signal.SIGTERM)
 
 
 @dataclass
@@ -177,9 +181,7 @@ class Stack:
         return self.work / "events"
 
     def start_redis(self) -> None:
-        cmd = ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.redis_port)]
-        cmd += ["--bind", "127.0.0.1"]
-        self.redis = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.redis = spawn(redis_command(self.redis_port))
         wait_for_port(self.redis_port, 30, self.redis)
 
     def start_api(self) -> None:
@@ -195,38 +197,16 @@ class Stack:
             "RECSYS_RATE_LIMIT_PER_MINUTE": str(self.rate_limit),
             "RECSYS_MODEL_POLL_SECONDS": "1",
         }
-        log = (self.work / "api.log").open("ab")
-        self.api = subprocess.Popen(
-            [sys.executable, "-m", "serving"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        self.api = spawn([sys.executable, "-m", "serving"], env, log=self.work / "api.log")
         wait_for_port(self.api_port, 120, self.api)
-        deadline = time.monotonic() + 120
-        while not self.ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not ready; see {self.work / 'api.log'}")
-            time.sleep(0.2)
+        wait_http(f"{self.url}/ready", self.api, 120, f"the API (log: {self.work / 'api.log'})")
 
     def ready(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return http_ok(f"{self.url}/ready")
 
     def workers_pids(self) -> list[int]:
-        import psutil
-
         assert self.api is not None
-        pids = []
-        for child in psutil.Process(self.api.pid).children():
-            # a killed worker stays a zombie until its master reaps it
-            with contextlib.suppress(psutil.Error):
-                if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
-                    pids.append(child.pid)
-        return pids
+        return worker_pids(self.api.pid)
 
     def close(self) -> None:
         stop(self.api)

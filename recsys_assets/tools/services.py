@@ -342,3 +342,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["RECSYS_DRIFT_FEATURES"] = json.dumps(settings.drift_features)
     env["RECSYS_RETRAIN_PROTOCOLS"] = json.dumps(settings.retrain_protocols)
     return env
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The live worker processes of a `python -m serving` master (uvicorn spawns them with multiprocessing)."""
+    import psutil  # the dev extra's: only the chaos run and the fault tests count workers
+
+    pids = []
+    for child in psutil.Process(master_pid).children():
+        # a killed worker stays a zombie until its master reaps it
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    return pids

@@ -13,10 +13,10 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact
+from recsys_assets.contract.attribution import EVENT_LOG_COLUMNS
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.contract.settings import DriftConfig, Settings
 from recsys_assets.lib import drift
-from recsys_assets.lib.attribution import EVENT_LOG_COLUMNS
 
 N_USERS, N_ITEMS = 200, 100
 FEEDBACK = ("view", "click", "add_to_cart", "purchase", "rating")

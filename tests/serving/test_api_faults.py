@@ -13,7 +13,6 @@ injects one fault the way it was found, and checks what the API does about it.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ import pytest
 from recsys_assets.contract.artifact import ARRAYS, MANIFEST
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
+from recsys_assets.tools.services import worker_pids
 from tests.api_support import (
     ADMIN_KEY,
     API_KEY,
@@ -54,16 +54,8 @@ def wait_for(what: str, predicate, timeout: float = 20.0, api: ApiProcess | None
 
 
 def workers_of(api: ApiProcess) -> list[int]:
-    import psutil
-
     assert api.proc is not None
-    pids = []
-    for child in psutil.Process(api.proc.pid).children():
-        # a killed worker stays a zombie until its master reaps it
-        with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-    return pids
+    return worker_pids(api.proc.pid)
 
 
 def metric(url: str, name: str) -> float | None:

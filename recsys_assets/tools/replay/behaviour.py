@@ -10,7 +10,7 @@ The rules (pure functions, no I/O):
   event on it (`favorite`, `add_to_cart`, `purchase`, `rating` with its value) is posted right after
   the click with the same `recommendation_id`. Those real events are not posted again later, so
   the live state and the log hold each real interaction once.
-* **Conversion** is what attribution counts (`recsys_assets.lib.attribution`): a `purchase`, or a
+* **Conversion** is what attribution counts (`recsys_assets.contract.attribution`): a `purchase`, or a
   `rating` of 4 or more (MovieLens). Data whose only event types are `view`/`click` has no real
   conversions to bring forward: after a click, an `add_to_cart` and a `purchase` are drawn with the
   rates of the Taobao sample's funnel (`TAOBAO_FUNNEL`), from a generator seeded by run seed, user
@@ -29,7 +29,7 @@ from typing import Literal
 
 import pandas as pd
 
-# Attribution's definitions (recsys_assets.lib.attribution); repeated as plain values so that deciding
+# Attribution's definitions (recsys_assets.contract.attribution); repeated as plain values so that deciding
 # a reaction needs nothing but the standard library.
 CLICK = "click"
 PURCHASE = "purchase"

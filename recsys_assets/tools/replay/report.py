@@ -3,7 +3,7 @@
 Per arm (`champion`, `challenger`; in the replay set-up the challenger is the popularity baseline):
 
 - lists, impressions, clicks (clicked impressions), clicked and converted lists, list CTR, impression
-  CTR and conversion: read back from the API's event-log segments with `recsys_assets.lib.attribution`
+  CTR and conversion: read back from the API's event-log segments with `recsys_assets.contract.attribution`
   (the lists of this run only, by their `recommendation_id`); the simulator counts the same things
   from what it was served and what it posted, and `ReplayResult.mismatches` names any difference;
 - hit rate: share of lists with at least one served item among the user's real items from the
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys_assets.contract import attribution
 from recsys_assets.contract.storage import Storage
-from recsys_assets.lib import attribution
 
 REPLAY_RUNS = "replay_runs"
 # the drift scenario of `simulate`: one row per run x arm x phase, with the run's timeline
