@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ARRAYS, ServingArtifact, write_to_storage
-from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
+from recsys_assets.tools.chaos import quick_hybrid
 from tests.conftest import ROOT, free_port, wait_for_port
 
 API_KEY = "test-events-key"
@@ -29,46 +27,10 @@ API_KEYS = f"{API_KEY}:events,{ADMIN_KEY}:admin"
 SCI_FI_CLICKS = ("50", "172", "181")
 
 
-def _item_knn(matrix: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
-    """Cosine item-item similarity on 0/1 interactions, `neighbours` best per item (ItemKNN)."""
-    x = matrix.sign().astype(np.float64).tocsc()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0))).ravel()
-    norms[norms == 0] = 1.0
-    sim = (x.T @ x).toarray() / np.outer(norms, norms)
-    np.fill_diagonal(sim, 0.0)
-    keep = np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]
-    rows = np.repeat(np.arange(sim.shape[0]), neighbours)
-    vals = sim[rows, keep.ravel()]
-    out = sp.csr_matrix((vals, (rows, keep.ravel())), shape=sim.shape, dtype=np.float32)
-    out.eliminate_zeros()
-    return out
-
-
 @functools.cache
 def movielens_artifact() -> ServingArtifact:
     """A Hybrid (ItemKNN + content + popularity) trained on all of MovieLens-100k, in seconds."""
-    from recsys_assets.contract.scoring import Component
-    from recsys_assets.lib.ingest import cleaning, readers
-    from recsys_assets.lib.models.base import TrainData
-    from recsys_assets.lib.models.native import HybridModel
-
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    raw, items, users = readers.read_movielens()
-    inter = cleaning.clean_events(raw, settings.cleaning()).interactions
-    items_t, users_t = cleaning.build_items(inter, items), cleaning.build_users(inter, users)
-    data = TrainData.build(inter, items_t, users_t)
-    knn = Component("item_item", {"similarity": _item_knn(data.matrix, 50)}, {"binary": 1})
-    hybrid = HybridModel(collaborative=knn, collaborative_name="ItemKNN").fit(data)
-    return ServingArtifact(
-        model_name="Hybrid",
-        model_version="Hybrid-test-A",
-        scorer=hybrid.scorer,
-        user_ids=users_t["user_id"].to_numpy(dtype=str),
-        item_ids=items_t["item_id"].to_numpy(dtype=str),
-        history=data.matrix,
-        item_titles=items_t["title"].fillna("").astype(str).to_numpy(),
-        item_categories=items_t["categories"].fillna("").astype(str).to_numpy(),
-    )
+    return quick_hybrid("Hybrid-test-A")
 
 
 def with_version(art: ServingArtifact, version: str) -> ServingArtifact:

@@ -69,36 +69,41 @@ def progress(text: str) -> None:
 # --- the champion ---------------------------------------------------------------------------------
 
 
-def quick_champion(storage: Path) -> None:
-    """A Hybrid (item-kNN + content + popularity) over MovieLens-100k, published as champion."""
+def item_knn(matrix: Any, neighbours: int) -> Any:
+    """Cosine item-item similarity on 0/1 interactions, `neighbours` best per item (ItemKNN), as CSR."""
     import numpy as np
     import scipy.sparse as sp
 
-    from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
+    x = matrix.sign().astype(np.float64).tocsc()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0))).ravel()
+    norms[norms == 0] = 1.0
+    sim = (x.T @ x).toarray() / np.outer(norms, norms)
+    np.fill_diagonal(sim, 0.0)
+    keep = np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]
+    rows = np.repeat(np.arange(sim.shape[0]), neighbours)
+    out = sp.csr_matrix((sim[rows, keep.ravel()], (rows, keep.ravel())), shape=sim.shape, dtype=np.float32)
+    out.eliminate_zeros()
+    return out
+
+
+def quick_hybrid(version: str) -> Any:
+    """A Hybrid (item-kNN + content + popularity) on all of MovieLens-100k, built in seconds without the
+    pipeline: the champion of the chaos run and of the API tests (`ServingArtifact`)."""
+    from recsys_assets.contract.artifact import ServingArtifact
     from recsys_assets.contract.scoring import Component
     from recsys_assets.contract.settings import Settings
     from recsys_assets.lib.ingest import cleaning, readers
     from recsys_assets.lib.models.base import TrainData
     from recsys_assets.lib.models.native import HybridModel
 
-    progress(f"no champion under {storage}: building a quick Hybrid over MovieLens-100k")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     raw, items, users = readers.read_movielens()
     inter = cleaning.clean_events(raw, settings.cleaning()).interactions
     items_t, users_t = cleaning.build_items(inter, items), cleaning.build_users(inter, users)
     data = TrainData.build(inter, items_t, users_t)
-    x = data.matrix.sign().astype(np.float64).tocsc()
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0))).ravel()
-    norms[norms == 0] = 1.0
-    sim = (x.T @ x).toarray() / np.outer(norms, norms)
-    np.fill_diagonal(sim, 0.0)
-    keep = np.argpartition(-sim, 50, axis=1)[:, :50]
-    rows = np.repeat(np.arange(sim.shape[0]), 50)
-    knn = sp.csr_matrix((sim[rows, keep.ravel()], (rows, keep.ravel())), shape=sim.shape, dtype=np.float32)
-    component = Component("item_item", {"similarity": knn}, {"binary": 1})
+    component = Component("item_item", {"similarity": item_knn(data.matrix, 50)}, {"binary": 1})
     hybrid = HybridModel(collaborative=component, collaborative_name="ItemKNN").fit(data)
-    version = f"Hybrid-chaos-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}"
-    art = ServingArtifact(
+    return ServingArtifact(
         model_name="Hybrid",
         model_version=version,
         scorer=hybrid.scorer,
@@ -108,9 +113,28 @@ def quick_champion(storage: Path) -> None:
         item_titles=items_t["title"].fillna("").astype(str).to_numpy(),
         item_categories=items_t["categories"].fillna("").astype(str).to_numpy(),
     )
+
+
+def quick_champion(storage: Path) -> None:
+    """`quick_hybrid` published as the champion of `storage`."""
+    from recsys_assets.contract.artifact import write_to_storage
+
+    progress(f"no champion under {storage}: building a quick Hybrid over MovieLens-100k")
+    version = f"Hybrid-chaos-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}"
     store = Storage.from_uri(str(storage))
-    write_to_storage(art, store, "artifacts", version)
+    write_to_storage(quick_hybrid(version), store, "artifacts", version)
     point(store, version)
+
+
+def damage_keeping_checksum(folder: Path) -> None:
+    """Flip bytes inside the artifact's arrays.npz and write the manifest's sha256 of the damaged file."""
+    data = bytearray((folder / ARRAYS).read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    (folder / ARRAYS).write_bytes(bytes(data))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
 def point(store: Storage, version: str) -> None:
@@ -141,13 +165,7 @@ def promote_damaged(store: Storage, version: str) -> str:
     bad = f"{version}-damaged"
     src, dst = Path(store.path("artifacts", version)), Path(store.path("artifacts", bad))
     shutil.copytree(src, dst)
-    data = bytearray((dst / ARRAYS).read_bytes())
-    mid = len(data) // 2
-    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
-    (dst / ARRAYS).write_bytes(bytes(data))
-    manifest = json.loads((dst / MANIFEST).read_text())
-    manifest["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
-    (dst / MANIFEST).write_text(json.dumps(manifest))
+    damage_keeping_checksum(dst)
     point(store, bad)
     return bad
 

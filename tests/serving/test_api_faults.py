@@ -13,7 +13,6 @@ injects one fault the way it was found, and checks what the API does about it.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import re
@@ -26,9 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys_assets.contract.artifact import ARRAYS, MANIFEST
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
+from recsys_assets.tools.chaos import damage_keeping_checksum
 from recsys_assets.tools.services import worker_pids
 from tests.api_support import (
     ADMIN_KEY,
@@ -316,18 +315,6 @@ def test_openapi_states_every_response_code_and_limit(strict_api: ApiProcess) ->
 # --- 5 ------------------------------------------------------------------------------------------
 
 
-def damage_keeping_checksum(storage: Path, version: str) -> None:
-    """Flip bytes inside arrays.npz and write the manifest's sha256 of the damaged file."""
-    folder = storage / "artifacts" / version
-    data = bytearray((folder / ARRAYS).read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 32] = bytes(b ^ 0xFF for b in data[middle : middle + 32])
-    (folder / ARRAYS).write_bytes(bytes(data))
-    manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-
-
 def test_a_damaged_npz_with_a_matching_checksum_is_a_reported_rejection(
     storage: Path, redis_server: RedisServer, start_api
 ) -> None:
@@ -346,7 +333,7 @@ def test_a_damaged_npz_with_a_matching_checksum_is_a_reported_rejection(
 
         write_to_storage(bad, store, "artifacts", version)
         if damage == "crc":
-            damage_keeping_checksum(storage, version)
+            damage_keeping_checksum(storage / "artifacts" / version)
         pointer = {"model_version": version, "path": ["artifacts", version]}
         (storage / "artifacts" / "CHAMPION.json").write_text(json.dumps(pointer))
         wait_for(
