@@ -6,20 +6,21 @@ import sys
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
 from recsys_assets.contract.artifact import write_to_storage
+from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.batched import EvaluationConfig
 from recsys_assets.lib.models import catalog
 from recsys_assets.lib.models.fitting import (
     Candidate,
     artifact_metrics,
-    evaluate_scores,
+    evaluate_model,
     fingerprint,
     metric_value,
     prepare,
@@ -49,6 +50,15 @@ class CandidatesConfig(dg.Config):
     )
     budget: str = Field(default="standard", description="`standard` (documented budgets) or `smoke` (tests).")
     seed: int = SEED
+
+
+def evaluation_config(settings: Settings) -> EvaluationConfig:
+    """How candidates are evaluated at scale (the `eval_*` settings)."""
+    return EvaluationConfig(
+        users=settings.eval_users,
+        batch_memory_mb=settings.eval_batch_memory_mb,
+        recbole_collector_cells=settings.eval_recbole_collector_cells,
+    )
 
 
 def tuned_params(store: Storage) -> dict[str, Any]:
@@ -108,6 +118,7 @@ def tuned_hyperparameters(
 def model_candidates(
     context: dg.AssetExecutionContext,
     config: CandidatesConfig,
+    settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     mlflow: MlflowResource,
     interactions: pd.DataFrame,
@@ -125,6 +136,7 @@ def model_candidates(
 
     store = storage.get()
     fp = fingerprint(interactions)
+    evaluation = evaluation_config(settings)
     tuned = tuned_params(store)
     if tuned:
         context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
@@ -144,13 +156,13 @@ def model_candidates(
             if name == "Hybrid":
                 cf = [c for c in cands if c.component is not None and c.name in catalog.EXPORTABLE and c.name != "Pop"]
                 best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
-                cand = native_candidate("Hybrid", pdata, best_cf)
+                cand = native_candidate("Hybrid", pdata, best_cf, evaluation)
             elif name in ("Popularity", "Content"):
-                cand = native_candidate(name, pdata)
+                cand = native_candidate(name, pdata, evaluation=evaluation)
             else:
                 kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
-                cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata)
-            res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
+                cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation)
+            res = evaluate_model(cand.scores, pdata, cand.name, evaluation)
             # what the promotion needs to refit this model on the latest data
             res["budget"] = config.budget
             res["collaborative"] = str(cand.params.get("collaborative", ""))
