@@ -15,7 +15,7 @@ from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.models.candidates import native_candidate
 from recsys_assets.lib.models.fitting import evaluate_model, evaluate_scores, prepare, valid_ndcg
-from recsys_assets.lib.models.native import PopularityModel
+from recsys_assets.lib.models.native import HybridModel, PopularityModel
 
 # a budget so small that every batch holds a handful of users (1,682 items x 4 bytes ~ 6.6 kB per user)
 TINY = EvaluationConfig(batch_memory_mb=1, ci_level=0.95)
@@ -100,3 +100,11 @@ def test_sample_users_and_mean_ci() -> None:
     assert low == pytest.approx(0.5 - 1.959964 * np.std([0.0, 1.0] * 50, ddof=1) / 10, rel=1e-5)
     assert high == pytest.approx(1 - low)
     assert np.isnan(mean_ci(np.array([0.3]))[0])
+
+
+def test_the_bounded_hybrid_search_is_todays_search_on_ml100k(temporal) -> None:
+    """MovieLens-100k is inside every bound of the blend search: same users, same grid, same choices."""
+    bounded = HybridModel().fit(temporal)
+    unbounded = HybridModel(tune_users=10**9, tune_cells=10**15, max_trials=10**9).fit(temporal)
+    assert bounded.params() == unbounded.params()
+    pd.testing.assert_frame_equal(bounded.tuning, unbounded.tuning)
