@@ -108,3 +108,12 @@ def test_the_bounded_hybrid_search_is_todays_search_on_ml100k(temporal) -> None:
     unbounded = HybridModel(tune_users=10**9, tune_cells=10**15, max_trials=10**9).fit(temporal)
     assert bounded.params() == unbounded.params()
     pd.testing.assert_frame_equal(bounded.tuning, unbounded.tuning)
+
+
+def test_the_report_shows_the_confidence_interval(temporal) -> None:
+    from recsys_assets.lib.reports.evaluation_report import render_evaluation_report
+
+    res = evaluate_model(PopularityModel().fit(temporal).score, temporal, "Popularity")
+    row = res[(res["slice"] == "all") & (res["metric"] == "ndcg") & (res["k"] == 10)].iloc[0]
+    page = render_evaluation_report(res)
+    assert "ndcg_ci" in page and f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in page
