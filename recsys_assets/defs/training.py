@@ -70,6 +70,7 @@ def tuned_params(store: Storage) -> dict[str, Any]:
 def tuned_hyperparameters(
     context: dg.AssetExecutionContext,
     config: TuningConfig,
+    settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     interactions: pd.DataFrame,
     items: pd.DataFrame,
@@ -84,6 +85,7 @@ def tuned_hyperparameters(
     from recsys_assets.lib.models.tuning import model_config, search
 
     store = storage.get()
+    evaluation = evaluation_config(settings)
     pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
     best: dict[str, Any] = {}
     report = []
@@ -91,7 +93,7 @@ def tuned_hyperparameters(
 
         def objective(overrides: dict[str, Any], name: str = name) -> float:
             kwargs = model_config(name, "standard", config.seed, tuned={name: overrides})
-            value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata).valid_ndcg10
+            value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation).valid_ndcg10
             context.log.info(f"{name} {overrides}: valid NDCG@10 {value:.4f}")
             return value
 
