@@ -237,6 +237,19 @@ class Settings(BaseSettings):
         "folds them into the artifact).",
     )
 
+    # --- evaluation at scale (`lib.evaluation.batched.EvaluationConfig`) ---
+    eval_users: int = Field(
+        default=50_000, ge=1, description="Users an evaluation scores: all up to this many, else a fixed sample."
+    )
+    eval_batch_memory_mb: int = Field(
+        default=256, ge=1, description="Scores held at once while ranking (users x items x 4 bytes per batch)."
+    )
+    eval_recbole_collector_cells: int = Field(
+        default=25_000_000,
+        ge=0,
+        description="Above this many validation users x items, RecBole models are validated by the batched evaluation.",
+    )
+
     # --- the feedback loop: live windows, drift, retraining ---
     drift_window_minutes: int = Field(
         default=60,

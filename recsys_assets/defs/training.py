@@ -6,20 +6,21 @@ import sys
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
 from recsys_assets.contract.artifact import write_to_storage
+from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.batched import EvaluationConfig
 from recsys_assets.lib.models import catalog
 from recsys_assets.lib.models.fitting import (
     Candidate,
     artifact_metrics,
-    evaluate_scores,
+    evaluate_model,
     fingerprint,
     metric_value,
     prepare,
@@ -51,6 +52,15 @@ class CandidatesConfig(dg.Config):
     seed: int = SEED
 
 
+def evaluation_config(settings: Settings) -> EvaluationConfig:
+    """How candidates are evaluated at scale (the `eval_*` settings)."""
+    return EvaluationConfig(
+        users=settings.eval_users,
+        batch_memory_mb=settings.eval_batch_memory_mb,
+        recbole_collector_cells=settings.eval_recbole_collector_cells,
+    )
+
+
 def tuned_params(store: Storage) -> dict[str, Any]:
     """The search's best parameters per model (`tuned_hyperparameters`), empty before the first search."""
     return json.loads(store.read_bytes(*TUNED_PARAMS)) if store.exists(*TUNED_PARAMS) else {}
@@ -60,6 +70,7 @@ def tuned_params(store: Storage) -> dict[str, Any]:
 def tuned_hyperparameters(
     context: dg.AssetExecutionContext,
     config: TuningConfig,
+    settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     interactions: pd.DataFrame,
     items: pd.DataFrame,
@@ -74,6 +85,7 @@ def tuned_hyperparameters(
     from recsys_assets.lib.models.tuning import model_config, search
 
     store = storage.get()
+    evaluation = evaluation_config(settings)
     pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
     best: dict[str, Any] = {}
     report = []
@@ -81,7 +93,7 @@ def tuned_hyperparameters(
 
         def objective(overrides: dict[str, Any], name: str = name) -> float:
             kwargs = model_config(name, "standard", config.seed, tuned={name: overrides})
-            value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata).valid_ndcg10
+            value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation).valid_ndcg10
             context.log.info(f"{name} {overrides}: valid NDCG@10 {value:.4f}")
             return value
 
@@ -108,6 +120,7 @@ def tuned_hyperparameters(
 def model_candidates(
     context: dg.AssetExecutionContext,
     config: CandidatesConfig,
+    settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     mlflow: MlflowResource,
     interactions: pd.DataFrame,
@@ -125,6 +138,7 @@ def model_candidates(
 
     store = storage.get()
     fp = fingerprint(interactions)
+    evaluation = evaluation_config(settings)
     tuned = tuned_params(store)
     if tuned:
         context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
@@ -144,13 +158,13 @@ def model_candidates(
             if name == "Hybrid":
                 cf = [c for c in cands if c.component is not None and c.name in catalog.EXPORTABLE and c.name != "Pop"]
                 best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
-                cand = native_candidate("Hybrid", pdata, best_cf)
+                cand = native_candidate("Hybrid", pdata, best_cf, evaluation)
             elif name in ("Popularity", "Content"):
-                cand = native_candidate(name, pdata)
+                cand = native_candidate(name, pdata, evaluation=evaluation)
             else:
                 kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
-                cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata)
-            res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
+                cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation)
+            res = evaluate_model(cand.scores, pdata, cand.name, evaluation)
             # what the promotion needs to refit this model on the latest data
             res["budget"] = config.budget
             res["collaborative"] = str(cand.params.get("collaborative", ""))

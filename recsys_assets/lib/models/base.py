@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import Scorer, topk_from_scores
+from recsys_assets.contract.scoring import Scorer
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.batched import ranked_lists
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,6 @@ class Recommender(Protocol):
 
 def recommend(model: Recommender, user_idx: np.ndarray, k: int) -> np.ndarray:
     """Top-`k` item indices per user, best first, never an item of the user's training history nor one
-    the model cannot score; a row with fewer than `k` such items ends with -1."""
+    the model cannot score; a row with fewer than `k` such items ends with -1. Scored in batches of users."""
     user_idx = np.asarray(user_idx)
-    return topk_from_scores(model.score(user_idx), k, exclude=model.history[user_idx])
+    return ranked_lists(model.score, user_idx, k, model.history.shape[1], exclude=model.history[user_idx])

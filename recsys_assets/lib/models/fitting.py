@@ -23,6 +23,14 @@ import scipy.sparse as sp
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.scoring import Component, topk_from_scores
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.batched import (
+    DEFAULT_EVALUATION,
+    EvaluationConfig,
+    ScoreFn,
+    ranked_lists,
+    sample_users,
+    users_with_truth,
+)
 from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
 from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
 
@@ -76,22 +84,21 @@ def prepare(
     )
 
 
-def evaluate_scores(
-    scores: np.ndarray, pdata: ProtocolData, model: str, users: np.ndarray | None = None
+def evaluate_lists(
+    topk: np.ndarray, pdata: ProtocolData, model: str, users: np.ndarray, ci_level: float | None = None
 ) -> pd.DataFrame:
-    """Every metric at K = 5, 10, 20 on the test part, overall and per cold-start slice."""
-    users = np.arange(pdata.data.n_users) if users is None else users
-    topk = topk_from_scores(scores, max(KS), exclude=pdata.test_exclude[users])
+    """Every metric at K = 5, 10, 20 of the top-K lists of `users` (one row each) on the test part,
+    overall and per cold-start slice; with `ci_level`, confidence intervals in `ci_low`, `ci_high`."""
     truth = pdata.test_truth[users]
     frames = []
     for name in SLICES:
         if name == S.NEW_ITEM_SLICE:
-            res = evaluate_topk(topk, pdata.new_item_truth[users], KS, pdata.item_popularity)
+            res = evaluate_topk(topk, pdata.new_item_truth[users], KS, pdata.item_popularity, ci_level=ci_level)
         else:
             mask = None if name == ALL else pdata.user_slice[users] == name
             if mask is not None and not mask.any():
                 continue
-            res = evaluate_topk(topk, truth, KS, pdata.item_popularity, users=mask)
+            res = evaluate_topk(topk, truth, KS, pdata.item_popularity, users=mask, ci_level=ci_level)
         if res["n_users"].iloc[0] == 0:
             continue
         res.insert(0, "slice", name)
@@ -100,6 +107,32 @@ def evaluate_scores(
     out.insert(0, "protocol", pdata.protocol)
     out.insert(0, "model", model)
     return out
+
+
+def evaluate_scores(
+    scores: np.ndarray, pdata: ProtocolData, model: str, users: np.ndarray | None = None
+) -> pd.DataFrame:
+    """`evaluate_lists` from a dense score matrix (one row per entry of `users`, default every user);
+    for small data: `evaluate_model` ranks in bounded memory."""
+    users = np.arange(pdata.data.n_users) if users is None else users
+    return evaluate_lists(topk_from_scores(scores, max(KS), exclude=pdata.test_exclude[users]), pdata, model, users)
+
+
+def evaluate_model(
+    score_fn: ScoreFn,
+    pdata: ProtocolData,
+    model: str,
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+    users: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """`evaluate_lists` of `score_fn(user_idx)` (e.g. `Candidate.scores`), scored and ranked one batch of
+    users at a time: the users with test positives (or `users`), a fixed sample of them above
+    `evaluation.users`. Equals `evaluate_scores` on the full score matrix when nobody is sampled out."""
+    users = users_with_truth(pdata.test_truth) if users is None else np.asarray(users, dtype=np.int64)
+    users = sample_users(users, evaluation.users, evaluation.seed)
+    exclude = pdata.test_exclude[users]
+    topk = ranked_lists(score_fn, users, max(KS), pdata.data.n_items, exclude, evaluation.batch_memory_mb)
+    return evaluate_lists(topk, pdata, model, users, evaluation.ci_level)
 
 
 @dataclass
@@ -123,9 +156,11 @@ class Candidate:
         return self.model.score(user_idx)
 
 
-def valid_ndcg(scores: np.ndarray, pdata: ProtocolData) -> float:
-    users = np.flatnonzero(np.diff(pdata.valid_truth.indptr) > 0)
-    topk = topk_from_scores(scores[users], 10, exclude=pdata.data.matrix[users])
+def valid_ndcg(score_fn: ScoreFn, pdata: ProtocolData, evaluation: EvaluationConfig = DEFAULT_EVALUATION) -> float:
+    """NDCG@10 on the validation part (training items excluded), ranked in batches of users."""
+    users = sample_users(users_with_truth(pdata.valid_truth), evaluation.users, evaluation.seed)
+    exclude = pdata.data.matrix[users]
+    topk = ranked_lists(score_fn, users, 10, pdata.data.n_items, exclude, evaluation.batch_memory_mb)
     res = evaluate_topk(topk, pdata.valid_truth[users], (10,))
     return float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])
 
@@ -156,7 +191,9 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def evaluate_artifact(art: ServingArtifact, pdata: ProtocolData, name: str) -> pd.DataFrame:
+def evaluate_artifact(
+    art: ServingArtifact, pdata: ProtocolData, name: str, evaluation: EvaluationConfig = DEFAULT_EVALUATION
+) -> pd.DataFrame:
     """Evaluate a serving artifact on a protocol's test part, the way the API would serve it: each
     user's history is their training events on the artifact's items (users it does not know are
     scored from that history alone), and items it does not know are never recommended."""
@@ -171,11 +208,15 @@ def evaluate_artifact(art: ServingArtifact, pdata: ProtocolData, name: str) -> p
     )
     hist.sum_duplicates()
     upos = pd.Index(art.user_ids).get_indexer(pdata.data.users["user_id"].to_numpy())
-    users = np.flatnonzero(np.diff(pdata.test_truth.indptr) > 0)
-    scored = art.scorer.score(hist[users], user_idx=upos[users])
-    out = np.full((len(users), len(items)), -np.inf)
-    out[:, pos >= 0] = scored[:, pos[pos >= 0]]
-    return evaluate_scores(out, pdata, name, users=users)
+    known = pos >= 0
+
+    def score(users: np.ndarray) -> np.ndarray:
+        scored = art.scorer.score(hist[users], user_idx=upos[users])
+        out = np.full((len(users), len(items)), -np.inf, dtype=np.float32)
+        out[:, known] = scored[:, pos[known]]
+        return out
+
+    return evaluate_model(score, pdata, name, evaluation)
 
 
 def artifact_metrics(results: pd.DataFrame) -> dict[str, float]:

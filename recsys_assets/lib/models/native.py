@@ -12,6 +12,7 @@ with weights chosen on validation data.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise, topk_from_scores
+from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
 
@@ -114,7 +116,10 @@ class HybridModel(ComponentModel):
     Chosen on the validation part, never the test part: the popularity variant (all-time or
     time-decayed with a half-life from `half_lives`), then blend weights on a grid over the simplex
     (`step`) by NDCG@10, once for everyone and once per history bucket ("0", "1-5", "6-20", "20+")
-    that has at least `min_bucket_users` validation users. Cold start follows from the blend: with no
+    that has at least `min_bucket_users` validation users. The search is bounded at any size: it scores
+    at most `tune_users` validation users and at most `tune_cells` users x items per component (a fixed
+    sample seeded by `seed` above that), and evaluates at most `max_trials` blends over all its searches
+    (a coarser grid when the full one would exceed that). Cold start follows from the blend: with no
     history, collaborative and content scores are silent and popularity decides; with a few events,
     content and item-item evidence from those events count; a new item with metadata is reachable
     through content similarity.
@@ -126,6 +131,10 @@ class HybridModel(ComponentModel):
     k: int = 10
     half_lives: tuple[float | None, ...] = (None, 7.0, 30.0, 90.0)
     min_bucket_users: int = 30
+    tune_users: int = 5_000
+    tune_cells: int = 10_000_000
+    max_trials: int = 400
+    seed: int = 2020
     name: str = "Hybrid"
     components: dict[str, Component] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
@@ -175,8 +184,13 @@ class HybridModel(ComponentModel):
         out.scorer = Scorer(comps, out.weights, out.bucket_weights)
         return out
 
+    def _tuning_users(self, valid: sp.csr_matrix) -> np.ndarray:
+        """The validation users the search scores: all of them up to its bounds, else a fixed sample."""
+        limit = max(1, min(self.tune_users, self.tune_cells // max(valid.shape[1], 1)))
+        return sample_users(users_with_truth(valid), limit, self.seed)
+
     def _best_half_life(self, data: TrainData, valid: sp.csr_matrix) -> float | None:
-        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        users = self._tuning_users(valid)
         best: tuple[float, float | None] = (-1.0, None)
         for half_life in self.half_lives:
             comp = PopularityModel(half_life_days=half_life).fit(data).component
@@ -187,13 +201,14 @@ class HybridModel(ComponentModel):
         return best[1]
 
     def _tune(self, names: list[str], train: sp.csr_matrix, valid: sp.csr_matrix) -> None:
-        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        users = self._tuning_users(valid)
         hist = train[users]
         # standardised component scores, computed once; each grid point is then a weighted sum
         parts = {n: standardise(self.components[n].raw_scores(hist, users)) for n in names}
-        steps = round(1 / self.step)
-        grid = [c for c in itertools.product(range(steps + 1), repeat=len(names)) if sum(c) == steps]
         buckets = history_buckets(hist)
+        searched = [b for b in BUCKETS if (buckets == b).sum() >= self.min_bucket_users]
+        steps = grid_steps(len(names), round(1 / self.step), self.max_trials // (1 + len(searched)))
+        grid = [c for c in itertools.product(range(steps + 1), repeat=len(names)) if sum(c) == steps]
         rows = []
 
         def search(mask: np.ndarray, label: str) -> dict[str, float]:
@@ -208,12 +223,15 @@ class HybridModel(ComponentModel):
             return best[1]
 
         self.weights = search(np.ones(len(users), dtype=bool), "all")
-        self.bucket_weights = {}
-        for bucket in BUCKETS:
-            mask = buckets == bucket
-            if mask.sum() >= self.min_bucket_users:
-                self.bucket_weights[bucket] = search(mask, bucket)
+        self.bucket_weights = {bucket: search(buckets == bucket, bucket) for bucket in searched}
         self.tuning = pd.DataFrame(rows)
+
+
+def grid_steps(n_parts: int, steps: int, budget: int) -> int:
+    """The finest grid over the simplex, at most `steps` divisions, with at most `budget` points (>= 1)."""
+    while steps > 1 and math.comb(steps + n_parts - 1, n_parts - 1) > budget:
+        steps -= 1
+    return steps
 
 
 def _blend_parts(

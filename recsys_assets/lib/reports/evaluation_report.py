@@ -55,6 +55,10 @@ def render_evaluation_report(results: pd.DataFrame, title: str = "Model comparis
     )
     n_users = results[(results["metric"] == "ndcg") & (results["k"] == 10)][["protocol", "slice", "model", "n_users"]]
     wide = wide.merge(n_users, on=["protocol", "slice", "model"], how="left")
+    if "ci_low" in results:  # how precise each NDCG@10 is over the users evaluated (a sample on large data)
+        ci = results[(results["metric"] == "ndcg") & (results["k"] == 10)]
+        ci = ci.assign(ndcg_ci=[f"[{lo:.4f}, {hi:.4f}]" for lo, hi in zip(ci["ci_low"], ci["ci_high"], strict=True)])
+        wide = wide.merge(ci[["protocol", "slice", "model", "ndcg_ci"]], on=["protocol", "slice", "model"], how="left")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -67,7 +71,9 @@ section {{ margin-top: 2rem; }}
 <h1>{html.escape(title)}</h1>
 <p>Full ranking over all items; items seen in train or valid excluded. Protocols: <b>random</b> (RecBole's
 8:1:1 per user) and <b>temporal</b> (one global time cut: the future is never in training; the champion is
-chosen on it). Slices: the user's number of training events, and test positives on items unseen in training.</p>
+chosen on it). Slices: the user's number of training events, and test positives on items unseen in training.
+<code>ndcg_ci</code>: 95% confidence interval of NDCG@10 over the evaluated users (normal approximation); above
+<code>eval_users</code> users they are a fixed sample.</p>
 {"".join(parts)}
 <section><h2>All metrics at K=10</h2>{_table(wide)}</section>
 </body></html>
