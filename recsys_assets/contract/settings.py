@@ -301,6 +301,12 @@ class Settings(BaseSettings):
         lt=1,
         description="A challenger is promoted when its NDCG@10 is at least (1 - margin) x the champion's.",
     )
+    evaluation_target: Literal["discovery", "repeat", "blended"] = Field(
+        default="discovery",
+        description="The setting the champion is chosen on, and the API's `exclude_seen` default: `discovery` (seen "
+        "items hidden, not positives; exclude_seen true), `repeat` (buy again: seen items allowed and counted; "
+        "false) or `blended` (their mean; false). Data without repeats: discovery.",
+    )
 
     # --- console ---
     api_url: str = Field(

@@ -2,7 +2,7 @@
 protocol's split and recorded with its validation NDCG@10, timings and serving component.
 
 RecBole models come through their adapter (`RecBoleRecommender`), the others are the native ones
-(Popularity, Content, and the Hybrid blending the best collaborative candidate's component).
+(Popularity, Content, BuyAgain, and the Hybrid blending the best collaborative candidate's component).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from recsys_assets.lib.models.base import ProtocolData, Recommender
+from recsys_assets.lib.models.buy_again import BuyAgainModel
 from recsys_assets.lib.models.catalog import NATIVE
 from recsys_assets.lib.models.fitting import Candidate, Timer, valid_ndcg
 from recsys_assets.lib.models.native import ContentModel, HybridModel, PopularityModel
@@ -45,20 +46,26 @@ def recbole_candidate(config: RecBoleModelConfig, pdata: ProtocolData) -> Candid
     return cand
 
 
-def native_model(name: str, collaborative: Candidate | None = None) -> Recommender:
-    """Popularity, Content or Hybrid (the latter blending `collaborative`'s component), not yet fitted."""
+def native_model(name: str, collaborative: Candidate | None = None, repeat: bool = False) -> Recommender:
+    """Popularity, Content, BuyAgain or Hybrid (the latter blending `collaborative`'s component, and with
+    `repeat` BuyAgain's, tuned on the repeat setting), not yet fitted."""
     if name == "Popularity":
         return PopularityModel()
     if name == "Content":
         return ContentModel()
+    if name == "BuyAgain":
+        return BuyAgainModel()
     if name == "Hybrid":
         return HybridModel(
             collaborative=collaborative.component if collaborative else None,
             collaborative_name=collaborative.name if collaborative else "",
+            repeat=repeat,
         )
     raise ValueError(f"unknown native model {name!r}; known: {', '.join(NATIVE)}")
 
 
-def native_candidate(name: str, pdata: ProtocolData, collaborative: Candidate | None = None) -> Candidate:
-    """Popularity, Content or Hybrid (the latter blending `collaborative`'s component)."""
-    return fit_candidate(native_model(name, collaborative), pdata)
+def native_candidate(
+    name: str, pdata: ProtocolData, collaborative: Candidate | None = None, repeat: bool = False
+) -> Candidate:
+    """Popularity, Content, BuyAgain or Hybrid (see `native_model`), fitted on `pdata`."""
+    return fit_candidate(native_model(name, collaborative, repeat), pdata)
