@@ -75,3 +75,6 @@ def test_exclude_seen_follows_the_evaluation_target(clients: dict[str, TestClien
         assert served(clients[target], uid) == artifact.item_ids[own_first].tolist()
         assert set(served(clients[target], uid)[: len(seen)]) <= seen
         assert not set(served(clients[target], uid, exclude_seen="true")) & seen
+    r = clients["repeat"].get(f"/v1/users/{uid}/recommendations", params={"k": 1}).json()["items"][0]
+    assert (r["reason_kind"], r["evidence_item_id"]) == ("history", r["item_id"])
+    assert r["reason"].startswith("you chose ") and r["reason"].endswith(" before")
