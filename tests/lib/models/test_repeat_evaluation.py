@@ -159,3 +159,17 @@ def test_evaluation_target_is_strict() -> None:
     assert Settings().evaluation_target == DISCOVERY
     with pytest.raises(ValidationError, match=r"discovery.*repeat.*blended"):
         Settings(evaluation_target="buy_again")
+
+
+def test_the_champion_refit_keeps_buy_again() -> None:
+    """Promotion refits the chosen model on every event: BuyAgain, and a hybrid evaluated with it, keep it."""
+    from recsys_assets.lib.models.refit import refit_artifact
+
+    tables = basket_log()
+    art = refit_artifact("BuyAgain", *tables, tuned={}, budget="smoke", seed=1)
+    assert (
+        list(art.scorer.components) == ["buy_again"]
+        and art.history.nnz == tables[0].groupby(["user_id", "item_id"]).ngroups
+    )
+    hybrid = refit_artifact("Hybrid", *tables, tuned={}, budget="smoke", seed=1, hybrid_repeat=True)
+    assert "buy_again" in hybrid.scorer.components
