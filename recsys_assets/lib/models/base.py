@@ -73,11 +73,13 @@ class ProtocolData:
     split: S.Split
     data: TrainData
     valid_truth: sp.csr_matrix
-    test_truth: sp.csr_matrix
-    test_exclude: sp.csr_matrix
+    test_truth: sp.csr_matrix  # every test positive, re-consumed items included
+    test_exclude: sp.csr_matrix  # items the user had in train or valid (hidden in the discovery setting)
     user_slice: np.ndarray  # slice label per user (by training events)
     new_item_truth: sp.csr_matrix  # test positives on items unseen in training
     item_popularity: np.ndarray
+    # test positives the user already had in train or valid (the repeat setting's own positives); None: none
+    repeat_truth: sp.csr_matrix | None = None
 
 
 @runtime_checkable

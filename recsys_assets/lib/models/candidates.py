@@ -2,13 +2,14 @@
 protocol's split and recorded with its validation NDCG@10, timings and serving component.
 
 RecBole models come through their adapter (`RecBoleRecommender`), the others are the native ones
-(Popularity, Content, and the Hybrid blending the best collaborative candidate's component).
+(Popularity, Content, BuyAgain, and the Hybrid blending the best collaborative candidate's component).
 """
 
 from __future__ import annotations
 
 from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig
 from recsys_assets.lib.models.base import ProtocolData, Recommender
+from recsys_assets.lib.models.buy_again import BuyAgainModel
 from recsys_assets.lib.models.catalog import NATIVE
 from recsys_assets.lib.models.fitting import Candidate, Timer, valid_ndcg
 from recsys_assets.lib.models.native import ContentModel, HybridModel, PopularityModel
@@ -48,16 +49,20 @@ def recbole_candidate(
     return cand
 
 
-def native_model(name: str, collaborative: Candidate | None = None) -> Recommender:
-    """Popularity, Content or Hybrid (the latter blending `collaborative`'s component), not yet fitted."""
+def native_model(name: str, collaborative: Candidate | None = None, repeat: bool = False) -> Recommender:
+    """Popularity, Content, BuyAgain or Hybrid (the latter blending `collaborative`'s component, and with
+    `repeat` BuyAgain's, tuned on the repeat setting), not yet fitted."""
     if name == "Popularity":
         return PopularityModel()
     if name == "Content":
         return ContentModel()
+    if name == "BuyAgain":
+        return BuyAgainModel()
     if name == "Hybrid":
         return HybridModel(
             collaborative=collaborative.component if collaborative else None,
             collaborative_name=collaborative.name if collaborative else "",
+            repeat=repeat,
         )
     raise ValueError(f"unknown native model {name!r}; known: {', '.join(NATIVE)}")
 
@@ -66,7 +71,8 @@ def native_candidate(
     name: str,
     pdata: ProtocolData,
     collaborative: Candidate | None = None,
+    repeat: bool = False,
     evaluation: EvaluationConfig = DEFAULT_EVALUATION,
 ) -> Candidate:
-    """Popularity, Content or Hybrid (the latter blending `collaborative`'s component)."""
-    return fit_candidate(native_model(name, collaborative), pdata, evaluation)
+    """Popularity, Content, BuyAgain or Hybrid (see `native_model`), fitted on `pdata`."""
+    return fit_candidate(native_model(name, collaborative, repeat), pdata, evaluation)

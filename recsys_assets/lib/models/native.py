@@ -6,7 +6,8 @@ Content-based: Lops, de Gemmis, Semeraro, "Content-based Recommender Systems: St
 Trends" (Recommender Systems Handbook, 2011): TF-IDF item vectors, user profiles as event-weighted
 sums of the items they touched, cosine similarity.
 Hybrid: Burke, "Hybrid Recommender Systems: Survey and Experiments" (UMUAI 2002), the weighted kind,
-with weights chosen on validation data.
+with weights chosen on validation data. With `repeat`, BuyAgain's component (`buy_again.py`) joins the
+blend and the weights are chosen on the repeat setting (seen items allowed in the lists).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_b
 from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
+from recsys_assets.lib.models.buy_again import buy_again_component
 
 
 class ComponentModel:
@@ -135,6 +137,7 @@ class HybridModel(ComponentModel):
     tune_cells: int = 10_000_000
     max_trials: int = 400
     seed: int = 2020
+    repeat: bool = False  # blend BuyAgain's component too, tuned with seen items allowed
     name: str = "Hybrid"
     components: dict[str, Component] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
@@ -151,7 +154,7 @@ class HybridModel(ComponentModel):
         have_valid = valid is not None and valid.nnz > 0
         if have_valid:
             self.half_life_days = self._best_half_life(data, valid)
-        comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days)
+        comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days, self.repeat)
         names = list(comps)
         if not have_valid:
             self.weights = {n: 1.0 / len(names) for n in names}
@@ -166,15 +169,17 @@ class HybridModel(ComponentModel):
             "bucket_weights": self.bucket_weights,
             "popularity_half_life_days": self.half_life_days,
             "collaborative": self.collaborative_name,
+            "repeat": self.repeat,
         }
 
     def refit(self, data: TrainData, collaborative: Component | None) -> HybridModel:
         """This hybrid's choices (popularity half-life, blend weights) on new data: every component is
         fitted again on `data` (`collaborative` already is), nothing is tuned again."""
-        comps = _blend_parts(data, collaborative, self.half_life_days)
+        comps = _blend_parts(data, collaborative, self.half_life_days, self.repeat)
         out = HybridModel(
             collaborative=collaborative,
             collaborative_name=self.collaborative_name,
+            repeat=self.repeat,
             half_life_days=self.half_life_days,
             components=comps,
             weights=dict(self.weights),
@@ -195,7 +200,7 @@ class HybridModel(ComponentModel):
         for half_life in self.half_lives:
             comp = PopularityModel(half_life_days=half_life).fit(data).component
             scores = comp.raw_scores(data.matrix[users], users)
-            value = _ndcg_at(scores, data.matrix[users], valid[users], self.k)
+            value = _ndcg_at(scores, None if self.repeat else data.matrix[users], valid[users], self.k)
             if value > best[0]:
                 best = (value, half_life)
         return best[1]
@@ -216,7 +221,7 @@ class HybridModel(ComponentModel):
             for combo in grid:
                 w = {n: c / steps for n, c in zip(names, combo, strict=True)}
                 total = sum(w[n] * parts[n][mask] for n in names if w[n])
-                value = _ndcg_at(total, hist[mask], valid[users[mask]], self.k)
+                value = _ndcg_at(total, None if self.repeat else hist[mask], valid[users[mask]], self.k)
                 rows.append({"bucket": label, **w, f"ndcg@{self.k}": value})
                 if value > best[0]:
                     best = (value, w)
@@ -235,16 +240,19 @@ def grid_steps(n_parts: int, steps: int, budget: int) -> int:
 
 
 def _blend_parts(
-    data: TrainData, collaborative: Component | None, half_life_days: float | None
+    data: TrainData, collaborative: Component | None, half_life_days: float | None, repeat: bool = False
 ) -> dict[str, Component]:
-    """The hybrid's components on `data`: the collaborative one as given, content and popularity fitted."""
+    """The hybrid's components on `data`: the collaborative one as given, content and popularity fitted
+    (and with `repeat` BuyAgain's, at the popularity's half-life)."""
     comps: dict[str, Component] = {} if collaborative is None else {"collaborative": collaborative}
     comps["content"] = ContentModel().fit(data).component
     comps["popularity"] = PopularityModel(half_life_days=half_life_days).fit(data).component
+    if repeat:
+        comps["buy_again"] = buy_again_component(data, half_life_days)
     return comps
 
 
-def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix, truth: sp.csr_matrix, k: int) -> float:
+def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix | None, truth: sp.csr_matrix, k: int) -> float:
     topk = topk_from_scores(scores, k, exclude=seen)
     res = evaluate_topk(topk, truth, ks=(k,))
     return float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])
