@@ -30,6 +30,7 @@ import mmap
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,8 +116,13 @@ def map_npz(path: str) -> dict[str, np.ndarray]:
         if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
             raise ArtifactError(f"{ARRAYS} member {info.filename} is compressed or not .npy: cannot be mapped")
         # the local header: 30 bytes, then the name and an extra field of its own lengths
+        if buf[info.header_offset : info.header_offset + 4] != b"PK\x03\x04":
+            raise ArtifactError(f"{ARRAYS} member {info.filename} has no local header where the index says")
         name_len, extra_len = struct.unpack_from("<HH", buf, info.header_offset + 26)
         start = info.header_offset + 30 + name_len + extra_len
+        # as zipfile does when it reads a member: damage behind a recomputed sha256 is still refused
+        if zlib.crc32(memoryview(buf)[start : start + info.file_size]) != info.CRC:
+            raise ArtifactError(f"{ARRAYS} member {info.filename} fails its CRC check")
         fh_npy = io.BytesIO(buf[start : start + min(65_536, info.file_size)])
         version = np.lib.format.read_magic(fh_npy)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0

@@ -177,7 +177,9 @@ class Retriever:
         if prep.vec is not None:
             index = self.index(name)
             if index is not None:
-                return np.asarray(index.search(prep.vec, self.n_ann).keys, dtype=np.int64)
+                # a fresh native array: usearch refuses the buffer format of a view into the mapped file
+                query = np.array(prep.vec, dtype=np.float32)
+                return np.asarray(index.search(query, self.n_ann).keys, dtype=np.int64)
             return top_k(item_matrix(comp) @ prep.vec, min(self.n_ann, comp.n_items))
         if prep.row is not None:
             row = prep.row
