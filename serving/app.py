@@ -59,7 +59,12 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     link: RedisLink = app.state.redis_link
     storage = Storage.from_settings(settings)
     event_log = EventLog(settings.events_path(), settings.events_segment_max_bytes, settings.events_segment_max_seconds)
-    holder = ModelHolder(storage, settings.ab_challenger_share, settings.ab_challenger_path)
+    holder = ModelHolder(
+        storage,
+        settings.ab_challenger_share,
+        settings.ab_challenger_path,
+        candidate_threshold=settings.candidate_threshold_items,
+    )
     live = LiveState(
         link, settings.cache_ttl_seconds, settings.idempotency_ttl_seconds, settings.live_state_ttl_seconds
     )

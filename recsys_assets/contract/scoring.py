@@ -187,14 +187,15 @@ class Component:
                 norm2 = float(profile.multiply(profile).sum())
             return raw / np.float32(np.sqrt(norm2)) if norm2 > 0 else np.zeros(self.n_items, dtype=np.float32)
         if self.kind == "embedding":
-            if 0 <= user < c["users"].shape[0]:
-                vec = c["users"][user]
-            elif len(idx):
-                vec = self._fold_in_one(c["items"], idx, w)
-            else:
-                return np.zeros(self.n_items, dtype=np.float32)
-            return c["items"] @ vec
-        # autoencoder: the first layer on a normalised 0/1 history is a sum of columns
+            vec = self.user_vector(idx, w, user)
+            return np.zeros(self.n_items, dtype=np.float32) if vec is None else c["items"] @ vec
+        last = int(self.params["n_dec"]) - 1
+        return self.autoencoder_hidden(idx) @ c[f"dec_w{last}"].T + c[f"dec_b{last}"]
+
+    def autoencoder_hidden(self, idx: np.ndarray) -> np.ndarray:
+        """Mult-VAE's activations before its output layer, for one 0/1 history (item indices)."""
+        c = self._cache()
+        # the first layer on a normalised 0/1 history is a sum of columns
         x = (
             c["enc_w0_t"][idx].sum(axis=0) / np.float32(np.sqrt(len(idx)))
             if len(idx)
@@ -205,10 +206,8 @@ class Component:
         for i in range(1, n_enc):
             x = np.tanh(x) @ c[f"enc_w{i}"].T + c[f"enc_b{i}"]
         x = x[: int(self.params["latent"])]
-        for i in range(n_dec):
-            x = x @ c[f"dec_w{i}"].T + c[f"dec_b{i}"]
-            if i < n_dec - 1:
-                x = np.tanh(x)
+        for i in range(n_dec - 1):
+            x = np.tanh(x @ c[f"dec_w{i}"].T + c[f"dec_b{i}"])
         return x
 
     def _repeat_one(self, c: dict[str, Any], idx: np.ndarray, w: np.ndarray, user: int) -> np.ndarray:
@@ -221,6 +220,15 @@ class Component:
             own[rec.indices[lo:hi]] = rec.data[lo:hi]
         own *= c["rate"]
         return np.where(own > 0, np.float32(1.0) + own, c["tail"])
+
+    def user_vector(self, idx: np.ndarray, weights: np.ndarray, user: int = -1) -> np.ndarray | None:
+        """An embedding component's vector for one user (stored, or folded in), None when it has none."""
+        c = self._cache()
+        if 0 <= user < c["users"].shape[0]:
+            return c["users"][user]
+        if len(idx):
+            return self._fold_in_one(c["items"], idx, np.asarray(weights, dtype=np.float32))
+        return None
 
     def _fold_in_one(self, items: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
         reg = float(self.params.get("fold_in_reg", 0.1))

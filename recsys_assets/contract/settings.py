@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         description="Challenger artifact folder under the storage root (e.g. `candidates/EASE`); default: the one "
         "named by `artifacts/CHALLENGER.json` when that pointer exists.",
     )
+    candidate_threshold_items: int = Field(
+        default=20_000,
+        ge=0,
+        description="Catalogs with more items than this are served by the candidate path (ANN and neighbour "
+        "candidates, then the exact blend on them); smaller ones score every item. 0: always candidates.",
+    )
     model_poll_seconds: float = Field(
         default=5.0, gt=0, description="How often the API checks `artifacts/CHAMPION.json` for a new champion."
     )

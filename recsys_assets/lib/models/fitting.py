@@ -40,6 +40,7 @@ from recsys_assets.lib.evaluation.batched import (
     users_with_truth,
 )
 from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
+from recsys_assets.lib.models.ann import retrieval_arrays
 from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
 
 logger = logging.getLogger(__name__)
@@ -364,24 +365,28 @@ def serving_artifact(
 ) -> ServingArtifact | None:
     """The serving artifact of a trained candidate over every user and item of `data`, or None when the
     model has no serving component. `history` (users x items event weights) defaults to the training
-    matrix; `trained_until` is the time of the last event in `data`."""
+    matrix; `trained_until` is the time of the last event in `data`. The artifact carries the candidate
+    path's arrays (moments, ANN indexes) whatever its size; the API decides which path serves."""
     scorer = cand.model.scorer
     if scorer is None:
         return None
     items = data.items
     last = data.events["timestamp"].max() if len(data.events) else None
+    history = data.matrix if history is None else sp.csr_matrix(history)
     return ServingArtifact(
         model_name=cand.name,
         model_version=f"{cand.name}-{dataset_fingerprint[:8]}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}",
         scorer=scorer,
         user_ids=data.users["user_id"].to_numpy(dtype=str),
         item_ids=items["item_id"].to_numpy(dtype=str),
-        history=data.matrix if history is None else sp.csr_matrix(history),
+        history=history,
         item_titles=items["title"].fillna("").astype(str).to_numpy(),
         item_categories=items["categories"].fillna("").astype(str).to_numpy(),
         dataset_fingerprint=dataset_fingerprint,
         metrics=dict(metrics or {}),
         trained_until=_utc_iso(last),
+        # moments and ANN indexes for the candidate path (large catalogs; see contract/retrieval.py)
+        retrieval=retrieval_arrays(scorer, history),
     )
 
 
