@@ -89,6 +89,7 @@ SERVING_TUNING = {
         "max_json_depth",
     )
 }
+LOG_FORMAT = "text lines by default; a deployment whose collector parses JSON sets RECSYS_LOG_FORMAT=json"
 ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
     "api": {
         # ratings and time bounds check live events as the pipeline checks logged ones
@@ -96,6 +97,11 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         **SERVING_TUNING,
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
+        "log_format": LOG_FORMAT,
+        **{
+            name: "CORS is off by default: a client team's browser app on another origin is named per deployment"
+            for name in ("cors_allow_origins", "cors_allow_credentials", "cors_max_age_seconds")
+        },
         "forwarded_allow_ips": "default: no proxy is believed, the client address is the connection's peer; a "
         "deployment that puts the API behind its own proxy names it (compose and Azure: each client is its API "
         "key or the ingress's address)",
@@ -107,6 +113,7 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             *("event_weights", "rating_min", "rating_max", "time_min", "time_max"),
             *("kcore_user", "kcore_item", "reject_sample_size"),
         ),
+        "log_format": LOG_FORMAT,
         "source": "movielens unless a deployment points RECSYS_SOURCE/RECSYS_EVENT_LOG at its event log",
         **{
             name: "the feedback loop's tuning: the documented defaults (hourly windows, weekly retrain, all "
