@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo demo-ci ingest pipeline tune simulate bench soak chaos test lint ui console serve clean
+.PHONY: help install lock openapi demo demo-ci ingest pipeline tune simulate bench soak chaos test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,9 @@ lock: | $(BIN)/python ## After editing pyproject.toml: resolve it into .venv, th
 	@# pip keeps every installed version that still satisfies pyproject.toml and adds what is new
 	$(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) -e '.[all,dev]'
 	$(BIN)/python infra/roles.py lock
+
+openapi: install ## Rewrite docs/openapi.json from the API's code (commit it with the change that altered it)
+	$(BIN)/python -m serving.openapi > docs/openapi.json
 
 ingest: install ## Ingest the configured source only (no training): row counts, rejects and the EDA report's path
 	$(BIN)/python -m recsys_assets ingest
