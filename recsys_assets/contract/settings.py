@@ -151,6 +151,14 @@ class Settings(BaseSettings):
         description="Proxies whose `X-Forwarded-For`/`X-Forwarded-Proto` the API believes (comma-separated "
         "addresses or networks, `*` for any); empty: none, the client address is the connection's peer.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: log lines as JSON objects with the `request_id` (API: `X-Request-ID`)."
+    )
+    cors_allow_origins: str = Field(
+        default="", description="Origins (comma-separated, or `*`) whose pages may call the API; empty: CORS off."
+    )
+    cors_allow_credentials: bool = Field(default=False, description="CORS: allow credentials (never with `*`).")
+    cors_max_age_seconds: int = Field(default=600, ge=0, description="CORS: how long a preflight may be cached.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted; 413 beyond.")
     max_json_depth: int = Field(
         default=8, ge=2, le=64, description="Deepest nesting of arrays and objects in a JSON body; 400 beyond."
@@ -326,7 +334,13 @@ class Settings(BaseSettings):
             )
         if self.rating_min >= self.rating_max:
             raise ValueError("rating_min must be below rating_max")
+        if self.cors_allow_credentials and "*" in self.cors_origins():
+            raise ValueError("RECSYS_CORS_ALLOW_CREDENTIALS with RECSYS_CORS_ALLOW_ORIGINS '*': name the origins")
         return self
+
+    def cors_origins(self) -> list[str]:
+        """The allowed CORS origins, parsed (empty: CORS off)."""
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
     @property
     def is_azure(self) -> bool:
