@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from recsys_assets.defs.resources import MlflowResource, StorageResource
+from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.fitting import CHAMPION_METRIC
 from recsys_assets.lib.reports.evaluation_report import render_evaluation_report
 
@@ -14,8 +15,10 @@ EVALUATION = "evaluation"
 
 
 def champion_ranking(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the champion metric (NDCG@10, temporal, all users), best model first."""
-    metric, k, protocol = CHAMPION_METRIC
+    """Rows of the champion metric (NDCG@10, temporal, all users), best model first; on the random
+    protocol for a log without time (no temporal rows)."""
+    metric, k, _ = CHAMPION_METRIC
+    protocol = S.champion_protocol(results["protocol"])
     sel = (
         (results["metric"] == metric)
         & (results["k"] == k)

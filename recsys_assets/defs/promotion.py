@@ -14,7 +14,8 @@ from recsys_assets.defs import runs
 from recsys_assets.defs.evaluation import champion_ranking
 from recsys_assets.defs.resources import STORAGE_RETRY, MlflowResource, StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
-from recsys_assets.lib.models.fitting import CHAMPION_METRIC, metric_value
+from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.models.fitting import metric_value
 
 SERVING = "serving_artifacts"
 
@@ -35,7 +36,7 @@ def challenger_model(
     """The best exportable candidate on the champion metric (NDCG@10, temporal split) and the runner-up,
     with their serving artifacts; promotion is decided by the blocking check below."""
     store = storage.get()
-    protocol = CHAMPION_METRIC[2]
+    protocol = S.champion_protocol(evaluation_report["protocol"])
     ranked = champion_ranking(evaluation_report)
     rows = []
     for model in ranked["model"]:

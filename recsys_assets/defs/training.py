@@ -74,7 +74,7 @@ def tuned_hyperparameters(
     from recsys_assets.lib.models.tuning import model_config, search
 
     store = storage.get()
-    pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
+    pdata = prepare(interactions, items, users, S.deciding_protocol(interactions), seed=config.seed)
     best: dict[str, Any] = {}
     report = []
     for name in config.models:
@@ -130,11 +130,15 @@ def model_candidates(
         context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
     results: list[pd.DataFrame] = []
     summary: list[dict[str, Any]] = []
-    steps = len(config.protocols) * (len(config.models) + len(config.native_models))
+    protocols = S.protocols_for(interactions, config.protocols)
+    if protocols != list(config.protocols):
+        context.log.warning(S.NO_TIME_NOTE)
+    mode, deciding = S.time_mode(interactions), S.deciding_protocol(interactions)
+    steps = len(protocols) * (len(config.models) + len(config.native_models))
     done = 0
     # a progress bar on a terminal (`make pipeline`); the Dagster log gets one line per step either way
     bar = tqdm(total=steps, desc="candidates", unit="model", disable=not sys.stderr.isatty())
-    for protocol in config.protocols:
+    for protocol in protocols:
         pdata = prepare(interactions, items, users, protocol, seed=config.seed)
         context.log.info(f"{protocol}: {pdata.split.summary()}")
         cands: list[Candidate] = []
@@ -154,6 +158,7 @@ def model_candidates(
             # what the promotion needs to refit this model on the latest data
             res["budget"] = config.budget
             res["collaborative"] = str(cand.params.get("collaborative", ""))
+            res["time_mode"] = mode  # how the split was cut (the report states it)
             results.append(res)
             cands.append(cand)
             ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
@@ -167,7 +172,7 @@ def model_candidates(
                 {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
             )
             artifact_path = None
-            if protocol == S.TEMPORAL:
+            if protocol == deciding:
                 art = serving_artifact(cand, pdata.data, fp, metrics=artifact_metrics(res))
                 if art is not None:
                     write_to_storage(art, store, "candidates", cand.name)
