@@ -226,3 +226,36 @@ def test_eda_quantiles_and_repeats_on_a_known_log() -> None:
 def _mk(folder: Path, shape: log_shapes.Shape) -> log_shapes.Shape:
     folder.mkdir(parents=True, exist_ok=True)
     return shape
+
+
+# --- the documented example per shape -----------------------------------------------------------
+
+DOCUMENTED = {
+    "ratings_without_type": "ratings-without-type.env",
+    "no_timestamps": "no-timestamps.env",
+    "tab_separated_csv": "tab-separated.env",
+    "basket_log": "basket-orders.env",
+    "repeat_heavy": "repeat-purchases.env",
+    "several_sources": "several-sources.env",
+}
+
+
+def _without_folders(source: EventLogSource) -> dict:
+    dump = source.model_dump()
+    for src in [dump, *dump["sources"]]:
+        src["paths"] = [Path(p).name for p in src["paths"]]
+    return dump
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_each_shape_has_its_documented_example_configuration(tmp_path: Path, name: str) -> None:
+    """docs/config/<shape>.env is the configuration the shape's test log ingests with, and the README
+    links it."""
+    from tests.conftest import ROOT
+
+    env = ROOT / "docs" / "config" / DOCUMENTED[name]
+    documented = get_settings(env_file=env, storage_uri=str(tmp_path / "data")).event_log
+    assert documented is not None
+    tested = EventLogSource.model_validate(log_shapes.INGESTED[name][0].config)
+    assert _without_folders(documented) == _without_folders(tested)
+    assert f"(docs/config/{DOCUMENTED[name]})" in (ROOT / "README.md").read_text()
