@@ -74,7 +74,7 @@ def tuned_hyperparameters(
     from recsys_assets.lib.models.tuning import model_config, search
 
     store = storage.get()
-    pdata = prepare(interactions, items, users, S.deciding_protocol(interactions), seed=config.seed)
+    pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
     best: dict[str, Any] = {}
     report = []
     for name in config.models:
