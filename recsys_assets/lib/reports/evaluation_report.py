@@ -76,7 +76,8 @@ section {{ margin-top: 2rem; }}
 </style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-{_splits_note(results)}<p>Full ranking over all items; items seen in train or valid excluded. Protocols: <b>random</b> (RecBole's
+{_splits_note(results)}
+<p>Full ranking over all items; items seen in train or valid excluded. Protocols: <b>random</b> (RecBole's
 8:1:1 per user) and <b>temporal</b> (one global time cut: the future is never in training; the champion is
 chosen on it). Slices: the user's number of training events, and test positives on items unseen in training.</p>
 {"".join(parts)}
