@@ -206,6 +206,9 @@ def _reasons(
     out: list[Reason] = []
     for col, j in enumerate(top.tolist()):
         dominant = max(parts, key=lambda name: parts[name][j])
+        if components[dominant].kind == "repeat" and j in hist_idx:  # buy again: the item itself is the reason
+            out.append(("history", f"you chose {model.titles[j]} before", str(model.artifact.item_ids[j])))
+            continue
         contrib = evidence.get(dominant)
         if contrib is None or contrib.shape[0] == 0 or contrib[:, col].max() <= 0:
             out.append(popular)

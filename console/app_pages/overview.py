@@ -83,7 +83,7 @@ def online_row(settings: Settings, period: str) -> None:
 
 
 def offline_row(settings: Settings) -> None:
-    report = data.table(settings, data.EVALUATION_REPORT)
+    report = data.evaluation_report(settings)
     champ = data.champion(settings)
     cols = st.columns(4)
     if report is None or report.empty or champ is None:

@@ -120,6 +120,10 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         },
         "event_log": "only with source=event_log",
         **{
+            name: "evaluation at scale: the defaults (50k users, 256 MB batches) bound memory at every size"
+            for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")
+        },
+        **{
             name: "read by `python -m recsys_assets demo` only (local servers), not by `pipeline` or the code server"
             for name in (
                 *("api_host", "api_port", "console_port", "dagster_port", "mlflow_ui_port", "redis_url"),
