@@ -40,12 +40,22 @@ def _fill(value: Any, folder: str) -> Any:
     return value
 
 
+def _unseen(start: int, seen: set[int]) -> int:
+    """The first item from `start` on (cyclically) that is not in `seen`."""
+    return next((start + j) % N_ITEMS for j in range(N_ITEMS) if (start + j) % N_ITEMS not in seen)
+
+
 def _pairs(per_user: int = 10) -> list[tuple[int, int, int]]:
-    """(user, item, step) triples: each user's items drift with the user, popular items shared."""
+    """(user, item, step) triples: each user's items drift with the user, popular items shared; the
+    last two steps are items new to the user (so the latest events are not all re-consumptions)."""
     rows = []
     for u in range(N_USERS):
+        seen: set[int] = set()
         for k in range(per_user):
             item = (u * 3 + k * k + (k % 3) * 5) % N_ITEMS if k % 4 else k % 5
+            if k >= per_user - 2:
+                item = _unseen(u * 5 + k, seen)
+            seen.add(item)
             rows.append((u, item, k))
     return rows
 
@@ -113,12 +123,17 @@ def basket_log() -> Shape:
 
 
 def repeat_heavy() -> Shape:
-    """A purchase log where users mostly buy again what they bought before (4 own items, 12 purchases)."""
+    """A purchase log where users mostly buy again what they bought before (4 own items, 12 purchases;
+    the latest purchase of every other customer is new to them)."""
     lines = ["customer,sku,ts"]
     for u in range(N_USERS):
         own = [(u * 5 + j) % N_ITEMS for j in range(4)]
+        seen: set[int] = set()
         for k in range(12):
             item = own[(k * 7 + u) % 4] if k % 6 else (u + k) % N_ITEMS
+            if k == 11 and u % 2:  # every other customer's latest purchase is something new
+                item = _unseen(u + 13, seen)
+            seen.add(item)
             lines.append(f"c{u},sku{item},{T0 + 86400 * k + 60 * u}")
     config = {
         "paths": ["{dir}/purchases.csv"],
