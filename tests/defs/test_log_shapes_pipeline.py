@@ -54,6 +54,10 @@ def test_the_pipeline_runs_on_each_log_shape(
         return
     assert ok, out[-4000:]
     assert "materialized champion_model" in out and "check interactions_have_time: passed" in out
+    if mode == "none":  # said once, at ingestion, in the printed counts
+        assert out.count("time: the log has no time") == 1 and "temporal protocol is skipped" in out
+    if mode == "sequence":
+        assert out.count("time: the log is ordered per user (`sequence_column`)") == 1
     inter = store.read_table("interactions.parquet")
     assert S.time_mode(inter) == mode
     report = store.read_table("evaluation_report.parquet")
