@@ -191,7 +191,13 @@ class EventLogSource(LogFiles):
                 'RECSYS_EVENT_LOG has no files: give `paths` (one source) or `sources: [{"paths": [...]}, ...]`'
             )
         if self.sources:
-            top = sorted(k for k in self.model_fields_set if k in PER_SOURCE_KEYS)
+            # a key left at its default is no mistake (a dumped configuration has every key)
+            top = sorted(
+                k
+                for k in self.model_fields_set
+                if k in PER_SOURCE_KEYS
+                and getattr(self, k) != LogFiles.model_fields[k].get_default(call_default_factory=True)
+            )
             if top:
                 raise ValueError(
                     f"with `sources`, {top} go inside each source (each has its own), not at the top level"

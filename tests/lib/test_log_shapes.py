@@ -103,6 +103,14 @@ def test_configuration_mistakes_are_refused_naming_the_key(config: dict, message
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("name", sorted(log_shapes.INGESTED))
+def test_a_dumped_configuration_reads_back_the_same(name: str) -> None:
+    """The services pass the log to other processes as `model_dump_json` (tools.services)."""
+    source = EventLogSource.model_validate(log_shapes.INGESTED[name][0].config)
+    again = EventLogSource.model_validate_json(source.model_dump_json())
+    assert again == source and again.files() == source.files()
+
+
 def test_unknown_keys_list_every_known_key() -> None:
     with pytest.raises(ValidationError) as err:
         EventLogSource.model_validate({"paths": ["a.csv"], "time_mode": "none"})
