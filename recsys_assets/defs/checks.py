@@ -14,6 +14,7 @@ from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.promotion import challenger_model
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
+from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.ingest.cleaning import time_problem
 from recsys_assets.lib.models.base import ProtocolData
 from recsys_assets.lib.models.fitting import (
@@ -54,13 +55,19 @@ def interactions_not_empty(interactions: pd.DataFrame) -> dg.AssetCheckResult:
     "nor most of them, nor small numbers read as seconds since 1970 (warnings).",
 )
 def interactions_have_time(interactions: pd.DataFrame) -> dg.AssetCheckResult:
-    problem = time_problem(interactions)
+    mode = S.time_mode(interactions)
+    problem = time_problem(interactions, mode)
     ts = interactions["timestamp"]
     return dg.AssetCheckResult(
         passed=problem is None,
         severity=dg.AssetCheckSeverity.ERROR if problem and problem[0] == "error" else dg.AssetCheckSeverity.WARN,
-        description=problem[1] if problem else None,
-        metadata={"distinct_timestamps": int(ts.nunique()), "time_min": str(ts.min()), "time_max": str(ts.max())},
+        description=problem[1] if problem else None if mode == "timestamp" else S.method_of(S.TEMPORAL, mode),
+        metadata={
+            "time_mode": mode,
+            "distinct_timestamps": int(ts.nunique()),
+            "time_min": str(ts.min()),
+            "time_max": str(ts.max()),
+        },
     )
 
 
@@ -72,9 +79,9 @@ def interactions_have_time(interactions: pd.DataFrame) -> dg.AssetCheckResult:
 def interactions_unique(interactions: pd.DataFrame) -> dg.AssetCheckResult:
     with_id = interactions["event_id"].notna()
     dup_ids = int(interactions.loc[with_id, "event_id"].duplicated().sum())
-    dup_rows = int(
-        interactions.loc[~with_id].duplicated(subset=["user_id", "item_id", "event_type", "timestamp", "value"]).sum()
-    )
+    fields = ["user_id", "item_id", "event_type", "timestamp", "value"]
+    fields += [S.SEQUENCE_COL] if S.SEQUENCE_COL in interactions.columns else []
+    dup_rows = int(interactions.loc[~with_id].duplicated(subset=fields).sum())
     return dg.AssetCheckResult(
         passed=dup_ids == 0 and dup_rows == 0,
         metadata={"duplicate_event_ids": dup_ids, "duplicate_rows": dup_rows},
@@ -150,7 +157,7 @@ def _challenger_against_champion(
     # the training stack loads in the step that refits, not with the code location
     from recsys_assets.lib.models.refit import refit_artifact
 
-    protocol = CHAMPION_METRIC[2]
+    protocol = S.deciding_protocol(interactions)
     champion_art = read_from_storage(store, *current["path"])
     ts = pd.to_datetime(interactions["timestamp"], utc=True)
     data_until = pd.Timestamp(current["data_until"]) if current.get("data_until") else None
@@ -185,7 +192,8 @@ def _challenger_against_champion(
 
 def _artifact_value(art: ServingArtifact, pdata: ProtocolData, target: str) -> float:
     """An artifact's champion metric on `pdata`'s test part in the `target` setting (blended: the mean)."""
-    metric, k, protocol = CHAMPION_METRIC
+    metric, k, _ = CHAMPION_METRIC
+    protocol = pdata.protocol
     settings = (DISCOVERY,) if not has_repeats(pdata) else SETTINGS if target == BLENDED else (target,)
     values = [
         metric_value(evaluate_artifact(art, pdata, "a", setting=s), "a", metric, k, protocol, setting=s)

@@ -15,7 +15,8 @@ from recsys_assets.defs import runs
 from recsys_assets.defs.evaluation import champion_ranking
 from recsys_assets.defs.resources import STORAGE_RETRY, MlflowResource, StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
-from recsys_assets.lib.models.fitting import CHAMPION_METRIC, effective_target, metric_value, target_value
+from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.models.fitting import effective_target, metric_value, target_value
 
 SERVING = "serving_artifacts"
 
@@ -40,7 +41,7 @@ def challenger_model(
     `evaluation_target`: discovery, repeat or blended) and the runner-up, with their serving artifacts;
     promotion is decided by the blocking check below. `ndcg@10` is the value on that target."""
     store = storage.get()
-    protocol = CHAMPION_METRIC[2]
+    protocol = S.champion_protocol(evaluation_report["protocol"])
     target = effective_target(evaluation_report, settings.evaluation_target)
     ranked = champion_ranking(evaluation_report, target)
     rows = []

@@ -181,11 +181,15 @@ def model_candidates(
     summary: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     names = [*config.models, *config.native_models]
-    steps = len(config.protocols) * len(names)
+    protocols = S.protocols_for(interactions, config.protocols)
+    if protocols != list(config.protocols):
+        context.log.warning(S.NO_TIME_NOTE)
+    mode, deciding = S.time_mode(interactions), S.deciding_protocol(interactions)
+    steps = len(protocols) * len(names)
     done = 0
     # a progress bar on a terminal (`make pipeline`); the Dagster log gets one line per step either way
     bar = tqdm(total=steps, desc="candidates", unit="model", disable=not sys.stderr.isatty())
-    for protocol in config.protocols:
+    for protocol in protocols:
         try:
             pdata = prepare(interactions, items, users, protocol, seed=config.seed)
         except Exception as exc:  # one split failing must not lose the other's results
@@ -219,6 +223,7 @@ def model_candidates(
             # what the promotion needs to refit this model on the latest data
             res["budget"] = config.budget
             res["collaborative"] = str(cand.params.get("collaborative", ""))
+            res["time_mode"] = mode  # how the split was cut (the report states it)
             results.append(res)
             cands.append(cand)
             ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
@@ -237,7 +242,7 @@ def model_candidates(
                 {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
             )
             artifact_path = None
-            if protocol == S.TEMPORAL:
+            if protocol == deciding:
                 art = serving_artifact(cand, pdata.data, fp, metrics=artifact_metrics(res))
                 if art is not None:
                     write_to_storage(art, store, "candidates", cand.name)
@@ -254,7 +259,7 @@ def model_candidates(
     store.write_text(json.dumps(failures, indent=2), *FAILED_CANDIDATES)
     if results:  # what finished stays readable even if the step fails below
         store.write_table(pd.concat(results, ignore_index=True), *PARTIAL_CANDIDATES)
-    _fail_when_nothing_to_choose(results, failures, config.protocols, store.uri(*PARTIAL_CANDIDATES))
+    _fail_when_nothing_to_choose(results, failures, protocols, store.uri(*PARTIAL_CANDIDATES))
     table = pd.concat(results, ignore_index=True)
     table["dataset_fingerprint"] = fp
     wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")

@@ -114,6 +114,10 @@ def _print_counts(metadata: dict) -> None:
         f"({value('n_users')} users, {value('n_items')} items); {value('rejected_rows')} rejected ({reasons}); "
         f"{value('duplicates_dropped')} duplicates dropped"
     )
+    from recsys_assets.defs.ingestion import TIME_MODE_NOTES
+
+    if value("time_mode") in TIME_MODE_NOTES:
+        print(f"    time: {TIME_MODE_NOTES[value('time_mode')]}")
 
 
 def _print_locations(settings: Settings, training: bool = True) -> None:

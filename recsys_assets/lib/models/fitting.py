@@ -270,8 +270,10 @@ def metric_value(
     return float(row["value"].iloc[0]) if len(row) else float("nan")
 
 
-def effective_target(results: pd.DataFrame, target: str, protocol: str = CHAMPION_METRIC[2]) -> str:
-    """The setting the champion is chosen on: `target`, or discovery when `protocol` has no repeat rows."""
+def effective_target(results: pd.DataFrame, target: str, protocol: str | None = None) -> str:
+    """The setting the champion is chosen on: `target`, or discovery when `protocol` (default: the
+    champion's, `splits.champion_protocol`) has no repeat rows."""
+    protocol = protocol or S.champion_protocol(results["protocol"])
     if target not in TARGETS:
         raise ValueError(f"unknown evaluation target {target!r}; known: {', '.join(TARGETS)}")
     repeats = (in_setting(results, REPEAT) & (results["protocol"] == protocol)).any()
@@ -280,8 +282,9 @@ def effective_target(results: pd.DataFrame, target: str, protocol: str = CHAMPIO
 
 def target_value(results: pd.DataFrame, model: str, target: str, metric: str = "ndcg", k: int = 10) -> float:
     """`model`'s champion metric (NDCG@10, temporal, all users) on `target`: one setting, or for
-    `blended` the mean of discovery and repeat. NaN when the model has no such value."""
-    protocol = CHAMPION_METRIC[2]
+    `blended` the mean of discovery and repeat. NaN when the model has no such value. On the random
+    protocol for a log without time (no temporal rows)."""
+    protocol = S.champion_protocol(results["protocol"])
     target = effective_target(results, target, protocol)
     settings = SETTINGS if target == BLENDED else (target,)
     values = [metric_value(results, model, metric, k, protocol, setting=s) for s in settings]

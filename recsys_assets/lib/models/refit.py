@@ -67,7 +67,9 @@ def refit_artifact(
     _check_model(model, hybrid_cf)
     if reference is not None and reference.model_name != model:
         raise ValueError(f"reference artifact is a {reference.model_name}, not a {model}")
-    pdata = prepare(interactions, items, users, S.TEMPORAL, seed=seed, ratios=refit_ratios(valid_share))
+    pdata = prepare(
+        interactions, items, users, S.deciding_protocol(interactions), seed=seed, ratios=refit_ratios(valid_share)
+    )
     if pdata.split.valid.empty:
         raise ValueError("the validation slice is empty: its first timestamp holds every later event")
     cand = refit_candidate(

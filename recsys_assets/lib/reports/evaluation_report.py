@@ -10,11 +10,22 @@ import html
 import pandas as pd
 import plotly.graph_objects as go
 
+from recsys_assets.lib.evaluation import splits as S
+
 HEADLINE = ("precision", "recall", "ndcg", "map", "hit", "mrr", "itemcoverage", "averagepopularity")
 
 
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="metrics")
+
+
+def _splits_note(results: pd.DataFrame) -> str:
+    """How each protocol was cut, for a log without real time (a per-user sequence, or no time)."""
+    mode = str(results["time_mode"].iloc[0]) if "time_mode" in results and len(results) else "timestamp"
+    if mode == "timestamp":
+        return ""
+    said = [S.method_of(p, mode) for p in sorted(set(results["protocol"]) | {S.TEMPORAL})]
+    return f'<p id="splits"><b>Splits:</b> {html.escape("; ".join(said))}.</p>\n'
 
 
 def _with_setting(results: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +135,7 @@ section {{ margin-top: 2rem; }}
 </style></head>
 <body>
 <h1>{html.escape(title)}</h1>
+{_splits_note(results)}
 <p>Full ranking over all items. Protocols: <b>random</b> (RecBole's 8:1:1 per user) and <b>temporal</b> (one
 global time cut: the future is never in training; the champion is chosen on it). Slices: the user's number of
 training events, and test positives on items unseen in training. <code>ndcg_ci</code>: 95% confidence interval
