@@ -39,7 +39,7 @@ from recsys_assets.lib.evaluation.batched import (
     sample_users,
     users_with_truth,
 )
-from recsys_assets.lib.evaluation.metrics import evaluate_topk, exclusion_matrix
+from recsys_assets.lib.evaluation.metrics import RESULT_COLUMNS, evaluate_topk, exclusion_matrix
 from recsys_assets.lib.models.ann import retrieval_arrays
 from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
 
@@ -155,6 +155,9 @@ def evaluate_lists(
             continue
         res.insert(0, "slice", name)
         frames.append(res)
+    if not frames:  # nobody has a positive in this setting (e.g. discovery when every test item is a repeat)
+        logger.warning(f"{model} ({pdata.protocol}): no test positive in the {setting} setting, nothing to evaluate")
+        return pd.DataFrame(columns=["model", "protocol", "setting", "slice", *RESULT_COLUMNS])
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "setting", setting)
     out.insert(0, "protocol", pdata.protocol)
@@ -276,7 +279,10 @@ def effective_target(results: pd.DataFrame, target: str, protocol: str | None = 
     protocol = protocol or S.champion_protocol(results["protocol"])
     if target not in TARGETS:
         raise ValueError(f"unknown evaluation target {target!r}; known: {', '.join(TARGETS)}")
-    repeats = (in_setting(results, REPEAT) & (results["protocol"] == protocol)).any()
+    here = results["protocol"] == protocol
+    repeats = (in_setting(results, REPEAT) & here).any()
+    if repeats and not (in_setting(results, DISCOVERY) & here).any():
+        return REPEAT  # every test positive is a repeat: there is nothing to discover on this split
     return target if repeats else DISCOVERY
 
 

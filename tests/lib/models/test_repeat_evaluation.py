@@ -173,3 +173,18 @@ def test_the_champion_refit_keeps_buy_again() -> None:
     )
     hybrid = refit_artifact("Hybrid", *tables, tuned={}, budget="smoke", seed=1, hybrid_repeat=True)
     assert "buy_again" in hybrid.scorer.components
+
+
+def test_a_split_where_every_test_positive_is_a_repeat_is_judged_on_repeat() -> None:
+    inter, items, users = basket_log(1)
+    # the latest weeks (beyond the test cut) hold only staples the users bought before: nothing to discover
+    t0, t1 = inter["timestamp"].min(), inter["timestamp"].max()
+    last = inter["timestamp"] >= t0 + (t1 - t0) * 0.75
+    inter = inter[~(last & inter["item_id"].str.startswith("aisle"))].reset_index(drop=True)
+    pdata = prepare(inter, items, users, S.TEMPORAL)
+    assert repeat_share(pdata) == 1.0
+    cand = fit_candidate(native_model("BuyAgain"), pdata)
+    res = evaluate_settings(cand.scores, pdata, cand.name)
+    assert set(res["setting"]) == {REPEAT}
+    assert effective_target(res, DISCOVERY) == REPEAT
+    assert metric_value(res, "BuyAgain", "ndcg", 10, S.TEMPORAL, setting=REPEAT) > 0.5
