@@ -130,7 +130,7 @@ def champion_model(
                         "model": row["model"],
                         "metric": m,
                         "k": 10,
-                        "protocol": "temporal",
+                        "protocol": S.deciding_protocol(interactions),
                         "slice": "all",
                         "setting": row.get("evaluation_target", "discovery"),
                         "value": row[f"{m}@10"],

@@ -81,9 +81,10 @@ def tuned_hyperparameters(
     items: pd.DataFrame,
     users: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    """A small, budgeted Optuna search per model on the temporal split's validation part (never the test
-    part). The best parameters go to `tuning/best_params.json`, which `model_candidates` reads. Run it
-    with `make tune`; it is not part of the default pipeline job."""
+    """A small, budgeted Optuna search per model on the deciding split's validation part (temporal, or
+    random for a log without time; never the test part). The best parameters go to
+    `tuning/best_params.json`, which `model_candidates` reads. Run it with `make tune`; it is not part of
+    the default pipeline job."""
     # RecBole, torch and Optuna load in the step that trains, not with the code location
     from recsys_assets.lib.models.candidates import recbole_candidate
     from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
@@ -91,7 +92,10 @@ def tuned_hyperparameters(
 
     store = storage.get()
     evaluation = evaluation_config(settings)
-    pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
+    # the split the champion is chosen on: temporal, or random for a log without time
+    protocol = S.deciding_protocol(interactions)
+    pdata = prepare(interactions, items, users, protocol, seed=config.seed)
+    context.log.info(f"searching on the {protocol} split's validation part")
     best: dict[str, Any] = {}
     report = []
     for name in config.models:

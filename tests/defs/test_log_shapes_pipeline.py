@@ -68,3 +68,31 @@ def test_the_pipeline_runs_on_each_log_shape(
         assert html_escape(S.method_of(S.TEMPORAL, mode)) in html
     pointer = store.read_bytes("artifacts", "CHAMPION.json")
     assert b"model_version" in pointer
+
+
+@pytest.mark.integration
+def test_the_search_runs_on_a_log_without_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`make tune` on a log without time searches on the random split's validation part."""
+    import json
+
+    from recsys_assets.defs.definitions import INGESTION_JOB, TUNE_JOB, build_definitions
+    from recsys_assets.defs.training import TUNED_PARAMS
+    from recsys_assets.tools.pipeline import run_pipeline
+
+    files = tmp_path / "log"
+    files.mkdir()
+    s = _settings(tmp_path, log_shapes.no_timestamps().write(files), monkeypatch)
+    assert run_pipeline(s, job_name=INGESTION_JOB)
+    result = (
+        build_definitions(s)
+        .resolve_job_def(TUNE_JOB)
+        .execute_in_process(
+            raise_on_error=False,
+            run_config={"ops": {"tuned_hyperparameters": {"config": {"models": ["EASE"], "trials": 1}}}},
+        )
+    )
+    assert result.success
+    assert "searching on the random split's validation part" in capfd.readouterr().err
+    assert set(json.loads(Storage.from_settings(s).read_bytes(*TUNED_PARAMS))) == {"EASE"}

@@ -59,7 +59,8 @@ def _settings_text(results: pd.DataFrame, target: str) -> str:
             "positives (how well a model finds something new). <b>repeat</b> (buy again): nothing is hidden "
             f"and every test positive counts, re-consumed items included. Repeat share: {each}."
         )
-    return f"<p>{note} The champion is chosen on <b>{html.escape(target)}</b> (NDCG@10, temporal, all users).</p>"
+    protocol = S.champion_protocol(results["protocol"]) if len(results) else S.TEMPORAL
+    return f"<p>{note} The champion is chosen on <b>{html.escape(target)}</b> (NDCG@10, {protocol}, all users).</p>"
 
 
 def _failed_section(failed: list[dict[str, str]]) -> str:
