@@ -88,9 +88,11 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, settings: dg.Resou
 def champion_alias_sensor(
     context: dg.SensorEvaluationContext, storage: StorageResource, mlflow: MlflowResource
 ) -> dg.SkipReason:
-    change = registry.sync_champion(mlflow.tracker(), storage.get())
+    store = storage.get()
+    change = registry.sync_champion(mlflow.tracker(), store)
     if change is None:
         return dg.SkipReason("the champion pointer matches the registry's `champion` alias")
+    runs.write_model_registry(store, mlflow.tracker())  # its "aliases now" column
     context.log.info(f"the `champion` alias moved: {change}")
     return dg.SkipReason(f"pointer now at registry version {change['to_version']} ({change['to_model']})")
 

@@ -111,12 +111,15 @@ def champion_command(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if change is None:
         print(f"version {args.version} already is the champion; nothing changed")
-    else:
-        print(
-            f"champion: version {change['from_version'] or '-'} ({change['from_model'] or '-'}) -> "
-            f"{change['to_version']} ({change['to_model']}); the API serves it within "
-            f"{settings.model_poll_seconds:g}s"
-        )
+        return 0
+    from recsys_assets.defs.runs import write_model_registry
+
+    write_model_registry(store, tracking)  # the console's registry table shows the aliases as they are now
+    print(
+        f"champion: version {change['from_version'] or '-'} ({change['from_model'] or '-'}) -> "
+        f"{change['to_version']} ({change['to_model']}); the API serves it within "
+        f"{settings.model_poll_seconds:g}s"
+    )
     return 0
 
 
