@@ -117,8 +117,8 @@ def champion_command(settings: Settings, args: argparse.Namespace) -> int:
     write_model_registry(store, tracking)  # the console's registry table shows the aliases as they are now
     print(
         f"champion: version {change['from_version'] or '-'} ({change['from_model'] or '-'}) -> "
-        f"{change['to_version']} ({change['to_model']}); the API serves it within "
-        f"{settings.model_poll_seconds:g}s"
+        f"{change['to_version']} ({change['to_model']}); every API worker serves it at its next model poll "
+        "(`RECSYS_MODEL_POLL_SECONDS`)"
     )
     return 0
 
