@@ -219,7 +219,8 @@ def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: 
         assert at.title[0].value == TITLES[page]
         assert "no data yet" in page_text(at).lower(), (page, page_text(at))
     tiles = metrics(goto(at, "overview"))
-    assert len(tiles) == 11 and all(value == "—" for value, _ in tiles.values())
+    assert len(tiles) == 12 and all(value == "—" for value, _ in tiles.values())
+    assert "API availability" in tiles
 
 
 def test_event_log_in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
