@@ -23,7 +23,7 @@ import dagster as dg
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
-from recsys_assets.defs.jobs import LIVE_WINDOW_JOB
+from recsys_assets.defs.jobs import LIVE_WINDOW_JOB, PIPELINE_JOB
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib import champion as registry
@@ -88,6 +88,10 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, settings: dg.Resou
 def champion_alias_sensor(
     context: dg.SensorEvaluationContext, storage: StorageResource, mlflow: MlflowResource
 ) -> dg.SkipReason:
+    for job in (PIPELINE_JOB, runs.RETRAIN_JOB):
+        # a promotion in progress moves the alias and then writes the pointer and records the change itself
+        if context.instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=runs.ACTIVE), limit=1):
+            return dg.SkipReason(f"a {job} run is in progress; its promotion updates the pointer")
     store = storage.get()
     change = registry.sync_champion(mlflow.tracker(), store)
     if change is None:

@@ -96,7 +96,7 @@ def test_registry_moves_what_the_api_serves(mlflow_server: str, tmp_path: Path, 
     # moved in the MLflow UI (the registry's own API, as the UI calls it): the sensor follows it
     tracking.set_alias(CHAMPION, "2")
     result = champion_alias_sensor(
-        dg.build_sensor_context(),
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()),
         storage=StorageResource(uri=str(storage)),
         mlflow=MlflowResource(tracking_uri=mlflow_server),
     )
