@@ -120,6 +120,14 @@ def table(settings: Settings, name: str) -> pd.DataFrame | None:
     return cur.execute(f'SELECT * FROM "{name}"').df()
 
 
+def evaluation_report(settings: Settings) -> pd.DataFrame | None:
+    """The evaluation report's rows of the discovery setting (the repeat setting's are in its HTML report)."""
+    report = table(settings, EVALUATION_REPORT)
+    if report is not None and "setting" in report:
+        report = report[report["setting"].fillna("discovery") == "discovery"]
+    return report
+
+
 @st.cache_data(ttl=300, show_spinner=False)
 def report_html(settings: Settings, path: str) -> str | None:
     """A stored HTML report by key under the storage root (or by full path/URI), or None."""

@@ -86,9 +86,12 @@ EXPECTED_TOTALS = {
     "clicked_lists": 3,
     "clicked_impressions": 3,
     "converted_lists": 3,
+    "clicked_converted_lists": 3,
     "ctr": 0.6,
     "impression_ctr": 0.3,
     "conversion": 0.6,
+    # every clicked list (r1, r3, r5) converted
+    "conversion_per_click": 1.0,
 }
 # the last 24 hours of traffic (r4, r5) against the 24 hours before (r1, r2, r3)
 EXPECTED_LAST_DAY = {"ctr": 0.5, "conversion": 0.5}

@@ -212,7 +212,7 @@ def render_changes(settings: Settings) -> None:
 
 def render(settings: Settings) -> None:
     st.title("Models")
-    report = data.table(settings, data.EVALUATION_REPORT)
+    report = data.evaluation_report(settings)
     champ = data.champion(settings)
     if report is None or report.empty:
         ui.no_data("no evaluation report", "The pipeline writes it after training the candidates (`make pipeline`).")

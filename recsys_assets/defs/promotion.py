@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 
 from recsys_assets.contract.artifact import CHALLENGER_POINTER, read_from_storage, save_artifact, write_to_storage
+from recsys_assets.contract.settings import Settings
 from recsys_assets.defs import runs
 from recsys_assets.defs.evaluation import champion_ranking
 from recsys_assets.defs.resources import STORAGE_RETRY, MlflowResource, StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
 from recsys_assets.lib import champion as registry
-from recsys_assets.lib.models.fitting import CHAMPION_METRIC, metric_value
+from recsys_assets.lib.models.fitting import CHAMPION_METRIC, effective_target, metric_value, target_value
 
 SERVING = "serving_artifacts"
 # the popularity baselines every candidate must beat (the offline gate, with the blocking check)
@@ -34,15 +35,21 @@ def _refit_params(results: pd.DataFrame, model: str) -> dict[str, str]:
 
 @dg.asset(group_name=SERVING)
 def challenger_model(
-    context: dg.AssetExecutionContext, storage: StorageResource, evaluation_report: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    evaluation_report: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """The best exportable candidate on the champion metric (NDCG@10, temporal split) and the runner-up,
-    with their serving artifacts; promotion is decided by the blocking check below."""
+    """The best exportable candidate on the champion metric (NDCG@10, temporal split, on the configured
+    `evaluation_target`: discovery, repeat or blended) and the runner-up, with their serving artifacts;
+    promotion is decided by the blocking check below. `ndcg@10` is the value on that target."""
     store = storage.get()
     protocol = CHAMPION_METRIC[2]
-    ranked = champion_ranking(evaluation_report)
+    target = effective_target(evaluation_report, settings.evaluation_target)
+    ranked = champion_ranking(evaluation_report, target)
+    # the popularity baseline on the same target as the blocking check's
     baseline = max(
-        (v for m in BASELINES if not np.isnan(v := metric_value(evaluation_report, m, "ndcg", 10, protocol))),
+        (v for m in BASELINES if not np.isnan(v := target_value(evaluation_report, m, target))),
         default=float("nan"),
     )
     rows = []
@@ -53,13 +60,15 @@ def challenger_model(
                 {
                     "model": model,
                     "model_version": art.model_version,
-                    "ndcg@10": metric_value(evaluation_report, model, "ndcg", 10, protocol),
-                    "map@10": metric_value(evaluation_report, model, "map", 10, protocol),
+                    "ndcg@10": target_value(evaluation_report, model, target),
+                    "map@10": target_value(evaluation_report, model, target, "map"),
+                    "discovery_ndcg@10": metric_value(evaluation_report, model, "ndcg", 10, protocol),
+                    "evaluation_target": target,
                     "artifact": store.uri("candidates", model),
                     "dataset_fingerprint": art.dataset_fingerprint,
                     # the offline gate's first half; a runner-up past it becomes the challenger pointer
                     "beats_baseline": bool(
-                        np.isnan(baseline) or metric_value(evaluation_report, model, "ndcg", 10, protocol) >= baseline
+                        np.isnan(baseline) or target_value(evaluation_report, model, target) >= baseline
                     ),
                     **_refit_params(evaluation_report, model),
                 }
@@ -67,7 +76,7 @@ def challenger_model(
     if not rows:
         raise dg.Failure("no candidate has a serving artifact: nothing to promote")
     table = pd.DataFrame(rows)
-    context.log.info(f"challenger {table.iloc[0]['model']} (NDCG@10 {table.iloc[0]['ndcg@10']:.4f})")
+    context.log.info(f"challenger {table.iloc[0]['model']} (NDCG@10 {table.iloc[0]['ndcg@10']:.4f}, {target})")
     return dg.Output(
         table,
         metadata={
@@ -116,6 +125,7 @@ def champion_model(
                 seed=SEED,
                 reference=evaluated,
                 hybrid_cf=str(row.get("collaborative", "")) or None,
+                hybrid_repeat="buy_again" in evaluated.scorer.components,
             )
             refit_seconds = time.perf_counter() - started
             context.log.info(
@@ -136,6 +146,7 @@ def champion_model(
                         "k": 10,
                         "protocol": "temporal",
                         "slice": "all",
+                        "setting": row.get("evaluation_target", "discovery"),
                         "value": row[f"{m}@10"],
                     }
                     for m in ("ndcg", "map")

@@ -128,6 +128,9 @@ def _metrics_from_table(model_name: str, metrics: pd.DataFrame) -> dict[str, flo
         if math.isnan(value):
             continue
         key = metric_key(row.metric, row.k, row.protocol, row.slice)
+        setting = getattr(row, "setting", None)
+        if isinstance(setting, str) and setting != "discovery":  # e.g. `ndcg_at_10.temporal.all.repeat`
+            key = f"{key}.{sanitize_name(setting)}"
         if key in out:
             raise ValueError(f"metrics table has several rows for {key!r}")
         out[key] = value

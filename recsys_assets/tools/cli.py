@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 
+from recsys_assets.contract.logs import configure_process_logging
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.tools.pipeline import run_pipeline
 
@@ -64,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
+    if settings.log_format == "json":
+        # the library's own loggers (and MLflow's, when they propagate) as JSON lines on stderr; with text, the
+        # terminal keeps its usual lines
+        configure_process_logging("json")
     if args.command == "ingest":
         from recsys_assets.defs.definitions import INGESTION_JOB
 

@@ -105,7 +105,9 @@ def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
     tiles = metrics(at)
     # the last 7 days of traffic hold all five lists, and nothing before them: no change to show
     assert tiles["CTR"] == ("60.0%", "5 lists")
-    assert tiles["Conversion rate"] == ("60.0%", "5 lists")
+    # the two conversions, named: 3 of 5 lists served; 3 of the 3 clicked lists
+    assert tiles["Conversion per list"] == ("60.0%", "5 lists")
+    assert tiles["Conversion per click"] == ("100.0%", "3 clicked lists")
     # EASE against the popularity baseline of the same report
     assert tiles["NDCG@10"] == ("0.2500", "+0.0500")
     assert tiles["MAP@10"] == ("0.1500", "+0.0300")
@@ -120,7 +122,8 @@ def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
     tiles = metrics(at)
     # r4, r5 against r1, r2, r3 (see console_fixtures)
     assert tiles["CTR"] == ("50.0%", "-16.7 pp")
-    assert tiles["Conversion rate"] == ("50.0%", "-16.7 pp")
+    assert tiles["Conversion per list"] == ("50.0%", "-16.7 pp")
+    assert tiles["Conversion per click"] == ("100.0%", "+0.0 pp")
 
 
 def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
@@ -134,6 +137,7 @@ def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
     tiles = metrics(at)
     assert tiles["Lists served"][0] == "5" and tiles["Impressions"][0] == "10"
     assert tiles["List CTR"][0] == "60.0%" and tiles["Impression CTR"][0] == "30.0%"
+    assert tiles["Conversion per list"][0] == "60.0%" and tiles["Conversion per click"][0] == "100.0%"
     by_version = at.dataframe[0].value.set_index("model_version")
     assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "ctr"] == pytest.approx(50.0)  # percent
     at.segmented_control(key="online_by").set_value("A/B arm").run()

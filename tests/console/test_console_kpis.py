@@ -10,6 +10,7 @@ import pytest
 
 from console import kpis
 from tests.console_fixtures import (
+    COLUMNS,
     EXPECTED_DAY_BEFORE,
     EXPECTED_LAST_DAY,
     EXPECTED_P95_MS,
@@ -147,3 +148,27 @@ def test_success_rate() -> None:
     # the run still going is left out: SUCCESS, FAILURE, SUCCESS, then SUCCESS, CANCELED, SUCCESS
     assert (rate, n) == (pytest.approx(2 / 3), 3) and previous == pytest.approx(2 / 3)
     assert math.isnan(kpis.success_rate([], 20)[0])
+
+
+def test_conversion_per_click_and_per_list_differ_as_defined() -> None:
+    """Per list: converted lists / lists served. Per click (the seed's): clicked lists that converted /
+    clicked lists; a list that converts without a click counts for the first only."""
+    rows = [
+        *[["u1", i, "impression", "2026-01-01T10:00:00Z", p, f"a{p}", "ra", "v1", "A"] for p, i in enumerate("xy", 1)],
+        ["u1", "x", "click", "2026-01-01T10:01:00Z", "", "a-c", "ra", "v1", "A"],
+        ["u1", "x", "purchase", "2026-01-01T10:02:00Z", "", "a-p", "ra", "v1", "A"],
+        ["u2", "x", "impression", "2026-01-01T11:00:00Z", 1, "b1", "rb", "v1", "A"],
+        ["u2", "x", "click", "2026-01-01T11:01:00Z", "", "b-c", "rb", "v1", "A"],
+        ["u3", "y", "impression", "2026-01-01T12:00:00Z", 1, "c1", "rc", "v1", "A"],
+        # converted without a click (a rating of 5 from the list)
+        ["u3", "y", "rating", "2026-01-01T12:05:00Z", "5", "c-r", "rc", "v1", "A"],
+        ["u4", "z", "impression", "2026-01-01T13:00:00Z", 1, "d1", "rd", "v1", "A"],
+    ]
+    events = kpis.prepare_events(pd.DataFrame(rows, columns=COLUMNS))
+    total = kpis.totals(kpis.served_lists(events))
+    assert (total["lists"], total["clicked_lists"], total["converted_lists"]) == (4, 2, 2)
+    assert total["clicked_converted_lists"] == 1
+    assert total["conversion"] == pytest.approx(2 / 4)
+    assert total["conversion_per_click"] == pytest.approx(1 / 2)
+    nothing_clicked = kpis.totals(kpis.served_lists(events[events["recommendation_id"].isin(["rc", "rd"])]))
+    assert nothing_clicked["conversion"] == pytest.approx(0.5) and math.isnan(nothing_clicked["conversion_per_click"])

@@ -52,7 +52,7 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
     assert {"model", "protocol", "slice", "metric", "k", "value", "n_users"} <= set(table.columns)
     assert set(table["protocol"]) == {"random", "temporal"}
     assert set(table["k"]) == {5, 10, 20}
-    assert {"Pop", "EASE", "Popularity", "Content", "Hybrid"} == set(table["model"])
+    assert {"Pop", "EASE", "Popularity", "Content", "Hybrid", "BuyAgain"} == set(table["model"])
     assert {"precision", "recall", "ndcg", "map", "hit", "mrr", "itemcoverage", "averagepopularity"} <= set(
         table["metric"]
     )
