@@ -194,7 +194,7 @@ def test_registry_run_history_and_reject_counts_come_from_the_pipelines_tables(f
     tiles = metrics(at)
     assert tiles["NDCG@10"] == ("0.2500", f"+{0.25 - PREVIOUS_CHAMPION['ndcg']:.4f}")
     assert tiles["MAP@10"] == ("0.1500", f"+{0.15 - PREVIOUS_CHAMPION['map']:.4f}")
-    assert "vs previous champion v1 (Popularity)" in str(at.metric[4].proto)
+    assert "vs previous champion v1 (Popularity)" in str(at.metric[5].proto)
     # run-9, the newest of the fixture's runs, failed
     assert tiles["Last pipeline run"][0] == "failure"
     assert any("run-9" in str(m.proto) for m in at.metric)
@@ -223,7 +223,7 @@ def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: 
         assert at.title[0].value == TITLES[page]
         assert "no data yet" in page_text(at).lower(), (page, page_text(at))
     tiles = metrics(goto(at, "overview"))
-    assert len(tiles) == 12 and all(value == "—" for value, _ in tiles.values())
+    assert len(tiles) == 13 and all(value == "—" for value, _ in tiles.values())
     assert "API availability" in tiles
 
 
