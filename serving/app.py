@@ -41,6 +41,7 @@ from serving.errors import ServingError, domain_error_handler, validation_error_
 from serving.eventlog import FLUSH_SECONDS, EventLog
 from serving.live import LiveState, RedisLink
 from serving.model import ModelHolder
+from serving.ops_metrics import OpsObserver
 from serving.ratelimit import RateLimiter, RateLimitMiddleware
 from serving.requestid import RequestIdMiddleware
 from serving.security import HEADER, SECURITY_SCHEME, ApiKeys
@@ -71,10 +72,11 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         link, settings.cache_ttl_seconds, settings.idempotency_ttl_seconds, settings.live_state_ttl_seconds
     )
     app.state.update(holder=holder, live=live, event_log=event_log)
+    ops = OpsObserver(storage)
     _mark_dead_workers()
     get_metrics().redis_up.set(0)
     await link.connect()
-    await _refresh(holder)
+    await _refresh(holder, ops)
     if holder.champion is None and holder.last_rejected is None:
         log.warning(
             "no champion artifact under %s yet (no %s): /ready answers 503 until one is published",
@@ -94,7 +96,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     async def poll() -> None:
         while True:
             await anyio.sleep(settings.model_poll_seconds)
-            await _refresh(holder)
+            await _refresh(holder, ops)
             _mark_dead_workers()
             try:
                 await link.check()
@@ -123,13 +125,18 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         mark_process_dead()
 
 
-async def _refresh(holder: ModelHolder) -> None:
+async def _refresh(holder: ModelHolder, ops: OpsObserver) -> None:
     try:
         await holder.refresh()
     except Exception:
         # a storage hiccup must not stop the poller; the served model stays
         current = holder.champion.version if holder.champion else "nothing"
         log.exception("model refresh failed; still serving %s", current)
+    try:
+        # readiness, the champion's age and the pipeline's tables, for the alert rules
+        await anyio.to_thread.run_sync(ops.observe, holder.champion)
+    except Exception:
+        log.exception("could not update the ops gauges")
 
 
 def _mark_dead_workers() -> None:

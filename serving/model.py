@@ -18,7 +18,8 @@ newest artifact under `artifacts/` that loads.
 The challenger is `RECSYS_AB_CHALLENGER_PATH` (a folder under the storage root, e.g.
 `candidates/EASE`) or, when unset, the folder named by an optional `artifacts/CHALLENGER.json`
 (same format as the champion pointer). A share `RECSYS_AB_CHALLENGER_SHARE` of users, chosen by a
-stable hash of the user id, is served by it; every impression records its arm.
+stable hash of the user id, is served by it; every impression records its arm. With a share of 0 (the
+default) no challenger is loaded.
 """
 
 from __future__ import annotations
@@ -400,6 +401,9 @@ class ModelHolder:
         return self._load(parts, "champion", raw)
 
     def _challenger_parts(self) -> tuple[str, ...] | None:
+        if self.challenger_share <= 0:
+            # no A/B split: the challenger the pipeline names is not loaded (nor its memory spent)
+            return None
         if self.challenger_path:
             return _parts(self.challenger_path)
         if not self.storage.exists(*CHALLENGER_POINTER):

@@ -267,7 +267,9 @@ recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id
 recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id}/recommendations",le="0.025"} 80
 recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id}/recommendations",le="0.05"} 100
 recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id}/recommendations",le="+Inf"} 100
-recsys_api_request_duration_seconds_count{method="GET",path="/v1/users/{user_id}/recommendations"} 100
+recsys_api_request_duration_seconds_count{method="GET",path="/v1/users/{user_id}/recommendations",status_code="200"} 99
+recsys_api_request_duration_seconds_count{method="GET",path="/v1/users/{user_id}/recommendations",status_code="503"} 1
+recsys_api_request_duration_seconds_count{method="GET",path="/metrics",status_code="500"} 40
 recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="0.01"} 0
 recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="0.025"} 0
 recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="0.05"} 0

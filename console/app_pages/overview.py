@@ -119,8 +119,25 @@ def offline_row(settings: Settings) -> None:
             )
 
 
+def availability_tile(settings: Settings) -> None:
+    target = kpis.AVAILABILITY_TARGET
+    found = data.api_availability(settings)
+    if found is None or ui.is_missing(found[0]):
+        ui.tile("API availability", None, help=f"From {settings.api_url}/metrics when the API is reachable.")
+        return
+    value, n = found
+    ui.tile(
+        "API availability",
+        f"{value:.2%}",
+        ui.pp(value - target, 2),
+        description=f"vs the {target:.1%} target",
+        help=f"Requests answered without a 5xx since the API started ({n:,} requests, all routes but probes; "
+        f"{settings.api_url}/metrics).",
+    )
+
+
 def status_row(settings: Settings) -> None:
-    left, middle, right = st.columns(3)
+    left, middle, right, available = st.columns(4)
     with left:
         champ = data.champion(settings)
         if champ is None:
@@ -170,6 +187,8 @@ def status_row(settings: Settings) -> None:
                 help=f"Run `{run['run_id']}`.",
             )
             st.caption(f"`{run['job']}`" + (f" · {when:%Y-%m-%d %H:%M} UTC" if when is not None else ""))
+    with available:
+        availability_tile(settings)
 
 
 def render(settings: Settings) -> None:

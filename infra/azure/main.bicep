@@ -120,6 +120,17 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+// The alert rules of infra/monitoring/alerts.yml on an Azure Monitor workspace; mail to the budget's contacts.
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    namePrefix: base
+    location: location
+    tags: allTags
+    alertEmails: budgetContactEmails
+  }
+}
+
 module storage 'modules/storage.bicep' = {
   name: 'storage'
   params: {

@@ -68,6 +68,9 @@ PIPELINE_HEALTH = "pipeline_health"
 RETRAIN_RUNS = "retrain_runs"
 # every version in the MLflow registry with its run's metrics (`defs/runs.py`, on every promotion)
 MODEL_REGISTRY = "model_registry"
+# every change of the serving champion: when, who or what, from and to which registry version, why
+# (`lib/champion.py`: the promotion, `champion promote|rollback`, and the sync that follows the alias)
+CHAMPION_CHANGES = "champion_changes"
 # rows the latest cleaning run rejected, per reason (`reason`, `rows`): full counts, where
 # `rejected_events` keeps a sample
 REJECT_COUNTS = "reject_counts"

@@ -11,7 +11,7 @@ from recsys_assets.contract.artifact import ServingArtifact, read_from_storage, 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.defs.promotion import challenger_model
+from recsys_assets.defs.promotion import BASELINES, challenger_model
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
 from recsys_assets.lib.evaluation import splits as S
@@ -32,8 +32,6 @@ from recsys_assets.lib.models.fitting import (
 
 # Fewest events newer than the champion's data for a like-with-like comparison on them.
 MIN_FRESH_EVENTS = 50
-# The popularity baselines a challenger must beat: RecBole's and the native one.
-BASELINES = ("Pop", "Popularity")
 
 
 @dg.asset_check(asset="interactions", blocking=True, description="At least one interaction survived cleaning.")

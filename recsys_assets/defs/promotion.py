@@ -7,18 +7,22 @@ import tempfile
 import time
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
-from recsys_assets.contract.artifact import CHAMPION_POINTER, read_from_storage, save_artifact, write_to_storage
+from recsys_assets.contract.artifact import CHALLENGER_POINTER, read_from_storage, save_artifact, write_to_storage
 from recsys_assets.contract.settings import Settings
 from recsys_assets.defs import runs
 from recsys_assets.defs.evaluation import champion_ranking
 from recsys_assets.defs.resources import STORAGE_RETRY, MlflowResource, StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
+from recsys_assets.lib import champion as registry
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.fitting import effective_target, metric_value, target_value
 
 SERVING = "serving_artifacts"
+# the popularity baselines every candidate must beat (the offline gate, with the blocking check)
+BASELINES = ("Pop", "Popularity")
 
 
 def _refit_params(results: pd.DataFrame, model: str) -> dict[str, str]:
@@ -44,6 +48,11 @@ def challenger_model(
     protocol = S.champion_protocol(evaluation_report["protocol"])
     target = effective_target(evaluation_report, settings.evaluation_target)
     ranked = champion_ranking(evaluation_report, target)
+    # the popularity baseline on the same target as the blocking check's
+    baseline = max(
+        (v for m in BASELINES if not np.isnan(v := target_value(evaluation_report, m, target))),
+        default=float("nan"),
+    )
     rows = []
     for model in ranked["model"]:
         if store.exists("candidates", model, "manifest.json"):
@@ -58,6 +67,10 @@ def challenger_model(
                     "evaluation_target": target,
                     "artifact": store.uri("candidates", model),
                     "dataset_fingerprint": art.dataset_fingerprint,
+                    # the offline gate's first half; a runner-up past it becomes the challenger pointer
+                    "beats_baseline": bool(
+                        np.isnan(baseline) or target_value(evaluation_report, model, target) >= baseline
+                    ),
                     **_refit_params(evaluation_report, model),
                 }
             )
@@ -87,9 +100,11 @@ def champion_model(
     """Promotes the challenger (it passed the blocking check). Its model is refitted with the same
     hyper-parameters on every event, the newest included (a hybrid's blend is tuned on the newest
     5% first), so new items and the latest behaviour are served, and every event is its history;
-    the artifact goes to `artifacts/<version>/`, `artifacts/CHAMPION.json` points at it (the API
-    hot-reloads from there), and MLflow registers it with alias `champion`; the runner-up (as
-    evaluated) gets `challenger`."""
+    the artifact goes to `artifacts/<version>/`, MLflow registers it with alias `champion`, and
+    `artifacts/CHAMPION.json` follows the alias (the API hot-reloads from there; the change is
+    recorded in `champion_changes`). The runner-up (as evaluated) gets alias `challenger`, and
+    `artifacts/CHALLENGER.json` when it beats the popularity baseline (the API serves it to
+    `RECSYS_AB_CHALLENGER_SHARE` of users)."""
     # the training stack loads in the step that refits, not with the code location
     from recsys_assets.lib.models.refit import refit_artifact
 
@@ -144,19 +159,33 @@ def champion_model(
             save_artifact(art, tmp)
             version = mlflow.tracker().register_artifact(tmp, run_id, alias)
         aliases[alias] = {"model": row["model"], "model_version": art.model_version, "registry_version": version}
+        pointer = {
+            "model": row["model"],
+            "model_version": art.model_version,
+            "path": ["artifacts", art.model_version],
+            "registry_version": version,
+            "ndcg@10": float(row["ndcg@10"]),
+            "trained_until": art.trained_until,
+            "data_until": str(pd.to_datetime(interactions["timestamp"], utc=True).max().isoformat())
+            if rank == 0
+            else art.trained_until,
+        }
         if rank == 0:
-            pointer = {
-                "model": row["model"],
-                "model_version": art.model_version,
-                "path": ["artifacts", art.model_version],
-                "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
-                "registry_version": version,
-                "ndcg@10": float(row["ndcg@10"]),
-                "trained_until": art.trained_until,
-                "data_until": str(pd.to_datetime(interactions["timestamp"], utc=True).max().isoformat()),
-                "refit_seconds": round(refit_seconds, 1),
-            }
-            store.write_text(json.dumps(pointer, indent=2), *CHAMPION_POINTER)
+            pointer["refit_seconds"] = round(refit_seconds, 1)
+        # kept with the version, so a later promotion or rollback of it writes the same pointer
+        mlflow.tracker().set_version_tag(version, registry.TAG_POINTER, json.dumps(pointer))
+        if rank == 1 and bool(row.get("beats_baseline", False)):
+            registry.write_pointer(
+                store, {**pointer, "promoted_at": dt.datetime.now(dt.UTC).isoformat()}, CHALLENGER_POINTER
+            )
+    change = registry.sync_champion(
+        mlflow.tracker(),
+        store,
+        actor=f"dagster run {context.run_id}",
+        action=registry.PIPELINE,
+        reason=f"{aliases['champion']['model']} passed the promotion check",
+    )
+    context.log.info(f"champion pointer: {change or 'already at the alias'}")
     runs.write_model_registry(store, mlflow.tracker())
     context.log.info(f"promoted {aliases}")
     champion = aliases["champion"]

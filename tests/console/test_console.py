@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
+from recsys_assets.lib import champion as champion_log
 from tests.conftest import ROOT, free_port, wait_for_port
 from tests.console_fixtures import (
     EXPECTED_P95_MS,
@@ -114,6 +115,8 @@ def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
     assert tiles["Pipeline success rate"] == ("90%", "10 runs")
     assert tiles["Champion"][0] == "EASE"
     assert tiles["Drift"] == ("drift detected", "2 of 2 metrics")
+    # 1 of the 100 recommendation requests answered 503 (the probes' and /metrics' are not counted)
+    assert tiles["API availability"] == ("99.00%", "-0.90 pp")
 
     at.segmented_control(key="overview_period").set_value("24 hours").run()
     tiles = metrics(at)
@@ -181,20 +184,28 @@ def test_registry_run_history_and_reject_counts_come_from_the_pipelines_tables(f
     store = Storage.from_settings(fixture_storage)
     store.write_table(model_registry(), "model_registry.parquet")
     runs.write_reject_counts(store, {"missing_user_id": 7, "unparseable_timestamp": 3, "bad_value": 0})
+    for change in (
+        {"actor": "dagster run r1", "action": "pipeline", "from_version": "1", "to_version": "3", "reason": "passed"},
+        {"actor": "alice", "action": "rollback", "from_version": "3", "to_version": "1", "reason": "CTR fell"},
+    ):
+        champion_log.record_change(store, change)
     at = start(fixture_storage)
     assert_clean(at)
     tiles = metrics(at)
     assert tiles["NDCG@10"] == ("0.2500", f"+{0.25 - PREVIOUS_CHAMPION['ndcg']:.4f}")
     assert tiles["MAP@10"] == ("0.1500", f"+{0.15 - PREVIOUS_CHAMPION['map']:.4f}")
-    assert "vs previous champion v1 (Popularity)" in str(at.metric[4].proto)
+    assert "vs previous champion v1 (Popularity)" in str(at.metric[5].proto)
     # run-9, the newest of the fixture's runs, failed
     assert tiles["Last pipeline run"][0] == "failure"
     assert any("run-9" in str(m.proto) for m in at.metric)
 
     goto(at, "models")
     assert_clean(at)
-    history = at.dataframe[-1].value
+    history = at.dataframe[-2].value
     assert list(history["version"]) == [3, 2, 1]
+    changes = at.dataframe[-1].value  # newest first
+    assert list(changes["actor"]) == ["alice", "dagster run r1"]
+    assert list(changes["to_version"]) == ["1", "3"] and changes["reason"][0] == "CTR fell"
     assert list(history["registered_as"]) == ["champion", "challenger", "champion"]
 
     goto(at, "dataset")
@@ -212,7 +223,8 @@ def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: 
         assert at.title[0].value == TITLES[page]
         assert "no data yet" in page_text(at).lower(), (page, page_text(at))
     tiles = metrics(goto(at, "overview"))
-    assert len(tiles) == 11 and all(value == "—" for value, _ in tiles.values())
+    assert len(tiles) == 13 and all(value == "—" for value, _ in tiles.values())
+    assert "API availability" in tiles
 
 
 def test_event_log_in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,6 +122,17 @@ def test_latency_p95_from_prometheus_text() -> None:
     assert kpis.latency_p95_ms("# nothing\nprocess_cpu_seconds_total 1.5\n") is None
 
 
+def test_availability_from_prometheus_text() -> None:
+    share, n = kpis.availability(METRICS_TEXT)
+    # 1 of 100 recommendation requests answered 503; the 40 failed /metrics scrapes are not traffic
+    assert (share, n) == (pytest.approx(0.99), 100)
+    assert share < kpis.AVAILABILITY_TARGET
+    ok = 'recsys_api_request_duration_seconds_count{method="GET",path="/v1/items",status_code="200"} 5000\n'
+    assert kpis.availability(ok) == (1.0, 5000)
+    # counters without a status code say nothing about errors
+    assert kpis.availability("# nothing\nprocess_cpu_seconds_total 1.5\n") is None
+
+
 def test_histogram_quantile() -> None:
     buckets = {0.1: 10.0, 0.2: 20.0, math.inf: 20.0}
     assert kpis.histogram_quantile(0.5, buckets) == pytest.approx(0.1)
