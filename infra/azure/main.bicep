@@ -41,6 +41,9 @@ param apiMemory string = '2Gi'
 param apiKeys string
 
 // --- pipeline ---
+@description('RECSYS_EVALUATION_TARGET of the pipeline and the API: what the champion is chosen on, and whether lists hide seen items by default.')
+@allowed(['discovery', 'repeat', 'blended'])
+param evaluationTarget string = 'discovery'
 @description('RECSYS_SOURCE of the pipeline.')
 @allowed(['movielens', 'event_log'])
 param pipelineSource string = 'movielens'
@@ -282,6 +285,10 @@ var apiEnv = concat(identityEnv, storageEnv, [
     value: string(apiWorkers)
   }
   {
+    name: 'RECSYS_EVALUATION_TARGET'
+    value: evaluationTarget
+  }
+  {
     name: 'RECSYS_EVENTS_DIR'
     value: eventsMount
   }
@@ -312,6 +319,10 @@ var pipelineEnv = concat(identityEnv, storageEnv, dagsterInstanceEnv, [
   {
     name: 'RECSYS_SOURCE'
     value: pipelineSource
+  }
+  {
+    name: 'RECSYS_EVALUATION_TARGET'
+    value: evaluationTarget
   }
   {
     name: 'RECSYS_EVENTS_DIR'

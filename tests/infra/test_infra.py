@@ -87,6 +87,7 @@ SERVING_TUNING = {
         "events_segment_max_bytes",
         "events_segment_max_seconds",
         "max_json_depth",
+        "candidate_threshold_items",
     )
 }
 LOG_FORMAT = "text lines by default; a deployment whose collector parses JSON sets RECSYS_LOG_FORMAT=json"
