@@ -1,4 +1,4 @@
-"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo`.
+"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo|report`.
 
 `ingest` materializes the ingestion assets only (the source to the interaction matrix and the EDA
 report) and prints the row counts, the rejects by reason and where the EDA report is.
@@ -7,6 +7,9 @@ report) and prints the row counts, the rejects by reason and where the EDA repor
 show up in the Dagster UI) and exits non-zero if any step or blocking check failed. `demo` runs the
 whole loop on MovieLens-100k: it cuts the data set in time, trains on the past, starts every service,
 replays the future through the API as live traffic, and serves until Ctrl-C (`--ci`: exits instead).
+
+`report --out DIR` writes the stakeholder report (`report.html`, self-contained) and slide deck
+(`report.pptx`) from the stored tables, the API's event log and `/metrics` (`tools/report/`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import sys
 
 from recsys_assets.contract.logs import configure_process_logging
-from recsys_assets.contract.settings import get_settings
+from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.tools.pipeline import run_pipeline
 
 
@@ -40,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     demo_args.add_argument(
         "--replay-seconds", type=float, default=180.0, help="wall seconds the replay of the future is paced to (180)"
     )
+    report = sub.add_parser(
+        "report", help="write the stakeholder report (HTML) and slide deck (.pptx) from the stored tables"
+    )
+    report.add_argument("--out", help="output folder (default: <storage>/reports/final for local storage)")
+    report.add_argument(
+        "--api-url", help="the API whose /metrics gives p95 latency and availability (default: RECSYS_API_URL)"
+    )
     for p in (pipeline, demo_args):
         p.add_argument(
             "--budget", choices=["standard", "smoke"], help="training budget (standard); the demo's retrains too"
@@ -59,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from recsys_assets.defs.definitions import INGESTION_JOB
 
         return 0 if run_pipeline(settings, job_name=INGESTION_JOB) else 1
+    if args.command == "report":
+        return report_command(settings, args)
     if args.command == "tune":
         from recsys_assets.defs.definitions import TUNE_JOB
 
@@ -74,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
             retrain["retrain_models"] = candidates["models"]
         return demo(settings, candidates, args.replay_seconds, ci=args.ci, retrain=retrain)
     return 0 if run_pipeline(settings, candidates) else 1
+
+
+def report_command(settings: Settings, args: argparse.Namespace) -> int:
+    from recsys_assets.tools.report.build import build_report
+
+    if args.out is None and settings.is_azure:
+        print("error: storage is Azure Blob: give a local folder with --out", file=sys.stderr)
+        return 2
+    out = args.out or settings.local_root() / "reports" / "final"
+    html_path, deck_path = build_report(settings, out, api_url=args.api_url or settings.api_url)
+    print(f"report: {html_path}\ndeck:   {deck_path}")
+    return 0
 
 
 if __name__ == "__main__":
