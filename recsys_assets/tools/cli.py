@@ -9,7 +9,8 @@ whole loop on MovieLens-100k: it cuts the data set in time, trains on the past, 
 replays the future through the API as live traffic, and serves until Ctrl-C (`--ci`: exits instead).
 
 `report --out DIR` writes the stakeholder report (`report.html`, self-contained) and slide deck
-(`report.pptx`) from the stored tables, the API's event log and `/metrics` (`tools/report/`).
+(`report.pptx`) from the stored tables, the API's event log and `/metrics` (`tools/report/`); `query SQL`
+prints one SQL query over the stored tables (DuckDB views: `drift_results`, `retrain_runs`, ...).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     report.add_argument(
         "--api-url", help="the API whose /metrics gives p95 latency and availability (default: RECSYS_API_URL)"
     )
+    query = sub.add_parser("query", help="print one SQL query over the stored tables (DuckDB, read-only)")
+    query.add_argument("sql", help='e.g. "SELECT * FROM retrain_runs ORDER BY triggered_at DESC LIMIT 5"')
     for p in (pipeline, demo_args):
         p.add_argument(
             "--budget", choices=["standard", "smoke"], help="training budget (standard); the demo's retrains too"
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if run_pipeline(settings, job_name=INGESTION_JOB) else 1
     if args.command == "report":
         return report_command(settings, args)
+    if args.command == "query":
+        return query_command(settings, args.sql)
     if args.command == "tune":
         from recsys_assets.defs.definitions import TUNE_JOB
 
@@ -97,6 +102,21 @@ def report_command(settings: Settings, args: argparse.Namespace) -> int:
     out = args.out or settings.local_root() / "reports" / "final"
     html_path, deck_path = build_report(settings, out, api_url=args.api_url or settings.api_url)
     print(f"report: {html_path}\ndeck:   {deck_path}")
+    return 0
+
+
+def query_command(settings: Settings, sql: str) -> int:
+    import pandas as pd
+
+    from recsys_assets.tools.report.tables import query
+
+    try:
+        result = query(settings, sql)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+        print(result.to_string(index=False) if len(result) else "(no rows)")
     return 0
 
 
