@@ -77,6 +77,8 @@ def deck_text(path: Path) -> tuple[dict[str, str], str]:
     text: list[str] = []
     for slide in prs.slides:
         for shape in slide.shapes:
+            # every shape's geometry is valid (integer EMUs, which PowerPoint requires) and on the slide
+            assert shape.left + shape.width <= prs.slide_width and shape.top + shape.height <= prs.slide_height
             if shape.has_text_frame:
                 text.append(shape.text_frame.text)
             if shape.has_table:

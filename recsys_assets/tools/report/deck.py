@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 from pptx import Presentation
-from pptx.util import Inches, Pt
+from pptx.util import Emu, Inches, Pt
 
 from recsys_assets.tools.report.contents import Report
 from recsys_assets.tools.report.page import cell_text
@@ -61,7 +61,7 @@ def write_deck(report: Report, path: str | Path) -> None:
     prs = Presentation()
     prs.slide_width, prs.slide_height = WIDTH, HEIGHT
     body_top, full = Inches(1.4), WIDTH - 2 * MARGIN
-    half = (full - MARGIN) / 2
+    half = Emu((full - MARGIN) // 2)
 
     title = prs.slides.add_slide(prs.slide_layouts[0])
     title.shapes.title.text = "Recommendation platform: final report"
@@ -80,8 +80,8 @@ def write_deck(report: Report, path: str | Path) -> None:
 
     slide = _slide(prs, "Online A/B: CTR and conversion per arm")
     if not report.arms.empty:
-        _table(slide, _frame_rows(report.arms), MARGIN, body_top, full, font=11)
-    _picture(slide, report.plots.get("ctr"), MARGIN, body_top + Inches(0.35) * (len(report.arms) + 2), Inches(8))
+        _table(slide, _frame_rows(report.arms), MARGIN, body_top, half, font=10)
+    _picture(slide, report.plots.get("ctr"), MARGIN + half + MARGIN, body_top, half)
 
     d = report.drift
     slide = _slide(prs, "Drift and retrains")
