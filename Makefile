@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock openapi demo demo-ci ingest pipeline tune simulate bench soak chaos test lint ui console serve clean
+.PHONY: help install lock openapi demo demo-ci ingest pipeline tune report simulate bench soak chaos test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,11 @@ demo-ci: install ## The demo's steps non-interactively: replay, stop every servi
 
 tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal validation split; feeds the next pipeline
 	$(BIN)/python -m recsys_assets tune
+
+# e.g. REPORT_ARGS="--out /tmp/final --api-url http://api:8000"
+REPORT_ARGS ?=
+report: install ## Final report (HTML) and slide deck (.pptx) from the stored tables: <storage>/reports/final/
+	$(BIN)/python -m recsys_assets report $(REPORT_ARGS)
 
 # the benchmark's runs (docs/benchmarks.md): ml-100k with its Sci-Fi films launching at the shift;
 # Taobao with its new items launching, lists that may repeat seen items (its re-views)

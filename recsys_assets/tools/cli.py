@@ -1,4 +1,4 @@
-"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo|champion`.
+"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo|champion|report|query`.
 
 `ingest` materializes the ingestion assets only (the source to the interaction matrix and the EDA
 report) and prints the row counts, the rejects by reason and where the EDA report is.
@@ -11,6 +11,10 @@ replays the future through the API as live traffic, and serves until Ctrl-C (`--
 `champion promote VERSION | rollback | status` moves the MLflow registry's `champion` alias and the
 pointer the API serves from together (every API worker serves the new champion within
 `model_poll_seconds`), records who did it in `champion_changes`, or shows where both stand.
+
+`report --out DIR` writes the stakeholder report (`report.html`, self-contained) and slide deck
+(`report.pptx`) from the stored tables, the API's event log and `/metrics` (`tools/report/`); `query SQL`
+prints one SQL query over the stored tables (DuckDB views: `drift_results`, `retrain_runs`, ...).
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--reason", default="", help="why, for the change log")
         p.add_argument("--actor", default="", help="who (default: RECSYS_ACTOR, else user@host)")
     moves.add_parser("status", help="the alias, the pointer the API follows, the rollback target, recent changes")
+    report = sub.add_parser(
+        "report", help="write the stakeholder report (HTML) and slide deck (.pptx) from the stored tables"
+    )
+    report.add_argument("--out", help="output folder (default: <storage>/reports/final for local storage)")
+    report.add_argument(
+        "--api-url", help="the API whose /metrics gives p95 latency and availability (default: RECSYS_API_URL)"
+    )
+    query = sub.add_parser("query", help="print one SQL query over the stored tables (DuckDB, read-only)")
+    query.add_argument("sql", help='e.g. "SELECT * FROM retrain_runs ORDER BY triggered_at DESC LIMIT 5"')
     for p in (pipeline, demo_args):
         p.add_argument(
             "--budget", choices=["standard", "smoke"], help="training budget (standard); the demo's retrains too"
@@ -75,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if run_pipeline(settings, job_name=INGESTION_JOB) else 1
     if args.command == "champion":
         return champion_command(settings, args)
+    if args.command == "report":
+        return report_command(settings, args)
+    if args.command == "query":
+        return query_command(settings, args.sql)
     if args.command == "tune":
         from recsys_assets.defs.definitions import TUNE_JOB
 
@@ -125,6 +142,33 @@ def champion_command(settings: Settings, args: argparse.Namespace) -> int:
         f"{change['to_version']} ({change['to_model']}); every API worker serves it at its next model poll "
         "(`RECSYS_MODEL_POLL_SECONDS`)"
     )
+    return 0
+
+
+def report_command(settings: Settings, args: argparse.Namespace) -> int:
+    from recsys_assets.tools.report.build import build_report
+
+    if args.out is None and settings.is_azure:
+        print("error: storage is Azure Blob: give a local folder with --out", file=sys.stderr)
+        return 2
+    out = args.out or settings.local_root() / "reports" / "final"
+    html_path, deck_path = build_report(settings, out, api_url=args.api_url or settings.api_url)
+    print(f"report: {html_path}\ndeck:   {deck_path}")
+    return 0
+
+
+def query_command(settings: Settings, sql: str) -> int:
+    import pandas as pd
+
+    from recsys_assets.tools.report.tables import query
+
+    try:
+        result = query(settings, sql)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+        print(result.to_string(index=False) if len(result) else "(no rows)")
     return 0
 
 
