@@ -321,6 +321,11 @@ var pipelineEnv = concat(identityEnv, storageEnv, dagsterInstanceEnv, [
     value: pipelineSource
   }
   {
+    // the report's p95 latency and availability come from the API's /metrics
+    name: 'RECSYS_API_URL'
+    value: 'http://${names.api}'
+  }
+  {
     name: 'RECSYS_EVALUATION_TARGET'
     value: evaluationTarget
   }
