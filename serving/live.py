@@ -17,6 +17,23 @@ Keys (prefix `recsys:`):
   stored, never answered "duplicate" for an event that was lost. Two requests racing with one id
   may both write it; the one whose `SET NX` loses answers "duplicate" (true: it is in the log) and
   the pipeline keeps the first row of an id when it ingests the log;
+
+A request's events cost two round trips, whatever their number: one `MGET` of their ids before the
+append, and after it one Lua call (`_COMMIT_LUA`) that marks the ids, drops the events whose id another
+request marked first, and records the rest in their users' live state. Ordering guarantees:
+
+* events are pushed before their user's `ver:` is incremented. That is the one order the cache needs:
+  a reader between the two (were they not atomic) would see the new events under the old version and
+  cache a list that is, if anything, fresher than its key; the reverse order could cache a list
+  without the new events under the new version, stale until the next event. A Lua script runs
+  atomically, so no reader sees either half: `MULTI`/`EXEC` (five queued commands per user, each
+  `QUEUED` reply parsed) is not needed on top of it;
+* an id is marked only after its event is fsync'd (the script runs after the append), and an event
+  enters live state in the same atomic step that marks its id, so no other request can see the id
+  marked and the event absent from live state, or the reverse;
+* a user's events enter their list in the order of the request, which is the order of the rows in
+  the event log (one `os.write`); two requests of one user on two workers are ordered by which
+  script runs first, as their rows are by which append runs first (each worker has its own segment).
 * `ratelimit:<client>`: request counters (`serving/ratelimit.py`).
 
 Fallback: every worker also keeps the live events it accepted in memory (bounded LRU). A Redis
@@ -36,7 +53,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -80,6 +97,43 @@ if ARGV[1] ~= '' then
 end
 return {v, false, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
+
+# After the append: mark the ids stored (SET NX) and record the events whose id was not marked first by
+# another request. KEYS: the n `eid:` keys, then `ev:`, `ver:` of each user. ARGV: idempotency ttl,
+# state ttl, events kept per user, n, then per event: user slot, id slot (0: none), the msgpack event.
+# Returns 1/0 per id: 1 if this call marked it. Pushes go in slices: `unpack` has a stack limit.
+_COMMIT_LUA = """
+local n = tonumber(ARGV[4])
+local won = {}
+for i = 1, n do
+  won[i] = redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) and 1 or 0
+end
+local users, order = {}, {}
+for j = 5, #ARGV, 3 do
+  local u, id = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
+  if id == 0 or won[id] == 1 then
+    local list = users[u]
+    if not list then
+      list = {}
+      users[u] = list
+      order[#order + 1] = u
+    end
+    list[#list + 1] = ARGV[j + 2]
+  end
+end
+for _, u in ipairs(order) do
+  local list, ev, ver = users[u], KEYS[n + 2 * u - 1], KEYS[n + 2 * u]
+  for i = 1, #list, 1000 do
+    redis.call('RPUSH', ev, unpack(list, i, math.min(i + 999, #list)))
+  end
+  redis.call('LTRIM', ev, -tonumber(ARGV[3]), -1)
+  redis.call('EXPIRE', ev, ARGV[2])
+  redis.call('INCR', ver)
+  redis.call('EXPIRE', ver, ARGV[2])
+end
+return won
+"""
+REPLAY_CHUNK = 1000
 
 
 class RedisLink:
@@ -229,21 +283,14 @@ class LiveState:
         self.idempotency_ttl = idempotency_ttl
         self.state_ttl = state_ttl
         self._local: OrderedDict[str, list[LiveEvent]] = OrderedDict()
-        self._pending: list[tuple[str, LiveEvent]] = []
+        self._pending: list[tuple[str, str | None, LiveEvent]] = []
         self._local_ids: OrderedDict[str, float] = OrderedDict()
         self._pending_ids: list[str] = []
         self._fetch = link.client.register_script(_FETCH_LUA) if link.client is not None else None
+        self._commit = link.client.register_script(_COMMIT_LUA) if link.client is not None else None
         link.on_reconnect = self._replay
 
     # --- events -----------------------------------------------------------------------------
-
-    async def record(self, events: Iterable[tuple[str, LiveEvent]]) -> None:
-        """Add accepted events to the users' live state (Redis, and this worker's memory)."""
-        batch = list(events)
-        for user_id, ev in batch:
-            self._remember(user_id, ev)
-        if await self.link.run(lambda r: self._push(r, batch)) is UNAVAILABLE:
-            self._pending.extend(batch)
 
     async def fetch(
         self, user_id: str, model_version: str, k: int, category: str | None, exclude_seen: bool
@@ -277,37 +324,21 @@ class LiveState:
         if len(events) > MAX_EVENTS_PER_USER:
             del events[: len(events) - MAX_EVENTS_PER_USER]
 
-    async def _push(self, r: Redis, batch: list[tuple[str, LiveEvent]]) -> None:
-        by_user: dict[str, list[bytes]] = {}
-        for user_id, ev in batch:
-            by_user.setdefault(user_id, []).append(LIVE_ENCODER.encode(ev))
-        pipe = r.pipeline(transaction=True)
-        for user_id, raws in by_user.items():
-            ev_key, ver_key = f"{PREFIX}ev:{user_id}", f"{PREFIX}ver:{user_id}"
-            pipe.rpush(ev_key, *raws)
-            pipe.ltrim(ev_key, -MAX_EVENTS_PER_USER, -1)
-            pipe.expire(ev_key, self.state_ttl)
-            pipe.incr(ver_key)
-            pipe.expire(ver_key, self.state_ttl)
-        await pipe.execute()
-
     async def _replay(self, restarted: bool) -> None:
         """Give Redis back what it missed (called by the link before it reports Redis up again)."""
         assert self.link.client is not None
         if restarted:
-            events = [(u, ev) for u, evs in self._local.items() for ev in evs]
+            events = [(u, None, ev) for u, evs in self._local.items() for ev in evs]
             ids = list(self._local_ids)
         else:
-            events, ids = list(self._pending), list(self._pending_ids)
-        # each part is cleared once Redis has it, so a replay cut short resumes without repeating it
-        if events:
-            await self._push(self.link.client, events)
+            events, ids = [(u, None, ev) for u, _, ev in self._pending], list(self._pending_ids)
+        # each part is cleared once Redis has it, so a replay cut short resumes without repeating it;
+        # ids and events go separately: an id marked by another worker meanwhile must not drop its event
+        for i in range(0, len(events), REPLAY_CHUNK):
+            await self._commit_in_redis(self.link.client, [], events[i : i + REPLAY_CHUNK])
         self._pending.clear()
-        if ids:
-            pipe = self.link.client.pipeline(transaction=False)
-            for event_id in ids:
-                pipe.set(f"{PREFIX}eid:{event_id}", b"1", nx=True, ex=self.idempotency_ttl)
-            await pipe.execute()
+        for i in range(0, len(ids), REPLAY_CHUNK):
+            await self._commit_in_redis(self.link.client, ids[i : i + REPLAY_CHUNK], [])
         self._pending_ids.clear()
         if events or ids:
             log.warning("replayed %d live events and %d event ids into Redis", len(events), len(ids))
@@ -326,28 +357,50 @@ class LiveState:
         # "1": stored; anything else (an older version's "0" claim) was never confirmed stored
         return [v == b"1" or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
 
-    async def remember(self, event_ids: list[str]) -> list[bool]:
-        """Mark ids whose events are now durable; for each, False if another request stored it first."""
-        if not event_ids:
-            return []
+    async def commit(self, events: Sequence[tuple[str, str | None, LiveEvent]]) -> set[str]:
+        """After the append: mark the events' ids stored and add the events to their users' live state.
+
+        `events` are (user id, event id or None, event), ids distinct. Returns the ids another request
+        marked first: their events are in the log twice (ingestion keeps one) and are left out of live
+        state here. One Lua call; without Redis, this worker's memory decides and Redis gets it later.
+        """
+        ids = [e for _, e, _ in events if e is not None]
         now = time.monotonic()
-
-        async def set_in_redis(r: Redis) -> list[bool]:
-            pipe = r.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(f"{PREFIX}eid:{event_id}", b"1", nx=True, ex=self.idempotency_ttl)
-            return [bool(x) for x in await pipe.execute()]
-
-        result = await self.link.run(set_in_redis)
-        if isinstance(result, _Unavailable):
-            result = [not self._known_locally(event_id, now) for event_id in event_ids]
-            self._pending_ids.extend(e for e, first in zip(event_ids, result, strict=True) if first)
-        for event_id in event_ids:
+        result = await self.link.run(lambda r: self._commit_in_redis(r, ids, events))
+        offline = isinstance(result, _Unavailable)
+        won = [not self._known_locally(e, now) for e in ids] if offline else result
+        lost = {e for e, first in zip(ids, won, strict=True) if not first}
+        for event_id in ids:
             self._local_ids[event_id] = now + self.idempotency_ttl
             self._local_ids.move_to_end(event_id)
         while len(self._local_ids) > MAX_LOCAL_IDS:
             self._local_ids.popitem(last=False)
-        return result
+        kept = [(u, e, ev) for u, e, ev in events if e is None or e not in lost] if lost else events
+        for user_id, _, ev in kept:
+            self._remember(user_id, ev)
+        if offline:
+            self._pending_ids.extend(e for e in ids if e not in lost)
+            self._pending.extend(kept)
+        return lost
+
+    async def _commit_in_redis(
+        self, r: Redis, ids: list[str], events: Sequence[tuple[str, str | None, LiveEvent]]
+    ) -> list[bool]:
+        slot_of_id = {e: i for i, e in enumerate(ids, 1)}
+        slot_of_user: dict[str, int] = {}
+        args: list[int | bytes] = [self.idempotency_ttl, self.state_ttl, MAX_EVENTS_PER_USER, len(ids)]
+        for u, e, ev in events:
+            args += (
+                slot_of_user.setdefault(u, len(slot_of_user) + 1),
+                slot_of_id[e] if e else 0,
+                LIVE_ENCODER.encode(ev),
+            )
+        keys = [f"{PREFIX}eid:{e}" for e in ids]
+        for user_id in slot_of_user:
+            keys += (f"{PREFIX}ev:{user_id}", f"{PREFIX}ver:{user_id}")
+        assert self._commit is not None
+        won = await self._commit(keys=keys, args=args, client=r)
+        return [bool(x) for x in won]
 
     def _known_locally(self, event_id: str, now: float) -> bool:
         expiry = self._local_ids.get(event_id)

@@ -92,6 +92,9 @@ class _Event:
     event_id: str | None
     recommendation_id: str | None
 
+    def live(self) -> LiveEvent:
+        return LiveEvent(item_id=self.item_id, event_type=self.event_type, value=self.value, ts=self.ts)
+
     def row(self) -> tuple[object, ...]:
         return (
             self.user_id,
@@ -213,14 +216,10 @@ async def accept_events(data: EventsIn, live: LiveState, event_log: EventLog, se
             _fault_point("after_append", new_ids)
         # a request racing this one with the same id may have stored it too: it is in the log
         # (twice; ingestion keeps one), and only the first to mark it counts it as accepted
-        lost = {e for e, won in zip(new_ids, await live.remember(new_ids), strict=True) if not won}
+        lost = await live.commit([(ev.user_id, ev.event_id, ev.live()) for ev in keep])
         if lost:
             duplicates.extend(sorted(lost))
             keep = [ev for ev in keep if ev.event_id not in lost]
-        await live.record(
-            (ev.user_id, LiveEvent(item_id=ev.item_id, event_type=ev.event_type, value=ev.value, ts=ev.ts))
-            for ev in keep
-        )
     metrics = get_metrics()
     metrics.events.labels("accepted").inc(len(keep))
     if duplicates:
