@@ -64,6 +64,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from serving.schemas import LIVE_DECODER, LIVE_ENCODER, LiveEvent
 from serving.telemetry import get_metrics
@@ -153,6 +154,8 @@ class RedisLink:
             if url
             else None
         )
+        if url and not HIREDIS_AVAILABLE:
+            log.warning("hiredis is not installed: Redis replies are parsed in Python (install recsys[api])")
         self.up = False
         self.run_id: str | None = None
         self.on_reconnect: Callable[[bool], Awaitable[None]] | None = None

@@ -99,6 +99,8 @@ async def _ingest(
 
     prefix = f"ing-{wl.tag}-{batch}"
     acked, failed, latencies = 0, collections.Counter(), []
+    # the worker pids that answered each client (the API's X-Worker-Pid header): how connections spread
+    workers: list[set[str]] = [set() for _ in range(clients)]
     headers = {"X-API-Key": wl.api_key, "Content-Type": "application/json"}
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + duration
@@ -113,6 +115,7 @@ async def _ingest(
             try:
                 async with session.post("/v1/events", data=body, headers=headers) as resp:
                     answer = await resp.read()
+                    workers[c].add(resp.headers.get("X-Worker-Pid", "?"))
                 if resp.status == 202:
                     acked += json.loads(answer)["accepted"]
                     latencies.append(time.perf_counter() - t0)
@@ -137,6 +140,7 @@ async def _ingest(
         "failed_requests": sum(failed.values()),
         "failure_kinds": dict(failed),
         "batch_latency": latency_stats(latencies),
+        "clients_per_worker": sorted(collections.Counter(",".join(sorted(w)) for w in workers).values()),
         "prefix": prefix,
     }
 
