@@ -99,19 +99,38 @@ end
 return {v, false, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
-# After the append: mark the ids stored (SET NX) and record the events whose id was not marked first by
-# another request. KEYS: the n `eid:` keys, then `ev:`, `ver:` of each user. ARGV: idempotency ttl,
-# state ttl, events kept per user, n, then per event: user slot, id slot (0: none), the msgpack event.
-# Returns 1/0 per id: 1 if this call marked it. Pushes go in slices: `unpack` has a stack limit.
-_COMMIT_LUA = """
-local n = tonumber(ARGV[4])
-local won = {}
-for i = 1, n do
-  won[i] = redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) and 1 or 0
+# Before the append: 1 per id marked stored, else 0. ARGV: the key prefix, the ids joined by spaces (one
+# argument, as in `_COMMIT_LUA`). "1" marks a stored id; anything else (an older version's "0" claim)
+# was never confirmed stored.
+_STORED_LUA = """
+local out = {}
+for id in string.gmatch(ARGV[2], '%S+') do
+  out[#out + 1] = redis.call('GET', ARGV[1] .. 'eid:' .. id) == '1' and 1 or 0
 end
+return out
+"""
+
+# After the append: mark the ids stored (SET NX) and record the events whose id was not marked first by
+# another request. A request's whole batch travels in eight arguments, whatever its size (redis-py
+# packs every argument in Python: three per event cost more than the rest of the request). ARGV: the
+# key prefix, idempotency ttl, state ttl, events kept per user, the event ids and the user ids (each
+# joined by spaces: the id rule has none), a msgpack array of (user's place, id's place or 0, length)
+# per event, and the msgpack events one after the other. The keys are built here, like the cached
+# list's in `_FETCH_LUA` (a standalone Redis, not a cluster). Returns 1/0 per id: 1 if this call
+# marked it. Pushes go in slices: `unpack` has a stack limit.
+_COMMIT_LUA = """
+local prefix = ARGV[1]
+local won, n = {}, 0
+for id in string.gmatch(ARGV[5], '%S+') do
+  n = n + 1
+  won[n] = redis.call('SET', prefix .. 'eid:' .. id, '1', 'NX', 'EX', ARGV[2]) and 1 or 0
+end
+local names = {}
+for u in string.gmatch(ARGV[6], '%S+') do names[#names + 1] = u end
+local meta, blob, pos = cmsgpack.unpack(ARGV[7]), ARGV[8], 1
 local users, order = {}, {}
-for j = 5, #ARGV, 3 do
-  local u, id = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
+for j = 1, #meta, 3 do
+  local u, id, len = meta[j], meta[j + 1], meta[j + 2]
   if id == 0 or won[id] == 1 then
     local list = users[u]
     if not list then
@@ -119,18 +138,19 @@ for j = 5, #ARGV, 3 do
       users[u] = list
       order[#order + 1] = u
     end
-    list[#list + 1] = ARGV[j + 2]
+    list[#list + 1] = string.sub(blob, pos, pos + len - 1)
   end
+  pos = pos + len
 end
 for _, u in ipairs(order) do
-  local list, ev, ver = users[u], KEYS[n + 2 * u - 1], KEYS[n + 2 * u]
+  local list, ev, ver = users[u], prefix .. 'ev:' .. names[u], prefix .. 'ver:' .. names[u]
   for i = 1, #list, 1000 do
     redis.call('RPUSH', ev, unpack(list, i, math.min(i + 999, #list)))
   end
-  redis.call('LTRIM', ev, -tonumber(ARGV[3]), -1)
-  redis.call('EXPIRE', ev, ARGV[2])
+  redis.call('LTRIM', ev, -tonumber(ARGV[4]), -1)
+  redis.call('EXPIRE', ev, ARGV[3])
   redis.call('INCR', ver)
-  redis.call('EXPIRE', ver, ARGV[2])
+  redis.call('EXPIRE', ver, ARGV[3])
 end
 return won
 """
@@ -291,6 +311,7 @@ class LiveState:
         self._pending_ids: list[str] = []
         self._fetch = link.client.register_script(_FETCH_LUA) if link.client is not None else None
         self._commit = link.client.register_script(_COMMIT_LUA) if link.client is not None else None
+        self._stored = link.client.register_script(_STORED_LUA) if link.client is not None else None
         link.on_reconnect = self._replay
 
     # --- events -----------------------------------------------------------------------------
@@ -353,12 +374,11 @@ class LiveState:
         if not event_ids:
             return []
         now = time.monotonic()
-        keys = [f"{PREFIX}eid:{e}" for e in event_ids]
-        found = await self.link.run(lambda r: r.mget(keys))
+        # without a Redis client `run` answers UNAVAILABLE without calling the script
+        found = await self.link.run(lambda r: self._stored(args=[PREFIX, " ".join(event_ids)], client=r))  # type: ignore[misc]
         if isinstance(found, _Unavailable):
             return [self._known_locally(e, now) for e in event_ids]
-        # "1": stored; anything else (an older version's "0" claim) was never confirmed stored
-        return [v == b"1" or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
+        return [v == 1 or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
 
     async def commit(self, events: Sequence[tuple[str, str | None, LiveEvent]]) -> set[str]:
         """After the append: mark the events' ids stored and add the events to their users' live state.
@@ -391,18 +411,24 @@ class LiveState:
     ) -> list[bool]:
         slot_of_id = {e: i for i, e in enumerate(ids, 1)}
         slot_of_user: dict[str, int] = {}
-        args: list[int | bytes] = [self.idempotency_ttl, self.state_ttl, MAX_EVENTS_PER_USER, len(ids)]
+        meta: list[int] = []
+        raws: list[bytes] = []
         for u, e, ev in events:
-            args += (
-                slot_of_user.setdefault(u, len(slot_of_user) + 1),
-                slot_of_id[e] if e else 0,
-                LIVE_ENCODER.encode(ev),
-            )
-        keys = [f"{PREFIX}eid:{e}" for e in ids]
-        for user_id in slot_of_user:
-            keys += (f"{PREFIX}ev:{user_id}", f"{PREFIX}ver:{user_id}")
+            raw = LIVE_ENCODER.encode(ev)
+            meta += (slot_of_user.setdefault(u, len(slot_of_user) + 1), slot_of_id[e] if e else 0, len(raw))
+            raws.append(raw)
+        args = [
+            PREFIX,
+            self.idempotency_ttl,
+            self.state_ttl,
+            MAX_EVENTS_PER_USER,
+            " ".join(ids),
+            " ".join(slot_of_user),
+            LIVE_ENCODER.encode(meta),
+            b"".join(raws),
+        ]
         assert self._commit is not None
-        won = await self._commit(keys=keys, args=args, client=r)
+        won = await self._commit(keys=[], args=args, client=r)
         return [bool(x) for x in won]
 
     def _known_locally(self, event_id: str, now: float) -> bool:
