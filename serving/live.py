@@ -391,7 +391,7 @@ class LiveState:
         now = time.monotonic()
         result = await self.link.run(lambda r: self._commit_in_redis(r, ids, events))
         offline = isinstance(result, _Unavailable)
-        won = [not self._known_locally(e, now) for e in ids] if offline else result
+        won = [not self._known_locally(e, now) for e in ids] if isinstance(result, _Unavailable) else result
         lost = {e for e, first in zip(ids, won, strict=True) if not first}
         for event_id in ids:
             self._local_ids[event_id] = now + self.idempotency_ttl
@@ -417,7 +417,7 @@ class LiveState:
             raw = LIVE_ENCODER.encode(ev)
             meta += (slot_of_user.setdefault(u, len(slot_of_user) + 1), slot_of_id[e] if e else 0, len(raw))
             raws.append(raw)
-        args = [
+        args: list[str | int | bytes] = [
             PREFIX,
             self.idempotency_ttl,
             self.state_ttl,
