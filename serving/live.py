@@ -17,10 +17,12 @@ Keys (prefix `recsys:`):
   stored, never answered "duplicate" for an event that was lost. Two requests racing with one id
   may both write it; the one whose `SET NX` loses answers "duplicate" (true: it is in the log) and
   the pipeline keeps the first row of an id when it ingests the log;
+* `ratelimit:<client>`: request counters (`serving/ratelimit.py`).
 
-A request's events cost two round trips, whatever their number: one `MGET` of their ids before the
-append, and after it one Lua call (`_COMMIT_LUA`) that marks the ids, drops the events whose id another
-request marked first, and records the rest in their users' live state. Ordering guarantees:
+A request's events cost two round trips, whatever their number: one Lua call (`_STORED_LUA`)
+reading their ids before the append, and after it one (`_COMMIT_LUA`) that marks the ids, drops the
+events whose id another request marked first, and records the rest in their users' live state.
+Ordering guarantees:
 
 * events are pushed before their user's `ver:` is incremented. That is the one order the cache needs:
   a reader between the two (were they not atomic) would see the new events under the old version and
@@ -34,7 +36,6 @@ request marked first, and records the rest in their users' live state. Ordering 
 * a user's events enter their list in the order of the request, which is the order of the rows in
   the event log (one `os.write`); two requests of one user on two workers are ordered by which
   script runs first, as their rows are by which append runs first (each worker has its own segment).
-* `ratelimit:<client>`: request counters (`serving/ratelimit.py`).
 
 Fallback: every worker also keeps the live events it accepted in memory (bounded LRU). A Redis
 error opens a circuit breaker (one warning in the log): the worker then serves from its own memory,
