@@ -1,7 +1,9 @@
 """`python -m serving` (`make serve`): the API under uvicorn, with host, port and workers from the settings.
 
 Each worker builds its app with `serving.app:create_app_from_env` (uvicorn's `--factory`), so settings
-are read when a worker starts. With more than one worker, the Prometheus client runs in multiprocess
+are read when a worker starts. With more than one worker, each listens on its own `SO_REUSEPORT`
+socket (`serving/workers.py`), so kept-alive connections opened together spread over the workers.
+Then the Prometheus client also runs in multiprocess
 mode over a fresh folder, `<tmp>/recsys-api-metrics-<pid of this process>-*`, removed at exit; one
 left by a server that was killed (its pid no longer running) is removed when the next one starts.
 `/metrics` answers for all workers whichever serves it.
@@ -19,11 +21,15 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from recsys_assets.contract.settings import get_settings
 from serving.telemetry import pid_alive
+from serving.workers import ReusePortMultiprocess, reuse_port_supported
+
+APP = "serving.app:create_app_from_env"
 
 # prometheus_client reads it when first imported, i.e. in each worker, which inherits it from here
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -59,17 +65,21 @@ def main() -> int:
         os.environ[MULTIPROC_ENV] = metrics_dir
     base = f"http://{settings.api_host}:{settings.api_port}"
     print(f"recsys API on {base} (docs {base}/docs, {settings.api_workers} worker(s))", flush=True)
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "workers": settings.api_workers,
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+    }
     try:
-        uvicorn.run(
-            "serving.app:create_app_from_env",
-            factory=True,
-            host=settings.api_host,
-            port=settings.api_port,
-            workers=settings.api_workers,
-            timeout_graceful_shutdown=10,
-            proxy_headers=bool(settings.forwarded_allow_ips),
-            forwarded_allow_ips=settings.forwarded_allow_ips or None,
-        )
+        if settings.api_workers > 1 and reuse_port_supported():
+            # one listening socket per worker, so kept-alive connections spread (serving/workers.py)
+            ReusePortMultiprocess(uvicorn.Config(APP, **options)).run()
+        else:
+            uvicorn.run(APP, **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -19,6 +19,24 @@ Keys (prefix `recsys:`):
   the pipeline keeps the first row of an id when it ingests the log;
 * `ratelimit:<client>`: request counters (`serving/ratelimit.py`).
 
+A request's events cost two round trips, whatever their number: one Lua call (`_STORED_LUA`)
+reading their ids before the append, and after it one (`_COMMIT_LUA`) that marks the ids, drops the
+events whose id another request marked first, and records the rest in their users' live state.
+Ordering guarantees:
+
+* events are pushed before their user's `ver:` is incremented. That is the one order the cache needs:
+  a reader between the two (were they not atomic) would see the new events under the old version and
+  cache a list that is, if anything, fresher than its key; the reverse order could cache a list
+  without the new events under the new version, stale until the next event. A Lua script runs
+  atomically, so no reader sees either half: `MULTI`/`EXEC` (five queued commands per user, each
+  `QUEUED` reply parsed) is not needed on top of it;
+* an id is marked only after its event is fsync'd (the script runs after the append), and an event
+  enters live state in the same atomic step that marks its id, so no other request can see the id
+  marked and the event absent from live state, or the reverse;
+* a user's events enter their list in the order of the request, which is the order of the rows in
+  the event log (one `os.write`); two requests of one user on two workers are ordered by which
+  script runs first, as their rows are by which append runs first (each worker has its own segment).
+
 Fallback: every worker also keeps the live events it accepted in memory (bounded LRU). A Redis
 error opens a circuit breaker (one warning in the log): the worker then serves from its own memory,
 without cache, dedupes event ids in memory and counts rate limits in memory, and retries Redis
@@ -36,7 +54,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -47,6 +65,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from serving.schemas import LIVE_DECODER, LIVE_ENCODER, LiveEvent
 from serving.telemetry import get_metrics
@@ -81,6 +100,63 @@ end
 return {v, false, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
+# Before the append: 1 per id marked stored, else 0. ARGV: the key prefix, the ids joined by spaces (one
+# argument, as in `_COMMIT_LUA`). "1" marks a stored id; anything else (an older version's "0" claim)
+# was never confirmed stored.
+_STORED_LUA = """
+local out = {}
+for id in string.gmatch(ARGV[2], '%S+') do
+  out[#out + 1] = redis.call('GET', ARGV[1] .. 'eid:' .. id) == '1' and 1 or 0
+end
+return out
+"""
+
+# After the append: mark the ids stored (SET NX) and record the events whose id was not marked first by
+# another request. A request's whole batch travels in eight arguments, whatever its size (redis-py
+# packs every argument in Python: three per event cost more than the rest of the request). ARGV: the
+# key prefix, idempotency ttl, state ttl, events kept per user, the event ids and the user ids (each
+# joined by spaces: the id rule has none), a msgpack array of (user's place, id's place or 0, length)
+# per event, and the msgpack events one after the other. The keys are built here, like the cached
+# list's in `_FETCH_LUA` (a standalone Redis, not a cluster). Returns 1/0 per id: 1 if this call
+# marked it. Pushes go in slices: `unpack` has a stack limit.
+_COMMIT_LUA = """
+local prefix = ARGV[1]
+local won, n = {}, 0
+for id in string.gmatch(ARGV[5], '%S+') do
+  n = n + 1
+  won[n] = redis.call('SET', prefix .. 'eid:' .. id, '1', 'NX', 'EX', ARGV[2]) and 1 or 0
+end
+local names = {}
+for u in string.gmatch(ARGV[6], '%S+') do names[#names + 1] = u end
+local meta, blob, pos = cmsgpack.unpack(ARGV[7]), ARGV[8], 1
+local users, order = {}, {}
+for j = 1, #meta, 3 do
+  local u, id, len = meta[j], meta[j + 1], meta[j + 2]
+  if id == 0 or won[id] == 1 then
+    local list = users[u]
+    if not list then
+      list = {}
+      users[u] = list
+      order[#order + 1] = u
+    end
+    list[#list + 1] = string.sub(blob, pos, pos + len - 1)
+  end
+  pos = pos + len
+end
+for _, u in ipairs(order) do
+  local list, ev, ver = users[u], prefix .. 'ev:' .. names[u], prefix .. 'ver:' .. names[u]
+  for i = 1, #list, 1000 do
+    redis.call('RPUSH', ev, unpack(list, i, math.min(i + 999, #list)))
+  end
+  redis.call('LTRIM', ev, -tonumber(ARGV[4]), -1)
+  redis.call('EXPIRE', ev, ARGV[3])
+  redis.call('INCR', ver)
+  redis.call('EXPIRE', ver, ARGV[3])
+end
+return won
+"""
+REPLAY_CHUNK = 1000
+
 
 class RedisLink:
     """One async Redis client behind a circuit breaker; `run` returns `UNAVAILABLE` instead of failing."""
@@ -99,6 +175,8 @@ class RedisLink:
             if url
             else None
         )
+        if url and not HIREDIS_AVAILABLE:
+            log.warning("hiredis is not installed: Redis replies are parsed in Python (install recsys[api])")
         self.up = False
         self.run_id: str | None = None
         self.on_reconnect: Callable[[bool], Awaitable[None]] | None = None
@@ -229,21 +307,15 @@ class LiveState:
         self.idempotency_ttl = idempotency_ttl
         self.state_ttl = state_ttl
         self._local: OrderedDict[str, list[LiveEvent]] = OrderedDict()
-        self._pending: list[tuple[str, LiveEvent]] = []
+        self._pending: list[tuple[str, str | None, LiveEvent]] = []
         self._local_ids: OrderedDict[str, float] = OrderedDict()
         self._pending_ids: list[str] = []
         self._fetch = link.client.register_script(_FETCH_LUA) if link.client is not None else None
+        self._commit = link.client.register_script(_COMMIT_LUA) if link.client is not None else None
+        self._stored = link.client.register_script(_STORED_LUA) if link.client is not None else None
         link.on_reconnect = self._replay
 
     # --- events -----------------------------------------------------------------------------
-
-    async def record(self, events: Iterable[tuple[str, LiveEvent]]) -> None:
-        """Add accepted events to the users' live state (Redis, and this worker's memory)."""
-        batch = list(events)
-        for user_id, ev in batch:
-            self._remember(user_id, ev)
-        if await self.link.run(lambda r: self._push(r, batch)) is UNAVAILABLE:
-            self._pending.extend(batch)
 
     async def fetch(
         self, user_id: str, model_version: str, k: int, category: str | None, exclude_seen: bool
@@ -277,37 +349,21 @@ class LiveState:
         if len(events) > MAX_EVENTS_PER_USER:
             del events[: len(events) - MAX_EVENTS_PER_USER]
 
-    async def _push(self, r: Redis, batch: list[tuple[str, LiveEvent]]) -> None:
-        by_user: dict[str, list[bytes]] = {}
-        for user_id, ev in batch:
-            by_user.setdefault(user_id, []).append(LIVE_ENCODER.encode(ev))
-        pipe = r.pipeline(transaction=True)
-        for user_id, raws in by_user.items():
-            ev_key, ver_key = f"{PREFIX}ev:{user_id}", f"{PREFIX}ver:{user_id}"
-            pipe.rpush(ev_key, *raws)
-            pipe.ltrim(ev_key, -MAX_EVENTS_PER_USER, -1)
-            pipe.expire(ev_key, self.state_ttl)
-            pipe.incr(ver_key)
-            pipe.expire(ver_key, self.state_ttl)
-        await pipe.execute()
-
     async def _replay(self, restarted: bool) -> None:
         """Give Redis back what it missed (called by the link before it reports Redis up again)."""
         assert self.link.client is not None
         if restarted:
-            events = [(u, ev) for u, evs in self._local.items() for ev in evs]
+            events = [(u, None, ev) for u, evs in self._local.items() for ev in evs]
             ids = list(self._local_ids)
         else:
-            events, ids = list(self._pending), list(self._pending_ids)
-        # each part is cleared once Redis has it, so a replay cut short resumes without repeating it
-        if events:
-            await self._push(self.link.client, events)
+            events, ids = [(u, None, ev) for u, _, ev in self._pending], list(self._pending_ids)
+        # each part is cleared once Redis has it, so a replay cut short resumes without repeating it;
+        # ids and events go separately: an id marked by another worker meanwhile must not drop its event
+        for i in range(0, len(events), REPLAY_CHUNK):
+            await self._commit_in_redis(self.link.client, [], events[i : i + REPLAY_CHUNK])
         self._pending.clear()
-        if ids:
-            pipe = self.link.client.pipeline(transaction=False)
-            for event_id in ids:
-                pipe.set(f"{PREFIX}eid:{event_id}", b"1", nx=True, ex=self.idempotency_ttl)
-            await pipe.execute()
+        for i in range(0, len(ids), REPLAY_CHUNK):
+            await self._commit_in_redis(self.link.client, ids[i : i + REPLAY_CHUNK], [])
         self._pending_ids.clear()
         if events or ids:
             log.warning("replayed %d live events and %d event ids into Redis", len(events), len(ids))
@@ -319,35 +375,62 @@ class LiveState:
         if not event_ids:
             return []
         now = time.monotonic()
-        keys = [f"{PREFIX}eid:{e}" for e in event_ids]
-        found = await self.link.run(lambda r: r.mget(keys))
+        # without a Redis client `run` answers UNAVAILABLE without calling the script
+        found = await self.link.run(lambda r: self._stored(args=[PREFIX, " ".join(event_ids)], client=r))  # type: ignore[misc]
         if isinstance(found, _Unavailable):
             return [self._known_locally(e, now) for e in event_ids]
-        # "1": stored; anything else (an older version's "0" claim) was never confirmed stored
-        return [v == b"1" or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
+        return [v == 1 or self._known_locally(e, now) for e, v in zip(event_ids, found, strict=True)]
 
-    async def remember(self, event_ids: list[str]) -> list[bool]:
-        """Mark ids whose events are now durable; for each, False if another request stored it first."""
-        if not event_ids:
-            return []
+    async def commit(self, events: Sequence[tuple[str, str | None, LiveEvent]]) -> set[str]:
+        """After the append: mark the events' ids stored and add the events to their users' live state.
+
+        `events` are (user id, event id or None, event), ids distinct. Returns the ids another request
+        marked first: their events are in the log twice (ingestion keeps one) and are left out of live
+        state here. One Lua call; without Redis, this worker's memory decides and Redis gets it later.
+        """
+        ids = [e for _, e, _ in events if e is not None]
         now = time.monotonic()
-
-        async def set_in_redis(r: Redis) -> list[bool]:
-            pipe = r.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(f"{PREFIX}eid:{event_id}", b"1", nx=True, ex=self.idempotency_ttl)
-            return [bool(x) for x in await pipe.execute()]
-
-        result = await self.link.run(set_in_redis)
-        if isinstance(result, _Unavailable):
-            result = [not self._known_locally(event_id, now) for event_id in event_ids]
-            self._pending_ids.extend(e for e, first in zip(event_ids, result, strict=True) if first)
-        for event_id in event_ids:
+        result = await self.link.run(lambda r: self._commit_in_redis(r, ids, events))
+        offline = isinstance(result, _Unavailable)
+        won = [not self._known_locally(e, now) for e in ids] if isinstance(result, _Unavailable) else result
+        lost = {e for e, first in zip(ids, won, strict=True) if not first}
+        for event_id in ids:
             self._local_ids[event_id] = now + self.idempotency_ttl
             self._local_ids.move_to_end(event_id)
         while len(self._local_ids) > MAX_LOCAL_IDS:
             self._local_ids.popitem(last=False)
-        return result
+        kept = [(u, e, ev) for u, e, ev in events if e is None or e not in lost] if lost else events
+        for user_id, _, ev in kept:
+            self._remember(user_id, ev)
+        if offline:
+            self._pending_ids.extend(e for e in ids if e not in lost)
+            self._pending.extend(kept)
+        return lost
+
+    async def _commit_in_redis(
+        self, r: Redis, ids: list[str], events: Sequence[tuple[str, str | None, LiveEvent]]
+    ) -> list[bool]:
+        slot_of_id = {e: i for i, e in enumerate(ids, 1)}
+        slot_of_user: dict[str, int] = {}
+        meta: list[int] = []
+        raws: list[bytes] = []
+        for u, e, ev in events:
+            raw = LIVE_ENCODER.encode(ev)
+            meta += (slot_of_user.setdefault(u, len(slot_of_user) + 1), slot_of_id[e] if e else 0, len(raw))
+            raws.append(raw)
+        args: list[str | int | bytes] = [
+            PREFIX,
+            self.idempotency_ttl,
+            self.state_ttl,
+            MAX_EVENTS_PER_USER,
+            " ".join(ids),
+            " ".join(slot_of_user),
+            LIVE_ENCODER.encode(meta),
+            b"".join(raws),
+        ]
+        assert self._commit is not None
+        won = await self._commit(keys=[], args=args, client=r)
+        return [bool(x) for x in won]
 
     def _known_locally(self, event_id: str, now: float) -> bool:
         expiry = self._local_ids.get(event_id)

@@ -94,12 +94,16 @@ class _Event:
     event_id: str | None
     recommendation_id: str | None
 
-    def row(self) -> tuple[object, ...]:
+    def live(self) -> LiveEvent:
+        return LiveEvent(item_id=self.item_id, event_type=self.event_type, value=self.value, ts=self.ts)
+
+    def row(self, now: float, now_iso: str) -> tuple[object, ...]:
+        """The event-log row; `now_iso` is `iso(now)`, the time of the many events that give none."""
         return (
             self.user_id,
             self.item_id,
             self.event_type,
-            iso(self.ts),
+            now_iso if self.ts == now else iso(self.ts),
             self.value,
             self.event_id,
             self.recommendation_id,
@@ -137,36 +141,65 @@ def _id_text(value: str | int | float, key: str) -> str:
     return str(value)
 
 
-def normalise(ev: EventIn, key: str, settings: Settings, now: float) -> _Event:
-    """Apply the event-log contract's rules that types alone do not express (as the pipeline's cleaning does)."""
-    where = f"{key}." if key else ""
-    if ev.value is not None and not math.isfinite(ev.value):
-        raise InvalidEventError(f"{where}value", "must be a finite number")
+@dataclass(frozen=True)
+class _Bounds:
+    """The settings an event is checked against, read once per request rather than once per event."""
+
+    rating_min: float
+    rating_max: float
+    lower: float
+    upper: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Bounds:
+        return cls(
+            settings.rating_min, settings.rating_max, settings.time_min.timestamp(), settings.time_upper.timestamp()
+        )
+
+
+def _where(index: int | None) -> str:
+    return "" if index is None else f"[{index}]."
+
+
+def normalise(ev: EventIn, index: int | None, bounds: _Bounds, now: float) -> _Event:
+    """Apply the event-log contract's rules that types alone do not express (as the pipeline's cleaning does).
+
+    `index`: the event's place in a batch, None for a single event (errors name the field by its path).
+    """
+    value = ev.value
+    if value is not None and not math.isfinite(value):
+        raise InvalidEventError(f"{_where(index)}value", "must be a finite number")
     if ev.event_type == "rating":
-        if ev.value is None:
-            raise InvalidEventError(f"{where}value", "a rating needs a value")
-        if not settings.rating_min <= ev.value <= settings.rating_max:
+        if value is None:
+            raise InvalidEventError(f"{_where(index)}value", "a rating needs a value")
+        if not bounds.rating_min <= value <= bounds.rating_max:
             raise InvalidEventError(
-                f"{where}value", f"rating {ev.value} outside [{settings.rating_min}, {settings.rating_max}]"
+                f"{_where(index)}value", f"rating {value} outside [{bounds.rating_min}, {bounds.rating_max}]"
             )
-    elif ev.value is not None and ev.value < 0:
-        raise InvalidEventError(f"{where}value", "must be >= 0")
-    ids = {name: _id_text(getattr(ev, name), f"{where}{name}") for name in ("user_id", "item_id")}
-    for name in ("user_id", "item_id", "event_id", "recommendation_id"):
-        text = ids.get(name, getattr(ev, name))
+    elif value is not None and value < 0:
+        raise InvalidEventError(f"{_where(index)}value", "must be >= 0")
+    user_id = ev.user_id if isinstance(ev.user_id, str) else _id_text(ev.user_id, f"{_where(index)}user_id")
+    item_id = ev.item_id if isinstance(ev.item_id, str) else _id_text(ev.item_id, f"{_where(index)}item_id")
+    for name, text in (
+        ("user_id", user_id),
+        ("item_id", item_id),
+        ("event_id", ev.event_id),
+        ("recommendation_id", ev.recommendation_id),
+    ):
         # the schema's pattern, exactly (msgspec's `$` lets a final line break through)
-        if isinstance(text, str) and not valid_id(text):
-            raise InvalidEventError(f"{where}{name}", f"must be {ID_RULE}")
+        if text is not None and not valid_id(text):
+            raise InvalidEventError(f"{_where(index)}{name}", f"must be {ID_RULE}")
     ts = now if ev.timestamp is None else _unix_seconds(ev.timestamp)
-    lower, upper = settings.time_min.timestamp(), settings.time_upper.timestamp()
-    if not (math.isfinite(ts) and lower <= ts <= upper):
+    if not (math.isfinite(ts) and bounds.lower <= ts <= bounds.upper):
         # only instants inside the valid range are printed as dates: others may not be representable
-        raise InvalidEventError(f"{where}timestamp", f"{ts} (unix seconds) outside [{iso(lower)}, {iso(upper)}]")
+        raise InvalidEventError(
+            f"{_where(index)}timestamp", f"{ts} (unix seconds) outside [{iso(bounds.lower)}, {iso(bounds.upper)}]"
+        )
     return _Event(
-        user_id=ids["user_id"],
-        item_id=ids["item_id"],
+        user_id=user_id,
+        item_id=item_id,
         event_type=ev.event_type,
-        value=ev.value,
+        value=value,
         ts=ts,
         event_id=ev.event_id,
         recommendation_id=ev.recommendation_id,
@@ -181,11 +214,12 @@ async def accept_events(data: EventsIn, live: LiveState, event_log: EventLog, se
     """
     now = time.time()
     if isinstance(data, EventIn):
-        events = [normalise(data, "", settings, now)]
+        events = [normalise(data, None, _Bounds.of(settings), now)]
     else:
         if not 1 <= len(data) <= MAX_BATCH:
             raise InvalidEventError("body", f"a batch holds 1 to {MAX_BATCH} events, got {len(data)}")
-        events = [normalise(ev, f"[{i}]", settings, now) for i, ev in enumerate(data)]
+        bounds = _Bounds.of(settings)
+        events = [normalise(ev, i, bounds, now) for i, ev in enumerate(data)]
 
     # ids repeated inside the batch count once, like ids already stored
     first: dict[str, int] = {}
@@ -207,22 +241,20 @@ async def accept_events(data: EventsIn, live: LiveState, event_log: EventLog, se
     with anyio.CancelScope(shield=True):
         if keep:
             _fault_point("before_append", new_ids)
+            now_iso = iso(now)
+            rows = [ev.row(now, now_iso) for ev in keep]
             try:
-                await anyio.to_thread.run_sync(event_log.append, [ev.row() for ev in keep])
+                await anyio.to_thread.run_sync(event_log.append, rows)
             except OSError as exc:
                 log.error("event log append failed (%s); %d events refused", exc, len(keep))
                 raise EventLogUnavailableError("the event log could not be written; nothing was stored") from exc
             _fault_point("after_append", new_ids)
         # a request racing this one with the same id may have stored it too: it is in the log
         # (twice; ingestion keeps one), and only the first to mark it counts it as accepted
-        lost = {e for e, won in zip(new_ids, await live.remember(new_ids), strict=True) if not won}
+        lost = await live.commit([(ev.user_id, ev.event_id, ev.live()) for ev in keep])
         if lost:
             duplicates.extend(sorted(lost))
             keep = [ev for ev in keep if ev.event_id not in lost]
-        await live.record(
-            (ev.user_id, LiveEvent(item_id=ev.item_id, event_type=ev.event_type, value=ev.value, ts=ev.ts))
-            for ev in keep
-        )
     metrics = get_metrics()
     metrics.events.labels("accepted").inc(len(keep))
     if duplicates:

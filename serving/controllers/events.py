@@ -8,7 +8,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from recsys_assets.contract.settings import Settings
 from serving.bodies import EventsOperation, read_events
-from serving.controllers.responses import errors
+from serving.controllers.responses import WORKER_HEADERS, errors, worker_header
 from serving.eventlog import EventLog
 from serving.live import LiveState
 from serving.schemas import EventsAccepted, EventsIn
@@ -31,6 +31,8 @@ class EventController(Controller):
         dependencies={"events": Provide(read_events)},
         operation_class=EventsOperation,
         responses=errors(400, 401, 403, 413, 415, 429, 503),
+        after_request=worker_header,
+        response_headers=WORKER_HEADERS,
     )
     async def post_events(
         self, events: EventsIn, live: LiveState, event_log: EventLog, settings: Settings

@@ -6,6 +6,7 @@ from litestar import Controller, Response, get
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from serving.controllers.responses import WORKER_HEADERS, worker_header
 from serving.live import LiveState
 from serving.model import ModelHolder
 from serving.schemas import Health, Readiness
@@ -16,7 +17,13 @@ class HealthController(Controller):
     path = "/"
     tags = ("operations",)
 
-    @get("/health", operation_id="getHealth", summary="Liveness")
+    @get(
+        "/health",
+        operation_id="getHealth",
+        summary="Liveness",
+        after_request=worker_header,
+        response_headers=WORKER_HEADERS,
+    )
     async def health(self) -> Health:
         """The process is alive."""
         return Health(status="ok")

@@ -1,7 +1,12 @@
-"""The error answers each operation can give, for its OpenAPI description (bodies: `ErrorBody`)."""
+"""The error answers each operation can give, for its OpenAPI description (bodies: `ErrorBody`), and the
+header naming the worker process that answered."""
 
 from __future__ import annotations
 
+import os
+
+from litestar import Response
+from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
 
 from serving.schemas import ErrorBody
@@ -24,3 +29,17 @@ def errors(*codes: int) -> dict[int, ResponseSpec]:
         code: ResponseSpec(data_container=ErrorBody, description=DESCRIPTIONS[code], generate_examples=False)
         for code in codes
     }
+
+
+# which worker process answered (its pid): shows how clients' connections spread over the workers
+WORKER_HEADER = "X-Worker-Pid"
+WORKER_HEADERS = [
+    ResponseHeader(
+        name=WORKER_HEADER, documentation_only=True, description="The pid of the API worker process that answered"
+    )
+]
+
+
+async def worker_header(response: Response) -> Response:
+    response.headers[WORKER_HEADER] = str(os.getpid())
+    return response

@@ -40,8 +40,13 @@ def get_recs(url: str, user: str, **params: object) -> dict:
     return r.json()
 
 
-def test_acknowledged_events_survive_kill_9(storage: Path, redis_server: RedisServer, start_api) -> None:
-    api = start_api(api_env(storage, redis_server.url))
+# one worker under uvicorn, and `python -m serving` with two workers, each on its own socket
+@pytest.mark.parametrize(("workers", "via_module"), [(1, False), (2, True)])
+def test_acknowledged_events_survive_kill_9(
+    storage: Path, redis_server: RedisServer, start_api, workers: int, via_module: bool
+) -> None:
+    redis_server.client().flushdb()  # the ids of the other parametrisation's run
+    api = start_api(api_env(storage, redis_server.url), workers=workers, via_module=via_module)
     acked: list[str] = []
     stop = threading.Event()
 

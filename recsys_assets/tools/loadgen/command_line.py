@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=4, help="concurrent ingest clients")
     p.add_argument("--ingest-duration", type=float, default=20.0)
     p.add_argument("--connection-per-batch", action="store_true", help="ingest: a new connection for every batch")
-    p.add_argument("--goal-events-per-s", type=float, default=5000.0)
+    p.add_argument("--goal-events-per-s", type=float, default=10000.0)
     p.add_argument("--sample-every", type=float, default=10.0, help="soak: seconds between RSS samples")
     p.add_argument("--max-growth-pct", type=float, default=10.0, help="soak: RSS growth goal after warm-up")
     p.add_argument("--worker-counts", type=_ints, default=[1, 2, 4])

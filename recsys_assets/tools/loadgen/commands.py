@@ -99,6 +99,8 @@ async def _ingest(
 
     prefix = f"ing-{wl.tag}-{batch}"
     acked, failed, latencies = 0, collections.Counter(), []
+    # requests answered by each worker (the API's X-Worker-Pid header): how the connections spread
+    workers: collections.Counter[str] = collections.Counter()
     headers = {"X-API-Key": wl.api_key, "Content-Type": "application/json"}
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + duration
@@ -113,6 +115,7 @@ async def _ingest(
             try:
                 async with session.post("/v1/events", data=body, headers=headers) as resp:
                     answer = await resp.read()
+                    workers[resp.headers.get("X-Worker-Pid", "?")] += 1
                 if resp.status == 202:
                     acked += json.loads(answer)["accepted"]
                     latencies.append(time.perf_counter() - t0)
@@ -137,6 +140,7 @@ async def _ingest(
         "failed_requests": sum(failed.values()),
         "failure_kinds": dict(failed),
         "batch_latency": latency_stats(latencies),
+        "requests_per_worker": sorted(workers.values(), reverse=True),
         "prefix": prefix,
     }
 
