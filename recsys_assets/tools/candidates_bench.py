@@ -31,7 +31,8 @@ def synthetic_artifact(n_items: int, n_users: int = 2_000, dim: int = 64, seed: 
     from recsys_assets.contract.artifact import ServingArtifact
     from recsys_assets.contract.scoring import Component, Scorer
 
-    need = n_items * dim * 4 * 3 + n_users * dim * 4
+    # vectors (and two working copies), the ANN index (vectors + ~2 x 16 links of 4 bytes each), the ids
+    need = n_items * dim * 4 * 3 + n_items * (dim * 4 + 160) + n_items * 100 + n_users * dim * 4
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > avail:
         raise MemoryError(f"{n_items} items x {dim} dims needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free")
@@ -65,6 +66,19 @@ def synthetic_artifact(n_items: int, n_users: int = 2_000, dim: int = 64, seed: 
     )
 
 
+def publish(storage: str, n_items: int) -> str:
+    """The artifact folder for a synthetic catalog under a storage root, named by the champion pointer
+    there, so the API and the load generator (`--storage`) serve it."""
+    from recsys_assets.contract.artifact import CHAMPION_POINTER
+
+    parts = ["artifacts", f"synthetic-{n_items}"]
+    pointer = os.path.join(storage, *CHAMPION_POINTER)
+    os.makedirs(os.path.dirname(pointer), exist_ok=True)
+    with open(pointer, "w") as fh:
+        json.dump({"path": parts, "model_version": f"synthetic-{n_items}", "model_name": "Synthetic"}, fh)
+    return os.path.join(storage, *parts)
+
+
 def _quantiles(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1e3
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3)}
@@ -94,19 +108,38 @@ def compare_paths(art, users: np.ndarray, k: int = 10) -> dict[str, object]:
     }
 
 
-def bench_synthetic(n_items: int, out: str | None, n_users: int = 300) -> dict[str, object]:
+def bench_synthetic(
+    n_items: int,
+    out: str | None,
+    n_users: int = 300,
+    build_only: bool = False,
+    reuse: bool = False,
+    expansion_add: int | None = None,
+) -> dict[str, object]:
+    """Build (or, with `reuse`, read back) a synthetic artifact; then, unless `build_only`, recall and
+    time per user of both paths."""
     from recsys_assets.contract.artifact import load_artifact, save_artifact
     from recsys_assets.lib.models.ann import retrieval_arrays
 
-    art = synthetic_artifact(n_items)
-    t = time.perf_counter()
-    art.retrieval = retrieval_arrays(art.scorer, art.history)
-    build = time.perf_counter() - t
-    result: dict[str, object] = {"items": n_items, "ann_build_s": round(build, 1)}
-    result["ann_mb"] = round(art.retrieval["embedding.ann"].nbytes / 1e6, 1)
-    if out:
-        save_artifact(art, out)
+    result: dict[str, object] = {"items": n_items}
+    if reuse and out and os.path.exists(os.path.join(out, "manifest.json")):
         art = load_artifact(out, mmap=True)
+        if len(art.item_ids) != n_items:
+            raise SystemExit(f"{out} holds {len(art.item_ids)} items, not {n_items}: give another --out")
+    else:
+        art = synthetic_artifact(n_items)
+        t, cpu = time.perf_counter(), time.process_time()
+        options = {} if expansion_add is None else {"expansion_add": expansion_add}
+        result |= options
+        art.retrieval = retrieval_arrays(art.scorer, art.history, **options)
+        result["ann_build_s"] = round(time.perf_counter() - t, 1)
+        result["ann_build_cpu_s"] = round(time.process_time() - cpu, 1)
+        result["ann_mb"] = round(art.retrieval["embedding.ann"].nbytes / 1e6, 1)
+        if out:
+            save_artifact(art, out)
+            art = load_artifact(out, mmap=True)
+    if build_only:
+        return result
     users = np.random.default_rng(1).choice(len(art.user_ids), size=n_users, replace=False)
     compare_paths(art, users[:20])  # warm caches and the index pages
     result.update(compare_paths(art, users))
@@ -209,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("synthetic")
     s.add_argument("--items", type=int, required=True)
     s.add_argument("--out", default=None, help="write the artifact here (then read it back memory-mapped)")
+    s.add_argument("--storage", help="write the artifact under this storage root as its champion (for loadgen)")
+    s.add_argument("--build-only", action="store_true", help="build and write the artifact, time nothing")
+    s.add_argument("--expansion-add", type=int, help="HNSW build breadth (default: lib/models/ann.py's)")
+    s.add_argument("--reuse", action="store_true", help="time the artifact already in --out instead of building")
     m = sub.add_parser("memory")
     m.add_argument("--artifact", required=True)
     m.add_argument("--workers", type=int, default=1)
@@ -216,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "synthetic":
         print(f"building a {args.items}-item artifact and its ANN index ...", file=sys.stderr, flush=True)
-        out = bench_synthetic(args.items, args.out)
+        if args.storage:
+            args.out = publish(args.storage, args.items)
+        out = bench_synthetic(
+            args.items, args.out, build_only=args.build_only, reuse=args.reuse, expansion_add=args.expansion_add
+        )
     elif args.cmd == "memory":
         out = bench_memory(args.artifact, args.workers)
     else:

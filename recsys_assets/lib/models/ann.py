@@ -20,19 +20,26 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 128
 
 
-def build_ann(vectors: np.ndarray, threads: int = 0) -> np.ndarray:
-    """A usearch HNSW index (inner product) over `vectors`, keys = row numbers, as uint8 bytes."""
+def build_ann(
+    vectors: np.ndarray, threads: int = 0, connectivity: int = CONNECTIVITY, expansion_add: int = EXPANSION_ADD
+) -> np.ndarray:
+    """A usearch HNSW index (inner product) over `vectors`, keys = row numbers, as uint8 bytes.
+
+    `threads=0`: as many threads as cores. A smaller `expansion_add` builds faster (the build's cost
+    is about proportional to it) at some cost in recall, measured in docs/benchmarks.md."""
     from usearch.index import Index
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = Index(
-        ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD
+        ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=connectivity, expansion_add=expansion_add
     )
     index.add(np.arange(len(vectors), dtype=np.uint64), vectors, threads=threads)
     return np.frombuffer(index.save(), dtype=np.uint8).copy()
 
 
-def retrieval_arrays(scorer: Scorer, history: sp.csr_matrix, ann: bool = True) -> dict[str, np.ndarray]:
+def retrieval_arrays(
+    scorer: Scorer, history: sp.csr_matrix, ann: bool = True, **ann_options: int
+) -> dict[str, np.ndarray]:
     """Everything `contract.retrieval.Retriever` reads, by `<component>.<array>` name: score moments for
     every component, an ANN index per vector component, the cold items for a content component."""
     out: dict[str, np.ndarray] = {}
@@ -40,7 +47,7 @@ def retrieval_arrays(scorer: Scorer, history: sp.csr_matrix, ann: bool = True) -
         for key, value in moments(comp).items():
             out[f"{name}.{key}"] = value
         if ann and comp.kind in VECTOR_KINDS:
-            out[f"{name}.ann"] = build_ann(item_matrix(comp))
+            out[f"{name}.ann"] = build_ann(item_matrix(comp), **ann_options)
         if comp.kind == "content":
             out[f"{name}.cold"] = cold_items(history)
     return out
