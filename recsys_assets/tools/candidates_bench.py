@@ -215,7 +215,8 @@ def bench_api_memory(storage: str, workers: int, requests: int = 2_000) -> dict[
         main = procs[0]
         kids = [p for p in procs[1:] if "resource_tracker" not in " ".join(p.cmdline())]
         mem = {p.pid: _smaps(p.pid) for p in [main, *kids]}
-    each = [mem[p.pid] for p in kids]
+    # one worker: `python -m serving` serves in its own process, with no master
+    each = [mem[p.pid] for p in kids] if kids else [mem[main.pid]]
 
     def mb(kb: float) -> float:
         return round(kb / 1024, 1)
@@ -225,11 +226,14 @@ def bench_api_memory(storage: str, workers: int, requests: int = 2_000) -> dict[
         "artifact_mb": mb(os.path.getsize(os.path.join(_artifact_dir(storage), "arrays.npz")) / 1024),
         "worker_rss_mb": [mb(m["Rss"]) for m in each],
         "worker_pss_mb": [mb(m["Pss"]) for m in each],
+        # private includes mapped file pages no other process maps; anonymous is the process's own heap
         "worker_private_mb": [mb(m["Private_Clean"] + m["Private_Dirty"]) for m in each],
+        "worker_anonymous_mb": [mb(m["Anonymous"]) for m in each],
         "workers_rss_mb_total": mb(sum(m["Rss"] for m in each)),
         "workers_pss_mb_total": mb(sum(m["Pss"] for m in each)),
-        "master_rss_mb": mb(mem[main.pid]["Rss"]),
-        "master_pss_mb": mb(mem[main.pid]["Pss"]),
+        "master_rss_mb": mb(mem[main.pid]["Rss"]) if kids else 0.0,
+        "master_pss_mb": mb(mem[main.pid]["Pss"]) if kids else 0.0,
+        "master_private_mb": mb(mem[main.pid]["Private_Clean"] + mem[main.pid]["Private_Dirty"]) if kids else 0.0,
         "all_pss_mb_total": mb(sum(m["Pss"] for m in mem.values())),
         "machine_available_mb": round(psutil.virtual_memory().available / 2**20),
     }

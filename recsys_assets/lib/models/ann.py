@@ -51,3 +51,26 @@ def retrieval_arrays(
         if comp.kind == "content":
             out[f"{name}.cold"] = cold_items(history)
     return out
+
+
+def candidate_recall(
+    scorer: Scorer, arrays: dict[str, np.ndarray], history: sp.csr_matrix, k: int = 10, n_users: int = 200
+) -> float:
+    """Share of the exact top-k (seen items excluded) that the candidate path also serves, over a fixed
+    sample of up to `n_users` users with a history: what the approximation costs this artifact."""
+    from recsys_assets.contract.retrieval import Retriever
+
+    history = sp.csr_matrix(history)
+    users = np.flatnonzero(np.diff(history.indptr) > 0)
+    if len(users) == 0 or scorer.n_items <= k:
+        return 1.0
+    users = np.random.default_rng(0).choice(users, size=min(n_users, len(users)), replace=False)
+    users.sort()
+    hist = history[users]
+    exact = scorer.topk(hist, k, user_idx=users, exclude=hist)
+    approx = Retriever(scorer, arrays).topk(hist, k, user_idx=users, exclude=hist)
+    found = [
+        len(set(e[e >= 0].tolist()) & set(a.tolist())) / max(1, int((e >= 0).sum()))
+        for e, a in zip(exact, approx, strict=True)
+    ]
+    return float(np.mean(found))
