@@ -20,6 +20,7 @@ still loads, and the API computes them at load (in its own memory, as it did bef
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -94,9 +95,14 @@ class IdIndex:
         if len(ids) and (int(self.order.min()) < 0 or int(self.order.max()) >= len(ids)):
             raise LookupTableError("id order holds rows outside the id array")
 
+    def _id_at(self, row: Any) -> str:
+        return self.ids[row]
+
     def get(self, key: str, default: Any = None) -> Any:
         n = len(self.ids)
-        pos = int(np.searchsorted(self.ids, key, sorter=self.order))
+        # bisect in Python: ~20 steps at a million ids; np.searchsorted(..., sorter=) checks the whole
+        # sorter on every call (0.25 ms at a million)
+        pos = bisect.bisect_left(self.order, key, key=self._id_at)
         if pos < n:
             row = int(self.order[pos])
             if self.ids[row] == key:
