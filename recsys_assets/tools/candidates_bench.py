@@ -115,6 +115,7 @@ def bench_synthetic(
     build_only: bool = False,
     reuse: bool = False,
     expansion_add: int | None = None,
+    threads: int = 0,
 ) -> dict[str, object]:
     """Build (or, with `reuse`, read back) a synthetic artifact; then, unless `build_only`, recall and
     time per user of both paths."""
@@ -129,7 +130,7 @@ def bench_synthetic(
     else:
         art = synthetic_artifact(n_items)
         t, cpu = time.perf_counter(), time.process_time()
-        options = {} if expansion_add is None else {"expansion_add": expansion_add}
+        options = ({} if expansion_add is None else {"expansion_add": expansion_add}) | {"threads": threads}
         result |= options
         art.retrieval = retrieval_arrays(art.scorer, art.history, **options)
         result["ann_build_s"] = round(time.perf_counter() - t, 1)
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--storage", help="write the artifact under this storage root as its champion (for loadgen)")
     s.add_argument("--build-only", action="store_true", help="build and write the artifact, time nothing")
     s.add_argument("--expansion-add", type=int, help="HNSW build breadth (default: lib/models/ann.py's)")
+    s.add_argument("--threads", type=int, default=0, help="ANN build threads (0: one per core)")
     s.add_argument("--reuse", action="store_true", help="time the artifact already in --out instead of building")
     m = sub.add_parser("memory")
     m.add_argument("--artifact", required=True)
@@ -358,7 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage:
             args.out = publish(args.storage, args.items)
         out = bench_synthetic(
-            args.items, args.out, build_only=args.build_only, reuse=args.reuse, expansion_add=args.expansion_add
+            args.items,
+            args.out,
+            build_only=args.build_only,
+            reuse=args.reuse,
+            expansion_add=args.expansion_add,
+            threads=args.threads,
         )
     elif args.cmd == "paths":
         out = bench_paths(_artifact_dir(args.artifact), args.users)
