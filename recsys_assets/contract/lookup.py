@@ -99,6 +99,8 @@ class IdIndex:
         return self.ids[row]
 
     def get(self, key: str, default: Any = None) -> Any:
+        if not isinstance(key, str):  # ids are text: any other key is unknown, as in a dict of text keys
+            return default
         n = len(self.ids)
         # bisect in Python: ~20 steps at a million ids; np.searchsorted(..., sorter=) checks the whole
         # sorter on every call (0.25 ms at a million)

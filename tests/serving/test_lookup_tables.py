@@ -59,6 +59,7 @@ def test_id_index_answers_like_a_dict() -> None:
     index = IdIndex(ids)
     for row, key in enumerate(ids.tolist()):
         assert index.get(key) == row and key in index and index[key] == row
+    assert index.get(7, -1) == -1 and None not in index
     for unknown in ("d", "c", "a ", "bb", "c1"):
         assert index.get(unknown, -1) == -1 and unknown not in index
     with pytest.raises(KeyError):
