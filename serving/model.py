@@ -42,6 +42,16 @@ from recsys_assets.contract.artifact import (
     ArtifactError,
     ServingArtifact,
 )
+from recsys_assets.contract.lookup import (
+    SIMILARITY_T,
+    Categories,
+    CategoryIndex,
+    CategorySpelling,
+    IdIndex,
+    LookupTableError,
+    Titles,
+    lookup_arrays,
+)
 from recsys_assets.contract.retrieval import Retriever, use_candidates
 from recsys_assets.contract.storage import Storage
 from serving.errors import ArtifactRejectedError, ModelNotReadyError
@@ -64,18 +74,23 @@ def _now() -> str:
 
 @dataclass
 class LoadedModel:
-    """An artifact plus the look-up tables a request needs, built once at load."""
+    """An artifact plus the look-up tables a request needs, built once at load.
+
+    The tables are views of the artifact's own arrays (`recsys_assets.contract.lookup`): with a
+    memory-mapped artifact, N workers share them rather than each holding Python dicts and lists of
+    every id and title. An artifact made before its look-up tables were stored gets them computed here.
+    """
 
     artifact: ServingArtifact
     path: str
     loaded_at: str
-    user_index: dict[str, int]
-    item_index: dict[str, int]
-    titles: list[str]
-    categories: list[list[str]]
+    user_index: IdIndex
+    item_index: IdIndex
+    titles: Titles
+    categories: Categories
     # casefolded category -> item indices, and -> the catalog's spelling
-    category_items: dict[str, np.ndarray]
-    category_names: dict[str, str]
+    category_items: CategoryIndex
+    category_names: CategorySpelling
     components: dict[str, Any] = field(default_factory=dict)
     # item-item matrices transposed (CSR): a recommended item's column is then a cheap row, for reasons
     similarity_t: dict[str, sp.csr_matrix] = field(default_factory=dict)
@@ -92,35 +107,40 @@ class LoadedModel:
 
     @classmethod
     def build(cls, art: ServingArtifact, path: str, candidate_threshold: int = 20_000) -> LoadedModel:
-        item_ids = art.item_ids.tolist()
-        titles = [t or i for t, i in zip(art.item_titles.tolist(), item_ids, strict=True)]
-        categories = [[c for c in str(cats).split("|") if c] for cats in art.item_categories.tolist()]
-        members: dict[str, list[int]] = {}
-        names: dict[str, str] = {}
-        for idx, cats in enumerate(categories):
-            for cat in cats:
-                members.setdefault(cat.casefold(), []).append(idx)
-                names.setdefault(cat.casefold(), cat)
-        model = cls(
-            artifact=art,
-            path=path,
-            loaded_at=_now(),
-            user_index=art.user_index(),
-            item_index=art.item_index(),
-            titles=titles,
-            categories=categories,
-            category_items={c: np.asarray(v, dtype=np.int64) for c, v in members.items()},
-            category_names=names,
-            components=dict(art.scorer.components),
-            similarity_t={
-                name: sp.csr_matrix(c.arrays["similarity"]).T.tocsr()
+        tables = art.lookup
+        n_items = len(art.item_ids)
+        if not tables:  # an artifact made before the look-up tables were stored
+            tables = lookup_arrays(art.user_ids, art.item_ids, art.item_categories, art.scorer.components)
+        try:
+            categories = CategoryIndex(
+                tables["category_keys"], tables["category_names"], tables["category_items"], n_items
+            )
+            similarity_t = {
+                name: tables[f"{name}.{SIMILARITY_T}"]
                 for name, c in art.scorer.components.items()
                 if c.kind == "item_item"
-            },
-            retriever=(
-                Retriever(art.scorer, art.retrieval) if use_candidates(len(art.item_ids), candidate_threshold) else None
-            ),
-        )
+            }
+            for name, sim_t in similarity_t.items():
+                if sim_t.shape != (n_items, n_items):
+                    raise LookupTableError(f"{name}.{SIMILARITY_T} has shape {sim_t.shape}, expected {n_items} items")
+            model = cls(
+                artifact=art,
+                path=path,
+                loaded_at=_now(),
+                user_index=IdIndex(art.user_ids, tables["user_order"]),
+                item_index=IdIndex(art.item_ids, tables["item_order"]),
+                titles=Titles(art.item_titles, art.item_ids),
+                categories=Categories(art.item_categories),
+                category_items=categories,
+                category_names=categories.spelling,
+                components=dict(art.scorer.components),
+                similarity_t=similarity_t,
+                retriever=(
+                    Retriever(art.scorer, art.retrieval) if use_candidates(n_items, candidate_threshold) else None
+                ),
+            )
+        except (KeyError, LookupTableError) as exc:
+            raise ArtifactError(f"artifact look-up tables do not fit its arrays: {exc}") from exc
         model.smoke_test()
         return model
 

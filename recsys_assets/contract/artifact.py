@@ -10,7 +10,10 @@ Layout of one artifact (a folder, local or on Blob, written once and never modif
                     (CSR users x items of the event weights each user is scored from), each
                     component's arrays, named `<component>.<array>`, and the candidate path's arrays
                     (`retrieval.<name>`: score moments, ANN indexes, see `contract/retrieval.py`,
-                    listed in the manifest's `retrieval`); a sparse matrix is stored as
+                    listed in the manifest's `retrieval`), and the API's look-up tables
+                    (`lookup.<name>`: id order, categories, transposed item-item matrices, see
+                    `contract/lookup.py`, listed in the manifest's `lookup`; computed from the
+                    other arrays whenever an artifact is written); a sparse matrix is stored as
                     `.data/.indices/.indptr/.shape`. Written uncompressed (`np.savez`), so every
                     member is a plain `.npy` at a fixed offset of the file.
 
@@ -38,6 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_assets.contract.lookup import lookup_arrays
 from recsys_assets.contract.scoring import Component, Scorer
 
 SCHEMA_VERSION = 1
@@ -66,6 +70,8 @@ class ServingArtifact:
     checksum: str = ""
     # the candidate path's arrays by name (moments, ANN index bytes); empty in artifacts made without them
     retrieval: dict[str, np.ndarray] = field(default_factory=dict)
+    # the API's look-up tables (`contract/lookup.py`); empty in artifacts made before them
+    lookup: dict[str, Any] = field(default_factory=dict)
 
     def user_index(self) -> dict[str, int]:
         return {u: i for i, u in enumerate(self.user_ids.tolist())}
@@ -134,6 +140,10 @@ def map_npz(path: str) -> dict[str, np.ndarray]:
             raise ArtifactError(f"{ARRAYS} member {info.filename} is shorter than its header says")
         offset = start + fh_npy.tell()
         out[info.filename[:-4]] = np.ndarray(shape, dtype, buffer=buf, offset=offset, order="F" if fortran else "C")
+    if hasattr(buf, "madvise"):
+        # the CRC pass touched every page: let go of them, so this process's resident set holds only
+        # the pages its requests read (they stay in the page cache, shared; a later read maps them back)
+        buf.madvise(mmap.MADV_DONTNEED)
     return out
 
 
@@ -155,6 +165,9 @@ def dump_artifact(art: ServingArtifact) -> dict[str, bytes]:
     _put(arrays, "history", art.history)
     for rname, value in art.retrieval.items():
         _put(arrays, f"retrieval.{rname}", value)
+    # computed over the ids as stored (text), so the order is the one the reader's binary search assumes
+    art.lookup = lookup_arrays(arrays["user_ids"], arrays["item_ids"], arrays["item_categories"], art.scorer.components)
+    lookup = [_put(arrays, f"lookup.{lname}", value) for lname, value in art.lookup.items()]
     components = {}
     for cname, comp in art.scorer.components.items():
         stored = [_put(arrays, f"{cname}.{aname}", a) for aname, a in comp.arrays.items()]
@@ -178,6 +191,7 @@ def dump_artifact(art: ServingArtifact) -> dict[str, bytes]:
         "metrics": art.metrics,
         "trained_until": art.trained_until,
         "retrieval": sorted(art.retrieval),
+        "lookup": lookup,
         "sha256": checksum,
     }
     art.checksum = checksum
@@ -241,6 +255,7 @@ def _assemble(manifest: dict[str, Any], open_arrays: Callable[[], Any], digest: 
             created_at=manifest["created_at"],
             checksum=digest,
             retrieval={name: npz[f"retrieval.{name}"] for name in manifest.get("retrieval", [])},
+            lookup={a["name"].split(".", 1)[1]: _get(npz, a["name"], a["sparse"]) for a in manifest.get("lookup", [])},
         )
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"artifact arrays do not match the manifest: {exc}") from exc

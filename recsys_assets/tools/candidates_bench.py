@@ -31,7 +31,8 @@ def synthetic_artifact(n_items: int, n_users: int = 2_000, dim: int = 64, seed: 
     from recsys_assets.contract.artifact import ServingArtifact
     from recsys_assets.contract.scoring import Component, Scorer
 
-    need = n_items * dim * 4 * 3 + n_users * dim * 4
+    # vectors (and two working copies), the ANN index (vectors + ~2 x 16 links of 4 bytes each), the ids
+    need = n_items * dim * 4 * 3 + n_items * (dim * 4 + 160) + n_items * 100 + n_users * dim * 4
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > avail:
         raise MemoryError(f"{n_items} items x {dim} dims needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free")
@@ -65,6 +66,19 @@ def synthetic_artifact(n_items: int, n_users: int = 2_000, dim: int = 64, seed: 
     )
 
 
+def publish(storage: str, n_items: int) -> str:
+    """The artifact folder for a synthetic catalog under a storage root, named by the champion pointer
+    there, so the API and the load generator (`--storage`) serve it."""
+    from recsys_assets.contract.artifact import CHAMPION_POINTER
+
+    parts = ["artifacts", f"synthetic-{n_items}"]
+    pointer = os.path.join(storage, *CHAMPION_POINTER)
+    os.makedirs(os.path.dirname(pointer), exist_ok=True)
+    with open(pointer, "w") as fh:
+        json.dump({"path": parts, "model_version": f"synthetic-{n_items}", "model_name": "Synthetic"}, fh)
+    return os.path.join(storage, *parts)
+
+
 def _quantiles(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1e3
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3)}
@@ -94,29 +108,136 @@ def compare_paths(art, users: np.ndarray, k: int = 10) -> dict[str, object]:
     }
 
 
-def bench_synthetic(n_items: int, out: str | None, n_users: int = 300) -> dict[str, object]:
+def bench_synthetic(
+    n_items: int,
+    out: str | None,
+    n_users: int = 300,
+    build_only: bool = False,
+    reuse: bool = False,
+    expansion_add: int | None = None,
+    threads: int = 0,
+) -> dict[str, object]:
+    """Build (or, with `reuse`, read back) a synthetic artifact; then, unless `build_only`, recall and
+    time per user of both paths."""
     from recsys_assets.contract.artifact import load_artifact, save_artifact
     from recsys_assets.lib.models.ann import retrieval_arrays
 
-    art = synthetic_artifact(n_items)
-    t = time.perf_counter()
-    art.retrieval = retrieval_arrays(art.scorer, art.history)
-    build = time.perf_counter() - t
-    result: dict[str, object] = {"items": n_items, "ann_build_s": round(build, 1)}
-    result["ann_mb"] = round(art.retrieval["embedding.ann"].nbytes / 1e6, 1)
-    if out:
-        save_artifact(art, out)
+    result: dict[str, object] = {"items": n_items}
+    if reuse and out and os.path.exists(os.path.join(out, "manifest.json")):
         art = load_artifact(out, mmap=True)
+        if len(art.item_ids) != n_items:
+            raise SystemExit(f"{out} holds {len(art.item_ids)} items, not {n_items}: give another --out")
+    else:
+        art = synthetic_artifact(n_items)
+        t, cpu = time.perf_counter(), time.process_time()
+        options = ({} if expansion_add is None else {"expansion_add": expansion_add}) | {"threads": threads}
+        result |= options
+        art.retrieval = retrieval_arrays(art.scorer, art.history, **options)
+        result["ann_build_s"] = round(time.perf_counter() - t, 1)
+        result["ann_build_cpu_s"] = round(time.process_time() - cpu, 1)
+        result["ann_mb"] = round(art.retrieval["embedding.ann"].nbytes / 1e6, 1)
+        if out:
+            save_artifact(art, out)
+            art = load_artifact(out, mmap=True)
+    if build_only:
+        return result
     users = np.random.default_rng(1).choice(len(art.user_ids), size=n_users, replace=False)
     compare_paths(art, users[:20])  # warm caches and the index pages
     result.update(compare_paths(art, users))
     return result
 
 
+def bench_paths(directory: str, n_users: int = 300, k: int = 10) -> dict[str, object]:
+    """An artifact read memory-mapped, as the API reads it, with one BLAS thread: both paths' time per
+    list for `n_users` of its users (plus 5% unknown ones for `recommend`), as `Scorer.topk_one` /
+    `Retriever.topk_one` and as the API's `build_history` + `recommend` (reasons included)."""
+    from threadpoolctl import threadpool_limits
+
+    from recsys_assets.contract.artifact import load_artifact
+    from serving.model import LoadedModel
+    from serving.recommend import build_history, recommend
+
+    art = load_artifact(directory, mmap=True)
+    n_items = len(art.item_ids)
+    rng = np.random.default_rng(1)
+    users = rng.choice(len(art.user_ids), size=min(n_users, len(art.user_ids)), replace=False)
+    ids = [str(art.user_ids[u]) for u in users.tolist()]
+    ids += [f"bench-new-{i}" for i in range(max(1, len(ids) // 20))]
+    result: dict[str, object] = {"items": n_items, "users": len(users)}
+    with threadpool_limits(1):
+        compare_paths(art, users[:20], k)  # warm caches and the index pages
+        result.update(compare_paths(art, users, k))
+        for path, threshold in (("exact", n_items), ("candidates", 0)):
+            model = LoadedModel.build(art, directory, candidate_threshold=threshold)
+            times = []
+            for rnd in range(2):  # the first round warms
+                for user in ids:
+                    t = time.perf_counter()
+                    recommend(model, build_history(model, user, [], {}), k, None, True)
+                    if rnd:
+                        times.append(time.perf_counter() - t)
+            result[f"recommend_{path}"] = _quantiles(times)
+    return result
+
+
 def _pss_kb(pid: int) -> tuple[int, int]:
+    fields = _smaps(pid)
+    return fields["Rss"], fields["Pss"]
+
+
+def _smaps(pid: int) -> dict[str, int]:
+    """/proc/<pid>/smaps_rollup in kB: Rss, Pss, Private_Clean, Private_Dirty, Shared_Clean, ..."""
     with open(f"/proc/{pid}/smaps_rollup") as fh:
         fields = dict(line.split(":", 1) for line in fh.read().splitlines()[1:])
-    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+    return {k.strip(): int(v.split()[0]) for k, v in fields.items()}
+
+
+def bench_api_memory(storage: str, workers: int, requests: int = 2_000) -> dict[str, object]:
+    """The API itself (`python -m serving`, Redis, list cache off) with `workers` workers serving the
+    champion under `storage`: after `requests` lists for its users, RSS, PSS and private memory of each
+    worker and in total (the master process reported apart)."""
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    import psutil
+
+    from recsys_assets.contract.artifact import load_artifact
+    from recsys_assets.tools.loadgen.stack import stack
+
+    art = load_artifact(_artifact_dir(storage), mmap=True)
+    users = [str(u) for u in art.user_ids[: min(len(art.user_ids), 500)].tolist()] + ["bench-new-1"]
+    work = Path(tempfile.mkdtemp(prefix="candidates-bench-mem-"))
+    with stack(Path(storage), work, workers=workers, cache_ttl=0) as st:
+        for n in range(requests):
+            with urllib.request.urlopen(f"{st.url}/v1/users/{users[n % len(users)]}/recommendations?k=10") as r:
+                r.read()
+        procs = st.server_processes()
+        main = procs[0]
+        kids = [p for p in procs[1:] if "resource_tracker" not in " ".join(p.cmdline())]
+        mem = {p.pid: _smaps(p.pid) for p in [main, *kids]}
+    # one worker: `python -m serving` serves in its own process, with no master
+    each = [mem[p.pid] for p in kids] if kids else [mem[main.pid]]
+
+    def mb(kb: float) -> float:
+        return round(kb / 1024, 1)
+
+    return {
+        "workers": workers,
+        "artifact_mb": mb(os.path.getsize(os.path.join(_artifact_dir(storage), "arrays.npz")) / 1024),
+        "worker_rss_mb": [mb(m["Rss"]) for m in each],
+        "worker_pss_mb": [mb(m["Pss"]) for m in each],
+        # private includes mapped file pages no other process maps; anonymous is the process's own heap
+        "worker_private_mb": [mb(m["Private_Clean"] + m["Private_Dirty"]) for m in each],
+        "worker_anonymous_mb": [mb(m["Anonymous"]) for m in each],
+        "workers_rss_mb_total": mb(sum(m["Rss"] for m in each)),
+        "workers_pss_mb_total": mb(sum(m["Pss"] for m in each)),
+        "master_rss_mb": mb(mem[main.pid]["Rss"]) if kids else 0.0,
+        "master_pss_mb": mb(mem[main.pid]["Pss"]) if kids else 0.0,
+        "master_private_mb": mb(mem[main.pid]["Private_Clean"] + mem[main.pid]["Private_Dirty"]) if kids else 0.0,
+        "all_pss_mb_total": mb(sum(m["Pss"] for m in mem.values())),
+        "machine_available_mb": round(psutil.virtual_memory().available / 2**20),
+    }
 
 
 def bench_memory(artifact: str, workers: int) -> dict[str, object]:
@@ -203,22 +324,56 @@ def _paths_ndcg(scorer, pdata, users: np.ndarray) -> dict[str, object]:
     return {"recall@10": round(float(recall), 4), "ndcg@10": ndcg}
 
 
+def _artifact_dir(path: str) -> str:
+    """An artifact folder, or the folder a storage root's champion pointer names."""
+    from recsys_assets.contract.artifact import CHAMPION_POINTER
+
+    pointer = os.path.join(path, *CHAMPION_POINTER)
+    if os.path.exists(pointer):
+        with open(pointer) as fh:
+            return os.path.join(path, *json.load(fh)["path"])
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="candidates_bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synthetic")
     s.add_argument("--items", type=int, required=True)
     s.add_argument("--out", default=None, help="write the artifact here (then read it back memory-mapped)")
+    s.add_argument("--storage", help="write the artifact under this storage root as its champion (for loadgen)")
+    s.add_argument("--build-only", action="store_true", help="build and write the artifact, time nothing")
+    s.add_argument("--expansion-add", type=int, help="HNSW build breadth (default: lib/models/ann.py's)")
+    s.add_argument("--threads", type=int, default=0, help="ANN build threads (0: one per core)")
+    s.add_argument("--reuse", action="store_true", help="time the artifact already in --out instead of building")
     m = sub.add_parser("memory")
     m.add_argument("--artifact", required=True)
     m.add_argument("--workers", type=int, default=1)
+    m.add_argument("--api", action="store_true", help="measure `python -m serving` itself (--artifact: a storage root)")
+    t = sub.add_parser("paths")
+    t.add_argument("--artifact", required=True, help="an artifact folder (or a storage root with a champion)")
+    t.add_argument("--users", type=int, default=300)
     sub.add_parser("ml100k")
     args = parser.parse_args(argv)
     if args.cmd == "synthetic":
         print(f"building a {args.items}-item artifact and its ANN index ...", file=sys.stderr, flush=True)
-        out = bench_synthetic(args.items, args.out)
+        if args.storage:
+            args.out = publish(args.storage, args.items)
+        out = bench_synthetic(
+            args.items,
+            args.out,
+            build_only=args.build_only,
+            reuse=args.reuse,
+            expansion_add=args.expansion_add,
+            threads=args.threads,
+        )
+    elif args.cmd == "paths":
+        out = bench_paths(_artifact_dir(args.artifact), args.users)
     elif args.cmd == "memory":
-        out = bench_memory(args.artifact, args.workers)
+        if args.api:
+            out = bench_api_memory(args.artifact, args.workers)
+        else:
+            out = bench_memory(_artifact_dir(args.artifact), args.workers)
     else:
         out = bench_ml100k()
     print(json.dumps(out))

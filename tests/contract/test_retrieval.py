@@ -204,3 +204,16 @@ def test_a_repeat_component_is_served_exactly_on_the_candidate_path() -> None:
         cand, total, _ = retriever.blend(idx, w, u)
         assert set(idx.tolist()) <= set(cand.tolist())  # the user's own items are always candidates
         np.testing.assert_allclose(total, scorer.score_one(idx, w, u)[cand], rtol=1e-4, atol=1e-4)
+
+
+def test_candidate_recall_measures_the_approximation(scored) -> None:
+    from recsys_assets.lib.models.ann import candidate_recall
+
+    scorer, history, retriever = scored
+    recall = candidate_recall(scorer, dict(retriever.arrays), history, n_users=30)
+    assert 0.9 <= recall <= 1.0
+    # a retriever that proposes only the 10 most popular items misses most of the exact list
+    hist = history[:30]
+    exact = scorer.topk(hist, 10, user_idx=np.arange(30), exclude=hist)
+    popular = set(np.argsort(-scorer.components["pop"].arrays["popularity"])[:10].tolist())
+    assert np.mean([len(set(e) & popular) / 10 for e in exact.tolist()]) < recall - 0.3

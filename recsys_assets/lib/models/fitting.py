@@ -40,7 +40,7 @@ from recsys_assets.lib.evaluation.batched import (
     users_with_truth,
 )
 from recsys_assets.lib.evaluation.metrics import RESULT_COLUMNS, evaluate_topk, exclusion_matrix
-from recsys_assets.lib.models.ann import retrieval_arrays
+from recsys_assets.lib.models.ann import candidate_recall, retrieval_arrays
 from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
 
 logger = logging.getLogger(__name__)
@@ -382,6 +382,10 @@ def serving_artifact(
     items = data.items
     last = data.events["timestamp"].max() if len(data.events) else None
     history = data.matrix if history is None else sp.csr_matrix(history)
+    # moments and ANN indexes for the candidate path (large catalogs; see contract/retrieval.py), and
+    # what that path costs here: recall of the exact top-10 among its top-10 (a sample of users)
+    retrieval = retrieval_arrays(scorer, history)
+    metrics = dict(metrics or {}) | {"candidates_recall@10": round(candidate_recall(scorer, retrieval, history), 4)}
     return ServingArtifact(
         model_name=cand.name,
         model_version=f"{cand.name}-{dataset_fingerprint[:8]}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}",
@@ -392,10 +396,9 @@ def serving_artifact(
         item_titles=items["title"].fillna("").astype(str).to_numpy(),
         item_categories=items["categories"].fillna("").astype(str).to_numpy(),
         dataset_fingerprint=dataset_fingerprint,
-        metrics=dict(metrics or {}),
+        metrics=metrics,
         trained_until=_utc_iso(last),
-        # moments and ANN indexes for the candidate path (large catalogs; see contract/retrieval.py)
-        retrieval=retrieval_arrays(scorer, history),
+        retrieval=retrieval,
     )
 
 

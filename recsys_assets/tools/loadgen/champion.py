@@ -21,9 +21,16 @@ DEFAULT_STORAGE = Path(tempfile.gettempdir()) / "recsys-apibench-data"
 CHAMPION_COMMAND = ("recsys_assets", "pipeline", "--budget", "smoke", "--models", "Pop,EASE,MultiVAE")
 
 
-def ensure_champion(storage: Path) -> None:
-    """Make a champion artifact under `storage` with the pipeline (smoke budget) unless there is one."""
+def ensure_champion(storage: Path, synthetic_items: int | None = None) -> None:
+    """Make a champion artifact under `storage` unless there is one: with the pipeline (smoke budget),
+    or a synthetic catalog of `synthetic_items` items (embedding + popularity, with its ANN index)."""
     if (storage / Path(*CHAMPION_POINTER)).is_file():
+        return
+    if synthetic_items:
+        bench = ("recsys_assets.tools.candidates_bench", "synthetic", "--items", str(synthetic_items))
+        print(f"no champion under {storage}: making a {synthetic_items}-item synthetic catalog", file=sys.stderr)
+        cmd = [sys.executable, "-m", *bench, "--storage", str(storage), "--build-only"]
+        subprocess.run(cmd, cwd=PROJECT_ROOT, check=True)
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env |= {
@@ -36,14 +43,14 @@ def ensure_champion(storage: Path) -> None:
 
 
 def load_champion(storage: Path) -> Any:
-    """The champion artifact of `storage` as the API loads it (`serving.model.LoadedModel`)."""
-    from recsys_assets.contract.artifact import read_from_storage, read_pointer
+    """The champion artifact of `storage` as the API loads it (`serving.model.LoadedModel`, memory-mapped)."""
+    from recsys_assets.contract.artifact import load_artifact, read_pointer
     from recsys_assets.contract.storage import Storage
     from serving.model import LoadedModel
 
     store = Storage.from_uri(str(storage))
     parts = tuple(read_pointer(store)["path"])
-    return LoadedModel.build(read_from_storage(store, *parts), "/".join(parts))
+    return LoadedModel.build(load_artifact(str(storage / Path(*parts)), mmap=True), "/".join(parts))
 
 
 def in_process_p50(model: Any, user_ids: Sequence[str], k: int = 10) -> dict[str, Any]:

@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("command", choices=list(COMMANDS))
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="storage folder with (or for) a champion")
+    p.add_argument(
+        "--synthetic-items",
+        type=int,
+        help="without a champion under --storage: make a synthetic catalog of this many items there "
+        "(candidates_bench synthetic) instead of running the pipeline on MovieLens",
+    )
     p.add_argument("--work", type=Path, help="folder for logs, events and results (default: a new temp folder)")
     p.add_argument("--out", type=Path, help="write the JSON here (default: <work>/<command>.json)")
     p.add_argument("--url", help="load this running API (127.0.0.1) instead of starting one")
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "blas_threads_per_worker": blas_threads(),
     }
-    ensure_champion(storage)
+    ensure_champion(storage, args.synthetic_items)
     ctx = Context(args=args, storage=storage, work=work, model=load_champion(storage))
     header["model_version"] = ctx.model.version
     progress(f"{args.command}: {ctx.model.version}, work folder {work}")

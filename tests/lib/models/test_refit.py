@@ -168,7 +168,12 @@ def test_refit_hybrid_ranks_the_future_better(data: dict, artifacts: dict) -> No
 
 def test_refit_round_trips_with_its_training_time(tmp_path: Path, artifacts: dict) -> None:
     art, reference = artifacts["Hybrid refit"], artifacts["Hybrid temporal"]
-    assert art.metrics == reference.metrics and art.metrics["ndcg@10"] > 0
+    # the evaluation's metrics are copied; candidates_recall@10 is measured on each artifact itself
+    own = "candidates_recall@10"
+    assert {k: v for k, v in art.metrics.items() if k != own} == {
+        k: v for k, v in reference.metrics.items() if k != own
+    }
+    assert art.metrics["ndcg@10"] > 0 and 0.9 <= art.metrics[own] <= 1.0
     save_artifact(art, str(tmp_path))
     loaded = load_artifact(str(tmp_path))
     assert (loaded.trained_until, loaded.model_version, loaded.metrics) == (
