@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # TableSource is re-exported: callers import the sources from here
+from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.sources import EventLogSource, TableSource  # noqa: F401
 
 # `RECSYS_*` names that are not settings: the env file's own variable, and deployment parameters
@@ -292,6 +293,9 @@ class Settings(BaseSettings):
     retrain_budget: Literal["standard", "smoke"] = Field(
         default="standard", description="Training budget of a retrain (`smoke`: one epoch, for tests)."
     )
+    limits: TrainingLimits = Field(
+        default_factory=TrainingLimits, description="Memory, time and threads of each candidate (`RECSYS_LIMITS__*`)."
+    )
     retrain_cron: str = Field(
         default="0 3 * * 1", description="The weekly retrain regardless of drift (cron, UTC; Monday 03:00)."
     )
@@ -441,7 +445,8 @@ def _is_setting(parts: list[str], model: type[BaseModel]) -> bool:
     if len(parts) == 1:
         return True
     annotation = info.annotation
-    for arg in typing.get_args(annotation) if typing.get_origin(annotation) is not dict else (annotation,):
+    args = (annotation,) if typing.get_origin(annotation) is dict else typing.get_args(annotation) or (annotation,)
+    for arg in args:
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return _is_setting(parts[1:], arg)
         if typing.get_origin(arg) is dict:

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.lib.models.base import ProtocolData
 from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig, TrainedRecBoleModel, train_recbole_model
+from recsys_assets.lib.models.sizing import EASE_MAX_ITEMS, refuse_dense
 
 
 class RecBoleRecommender:
@@ -22,19 +23,24 @@ class RecBoleRecommender:
     `fit` trains on the split's train part and early-stops on its valid part (RecBole also reports
     its own metrics on the test part, in `trained.test_metrics`). Users and items RecBole never saw
     (in none of the three parts) score -inf; the serving component gives them what the scorer can
-    (zeros, a fold-in of their history, the lowest scores).
+    (zeros, a fold-in of their history, the lowest scores). EASE refuses, before any work, a catalog of
+    more than `max_dense_items` items (its item x item matrices are dense).
     """
 
     family = "recbole"
 
-    def __init__(self, config: RecBoleModelConfig) -> None:
+    def __init__(self, config: RecBoleModelConfig, max_dense_items: int = EASE_MAX_ITEMS) -> None:
         self.config = config
+        self.max_dense_items = max_dense_items
 
     @property
     def name(self) -> str:
         return self.config.model
 
     def fit(self, data: ProtocolData) -> Self:
+        refused = refuse_dense(self.name, data.data.n_items, self.max_dense_items)
+        if refused:
+            raise MemoryError(refused)
         split = data.split
         self.trained = train_recbole_model(self.config, split.train, split.valid, split.test)
         self.history: sp.csr_matrix = data.data.matrix

@@ -17,7 +17,10 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="metrics")
 
 
-def render_evaluation_report(results: pd.DataFrame, title: str = "Model comparison") -> str:
+def render_evaluation_report(
+    results: pd.DataFrame, title: str = "Model comparison", skipped: pd.DataFrame | None = None
+) -> str:
+    """The report's HTML; `skipped` (model, protocol, reason) lists candidates refused before training."""
     figs: list[tuple[str, go.Figure]] = []
     overall = results[results["slice"] == "all"]
     for protocol in sorted(overall["protocol"].unique()):
@@ -70,5 +73,12 @@ section {{ margin-top: 2rem; }}
 chosen on it). Slices: the user's number of training events, and test positives on items unseen in training.</p>
 {"".join(parts)}
 <section><h2>All metrics at K=10</h2>{_table(wide)}</section>
+{_skipped(skipped)}
 </body></html>
 """
+
+
+def _skipped(skipped: pd.DataFrame | None) -> str:
+    if skipped is None or skipped.empty:
+        return ""
+    return f"<section><h2>Models not trained (over the size limits)</h2>{_table(skipped)}</section>"
