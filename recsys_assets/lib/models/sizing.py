@@ -31,10 +31,17 @@ SCORE_BYTES_PER_CELL = 8
 RECBOLE_EVAL_BYTES_PER_CELL = 8
 RECBOLE_EVAL_SECONDS_PER_CELL = 3e-9
 RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5, "MultiVAE": 3e-6, "SASRec": 2e-4}
-# implicit's loops, per unit of work on one thread
-ALS_SECONDS = 2.5e-9  # per (interaction x factor + row x factor^2) per iteration
-BPR_SECONDS = 1.5e-9  # per interaction x factor per iteration
-KNN_SECONDS = 2e-8  # per co-occurring item pair (sum over users of their items squared)
+# implicit's loops, per unit of work on one thread; measured on the 1M-event / 100k-item synthetic log
+# (docs/benchmarks.md): ALS 14 s, BPR 150 s, item-item 9-10 s on 2 threads
+ALS_SECONDS = 1.1e-8  # per (interaction x factor + row x factor^2) per iteration
+BPR_SECONDS = 6.6e-8  # per interaction x factor per iteration
+KNN_SECONDS = 6.5e-7  # per co-occurring item pair (sum over users of their items squared)
+# scoring and ranking every user over every item, twice (validation and test), per user x item cell
+SCORE_SECONDS_PER_CELL = 3e-8
+
+# Users whose dense scores the comparison holds at once: today every user (`fitting.evaluate_scores` and
+# `candidates.fit_candidate` score `np.arange(n_users)`); set to the batch size once evaluation is batched.
+SCORE_ROWS_AT_ONCE: int | None = None
 
 RECBOLE = ("Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec", "NGCF")
 
@@ -71,7 +78,7 @@ class Limits:
     max_memory_gb: float = 16.0
     max_minutes: float = 30.0
     ease_max_items: int = EASE_MAX_ITEMS
-    score_rows: int | None = None
+    score_rows: int | None = SCORE_ROWS_AT_ONCE
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def estimate(
     *,
     threads: int = 1,
     epochs: int | None = None,
-    factors: int = 64,
+    factors: int | None = None,
     neighbours: int = 100,
     score_rows: int | None = None,
 ) -> Estimate:
@@ -130,6 +137,8 @@ def estimate(
     dense score block it is evaluated through (`score_rows` users at once; None: every user, as today)."""
     if epochs is None:
         epochs = {"ALS": 15, "ImplicitBPR": 100}.get(model, 1)
+    if factors is None:  # the models' defaults (`implicit_cf`, `tuning.STANDARD`)
+        factors = {"ALS": 32}.get(model, 64)
     model_bytes, seconds = _model_bytes_and_seconds(
         model, shape, threads=threads, epochs=epochs, factors=factors, neighbours=neighbours
     )
@@ -142,7 +151,7 @@ def estimate(
         full = float(shape.n_users) * shape.n_items
         scoring = max(scoring, full * RECBOLE_EVAL_BYTES_PER_CELL)
         seconds += (epochs + 1) * full * RECBOLE_EVAL_SECONDS_PER_CELL
-    seconds += shape.n_users * shape.n_items * 2e-9  # scoring every user once for the comparison
+    seconds += float(shape.n_users) * shape.n_items * SCORE_SECONDS_PER_CELL
     total = BASE_BYTES + shape.n_events * BYTES_PER_EVENT + model_bytes + scoring
     return Estimate(model=model, memory_gb=total / GB, minutes=seconds / 60.0)
 
