@@ -73,12 +73,14 @@ class DataShape:
 @dataclass(frozen=True)
 class Limits:
     """The budget each candidate must fit: peak memory of the training process, minutes per candidate,
-    the largest catalog EASE may densify, and how many users are scored at once (None: all of them)."""
+    the largest catalog EASE may densify, how many users are scored at once (None: all of them) and how many
+    are evaluated in all (None: every user; a sample bounds the scoring time at a large catalog)."""
 
     max_memory_gb: float = 16.0
     max_minutes: float = 30.0
     ease_max_items: int = EASE_MAX_ITEMS
     score_rows: int | None = SCORE_ROWS_AT_ONCE
+    eval_users: int | None = None  # users the comparison evaluates (None: every user)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def estimate(
     factors: int | None = None,
     neighbours: int = 100,
     score_rows: int | None = None,
+    eval_users: int | None = None,
 ) -> Estimate:
     """Peak memory (GB) and minutes of one candidate: the pipeline's own data, the model's training, and the
     dense score block it is evaluated through (`score_rows` users at once; None: every user, as today)."""
@@ -142,7 +145,7 @@ def estimate(
     model_bytes, seconds = _model_bytes_and_seconds(
         model, shape, threads=threads, epochs=epochs, factors=factors, neighbours=neighbours
     )
-    rows = shape.n_users if score_rows is None else min(score_rows, shape.n_users)
+    rows = shape.n_users if score_rows is None else min(score_rows, shape.n_users, eval_users or shape.n_users)
     cells = float(rows) * shape.n_items
     scoring = cells * SCORE_BYTES_PER_CELL
     if model == "Hybrid":  # the blend search holds each component's standardised scores (float64)
@@ -151,7 +154,8 @@ def estimate(
         full = float(shape.n_users) * shape.n_items
         scoring = max(scoring, full * RECBOLE_EVAL_BYTES_PER_CELL)
         seconds += (epochs + 1) * full * RECBOLE_EVAL_SECONDS_PER_CELL
-    seconds += float(shape.n_users) * shape.n_items * SCORE_SECONDS_PER_CELL
+    evaluated = shape.n_users if eval_users is None else min(eval_users, shape.n_users)
+    seconds += float(evaluated) * shape.n_items * SCORE_SECONDS_PER_CELL
     total = BASE_BYTES + shape.n_events * BYTES_PER_EVENT + model_bytes + scoring
     return Estimate(model=model, memory_gb=total / GB, minutes=seconds / 60.0)
 
@@ -193,7 +197,14 @@ def plan(
     epochs = epochs or {}
     return [
         check(
-            estimate(m, shape, threads=threads, epochs=epochs.get(m), score_rows=limits.score_rows),
+            estimate(
+                m,
+                shape,
+                threads=threads,
+                epochs=epochs.get(m),
+                score_rows=limits.score_rows,
+                eval_users=limits.eval_users,
+            ),
             limits,
             shape.n_items,
         )

@@ -94,3 +94,10 @@ def test_the_report_lists_skipped_models_with_their_reason() -> None:
     html = render_evaluation_report(results, skipped=skipped)
     assert "Models not trained" in html and "EASE refused: 100,000 items" in html
     assert "Models not trained" not in render_evaluation_report(results)
+
+
+def test_a_user_sample_bounds_the_scoring_time_at_a_million_items() -> None:
+    everyone = sizing.estimate("ALS", SHOP_10M, threads=2, score_rows=1024)
+    sample = sizing.estimate("ALS", SHOP_10M, threads=2, score_rows=1024, eval_users=10_000)
+    assert everyone.minutes > 60 > sample.minutes
+    assert sample.memory_gb <= everyone.memory_gb
