@@ -17,6 +17,7 @@ from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models import catalog, sizing
+from recsys_assets.lib.models.base import ProtocolData
 from recsys_assets.lib.models.fitting import (
     Candidate,
     artifact_metrics,
@@ -117,7 +118,11 @@ def skipped_table(skipped: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def size_gate(
-    context: dg.AssetExecutionContext, settings: Settings, config: CandidatesConfig, pdata: Any, tuned: dict
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    config: CandidatesConfig,
+    pdata: ProtocolData,
+    tuned: dict[str, Any],
 ) -> dict[str, sizing.Estimate]:
     """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`;
     each refused one is logged with its reason (it is then skipped, not trained)."""
