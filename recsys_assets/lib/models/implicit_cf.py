@@ -154,7 +154,9 @@ class ItemItemModel(ComponentModel):
         binary = data.matrix.sign().astype(np.float32)
         model.fit(sp.csr_matrix(binary), show_progress=False)
         sim = sp.csr_matrix(model.similarity, dtype=np.float32)
-        sim.setdiag(0)  # an item never recommends itself (it is seen anyway); keeps the blend's scale honest
+        # an item never recommends itself (it is seen anyway); keeps the blend's scale honest. A subtraction,
+        # not setdiag: that would insert explicit entries, one by one, for items with no self-similarity.
+        sim = sp.csr_matrix(sim - sp.diags(sim.diagonal()), dtype=np.float32)
         sim.eliminate_zeros()
         self.component = Component("item_item", {"similarity": sim}, {"binary": 1})
         self.scorer = Scorer({"collaborative": self.component}, {"collaborative": 1.0})
