@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-ci ingest pipeline tune simulate bench bench-scale soak chaos test lint ui console serve clean
+.PHONY: help install lock openapi demo demo-ci ingest pipeline tune report simulate bench bench-scale soak chaos test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,13 +15,30 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@# CPU torch first: a later resolve would otherwise pull a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[all,dev]'
+# The committed lock of `.[all,dev]` (infra/requirements/dev.txt, written by `make lock`) is what gets
+# installed: the versions the tests ran, nothing resolved anew. torch is its CPU build, named exactly
+# (2.13.0+cpu), from the PyTorch CPU index or a local wheel on PIP_FIND_LINKS.
+DEV_LOCK := infra/requirements/dev.txt
+TORCH := $(shell grep -m1 '^torch==' $(DEV_LOCK))
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK) | $(BIN)/python
+	@# CPU torch first and alone: from the default index pip would take a multi-GB CUDA build
+	$(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) '$(TORCH)'
+	$(BIN)/pip install -q --no-deps -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install torch (CPU) and the project, editable (idempotent)
+install: $(VENV)/.installed ## Create .venv and install the committed lock (CPU torch first) and the project, editable
+
+lock: | $(BIN)/python ## After editing pyproject.toml: resolve it into .venv, then rewrite infra/requirements/*.txt from .venv
+	@# pip keeps every installed version that still satisfies pyproject.toml and adds what is new
+	$(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) -e '.[all,dev]'
+	$(BIN)/python infra/roles.py lock
+
+openapi: install ## Rewrite docs/openapi.json from the API's code (commit it with the change that altered it)
+	$(BIN)/python -m serving.openapi > docs/openapi.json
 
 ingest: install ## Ingest the configured source only (no training): row counts, rejects and the EDA report's path
 	$(BIN)/python -m recsys_assets ingest
@@ -40,6 +57,11 @@ demo-ci: install ## The demo's steps non-interactively: replay, stop every servi
 
 tune: install ## Budgeted hyper-parameter search (Optuna) on the temporal validation split; feeds the next pipeline
 	$(BIN)/python -m recsys_assets tune
+
+# e.g. REPORT_ARGS="--out /tmp/final --api-url http://api:8000"
+REPORT_ARGS ?=
+report: install ## Final report (HTML) and slide deck (.pptx) from the stored tables: <storage>/reports/final/
+	$(BIN)/python -m recsys_assets report $(REPORT_ARGS)
 
 # the benchmark's runs (docs/benchmarks.md): ml-100k with its Sci-Fi films launching at the shift;
 # Taobao with its new items launching, lists that may repeat seen items (its re-views)

@@ -31,6 +31,7 @@ import streamlit as st
 from console import kpis
 from recsys_assets.contract import events as schema
 from recsys_assets.contract.events import (
+    CHAMPION_CHANGES,
     DRIFT_RESULTS,
     EDA_SUMMARY,
     EVALUATION_REPORT,
@@ -50,7 +51,7 @@ from recsys_assets.contract.warehouse import TABLES
 ALL_TABLES = (
     *TABLES,
     *(EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, MODEL_REGISTRY, REJECT_COUNTS),
-    *(REPLAY_RUNS, REPLAY_PHASES),
+    *(REPLAY_RUNS, REPLAY_PHASES, CHAMPION_CHANGES),
 )
 EVENTS_DIR = "events"
 EVALUATION_REPORT_HTML = ("reports", "evaluation_report.html")
@@ -117,6 +118,14 @@ def table(settings: Settings, name: str) -> pd.DataFrame | None:
     if cur is None:
         return None
     return cur.execute(f'SELECT * FROM "{name}"').df()
+
+
+def evaluation_report(settings: Settings) -> pd.DataFrame | None:
+    """The evaluation report's rows of the discovery setting (the repeat setting's are in its HTML report)."""
+    report = table(settings, EVALUATION_REPORT)
+    if report is not None and "setting" in report:
+        report = report[report["setting"].fillna("discovery") == "discovery"]
+    return report
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -285,6 +294,15 @@ def previous_champion(history: pd.DataFrame | None) -> tuple[dict[str, float], s
     return values, f"previous champion v{int(prev['version'])} ({prev['model']})"
 
 
+def champion_changes(settings: Settings) -> pd.DataFrame | None:
+    """Every change of the serving champion, newest first (the `champion_changes` table: when, who
+    or what, from and to which registry version, why), or None before the first."""
+    changes = table(settings, CHAMPION_CHANGES)
+    if changes is None or changes.empty:
+        return None
+    return changes.sort_values("at", ascending=False).reset_index(drop=True)
+
+
 def latest_reject_counts(settings: Settings) -> dict[str, int] | None:
     """Rejected rows per reason of the latest cleaning run (the `reject_counts` table: full counts,
     where `rejected_events` keeps only a sample), or None."""
@@ -361,16 +379,26 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 @st.cache_data(ttl=API_TTL, show_spinner=False)
-def api_latency(settings: Settings) -> tuple[float, int] | None:
-    """p95 latency (ms) and request count from the API's `/metrics`, or None when it is unreachable
-    or exposes no latency histogram."""
+def api_metrics(settings: Settings) -> str | None:
+    """The API's `/metrics` text, or None when it is unreachable."""
     try:
         status, body = _get(settings.api_url.rstrip("/") + "/metrics")
     except ApiUnavailable:
         return None
-    if status != 200:
-        return None
-    return kpis.latency_p95_ms(body.decode("utf-8", errors="replace"))
+    return body.decode("utf-8", errors="replace") if status == 200 else None
+
+
+def api_latency(settings: Settings) -> tuple[float, int] | None:
+    """p95 latency (ms) and request count from the API's `/metrics`, or None when it is unreachable
+    or exposes no latency histogram."""
+    text = api_metrics(settings)
+    return kpis.latency_p95_ms(text) if text is not None else None
+
+
+def api_availability(settings: Settings) -> tuple[float, int] | None:
+    """Share of requests answered without a 5xx since the API started, and how many, or None."""
+    text = api_metrics(settings)
+    return kpis.availability(text) if text is not None else None
 
 
 @dataclass(frozen=True)

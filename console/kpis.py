@@ -215,6 +215,32 @@ def latency_p95_ms(text: str, q: float = 0.95) -> tuple[float, int] | None:
     return None
 
 
+# The API's availability target (the seed's 99.9% uptime), as a share of requests answered without a 5xx.
+AVAILABILITY_TARGET = 0.999
+
+
+def availability(text: str) -> tuple[float, int] | None:
+    """Share of requests answered without a 5xx and how many requests, from `/metrics` text: the
+    request counters per status code, every route but the probes, cumulative since the API started
+    (a 503 while no model is loaded counts as unavailable). None when no counter has a status code."""
+    total = failed = 0.0
+    found = False
+    for name, labels, value in parse_prometheus(text):
+        status = labels.get("status_code") or labels.get("status") or labels.get("code")
+        if not name.endswith("_count") or status is None:
+            continue
+        if not any(p.search(name.removesuffix("_count")) for p in _LATENCY_NAMES + _LATENCY_NAMES_MS):
+            continue
+        if (labels.get("path") or labels.get("route") or labels.get("handler") or "") in _IGNORED_PATHS:
+            continue
+        found = True
+        total += value
+        failed += value if status.startswith("5") else 0.0
+    if not found:
+        return None
+    return (1.0 - failed / total if total else math.nan), int(total)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipeline health
 # ---------------------------------------------------------------------------------------------

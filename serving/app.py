@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -40,7 +41,9 @@ from serving.errors import ServingError, domain_error_handler, validation_error_
 from serving.eventlog import FLUSH_SECONDS, EventLog
 from serving.live import LiveState, RedisLink
 from serving.model import ModelHolder
+from serving.ops_metrics import OpsObserver
 from serving.ratelimit import RateLimiter, RateLimitMiddleware
+from serving.requestid import RequestIdMiddleware
 from serving.security import HEADER, SECURITY_SCHEME, ApiKeys
 from serving.telemetry import LATENCY_BUCKETS, get_metrics, mark_dead_workers, mark_process_dead
 
@@ -59,15 +62,21 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     link: RedisLink = app.state.redis_link
     storage = Storage.from_settings(settings)
     event_log = EventLog(settings.events_path(), settings.events_segment_max_bytes, settings.events_segment_max_seconds)
-    holder = ModelHolder(storage, settings.ab_challenger_share, settings.ab_challenger_path)
+    holder = ModelHolder(
+        storage,
+        settings.ab_challenger_share,
+        settings.ab_challenger_path,
+        candidate_threshold=settings.candidate_threshold_items,
+    )
     live = LiveState(
         link, settings.cache_ttl_seconds, settings.idempotency_ttl_seconds, settings.live_state_ttl_seconds
     )
     app.state.update(holder=holder, live=live, event_log=event_log)
+    ops = OpsObserver(storage)
     _mark_dead_workers()
     get_metrics().redis_up.set(0)
     await link.connect()
-    await _refresh(holder)
+    await _refresh(holder, ops)
     if holder.champion is None and holder.last_rejected is None:
         log.warning(
             "no champion artifact under %s yet (no %s): /ready answers 503 until one is published",
@@ -87,7 +96,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     async def poll() -> None:
         while True:
             await anyio.sleep(settings.model_poll_seconds)
-            await _refresh(holder)
+            await _refresh(holder, ops)
             _mark_dead_workers()
             try:
                 await link.check()
@@ -116,13 +125,18 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         mark_process_dead()
 
 
-async def _refresh(holder: ModelHolder) -> None:
+async def _refresh(holder: ModelHolder, ops: OpsObserver) -> None:
     try:
         await holder.refresh()
     except Exception:
         # a storage hiccup must not stop the poller; the served model stays
         current = holder.champion.version if holder.champion else "nothing"
         log.exception("model refresh failed; still serving %s", current)
+    try:
+        # readiness, the champion's age and the pipeline's tables, for the alert rules
+        await anyio.to_thread.run_sync(ops.observe, holder.champion)
+    except Exception:
+        log.exception("could not update the ops gauges")
 
 
 def _mark_dead_workers() -> None:
@@ -179,6 +193,8 @@ def create_app(settings: Settings) -> Litestar:
     api_keys = ApiKeys.parse(settings.api_keys)
     state = State({"settings": settings, "redis_link": link, "api_keys": api_keys})
     middleware = [
+        # outermost: the id is set before anything logs and reaches every response, a 429 included
+        DefineMiddleware(RequestIdMiddleware),
         PrometheusConfig(
             app_name="recsys-api",
             prefix="recsys_api",
@@ -215,10 +231,50 @@ def create_app(settings: Settings) -> Litestar:
         after_exception=[_after_exception],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=_openapi(),
-        logging_config=LoggingConfig(
+        cors_config=_cors(settings),
+        logging_config=_logging(settings),
+    )
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Browser pages of the allowed origins may call the API (None: no CORS headers, same-origin only)."""
+    origins = settings.cors_origins()
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Content-Type", HEADER, "X-Request-ID"],
+        # what a page's script may read: the request id, and when to retry after a 429 or 503
+        expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+        allow_credentials=settings.cors_allow_credentials,
+        max_age=settings.cors_max_age_seconds,
+    )
+
+
+def _logging(settings: Settings) -> LoggingConfig:
+    """Text lines by default; with `log_format=json`, one JSON object per line with the request id, for the
+    API's loggers, Litestar's and uvicorn's (its access log too)."""
+    if settings.log_format != "json":
+        return LoggingConfig(
             loggers={"serving": {"level": "INFO", "handlers": ["queue_listener"], "propagate": False}},
             log_exceptions="never",
-        ),
+        )
+    # the queue handler formats in the thread that logs (QueueHandler.prepare), where the request id is set
+    queued = {"level": "INFO", "handlers": ["queue_listener"], "propagate": False}
+    return LoggingConfig(
+        formatters={"json": {"()": "recsys_assets.contract.logs.JsonFormatter"}},
+        filters={"request_id": {"()": "recsys_assets.contract.logs.RequestIdFilter"}},
+        handlers={
+            "queue_listener": {
+                "class": "litestar.logging.standard.QueueListenerHandler",
+                "level": "DEBUG",
+                "formatter": "json",
+                "filters": ["request_id"],
+            }
+        },
+        loggers={name: queued for name in ("serving", "litestar", "uvicorn", "uvicorn.error", "uvicorn.access")},
+        log_exceptions="never",
     )
 
 

@@ -18,7 +18,8 @@ newest artifact under `artifacts/` that loads.
 The challenger is `RECSYS_AB_CHALLENGER_PATH` (a folder under the storage root, e.g.
 `candidates/EASE`) or, when unset, the folder named by an optional `artifacts/CHALLENGER.json`
 (same format as the champion pointer). A share `RECSYS_AB_CHALLENGER_SHARE` of users, chosen by a
-stable hash of the user id, is served by it; every impression records its arm.
+stable hash of the user id, is served by it; every impression records its arm. With a share of 0 (the
+default) no challenger is loaded.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from recsys_assets.contract.artifact import (
     ArtifactError,
     ServingArtifact,
 )
+from recsys_assets.contract.retrieval import Retriever, use_candidates
 from recsys_assets.contract.storage import Storage
 from serving.errors import ArtifactRejectedError, ModelNotReadyError
 from serving.schemas import ArtifactInfo, RejectedArtifact
 from serving.telemetry import get_metrics
-from serving.verify import parse_verified, read_files
+from serving.verify import load_verified
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class LoadedModel:
     components: dict[str, Any] = field(default_factory=dict)
     # item-item matrices transposed (CSR): a recommended item's column is then a cheap row, for reasons
     similarity_t: dict[str, sp.csr_matrix] = field(default_factory=dict)
+    # the candidate path, for a catalog above the threshold; None: every item is scored
+    retriever: Retriever | None = None
 
     @property
     def version(self) -> str:
@@ -87,7 +91,7 @@ class LoadedModel:
         return len(self.artifact.item_ids)
 
     @classmethod
-    def build(cls, art: ServingArtifact, path: str) -> LoadedModel:
+    def build(cls, art: ServingArtifact, path: str, candidate_threshold: int = 20_000) -> LoadedModel:
         item_ids = art.item_ids.tolist()
         titles = [t or i for t, i in zip(art.item_titles.tolist(), item_ids, strict=True)]
         categories = [[c for c in str(cats).split("|") if c] for cats in art.item_categories.tolist()]
@@ -113,6 +117,9 @@ class LoadedModel:
                 for name, c in art.scorer.components.items()
                 if c.kind == "item_item"
             },
+            retriever=(
+                Retriever(art.scorer, art.retrieval) if use_candidates(len(art.item_ids), candidate_threshold) else None
+            ),
         )
         model.smoke_test()
         return model
@@ -132,6 +139,11 @@ class LoadedModel:
         for scores in results:
             if scores.shape != (self.n_items,):
                 raise ArtifactError(f"artifact scores have shape {scores.shape}, expected ({self.n_items},)")
+        if self.retriever is not None:
+            try:  # maps the ANN indexes now rather than in the first request
+                self.retriever.topk_one(*one, 10)
+            except Exception as exc:
+                raise ArtifactError(f"artifact cannot score candidates: {type(exc).__name__}: {exc}") from exc
 
     def info(self) -> ArtifactInfo:
         art = self.artifact
@@ -176,8 +188,11 @@ class _Loaded:
 class ModelHolder:
     """The served champion and challenger; swapped whole, never mutated."""
 
-    def __init__(self, storage: Storage, challenger_share: float, challenger_path: str | None) -> None:
+    def __init__(
+        self, storage: Storage, challenger_share: float, challenger_path: str | None, candidate_threshold: int = 20_000
+    ) -> None:
         self.storage = storage
+        self.candidate_threshold = candidate_threshold
         self.challenger_share = challenger_share
         self.challenger_path = challenger_path
         self.champion: LoadedModel | None = None
@@ -258,10 +273,9 @@ class ModelHolder:
         """Read, verify and build one artifact; `ArtifactError` for anything wrong with its files."""
         path = "/".join(parts)
         # a storage error propagates (the next poll tries again); the files' own faults refuse them
-        files = read_files(self.storage, parts)
-        art = parse_verified(files)
+        art = load_verified(self.storage, parts)
         try:
-            return LoadedModel.build(art, path)
+            return LoadedModel.build(art, path, self.candidate_threshold)
         except ArtifactError:
             raise
         except Exception as exc:
@@ -387,6 +401,9 @@ class ModelHolder:
         return self._load(parts, "champion", raw)
 
     def _challenger_parts(self) -> tuple[str, ...] | None:
+        if self.challenger_share <= 0:
+            # no A/B split: the challenger the pipeline names is not loaded (nor its memory spent)
+            return None
         if self.challenger_path:
             return _parts(self.challenger_path)
         if not self.storage.exists(*CHALLENGER_POINTER):

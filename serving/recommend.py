@@ -157,34 +157,50 @@ def recommend(
     category: str | None,
     exclude_seen: bool,
 ) -> list[RecommendedItem]:
-    """The top-k items for a history, best first, each with its reason."""
-    scores, parts = blend(model.artifact.scorer, history)
-    scores = scores.astype(np.float64)
+    """The top-k items for a history, best first, each with its reason.
+
+    Above the candidate threshold (`model.retriever`) only the drawn candidates are scored, with the
+    exact blend; otherwise every item is.
+    """
     cat_key = category.casefold() if category else None
-    if cat_key is not None:
-        allowed = model.category_items.get(cat_key, np.empty(0, dtype=np.int64))
-        masked = np.full_like(scores, -np.inf)
-        masked[allowed] = scores[allowed]
-        scores = masked
-    if exclude_seen and len(history.idx):
-        scores[history.idx] = -np.inf
-    top = topk_from_scores(scores[None, :], k)[0]
-    top = top[top >= 0]
+    allowed = model.category_items.get(cat_key, np.empty(0, dtype=np.int64)) if cat_key is not None else None
+    hide = history.idx if exclude_seen and len(history.idx) else None
+    if model.retriever is not None:
+        cand, cand_scores, parts = model.retriever.blend(history.idx, history.weights, history.user, hide, allowed)
+        pos = topk_from_scores(cand_scores.astype(np.float64)[None, :], k)[0]
+        pos = pos[pos >= 0]
+        top, top_scores = cand[pos], cand_scores[pos].astype(np.float64)
+        shares = {name: p[pos] for name, p in parts.items()}
+    else:
+        scores, parts = blend(model.artifact.scorer, history)
+        scores = scores.astype(np.float64)
+        if allowed is not None:
+            masked = np.full_like(scores, -np.inf)
+            masked[allowed] = scores[allowed]
+            scores = masked
+        if hide is not None:
+            scores[hide] = -np.inf
+        top = topk_from_scores(scores[None, :], k)[0]
+        top = top[top >= 0]
+        top_scores = scores[top]
+        shares = {name: p[top] for name, p in parts.items()}
     if len(top) == 0:
         return []
-    reasons = _reasons(model, history, parts, top, model.category_names.get(cat_key or "", category))
+    reasons = _reasons(model, history, shares, top, model.category_names.get(cat_key or "", category))
     return [
         RecommendedItem(
             item_id=str(model.artifact.item_ids[j]),
             rank=rank,
-            score=float(scores[j]),
+            score=float(s),
             title=model.titles[j],
             categories=model.categories[j],
             reason=reason,
             reason_kind=kind,
             evidence_item_id=evidence,
         )
-        for rank, (j, (kind, reason, evidence)) in enumerate(zip(top.tolist(), reasons, strict=True), start=1)
+        for rank, (j, s, (kind, reason, evidence)) in enumerate(
+            zip(top.tolist(), top_scores.tolist(), reasons, strict=True), start=1
+        )
     ]
 
 
@@ -195,6 +211,7 @@ def _reasons(
     top: np.ndarray,
     category: str | None,
 ) -> list[Reason]:
+    """A reason per item of `top`; `parts` holds each component's weighted share of those items' scores."""
     popular: Reason = ("popular", f"popular in category {category}" if category else "popular now", None)
     if history.cold:
         return [popular] * len(top)
@@ -205,7 +222,10 @@ def _reasons(
     }
     out: list[Reason] = []
     for col, j in enumerate(top.tolist()):
-        dominant = max(parts, key=lambda name: parts[name][j])
+        dominant = max(parts, key=lambda name: parts[name][col])
+        if components[dominant].kind == "repeat" and j in hist_idx:  # buy again: the item itself is the reason
+            out.append(("history", f"you chose {model.titles[j]} before", str(model.artifact.item_ids[j])))
+            continue
         contrib = evidence.get(dominant)
         if contrib is None or contrib.shape[0] == 0 or contrib[:, col].max() <= 0:
             out.append(popular)

@@ -44,8 +44,10 @@ async def serve_recommendations(
     user_id: str,
     k: int,
     category: str | None,
-    exclude_seen: bool,
+    exclude_seen: bool | None,
 ) -> Recommendations:
+    if exclude_seen is None:  # the list the champion was chosen for: repeats allowed unless it was discovery
+        exclude_seen = settings.evaluation_target == "discovery"
     model, arm = holder.pick(user_id)
     category = category or None
     view = await live.fetch(user_id, model.version, k, category, exclude_seen)

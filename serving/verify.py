@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.artifact import ARRAYS, MANIFEST, ArtifactError, ServingArtifact, parse_artifact
+from recsys_assets.contract.artifact import (
+    ARRAYS,
+    MANIFEST,
+    ArtifactError,
+    ServingArtifact,
+    map_artifact,
+    parse_artifact,
+)
 from recsys_assets.contract.storage import Storage
 
 # component array -> which count of the manifest its first dimension must equal
@@ -35,6 +42,26 @@ ROWS = {
 def read_files(storage: Storage, parts: tuple[str, ...]) -> dict[str, bytes]:
     """The artifact's files as bytes (a missing one is left out: `parse_artifact` names it)."""
     return {name: storage.read_bytes(*parts, name) for name in (MANIFEST, ARRAYS) if storage.exists(*parts, name)}
+
+
+def load_verified(storage: Storage, parts: tuple[str, ...]) -> ServingArtifact:
+    """The artifact at `parts`, checked: on local storage memory-mapped (workers share its pages),
+    on Blob read as bytes."""
+    if not storage.is_local:
+        return parse_verified(read_files(storage, parts))
+    directory = storage.path(*parts)
+    try:
+        art = map_artifact(directory)
+        with open(f"{directory}/{MANIFEST}", "rb") as fh:
+            manifest = json.loads(fh.read())
+    except ArtifactError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(f"{ARRAYS} cannot be read: {type(exc).__name__}: {exc}") from exc
+    verify_arrays(art, manifest)
+    return art
 
 
 def parse_verified(files: dict[str, bytes]) -> ServingArtifact:

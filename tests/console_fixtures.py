@@ -86,9 +86,12 @@ EXPECTED_TOTALS = {
     "clicked_lists": 3,
     "clicked_impressions": 3,
     "converted_lists": 3,
+    "clicked_converted_lists": 3,
     "ctr": 0.6,
     "impression_ctr": 0.3,
     "conversion": 0.6,
+    # every clicked list (r1, r3, r5) converted
+    "conversion_per_click": 1.0,
 }
 # the last 24 hours of traffic (r4, r5) against the 24 hours before (r1, r2, r3)
 EXPECTED_LAST_DAY = {"ctr": 0.5, "conversion": 0.5}
@@ -264,7 +267,9 @@ recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id
 recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id}/recommendations",le="0.025"} 80
 recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id}/recommendations",le="0.05"} 100
 recsys_api_request_duration_seconds_bucket{method="GET",path="/v1/users/{user_id}/recommendations",le="+Inf"} 100
-recsys_api_request_duration_seconds_count{method="GET",path="/v1/users/{user_id}/recommendations"} 100
+recsys_api_request_duration_seconds_count{method="GET",path="/v1/users/{user_id}/recommendations",status_code="200"} 99
+recsys_api_request_duration_seconds_count{method="GET",path="/v1/users/{user_id}/recommendations",status_code="503"} 1
+recsys_api_request_duration_seconds_count{method="GET",path="/metrics",status_code="500"} 40
 recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="0.01"} 0
 recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="0.025"} 0
 recsys_api_request_duration_seconds_bucket{method="GET",path="/metrics",le="0.05"} 0

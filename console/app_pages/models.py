@@ -184,9 +184,35 @@ def render_registry(settings: Settings) -> None:
     )
 
 
+def render_changes(settings: Settings) -> None:
+    st.subheader("Champion changes")
+    changes = data.champion_changes(settings)
+    if changes is None:
+        ui.no_data(
+            "no champion change recorded",
+            "Promotions, `python -m recsys_assets champion promote|rollback` and alias moves in the MLflow UI "
+            "are recorded here.",
+        )
+        return
+    st.dataframe(
+        changes,
+        hide_index=True,
+        column_config={
+            "at": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "actor": "Who / what",
+            "action": "Action",
+            "from_version": "From version",
+            "to_version": "To version",
+            "from_model": "From artifact",
+            "to_model": "To artifact",
+            "reason": "Reason",
+        },
+    )
+
+
 def render(settings: Settings) -> None:
     st.title("Models")
-    report = data.table(settings, data.EVALUATION_REPORT)
+    report = data.evaluation_report(settings)
     champ = data.champion(settings)
     if report is None or report.empty:
         ui.no_data("no evaluation report", "The pipeline writes it after training the candidates (`make pipeline`).")
@@ -196,6 +222,7 @@ def render(settings: Settings) -> None:
         if html and st.toggle("Show the full evaluation report", key="models_html"):
             ui.embed_html(html, height=900, title="Evaluation report")
     render_registry(settings)
+    render_changes(settings)
 
 
 render(ui.settings())

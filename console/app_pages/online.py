@@ -13,7 +13,12 @@ from recsys_assets.contract.settings import Settings
 
 GROUPS = {"Model version": "model_version", "A/B arm": "arm"}
 FREQS = {"Hour": "h", "Day": "D", "Week": "W"}
-RATES = {"List CTR": "ctr", "Impression CTR": "impression_ctr", "Conversion": "conversion"}
+RATES = {
+    "List CTR": "ctr",
+    "Impression CTR": "impression_ctr",
+    "Conversion per list": "conversion",
+    "Conversion per click": "conversion_per_click",
+}
 
 
 def trend_figure(series, by: str, rate: str, rate_label: str) -> go.Figure:
@@ -68,7 +73,7 @@ def render(settings: Settings) -> None:
         return
 
     total = kpis.totals(lists)
-    cols = st.columns(5)
+    cols = st.columns(6)
     with cols[0]:
         ui.tile("Lists served", f"{total['lists']:,}")
     with cols[1]:
@@ -78,7 +83,17 @@ def render(settings: Settings) -> None:
     with cols[3]:
         ui.tile("Impression CTR", ui.pct(total["impression_ctr"]), help="Impressions whose item was clicked.")
     with cols[4]:
-        ui.tile("Conversion", ui.pct(total["conversion"]), help="Lists with a purchase or a rating ≥ 4 / lists served.")
+        ui.tile(
+            "Conversion per list",
+            ui.pct(total["conversion"]),
+            help="Lists with a purchase or a rating ≥ 4 / lists served.",
+        )
+    with cols[5]:
+        ui.tile(
+            "Conversion per click",
+            ui.pct(total["conversion_per_click"]),
+            help="Clicked lists with a purchase or a rating ≥ 4 / clicked lists (the share of clicks that convert).",
+        )
 
     c1, c2, c3 = st.columns(3)
     with c1:
@@ -113,9 +128,11 @@ def render(settings: Settings) -> None:
             "clicked_lists": st.column_config.NumberColumn("Clicked lists", format="localized"),
             "clicked_impressions": st.column_config.NumberColumn("Clicked impressions", format="localized"),
             "converted_lists": st.column_config.NumberColumn("Converted lists", format="localized"),
+            "clicked_converted_lists": st.column_config.NumberColumn("Clicked, converted lists", format="localized"),
             "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
             "impression_ctr": st.column_config.NumberColumn("Impression CTR", format="%.1f%%"),
-            "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
+            "conversion": st.column_config.NumberColumn("Conversion per list", format="%.1f%%"),
+            "conversion_per_click": st.column_config.NumberColumn("Conversion per click", format="%.1f%%"),
         },
     )
     replay_runs(settings)
@@ -128,7 +145,7 @@ def _replay_columns() -> dict:
         "arm": st.column_config.TextColumn("A/B arm"),
         "lists": st.column_config.NumberColumn("Lists", format="localized"),
         "ctr": st.column_config.NumberColumn("List CTR", format="%.1f%%"),
-        "conversion": st.column_config.NumberColumn("Conversion", format="%.1f%%"),
+        "conversion": st.column_config.NumberColumn("Conversion per list", format="%.1f%%"),
         "hit_rate": st.column_config.NumberColumn("Hit rate", format="%.1f%%"),
     }
 

@@ -23,6 +23,10 @@ def rate_tile(label: str, value: float, previous: float, count: str, versus: str
         ui.tile(label, ui.pct(value, digits), ui.pp(value - previous, digits), description=versus, help=help)
 
 
+PER_LIST = "Lists with a purchase or a rating ≥ 4 / lists served"
+PER_CLICK = "Clicked lists with a purchase or a rating ≥ 4 / clicked lists (the share of clicks that convert)"
+
+
 def online_row(settings: Settings, period: str) -> None:
     lists = data.served_lists(settings)
     cols = st.columns(4)
@@ -31,7 +35,8 @@ def online_row(settings: Settings, period: str) -> None:
         with cols[0]:
             ui.tile("CTR", None, help=f"Lists with at least one click / lists served, {hint}.")
         with cols[1]:
-            ui.tile("Conversion rate", None, help=f"Lists with a purchase or a rating ≥ 4 / lists served, {hint}.")
+            ui.tile("Conversion per list", None, help=f"{PER_LIST}, {hint}.")
+            ui.tile("Conversion per click", None, help=f"{PER_CLICK}, {hint}.")
     else:
         cur, prev = kpis.compare_periods(lists, PERIODS[period])
         basis = f"{cur['lists']:,} lists, {cur['impressions']:,} impressions in the last {period} of traffic"
@@ -46,13 +51,22 @@ def online_row(settings: Settings, period: str) -> None:
                 f"Lists with at least one click / lists served; {basis}.",
             )
         with cols[1]:
+            # both definitions, named: per list served (the console's first), per clicked list (the seed's)
             rate_tile(
-                "Conversion rate",
+                "Conversion per list",
                 cur["conversion"],
                 prev["conversion"],
                 count,
                 f"vs previous {period}",
-                f"Lists with a purchase or a rating ≥ 4 / lists served; {basis}.",
+                f"{PER_LIST}; {basis}.",
+            )
+            rate_tile(
+                "Conversion per click",
+                cur["conversion_per_click"],
+                prev["conversion_per_click"],
+                f"{cur['clicked_lists']:,} clicked lists",
+                f"vs previous {period}",
+                f"{PER_CLICK}; {basis}.",
             )
     with cols[2]:
         latency = data.api_latency(settings)
@@ -83,7 +97,7 @@ def online_row(settings: Settings, period: str) -> None:
 
 
 def offline_row(settings: Settings) -> None:
-    report = data.table(settings, data.EVALUATION_REPORT)
+    report = data.evaluation_report(settings)
     champ = data.champion(settings)
     cols = st.columns(4)
     if report is None or report.empty or champ is None:
@@ -105,8 +119,25 @@ def offline_row(settings: Settings) -> None:
             )
 
 
+def availability_tile(settings: Settings) -> None:
+    target = kpis.AVAILABILITY_TARGET
+    found = data.api_availability(settings)
+    if found is None or ui.is_missing(found[0]):
+        ui.tile("API availability", None, help=f"From {settings.api_url}/metrics when the API is reachable.")
+        return
+    value, n = found
+    ui.tile(
+        "API availability",
+        f"{value:.2%}",
+        ui.pp(value - target, 2),
+        description=f"vs the {target:.1%} target",
+        help=f"Requests answered without a 5xx since the API started ({n:,} requests, all routes but probes; "
+        f"{settings.api_url}/metrics).",
+    )
+
+
 def status_row(settings: Settings) -> None:
-    left, middle, right = st.columns(3)
+    left, middle, right, available = st.columns(4)
     with left:
         champ = data.champion(settings)
         if champ is None:
@@ -156,6 +187,8 @@ def status_row(settings: Settings) -> None:
                 help=f"Run `{run['run_id']}`.",
             )
             st.caption(f"`{run['job']}`" + (f" · {when:%Y-%m-%d %H:%M} UTC" if when is not None else ""))
+    with available:
+        availability_tile(settings)
 
 
 def render(settings: Settings) -> None:

@@ -41,6 +41,9 @@ param apiMemory string = '2Gi'
 param apiKeys string
 
 // --- pipeline ---
+@description('RECSYS_EVALUATION_TARGET of the pipeline and the API: what the champion is chosen on, and whether lists hide seen items by default.')
+@allowed(['discovery', 'repeat', 'blended'])
+param evaluationTarget string = 'discovery'
 @description('RECSYS_SOURCE of the pipeline.')
 @allowed(['movielens', 'event_log'])
 param pipelineSource string = 'movielens'
@@ -117,6 +120,17 @@ module monitoring 'modules/monitoring.bicep' = {
     namePrefix: base
     location: location
     tags: allTags
+  }
+}
+
+// The alert rules of infra/monitoring/alerts.yml on an Azure Monitor workspace; mail to the budget's contacts.
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    namePrefix: base
+    location: location
+    tags: allTags
+    alertEmails: budgetContactEmails
   }
 }
 
@@ -271,6 +285,10 @@ var apiEnv = concat(identityEnv, storageEnv, [
     value: string(apiWorkers)
   }
   {
+    name: 'RECSYS_EVALUATION_TARGET'
+    value: evaluationTarget
+  }
+  {
     name: 'RECSYS_EVENTS_DIR'
     value: eventsMount
   }
@@ -301,6 +319,15 @@ var pipelineEnv = concat(identityEnv, storageEnv, dagsterInstanceEnv, [
   {
     name: 'RECSYS_SOURCE'
     value: pipelineSource
+  }
+  {
+    // the report's p95 latency and availability come from the API's /metrics
+    name: 'RECSYS_API_URL'
+    value: 'http://${names.api}'
+  }
+  {
+    name: 'RECSYS_EVALUATION_TARGET'
+    value: evaluationTarget
   }
   {
     name: 'RECSYS_EVENTS_DIR'

@@ -15,7 +15,9 @@ list never served, is organic and not counted.
 
 - list CTR = lists with at least one click / lists served
 - impression CTR = impressions whose item was clicked / impressions
-- conversion = lists with a purchase or a rating ≥ 4 / lists served
+- conversion per list (`conversion`) = lists with a purchase or a rating ≥ 4 / lists served
+- conversion per click (`conversion_per_click`, the seed's definition: the share of clicked recommendations
+  that lead to a business event) = lists clicked and converted / lists clicked
 """
 
 from __future__ import annotations
@@ -112,20 +114,24 @@ def served_lists(events: pd.DataFrame) -> pd.DataFrame:
 def _summarise(lists: pd.DataFrame) -> dict[str, float]:
     n = len(lists)
     impressions = int(lists["impressions"].sum()) if n else 0
+    clicked = int(lists["clicked"].sum()) if n else 0
+    clicked_converted = int((lists["clicked"] & lists["converted"]).sum()) if n else 0
     return {
         "lists": n,
         "impressions": impressions,
         "clicked_lists": int(lists["clicked"].sum()) if n else 0,
         "clicked_impressions": int(lists["clicked_impressions"].sum()) if n else 0,
         "converted_lists": int(lists["converted"].sum()) if n else 0,
+        "clicked_converted_lists": clicked_converted,
         "ctr": float(lists["clicked"].mean()) if n else math.nan,
         "impression_ctr": float(lists["clicked_impressions"].sum() / impressions) if impressions else math.nan,
         "conversion": float(lists["converted"].mean()) if n else math.nan,
+        "conversion_per_click": clicked_converted / clicked if clicked else math.nan,
     }
 
 
 def totals(lists: pd.DataFrame) -> dict[str, float]:
-    """Lists, impressions, clicks and conversions, and the three rates, over the given lists."""
+    """Lists, impressions, clicks and conversions, and the four rates, over the given lists."""
     return _summarise(lists)
 
 

@@ -28,6 +28,12 @@ REQUIRED_EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "
 OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("value", "event_id", "recommendation_id")
 EVENT_COLUMNS: tuple[str, ...] = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
 
+# Columns the interactions carry for a log without real time (`RECSYS_EVENT_LOG` `time` /
+# `sequence_column`): the time mode ("sequence" or "none"; absent for real timestamps), and each
+# event's position in its user's sequence.
+TIME_MODE = "time_mode"
+SEQUENCE = "sequence"
+
 # Item catalog and user table columns (all optional but the id).
 ITEM_COLUMNS: tuple[str, ...] = ("item_id", "title", "categories", "text", "year")
 USER_COLUMNS: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_code")
@@ -43,6 +49,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "unparseable_timestamp",
     "timestamp_out_of_range",
     "bad_value",
+    "bad_sequence",
 )
 
 # Table names under the storage root (each `<name>.parquet`).
@@ -61,6 +68,9 @@ PIPELINE_HEALTH = "pipeline_health"
 RETRAIN_RUNS = "retrain_runs"
 # every version in the MLflow registry with its run's metrics (`defs/runs.py`, on every promotion)
 MODEL_REGISTRY = "model_registry"
+# every change of the serving champion: when, who or what, from and to which registry version, why
+# (`lib/champion.py`: the promotion, `champion promote|rollback`, and the sync that follows the alias)
+CHAMPION_CHANGES = "champion_changes"
 # rows the latest cleaning run rejected, per reason (`reason`, `rows`): full counts, where
 # `rejected_events` keeps a sample
 REJECT_COUNTS = "reject_counts"

@@ -8,7 +8,9 @@ user's history (a sparse row of event weights) and, for embedding models, a stor
 * `embedding`: U[u] @ V.T for users known at training time, and a least-squares fold-in of the
   history onto V for users who are not (BPR, LightGCN);
 * `content`: cosine between the user's event-weighted profile and each item's TF-IDF vector;
-* `autoencoder`: Mult-VAE's encoder and decoder applied to the user's 0/1 history (MultiVAE).
+* `autoencoder`: Mult-VAE's encoder and decoder applied to the user's 0/1 history (MultiVAE);
+* `repeat`: the user's own items first ("buy again": time-decayed frequency at training time, times each
+  item's repurchase rate; items only in the given history count undecayed), then training popularity.
 
 Each component's scores are standardised per user (zero mean, unit variance over items) before the
 blend, so weights compare across components; a component with nothing to say for a user (no
@@ -27,7 +29,7 @@ import scipy.sparse as sp
 
 PAD = -1  # pads a top-k row that has fewer than k items
 Truth: TypeAlias = sp.spmatrix | sp.sparray | Sequence[Iterable[int]]
-KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder")
+KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder", "repeat")
 # Catalogs up to this size keep item x item matrices dense for the one-user path (5,000 items: 100 MB).
 DENSE_LIMIT = 5_000
 
@@ -58,6 +60,7 @@ class Component:
     def n_items(self) -> int:
         a = {
             "popularity": "popularity",
+            "repeat": "popularity",
             "item_item": "similarity",
             "embedding": "item_factors",
             "content": "item_features",
@@ -83,6 +86,13 @@ class Component:
             return np.asarray((profile @ feats.T).todense(), dtype=np.float64)
         if self.kind == "autoencoder":
             return self._autoencode(history)
+        if self.kind == "repeat":
+            users = np.full(n, -1) if user_idx is None else np.asarray(user_idx)
+            out = np.zeros((n, self.n_items))
+            for r in range(n):
+                lo, hi = history.indptr[r], history.indptr[r + 1]
+                out[r] = self.score_one(history.indices[lo:hi], history.data[lo:hi], int(users[r]))
+            return out
         # embedding
         item_f = self.arrays["item_factors"].astype(np.float64)
         user_f = self.arrays["user_factors"].astype(np.float64)
@@ -123,6 +133,12 @@ class Component:
         n = self.n_items
         if self.kind == "popularity":
             cache["pop"] = np.asarray(self.arrays["popularity"], dtype=np.float32)
+        elif self.kind == "repeat":
+            pop = np.asarray(self.arrays["popularity"], dtype=np.float64)
+            # below 1, so every item of the user's own history (scored 1 + s, s > 0) ranks first
+            cache["tail"] = (pop / (pop.max(initial=0.0) + 1.0)).astype(np.float32)
+            cache["recency"] = sp.csr_matrix(self.arrays["recency"], dtype=np.float32)
+            cache["rate"] = np.asarray(self.arrays["repurchase_rate"], dtype=np.float32)
         elif self.kind == "item_item":
             sim: sp.csr_matrix = self.arrays["similarity"]
             cache["sim"] = (
@@ -148,6 +164,8 @@ class Component:
         w = np.asarray(weights, dtype=np.float32)
         if self.kind == "popularity":
             return c["pop"].copy()
+        if self.kind == "repeat":
+            return self._repeat_one(c, idx, w, user)
         if self.kind == "item_item":
             if len(idx) == 0:
                 return np.zeros(self.n_items, dtype=np.float32)
@@ -169,14 +187,15 @@ class Component:
                 norm2 = float(profile.multiply(profile).sum())
             return raw / np.float32(np.sqrt(norm2)) if norm2 > 0 else np.zeros(self.n_items, dtype=np.float32)
         if self.kind == "embedding":
-            if 0 <= user < c["users"].shape[0]:
-                vec = c["users"][user]
-            elif len(idx):
-                vec = self._fold_in_one(c["items"], idx, w)
-            else:
-                return np.zeros(self.n_items, dtype=np.float32)
-            return c["items"] @ vec
-        # autoencoder: the first layer on a normalised 0/1 history is a sum of columns
+            vec = self.user_vector(idx, w, user)
+            return np.zeros(self.n_items, dtype=np.float32) if vec is None else c["items"] @ vec
+        last = int(self.params["n_dec"]) - 1
+        return self.autoencoder_hidden(idx) @ c[f"dec_w{last}"].T + c[f"dec_b{last}"]
+
+    def autoencoder_hidden(self, idx: np.ndarray) -> np.ndarray:
+        """Mult-VAE's activations before its output layer, for one 0/1 history (item indices)."""
+        c = self._cache()
+        # the first layer on a normalised 0/1 history is a sum of columns
         x = (
             c["enc_w0_t"][idx].sum(axis=0) / np.float32(np.sqrt(len(idx)))
             if len(idx)
@@ -187,11 +206,29 @@ class Component:
         for i in range(1, n_enc):
             x = np.tanh(x) @ c[f"enc_w{i}"].T + c[f"enc_b{i}"]
         x = x[: int(self.params["latent"])]
-        for i in range(n_dec):
-            x = x @ c[f"dec_w{i}"].T + c[f"dec_b{i}"]
-            if i < n_dec - 1:
-                x = np.tanh(x)
+        for i in range(n_dec - 1):
+            x = np.tanh(x @ c[f"dec_w{i}"].T + c[f"dec_b{i}"])
         return x
+
+    def _repeat_one(self, c: dict[str, Any], idx: np.ndarray, w: np.ndarray, user: int) -> np.ndarray:
+        own = np.zeros(self.n_items, dtype=np.float32)
+        # events not in the stored recency (live ones, or a user unknown at training time) are fresh: undecayed
+        own[np.asarray(idx, dtype=np.int64)] = w
+        rec: sp.csr_matrix = c["recency"]
+        if 0 <= user < rec.shape[0]:
+            lo, hi = rec.indptr[user], rec.indptr[user + 1]
+            own[rec.indices[lo:hi]] = rec.data[lo:hi]
+        own *= c["rate"]
+        return np.where(own > 0, np.float32(1.0) + own, c["tail"])
+
+    def user_vector(self, idx: np.ndarray, weights: np.ndarray, user: int = -1) -> np.ndarray | None:
+        """An embedding component's vector for one user (stored, or folded in), None when it has none."""
+        c = self._cache()
+        if 0 <= user < c["users"].shape[0]:
+            return c["users"][user]
+        if len(idx):
+            return self._fold_in_one(c["items"], idx, np.asarray(weights, dtype=np.float32))
+        return None
 
     def _fold_in_one(self, items: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
         reg = float(self.params.get("fold_in_reg", 0.1))

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# TableSource is re-exported: callers import the sources from here
+from recsys_assets.contract.configs import CleaningConfig, DriftConfig, MlflowStore, latest_valid_time
+
+# the small configs and TableSource are re-exported: callers import them from here
 from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.sources import EventLogSource, TableSource  # noqa: F401
 
@@ -50,54 +52,6 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "add_to_cart": 4.0,
     "purchase": 8.0,
 }
-
-
-def _time_upper(time_max: dt.datetime | None) -> dt.datetime:
-    """The latest valid event time: `time_max`, else one day from now."""
-    return time_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
-
-
-class CleaningConfig(BaseModel):
-    """The rules that turn raw events into interactions (`Settings.cleaning()`; fields as in `Settings`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    event_weights: dict[str, float]
-    rating_min: float
-    rating_max: float
-    time_min: dt.datetime
-    time_max: dt.datetime | None
-    kcore_user: int = Field(ge=0)
-    kcore_item: int = Field(ge=0)
-
-    @property
-    def time_upper(self) -> dt.datetime:
-        return _time_upper(self.time_max)
-
-
-class DriftConfig(BaseModel):
-    """The rules of a window's drift verdict (`Settings.drift()`; `Settings.drift_*`, `min_ctr`, `min_ndcg`),
-    and the cleaning rules its windows are cleaned with."""
-
-    model_config = ConfigDict(frozen=True)
-
-    threshold: float = Field(gt=0)
-    share: float = Field(gt=0, le=1)
-    min_rows: int = Field(ge=1)
-    features: list[str]
-    min_ctr: float | None
-    min_ndcg: float | None
-    cleaning: CleaningConfig
-
-
-class MlflowStore(BaseModel):
-    """Where MLflow keeps runs and the model registry (`Settings.mlflow_store()`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tracking_uri: str
-    # artifact root of new experiments; None lets a tracking server decide
-    artifact_location: str | None = None
 
 
 class Settings(BaseSettings):
@@ -199,6 +153,14 @@ class Settings(BaseSettings):
         description="Proxies whose `X-Forwarded-For`/`X-Forwarded-Proto` the API believes (comma-separated "
         "addresses or networks, `*` for any); empty: none, the client address is the connection's peer.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: log lines as JSON objects with the `request_id` (API: `X-Request-ID`)."
+    )
+    cors_allow_origins: str = Field(
+        default="", description="Origins (comma-separated, or `*`) whose pages may call the API; empty: CORS off."
+    )
+    cors_allow_credentials: bool = Field(default=False, description="CORS: allow credentials (never with `*`).")
+    cors_max_age_seconds: int = Field(default=600, ge=0, description="CORS: how long a preflight may be cached.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted; 413 beyond.")
     max_json_depth: int = Field(
         default=8, ge=2, le=64, description="Deepest nesting of arrays and objects in a JSON body; 400 beyond."
@@ -213,6 +175,12 @@ class Settings(BaseSettings):
         default=None,
         description="Challenger artifact folder under the storage root (e.g. `candidates/EASE`); default: the one "
         "named by `artifacts/CHALLENGER.json` when that pointer exists.",
+    )
+    candidate_threshold_items: int = Field(
+        default=20_000,
+        ge=0,
+        description="Catalogs with more items than this are served by the candidate path (ANN and neighbour "
+        "candidates, then the exact blend on them); smaller ones score every item. 0: always candidates.",
     )
     model_poll_seconds: float = Field(
         default=5.0, gt=0, description="How often the API checks `artifacts/CHAMPION.json` for a new champion."
@@ -236,6 +204,19 @@ class Settings(BaseSettings):
         ge=60,
         description="How long a user's live events stay in Redis after their last one (the next training run "
         "folds them into the artifact).",
+    )
+
+    # --- evaluation at scale (`lib.evaluation.batched.EvaluationConfig`) ---
+    eval_users: int = Field(
+        default=50_000, ge=1, description="Users an evaluation scores: all up to this many, else a fixed sample."
+    )
+    eval_batch_memory_mb: int = Field(
+        default=256, ge=1, description="Scores held at once while ranking (users x items x 4 bytes per batch)."
+    )
+    eval_recbole_collector_cells: int = Field(
+        default=25_000_000,
+        ge=0,
+        description="Above this many validation users x items, RecBole models are validated by the batched evaluation.",
     )
 
     # --- the feedback loop: live windows, drift, retraining ---
@@ -284,8 +265,12 @@ class Settings(BaseSettings):
         description="Floor of the champion's NDCG@10 on a window's events; below it, retrain (None: off).",
     )
     retrain_models: list[str] = Field(
-        default_factory=lambda: ["Pop", "ItemKNN", "EASE", "BPR", "MultiVAE"],
-        description="RecBole models a retrain compares (with Popularity, Content and Hybrid).",
+        default_factory=lambda: [
+            *("Pop", "ItemKNN", "EASE", "BPR", "MultiVAE"),
+            *("ALS", "ImplicitBPR", "ItemItemCosine", "ItemItemBM25"),
+        ],
+        description="Collaborative models a retrain compares (with the native ones): RecBole's, and implicit's, which "
+        "add seconds on ml-100k and are the ones that fit a large catalog.",
     )
     retrain_protocols: list[str] = Field(
         default_factory=lambda: ["temporal"], description="Protocols a retrain evaluates on (`temporal` decides)."
@@ -304,6 +289,12 @@ class Settings(BaseSettings):
         ge=0,
         lt=1,
         description="A challenger is promoted when its NDCG@10 is at least (1 - margin) x the champion's.",
+    )
+    evaluation_target: Literal["discovery", "repeat", "blended"] = Field(
+        default="discovery",
+        description="The setting the champion is chosen on, and the API's `exclude_seen` default: `discovery` (seen "
+        "items hidden, not positives; exclude_seen true), `repeat` (buy again: seen items allowed and counted; "
+        "false) or `blended` (their mean; false). Data without repeats: discovery.",
     )
 
     # --- console ---
@@ -352,7 +343,13 @@ class Settings(BaseSettings):
             )
         if self.rating_min >= self.rating_max:
             raise ValueError("rating_min must be below rating_max")
+        if self.cors_allow_credentials and "*" in self.cors_origins():
+            raise ValueError("RECSYS_CORS_ALLOW_CREDENTIALS with RECSYS_CORS_ALLOW_ORIGINS '*': name the origins")
         return self
+
+    def cors_origins(self) -> list[str]:
+        """The allowed CORS origins, parsed (empty: CORS off)."""
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
     @property
     def is_azure(self) -> bool:
@@ -360,7 +357,7 @@ class Settings(BaseSettings):
 
     @property
     def time_upper(self) -> dt.datetime:
-        return _time_upper(self.time_max)
+        return latest_valid_time(self.time_max)
 
     def cleaning(self) -> CleaningConfig:
         """The cleaning rules, for `recsys_assets.lib.ingest.cleaning.clean_events`."""

@@ -11,16 +11,27 @@ from recsys_assets.contract.artifact import ServingArtifact, read_from_storage, 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.defs.promotion import challenger_model
+from recsys_assets.defs.promotion import BASELINES, challenger_model
 from recsys_assets.defs.resources import StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
+from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.ingest.cleaning import time_problem
-from recsys_assets.lib.models.fitting import CHAMPION_METRIC, evaluate_artifact, metric_value, prepare
+from recsys_assets.lib.models.base import ProtocolData
+from recsys_assets.lib.models.fitting import (
+    BLENDED,
+    CHAMPION_METRIC,
+    DISCOVERY,
+    SETTINGS,
+    effective_target,
+    evaluate_artifact,
+    has_repeats,
+    metric_value,
+    prepare,
+    target_value,
+)
 
 # Fewest events newer than the champion's data for a like-with-like comparison on them.
 MIN_FRESH_EVENTS = 50
-# The popularity baselines a challenger must beat: RecBole's and the native one.
-BASELINES = ("Pop", "Popularity")
 
 
 @dg.asset_check(asset="interactions", blocking=True, description="At least one interaction survived cleaning.")
@@ -42,13 +53,19 @@ def interactions_not_empty(interactions: pd.DataFrame) -> dg.AssetCheckResult:
     "nor most of them, nor small numbers read as seconds since 1970 (warnings).",
 )
 def interactions_have_time(interactions: pd.DataFrame) -> dg.AssetCheckResult:
-    problem = time_problem(interactions)
+    mode = S.time_mode(interactions)
+    problem = time_problem(interactions, mode)
     ts = interactions["timestamp"]
     return dg.AssetCheckResult(
         passed=problem is None,
         severity=dg.AssetCheckSeverity.ERROR if problem and problem[0] == "error" else dg.AssetCheckSeverity.WARN,
-        description=problem[1] if problem else None,
-        metadata={"distinct_timestamps": int(ts.nunique()), "time_min": str(ts.min()), "time_max": str(ts.max())},
+        description=problem[1] if problem else None if mode == "timestamp" else S.method_of(S.TEMPORAL, mode),
+        metadata={
+            "time_mode": mode,
+            "distinct_timestamps": int(ts.nunique()),
+            "time_min": str(ts.min()),
+            "time_max": str(ts.max()),
+        },
     )
 
 
@@ -60,9 +77,9 @@ def interactions_have_time(interactions: pd.DataFrame) -> dg.AssetCheckResult:
 def interactions_unique(interactions: pd.DataFrame) -> dg.AssetCheckResult:
     with_id = interactions["event_id"].notna()
     dup_ids = int(interactions.loc[with_id, "event_id"].duplicated().sum())
-    dup_rows = int(
-        interactions.loc[~with_id].duplicated(subset=["user_id", "item_id", "event_type", "timestamp", "value"]).sum()
-    )
+    fields = ["user_id", "item_id", "event_type", "timestamp", "value"]
+    fields += [S.SEQUENCE_COL] if S.SEQUENCE_COL in interactions.columns else []
+    dup_rows = int(interactions.loc[~with_id].duplicated(subset=fields).sum())
     return dg.AssetCheckResult(
         passed=dup_ids == 0 and dup_rows == 0,
         metadata={"duplicate_event_ids": dup_ids, "duplicate_rows": dup_rows},
@@ -131,12 +148,15 @@ def _challenger_against_champion(
     interactions: pd.DataFrame,
     items: pd.DataFrame,
     users: pd.DataFrame,
+    target: str = DISCOVERY,
+    threads: int = 1,
 ) -> tuple[float, float, str]:
-    """The champion's and the challenger's NDCG@10 on the same events, and which events those are."""
+    """The champion's and the challenger's NDCG@10 (on the evaluation `target`) on the same events, and
+    which events those are."""
     # the training stack loads in the step that refits, not with the code location
     from recsys_assets.lib.models.refit import refit_artifact
 
-    metric, k, protocol = CHAMPION_METRIC
+    protocol = S.deciding_protocol(interactions)
     champion_art = read_from_storage(store, *current["path"])
     ts = pd.to_datetime(interactions["timestamp"], utc=True)
     data_until = pd.Timestamp(current["data_until"]) if current.get("data_until") else None
@@ -156,6 +176,7 @@ def _challenger_against_champion(
             budget=str(best.get("budget", "standard")),
             seed=SEED,
             hybrid_cf=str(best.get("collaborative", "")) or None,
+            threads=threads,
         )
         compared_on = f"{n_new} events after the champion's data ({data_until}); both trained on it"
     else:
@@ -164,11 +185,21 @@ def _challenger_against_champion(
         pdata = prepare(interactions, items, users, protocol)
         challenger_art = read_from_storage(store, "candidates", str(best["model"]))
         compared_on = "the temporal test part (no newer events than the champion's data)"
-    res = evaluate_artifact(champion_art, pdata, "champion")
-    current_value = metric_value(res, "champion", metric, k, protocol)
-    res = evaluate_artifact(challenger_art, pdata, "challenger")
-    challenger_value = metric_value(res, "challenger", metric, k, protocol)
+    current_value = _artifact_value(champion_art, pdata, target)
+    challenger_value = _artifact_value(challenger_art, pdata, target)
     return current_value, challenger_value, compared_on
+
+
+def _artifact_value(art: ServingArtifact, pdata: ProtocolData, target: str) -> float:
+    """An artifact's champion metric on `pdata`'s test part in the `target` setting (blended: the mean)."""
+    metric, k, _ = CHAMPION_METRIC
+    protocol = pdata.protocol
+    settings = (DISCOVERY,) if not has_repeats(pdata) else SETTINGS if target == BLENDED else (target,)
+    values = [
+        metric_value(evaluate_artifact(art, pdata, "a", setting=s), "a", metric, k, protocol, setting=s)
+        for s in settings
+    ]
+    return float(np.mean(values))
 
 
 @dg.asset_check(
@@ -195,19 +226,19 @@ def challenger_beats_baseline_and_champion(
     users: pd.DataFrame,
 ) -> dg.AssetCheckResult:
     store = storage.get()
-    metric, k, protocol = CHAMPION_METRIC
+    target = effective_target(evaluation_report, settings.evaluation_target)
     best = challenger_model.iloc[0]
     baseline = max(
-        metric_value(evaluation_report, m, metric, k, protocol)
+        target_value(evaluation_report, m, target)
         for m in BASELINES
-        if not np.isnan(metric_value(evaluation_report, m, metric, k, protocol))
+        if not np.isnan(target_value(evaluation_report, m, target))
     )
     current = read_pointer(store)
     current_value = challenger_value = float("nan")
     compared_on = "no champion yet"
     if current is not None:
         current_value, challenger_value, compared_on = _challenger_against_champion(
-            store, best, current, interactions, items, users
+            store, best, current, interactions, items, users, target, settings.limits.training_threads()
         )
     beats_baseline = bool(best["ndcg@10"] >= baseline)
     floor = (1.0 - settings.promotion_margin) * current_value
@@ -233,6 +264,7 @@ def challenger_beats_baseline_and_champion(
             "challenger_ndcg@10_vs_champion": challenger_value,
             "compared_on": compared_on,
             "promotion_margin": settings.promotion_margin,
+            "evaluation_target": target,
         },
     )
 

@@ -9,6 +9,7 @@ from recsys_assets.contract.settings import Settings
 from recsys_assets.defs import runs
 from recsys_assets.defs.resources import STORAGE_RETRY, StorageResource
 from recsys_assets.lib import live_windows as live
+from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.reports.eda import eda_summary, render_eda_report
 
@@ -20,14 +21,31 @@ def _md_table(df: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
 
 
 def _timestamp_unit(settings: Settings) -> str:
-    return settings.event_log.timestamp_unit if settings.event_log else "auto"
+    """The unit the log's times are cleaned with (sources of different units are read as ISO text)."""
+    if not settings.event_log:
+        return "auto"
+    units = {src.timestamp_unit for src in settings.event_log.files()}
+    return units.pop() if len(units) == 1 else "auto"
+
+
+def time_mode(settings: Settings) -> str:
+    """How the configured log orders its events: "timestamp", "sequence" (per user) or "none"."""
+    return settings.event_log.time_mode if settings.source == "event_log" and settings.event_log else "timestamp"
+
+
+# Said once at ingestion for a log without real time.
+TIME_MODE_NOTES = {
+    "none": S.NO_TIME_NOTE,
+    "sequence": "the log is ordered per user (`sequence_column`), not in time: the temporal protocol is a "
+    "per-user sequence split (the last 10% of each user's sequence tests)",
+}
 
 
 def _source_description(settings: Settings) -> str:
     if settings.source == "movielens":
         return "MovieLens-100k (recbole wheel)"
     assert settings.event_log is not None
-    return f"event log {settings.event_log.paths}"
+    return f"event log {settings.event_log.all_paths()}"
 
 
 def _read_source(
@@ -113,8 +131,11 @@ def clean(
     if len(live_rows):
         context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
         raw_events = pd.concat([raw_events, live_rows], ignore_index=True)
-    result = cleaning.clean_events(raw_events, settings.cleaning(), unit=unit)
+    mode = time_mode(settings)
+    result = cleaning.clean_events(raw_events, settings.cleaning(), unit=unit, time_mode=mode)
     inter = result.interactions
+    if mode in TIME_MODE_NOTES:
+        context.log.warning(f"time: {TIME_MODE_NOTES[mode]}")
     n_rejected = sum(result.reject_counts.values())
     context.log.info(
         f"{result.n_raw} raw rows -> {len(inter)} interactions; "
@@ -122,7 +143,7 @@ def clean(
     )
     sample = cleaning.sample_rejects(result.rejected, settings.reject_sample_size)
     runs.write_reject_counts(storage.get(), result.reject_counts)
-    _fail_or_warn(context, settings, result)
+    _fail_or_warn(context, settings, result, mode)
     yield dg.Output(
         inter,
         output_name="interactions",
@@ -138,8 +159,9 @@ def clean(
             "n_users": int(inter["user_id"].nunique()),
             "n_items": int(inter["item_id"].nunique()),
             "event_types": dg.MetadataValue.json(inter["event_type"].value_counts().to_dict()),
-            "time_min": str(inter["timestamp"].min()),
-            "time_max": str(inter["timestamp"].max()),
+            "time_mode": mode,
+            "time_min": str(inter["timestamp"].min()) if mode == "timestamp" else "no time",
+            "time_max": str(inter["timestamp"].max()) if mode == "timestamp" else "no time",
         },
     )
     yield dg.Output(
@@ -153,7 +175,9 @@ def clean(
 WARN_REJECTED_SHARE = 0.5
 
 
-def _fail_or_warn(context: dg.AssetExecutionContext, settings: Settings, result: cleaning.CleanResult) -> None:
+def _fail_or_warn(
+    context: dg.AssetExecutionContext, settings: Settings, result: cleaning.CleanResult, mode: str
+) -> None:
     """Fail the step, before anything is written, when no interaction is left, saying why in the message
     itself (the top reject reasons with one example row each); warn when most rows were rejected."""
     n_rejected = sum(result.reject_counts.values())
@@ -172,7 +196,7 @@ def _fail_or_warn(context: dg.AssetExecutionContext, settings: Settings, result:
         )
     if n_rows and n_rejected / n_rows > WARN_REJECTED_SHARE:
         context.log.warning(f"most rows were rejected: {cleaning.reject_summary(result)}")
-    problem = cleaning.time_problem(result.interactions)
+    problem = cleaning.time_problem(result.interactions, mode)
     if problem:
         # said here too, at ingestion: the blocking check `interactions_have_time` decides
         context.log.warning(f"time: {problem[1]}")

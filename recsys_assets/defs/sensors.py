@@ -5,6 +5,8 @@
 - `drift_retrain_sensor`: reads each new `drift_report` materialization; when it says `retrain`,
   requests `retrain_job` with `run_key` `drift:<window>`, so one drifted window makes one run.
   While a retrain is queued or running, a new verdict is noted and left to that run.
+- `champion_alias_sensor`: when the MLflow registry's `champion` alias was moved outside the pipeline
+  (the MLflow UI), rewrites `artifacts/CHAMPION.json`, the API's cache of it, and records the change.
 - `pipeline_failure_sensor` / `pipeline_success_sensor`: after every run, rewrite the
   `pipeline_health` and `retrain_runs` tables the console reads; a failure is also logged with its
   step and message.
@@ -21,8 +23,10 @@ import dagster as dg
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
-from recsys_assets.defs.jobs import LIVE_WINDOW_JOB
+from recsys_assets.defs.jobs import LIVE_WINDOW_JOB, PIPELINE_JOB
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
+from recsys_assets.defs.resources import MlflowResource, StorageResource
+from recsys_assets.lib import champion as registry
 from recsys_assets.lib import live_windows as live
 
 
@@ -81,6 +85,22 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, settings: dg.Resou
     return dg.SensorResult(run_requests=requests, cursor=records.cursor if records.records else context.cursor)
 
 
+def champion_alias_sensor(
+    context: dg.SensorEvaluationContext, storage: StorageResource, mlflow: MlflowResource
+) -> dg.SkipReason:
+    for job in (PIPELINE_JOB, runs.RETRAIN_JOB):
+        # a promotion in progress moves the alias and then writes the pointer and records the change itself
+        if context.instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=runs.ACTIVE), limit=1):
+            return dg.SkipReason(f"a {job} run is in progress; its promotion updates the pointer")
+    store = storage.get()
+    change = registry.sync_champion(mlflow.tracker(), store)
+    if change is None:
+        return dg.SkipReason("the champion pointer matches the registry's `champion` alias")
+    runs.write_model_registry(store, mlflow.tracker())  # its "aliases now" column
+    context.log.info(f"the `champion` alias moved: {change}")
+    return dg.SkipReason(f"pointer now at registry version {change['to_version']} ({change['to_model']})")
+
+
 def pipeline_failure_sensor(context: dg.RunFailureSensorContext, settings: dg.ResourceParam[Settings]) -> None:
     run = context.dagster_run
     message = context.failure_event.message or ""
@@ -111,6 +131,12 @@ def build_sensors(interval: int) -> list[dg.SensorDefinition]:
             description="Requests a retrain when a window's drift report says `retrain` (drift detected, or "
             "online CTR / the champion's NDCG@10 below its floor).",
         )(drift_retrain_sensor),
+        dg.sensor(
+            minimum_interval_seconds=interval,
+            default_status=running,
+            description="Follows the MLflow registry's `champion` alias: when it was moved outside the pipeline "
+            "(the MLflow UI), rewrites `artifacts/CHAMPION.json`, which the API serves from, and records the change.",
+        )(champion_alias_sensor),
         dg.run_failure_sensor(
             minimum_interval_seconds=interval,
             default_status=running,

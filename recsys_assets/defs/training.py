@@ -6,25 +6,31 @@ import sys
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
 from recsys_assets.contract.artifact import write_to_storage
+from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.batched import EvaluationConfig, users_with_truth
 from recsys_assets.lib.models import catalog, sizing
 from recsys_assets.lib.models.base import ProtocolData
 from recsys_assets.lib.models.fitting import (
+    CHAMPION_METRIC,
+    DISCOVERY,
+    REPEAT,
     Candidate,
     artifact_metrics,
-    evaluate_scores,
+    evaluate_settings,
     fingerprint,
+    has_repeats,
     metric_value,
     prepare,
+    repeat_share,
     serving_artifact,
 )
 
@@ -57,6 +63,15 @@ class CandidatesConfig(dg.Config):
     seed: int = SEED
 
 
+def evaluation_config(settings: Settings) -> EvaluationConfig:
+    """How candidates are evaluated at scale (the `eval_*` settings)."""
+    return EvaluationConfig(
+        users=settings.eval_users,
+        batch_memory_mb=settings.eval_batch_memory_mb,
+        recbole_collector_cells=settings.eval_recbole_collector_cells,
+    )
+
+
 def tuned_params(store: Storage) -> dict[str, Any]:
     """The search's best parameters per model (`tuned_hyperparameters`), empty before the first search."""
     return json.loads(store.read_bytes(*TUNED_PARAMS)) if store.exists(*TUNED_PARAMS) else {}
@@ -66,28 +81,34 @@ def tuned_params(store: Storage) -> dict[str, Any]:
 def tuned_hyperparameters(
     context: dg.AssetExecutionContext,
     config: TuningConfig,
+    settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     interactions: pd.DataFrame,
     items: pd.DataFrame,
     users: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    """A small, budgeted Optuna search per model on the temporal split's validation part (never the test
-    part). The best parameters go to `tuning/best_params.json`, which `model_candidates` reads. Run it
-    with `make tune`; it is not part of the default pipeline job."""
+    """A small, budgeted Optuna search per model on the deciding split's validation part (temporal, or
+    random for a log without time; never the test part). The best parameters go to
+    `tuning/best_params.json`, which `model_candidates` reads. Run it with `make tune`; it is not part of
+    the default pipeline job."""
     # RecBole, torch and Optuna load in the step that trains, not with the code location
     from recsys_assets.lib.models.candidates import recbole_candidate
     from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
     from recsys_assets.lib.models.tuning import model_config, search
 
     store = storage.get()
-    pdata = prepare(interactions, items, users, S.TEMPORAL, seed=config.seed)
+    evaluation = evaluation_config(settings)
+    # the split the champion is chosen on: temporal, or random for a log without time
+    protocol = S.deciding_protocol(interactions)
+    pdata = prepare(interactions, items, users, protocol, seed=config.seed)
+    context.log.info(f"searching on the {protocol} split's validation part")
     best: dict[str, Any] = {}
     report = []
     for name in config.models:
 
         def objective(overrides: dict[str, Any], name: str = name) -> float:
             kwargs = model_config(name, "standard", config.seed, tuned={name: overrides})
-            value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata).valid_ndcg10
+            value = recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation).valid_ndcg10
             context.log.info(f"{name} {overrides}: valid NDCG@10 {value:.4f}")
             return value
 
@@ -110,6 +131,8 @@ def tuned_hyperparameters(
     )
 
 
+FAILED_CANDIDATES = ("reports", "failed_candidates.json")
+PARTIAL_CANDIDATES = ("reports", "model_candidates_finished.parquet")
 SKIPPED = ("reports", "skipped_candidates.json")
 
 
@@ -124,20 +147,57 @@ def size_gate(
     pdata: ProtocolData,
     tuned: dict[str, Any],
 ) -> dict[str, sizing.Estimate]:
-    """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`;
-    each refused one is logged with its reason (it is then skipped, not trained)."""
+    """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`
+    with the evaluation's batches and user sample (`eval_*`); each refused one is logged with its reason
+    (it is then skipped, not trained)."""
     from recsys_assets.lib.models.tuning import model_config
 
     lim = settings.limits
-    limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items)
+    limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items, evaluation_config(settings))
     names = [*config.models, *config.native_models]
     epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in names}
-    shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train))
+    evaluated = len(users_with_truth(pdata.test_truth))
+    shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train), evaluated_users=evaluated)
     out = {e.model: e for e in sizing.plan(names, shape, limits, threads=lim.training_threads(), epochs=epochs)}
     for e in out.values():
         if not e.fits:
             context.log.warning(f"skipping {e.model} on the {pdata.protocol} split: {e.reason}")
     return out
+
+
+def _failure(model: str, protocol: str, exc: BaseException) -> dict[str, str]:
+    """One failed training step, in words: which model, on which split, and the error."""
+    return {"model": model, "protocol": protocol, "error": f"{type(exc).__name__}: {exc}".strip()}
+
+
+def _fit(
+    name: str,
+    pdata: Any,
+    cands: list[Candidate],
+    config: CandidatesConfig,
+    tuned: Any,
+    repeat: bool,
+    evaluation: EvaluationConfig,
+    limits: TrainingLimits,
+) -> Candidate:
+    """One candidate fitted on `pdata` (a hybrid blends the best exportable collaborative one fitted so far,
+    RecBole's or implicit's; implicit trains on `limits`' threads, EASE is refused above its item limit)."""
+    from recsys_assets.lib.models.candidates import implicit_candidate, native_candidate, recbole_candidate
+    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
+    from recsys_assets.lib.models.tuning import model_config
+
+    if name == "Hybrid":
+        collaborative = (*catalog.EXPORTABLE, *catalog.IMPLICIT)
+        cf = [c for c in cands if c.component is not None and c.name in collaborative and c.name != "Pop"]
+        best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
+        return native_candidate("Hybrid", pdata, best_cf, repeat=repeat, evaluation=evaluation)
+    if name in catalog.NATIVE:
+        return native_candidate(name, pdata, evaluation=evaluation)
+    if name in catalog.IMPLICIT:
+        threads = limits.training_threads()
+        return implicit_candidate(name, pdata, threads=threads, seed=config.seed, evaluation=evaluation)
+    kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
+    return recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation, limits.ease_max_items)
 
 
 @dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
@@ -151,70 +211,76 @@ def model_candidates(
     items: pd.DataFrame,
     users: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Trains every candidate (RecBole models, popularity, content, hybrid) on the same splits of both
-    protocols and evaluates each with one metrics implementation: model x metric x K x protocol x slice.
-    Each training run is tracked in MLflow; the temporal protocol's exportable candidates are saved
-    as serving artifacts under `candidates/`. A candidate whose estimated memory or time is over
-    `RECSYS_LIMITS__*` is skipped before it trains, with the reason (metadata `skipped`, and the report)."""
-    # RecBole, torch and Optuna load in the step that trains, not with the code location
-    from recsys_assets.lib.models.candidates import implicit_candidate, native_candidate, recbole_candidate
-    from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
-    from recsys_assets.lib.models.tuning import model_config
-
+    """Trains every candidate (RecBole's and implicit's models, popularity, content, BuyAgain, hybrid) on the
+    same splits of both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
+    setting (discovery; and repeat when people consume items again) x slice. Each training run is tracked
+    in MLflow; the temporal protocol's exportable candidates are saved as serving artifacts under
+    `candidates/`. A model or split that fails is recorded (`reports/failed_candidates.json`) and the
+    others go on; the step fails only when no candidate, or none on the champion's split, succeeded. A
+    candidate whose estimated memory or time is over `RECSYS_LIMITS__*` is skipped before it trains, with
+    the reason (`reports/skipped_candidates.json`, metadata `skipped`, and the report)."""
     store = storage.get()
     fp = fingerprint(interactions)
+    evaluation = evaluation_config(settings)
     tuned = tuned_params(store)
     if tuned:
         context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
     results: list[pd.DataFrame] = []
     summary: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
     skipped: list[dict[str, Any]] = []
-    steps = len(config.protocols) * (len(config.models) + len(config.native_models))
+    names = [*config.models, *config.native_models]
+    protocols = S.protocols_for(interactions, config.protocols)
+    if protocols != list(config.protocols):
+        context.log.warning(S.NO_TIME_NOTE)
+    mode, deciding = S.time_mode(interactions), S.deciding_protocol(interactions)
+    steps = len(protocols) * len(names)
     done = 0
     # a progress bar on a terminal (`make pipeline`); the Dagster log gets one line per step either way
     bar = tqdm(total=steps, desc="candidates", unit="model", disable=not sys.stderr.isatty())
-    for protocol in config.protocols:
-        pdata = prepare(interactions, items, users, protocol, seed=config.seed)
-        context.log.info(f"{protocol}: {pdata.split.summary()}")
+    for protocol in protocols:
+        try:
+            pdata = prepare(interactions, items, users, protocol, seed=config.seed)
+        except Exception as exc:  # one split failing must not lose the other's results
+            failures.append(_failure("(every model: the split)", protocol, exc))
+            context.log.error(f"the {protocol} split failed, its models are skipped: {failures[-1]['error']}")
+            done += len(names)
+            bar.update(len(names))
+            continue
+        repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
+        context.log.info(_split_line(pdata))
         cands: list[Candidate] = []
         estimates = size_gate(context, settings, config, pdata, tuned)
-        for name in [*config.models, *config.native_models]:
+        for name in names:
             done += 1
             if not estimates[name].fits:
                 skipped.append({"model": name, "protocol": protocol, "reason": estimates[name].reason})
                 bar.update(1)
                 continue
             context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
-            if name == "Hybrid":
-                collaborative = (*catalog.EXPORTABLE, *catalog.IMPLICIT)
-                cf = [c for c in cands if c.component is not None and c.name in collaborative and c.name != "Pop"]
-                best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
-                cand = native_candidate("Hybrid", pdata, best_cf)
-            elif name in ("Popularity", "Content"):
-                cand = native_candidate(name, pdata)
-            elif name in catalog.IMPLICIT:
-                cand = implicit_candidate(name, pdata, threads=settings.limits.training_threads(), seed=config.seed)
-            else:
-                kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
-                cand = recbole_candidate(RecBoleModelConfig(**kwargs), pdata, settings.limits.ease_max_items)
-            res = evaluate_scores(cand.scores(np.arange(pdata.data.n_users)), pdata, cand.name)
+            try:
+                cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation, settings.limits)
+                res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
+            except Exception as exc:  # recorded; the other models and the reports go on
+                failures.append(_failure(name, protocol, exc))
+                context.log.error(f"[{done}/{steps}] {name} failed on the {protocol} split: {failures[-1]['error']}")
+                bar.update(1)
+                continue
             # what the promotion needs to refit this model on the latest data
             res["budget"] = config.budget
             res["collaborative"] = str(cand.params.get("collaborative", ""))
+            res["time_mode"] = mode  # how the split was cut (the report states it)
             results.append(res)
             cands.append(cand)
             ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
-            context.log.info(
-                f"[{done}/{steps}] {name} ({protocol}): NDCG@10 {ndcg:.4f}, valid {cand.valid_ndcg10:.4f}, "
-                f"{cand.train_seconds:.1f}s"
-            )
+            context.log.info(f"[{done}/{steps}] {_result_line(cand, res, pdata)}")
             bar.update(1)
             bar.set_postfix_str(f"{name} ({protocol}) NDCG@10 {ndcg:.3f}")
             summary.append(
                 {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
             )
             artifact_path = None
-            if protocol == S.TEMPORAL:
+            if protocol == deciding:
                 art = serving_artifact(cand, pdata.data, fp, metrics=artifact_metrics(res))
                 if art is not None:
                     write_to_storage(art, store, "candidates", cand.name)
@@ -228,9 +294,11 @@ def model_candidates(
                 duration_s=cand.train_seconds,
             )
     bar.close()
+    store.write_text(json.dumps(failures, indent=2), *FAILED_CANDIDATES)
     store.write_text(json.dumps({"dataset_fingerprint": fp, "skipped": skipped}, indent=2), *SKIPPED)
-    if not results:
-        raise RuntimeError(f"no candidate fits RECSYS_LIMITS__*: {json.dumps(skipped, indent=1)}")
+    if results:  # what finished stays readable even if the step fails below
+        store.write_table(pd.concat(results, ignore_index=True), *PARTIAL_CANDIDATES)
+    _fail_when_nothing_to_choose(results, failures, protocols, store.uri(*PARTIAL_CANDIDATES), skipped)
     table = pd.concat(results, ignore_index=True)
     table["dataset_fingerprint"] = fp
     wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
@@ -239,9 +307,59 @@ def model_candidates(
         metadata={
             "dataset_fingerprint": fp,
             "ndcg@10": dg.MetadataValue.md(wide.round(4).to_markdown()),
-            "skipped": dg.MetadataValue.md(skipped_table(skipped).to_markdown(index=False)),
             "train_seconds": dg.MetadataValue.json(
                 {f"{s['model']}/{s['protocol']}": round(s["train_seconds"], 1) for s in summary}
             ),
+            "failed": dg.MetadataValue.md(pd.DataFrame(failures).to_markdown(index=False) if failures else "none"),
+            "skipped": dg.MetadataValue.md(skipped_table(skipped).to_markdown(index=False) if skipped else "none"),
         },
     )
+
+
+def _split_line(pdata: ProtocolData) -> str:
+    """The split's sizes and the settings it is evaluated in, for the log."""
+    head = f"{pdata.protocol}: {pdata.split.summary()}; "
+    if not has_repeats(pdata):
+        return head + "no test positive is an item the user had before: discovery setting only"
+    return head + (
+        f"{repeat_share(pdata):.1%} of test positives are items the user had before: "
+        "evaluated in the discovery and the repeat settings"
+    )
+
+
+def _result_line(cand: Candidate, res: pd.DataFrame, pdata: ProtocolData) -> str:
+    """One candidate's test NDCG@10 (and repeat NDCG@10), validation NDCG@10 and training time, for the log."""
+    ndcg = metric_value(res, cand.name, "ndcg", 10, pdata.protocol)
+    repeat = metric_value(res, cand.name, "ndcg", 10, pdata.protocol, setting=REPEAT) if has_repeats(pdata) else None
+    return (
+        f"{cand.name} ({pdata.protocol}): NDCG@10 {ndcg:.4f}"
+        + ("" if repeat is None else f" (repeat {repeat:.4f})")
+        + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
+    )
+
+
+def _fail_when_nothing_to_choose(
+    results: list[pd.DataFrame],
+    failures: list[dict[str, str]],
+    protocols: list[str],
+    finished: str,
+    skipped: list[dict[str, Any]] | None = None,
+) -> None:
+    """Raise, naming every failure and every candidate skipped over the size limits, when no candidate
+    succeeded or none did on the champion's split."""
+    listed = "; ".join(
+        [f"{f['model']} on the {f['protocol']} split: {f['error']}" for f in failures]
+        + [
+            f"{s['model']} on the {s['protocol']} split skipped (RECSYS_LIMITS__*): {s['reason']}"
+            for s in skipped or []
+        ]
+    )
+    if not results:
+        raise dg.Failure(f"no candidate could be trained and evaluated ({listed})")
+    champion_protocol = CHAMPION_METRIC[2]
+    done = {p for r in results for p in r["protocol"].unique()}
+    if champion_protocol in protocols and champion_protocol not in done:
+        raise dg.Failure(
+            f"no candidate succeeded on the {champion_protocol} split, on which the champion is chosen ({listed}); "
+            f"the results that finished are in {finished}"
+        )

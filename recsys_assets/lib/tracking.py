@@ -3,8 +3,9 @@
 One MLflow run per trained model holds its parameters, the dataset fingerprint and every offline
 metric (one MLflow metric per row of the evaluation table, e.g. `ndcg_at_10.temporal.all`), plus
 files such as the evaluation report. `register_artifact` logs the numpy-only serving artifact as a
-pyfunc model under that run, registers it and points an alias at it (`champion`, `challenger`); the
-API resolves an alias to a version and downloads the artifact folder to hot-reload it.
+pyfunc model under that run (portable: `lib/pyfunc.py`), registers it and points an alias at it
+(`champion`, `challenger`); `lib/champion.py` follows the `champion` alias into the pointer file the API
+hot-reloads from.
 
 Where MLflow keeps its data is a `MlflowStore` (`Settings.mlflow_store()`): `RECSYS_MLFLOW_TRACKING_URI`
 when set (a server), otherwise a SQLite store and an artifact folder under the data folder, so nothing
@@ -29,10 +30,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import mlflow
-import numpy as np
 import pandas as pd
-import scipy
-import scipy.sparse as sp
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -43,11 +41,19 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
-from mlflow.types import ColSpec, Schema
 from pydantic import BaseModel, ConfigDict
 
-from recsys_assets.contract.artifact import ServingArtifact, load_artifact
+from recsys_assets.contract.artifact import load_artifact
 from recsys_assets.contract.settings import MlflowStore
+from recsys_assets.lib.pyfunc import (
+    INPUT_SCHEMA,
+    OUTPUT_SCHEMA,
+    PYFUNC_CODE,
+    SERVING_KEY,
+    ServingPyfunc,
+    pip_requirements,
+    stage_code,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -60,9 +66,8 @@ TAG_MODEL_VERSION = "recsys.model_version"
 TAG_SHA256 = "recsys.artifact_sha256"
 PROTOCOL_TAG_PREFIX = "protocol."
 
-# Name of the pyfunc model inside its run, and of the serving folder inside the pyfunc model.
+# Name of the pyfunc model inside its run (the serving folder inside it is `pyfunc.SERVING_KEY`).
 PYFUNC_NAME = "serving_model"
-SERVING_KEY = "serving"
 
 # MLflow's limit on a parameter value (longer values are rejected, not truncated).
 _MAX_PARAM_VALUE = 6000
@@ -123,98 +128,13 @@ def _metrics_from_table(model_name: str, metrics: pd.DataFrame) -> dict[str, flo
         if math.isnan(value):
             continue
         key = metric_key(row.metric, row.k, row.protocol, row.slice)
+        setting = getattr(row, "setting", None)
+        if isinstance(setting, str) and setting != "discovery":  # e.g. `ndcg_at_10.temporal.all.repeat`
+            key = f"{key}.{sanitize_name(setting)}"
         if key in out:
             raise ValueError(f"metrics table has several rows for {key!r}")
         out[key] = value
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The pyfunc wrapper of a serving artifact
-# ---------------------------------------------------------------------------------------------
-
-
-INPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "k")])
-OUTPUT_SCHEMA = Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"), ColSpec("string", "item_id")])
-
-
-class ServingPyfunc(mlflow.pyfunc.PythonModel):
-    """The serving artifact as an MLflow pyfunc model: top-k item ids per user, numpy only.
-
-    Input: a DataFrame with `user_id` (string) and `k`, one row per request. Output: a long
-    DataFrame `user_id, rank, item_id`, best first, seen items excluded; a user unknown to
-    the artifact gets the blend computed from an empty history (popularity). The logged model holds a
-    models-from-code script importing this class, so loading it needs this project installed (as the
-    API has), but never RecBole or torch.
-    """
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.artifact: ServingArtifact = load_artifact(context.artifacts[SERVING_KEY])
-        self.user_index = self.artifact.user_index()
-
-    def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
-    ) -> pd.DataFrame:
-        art = self.artifact
-        frame = pd.DataFrame(model_input)
-        users = frame["user_id"].astype(str).to_numpy()
-        ks = frame["k"].astype("int64").to_numpy()
-        uidx = np.array([self.user_index.get(u, -1) for u in users], dtype=np.int64)
-        history = _history_rows(art.history, uidx)
-        parts = []
-        for k in np.unique(ks):
-            rows = np.flatnonzero(ks == k)
-            # the same call as `ServingArtifact.topk_for_users`, so known users get the offline lists
-            idx = art.scorer.topk(history[rows], int(k), user_idx=uidx[rows], exclude=history[rows])
-            ok = idx >= 0  # -1 pads a list shorter than k (too few unseen items)
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "_row": np.repeat(rows, idx.shape[1])[ok.ravel()],
-                        "rank": np.tile(np.arange(1, idx.shape[1] + 1, dtype=np.int64), len(rows))[ok.ravel()],
-                        "item_id": art.item_ids[idx[ok]].astype(str),
-                    }
-                )
-            )
-        if not parts:
-            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _OUTPUT_DTYPES.items()})
-        out = pd.concat(parts, ignore_index=True).sort_values(["_row", "rank"], kind="stable")
-        out.insert(0, "user_id", users[out["_row"].to_numpy()])
-        return out.drop(columns="_row").reset_index(drop=True)
-
-
-def _history_rows(history: sp.csr_matrix, uidx: np.ndarray) -> sp.csr_matrix:
-    """Training-history rows of `uidx`, kept entry for entry; an empty row where `uidx` is -1."""
-    known = uidx >= 0
-    sel = history[np.where(known, uidx, 0)]
-    keep = np.repeat(known, np.diff(sel.indptr))
-    indptr = np.concatenate([[0], np.cumsum(np.diff(sel.indptr) * known)])
-    return sp.csr_matrix((sel.data[keep], sel.indices[keep], indptr), shape=sel.shape)
-
-
-_OUTPUT_DTYPES = {"user_id": "object", "rank": "int64", "item_id": "object"}
-
-
-_PYFUNC_CODE = """\
-\"\"\"MLflow models-from-code entry point of a recsys serving artifact.\"\"\"
-
-import mlflow
-
-from recsys_assets.lib.tracking import ServingPyfunc
-
-mlflow.models.set_model(ServingPyfunc())
-"""
-
-
-def _pip_requirements() -> list[str]:
-    # pinned to what runs here; given explicitly so MLflow does not load the model in a
-    # subprocess to infer them
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"numpy=={np.__version__}",
-        f"scipy=={scipy.__version__}",
-        f"pandas=={pd.__version__}",
-    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +304,7 @@ class MlflowTracking(BaseModel):
             # models-from-code rather than a pickled instance: the model holds this small script,
             # which imports `ServingPyfunc` by name when the model is loaded
             code = Path(tmp, "recsys_pyfunc.py")
-            code.write_text(_PYFUNC_CODE)
+            code.write_text(PYFUNC_CODE)
             info = mlflow.pyfunc.log_model(
                 name=PYFUNC_NAME,
                 python_model=str(code),
@@ -392,7 +312,9 @@ class MlflowTracking(BaseModel):
                 signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA),
                 # MLflow predicts on the example once the model is saved, so a broken model warns here
                 input_example=example,
-                pip_requirements=_pip_requirements(),
+                pip_requirements=pip_requirements(),
+                # the modules `PYFUNC_CODE` imports travel with the model: it loads without this project
+                code_paths=[stage_code(Path(tmp, "code"))],
                 registered_model_name=self.registered_model,
                 metadata={"recsys_model": art.model_name, "artifact_sha256": art.checksum},
             )
@@ -416,24 +338,30 @@ class MlflowTracking(BaseModel):
             if exc.error_code in _NOT_FOUND:
                 return None
             raise
-        return {
-            "version": str(mv.version),
-            "run_id": mv.run_id,
-            "source": mv.source,
-            "model_id": getattr(mv, "model_id", None),
-            "created_at": dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC),
-            "tags": dict(mv.tags),
-            "aliases": list(mv.aliases),
-        }
+        return _version_dict(mv)
 
-    def download_artifact(self, alias: str, dst_dir: str) -> str:
-        """Download the serving artifact of `alias` into `dst_dir`; returns the folder to `load_artifact`."""
-        info = self.alias_version(alias)
-        if info is None:
-            raise LookupError(f"registered model {self.registered_model!r} has no alias {alias!r}")
+    def version_info(self, version: str) -> dict | None:
+        """One registered version (as `alias_version`), or None when it does not exist."""
+        try:
+            mv = self.client().get_model_version(self.registered_model, str(version))
+        except MlflowException as exc:
+            if exc.error_code in _NOT_FOUND:
+                return None
+            raise
+        return _version_dict(mv)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point `alias` at `version` (what the MLflow UI's alias editor does)."""
+        self.client().set_registered_model_alias(self.registered_model, alias, str(version))
+
+    def set_version_tag(self, version: str, key: str, value: str) -> None:
+        self.client().set_model_version_tag(self.registered_model, str(version), key, value)
+
+    def download_version(self, version: str, dst_dir: str) -> str:
+        """Download the serving artifact of `version` into `dst_dir`; returns the folder to `load_artifact`."""
         # the version's own artifact location, resolved with our client: `models:/` URIs would be
         # resolved through MLflow's global registry URI instead
-        location = self.client().get_model_version_download_uri(self.registered_model, info["version"])
+        location = self.client().get_model_version_download_uri(self.registered_model, str(version))
         os.makedirs(dst_dir, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             # the serving folder keeps its original name inside the model; MLmodel says where it is
@@ -444,6 +372,13 @@ class MlflowTracking(BaseModel):
         return mlflow.artifacts.download_artifacts(
             artifact_uri=f"{location}/{subpath}", dst_path=dst_dir, tracking_uri=self.tracking_uri
         )
+
+    def download_artifact(self, alias: str, dst_dir: str) -> str:
+        """Download the serving artifact of `alias` into `dst_dir`; returns the folder to `load_artifact`."""
+        info = self.alias_version(alias)
+        if info is None:
+            raise LookupError(f"registered model {self.registered_model!r} has no alias {alias!r}")
+        return self.download_version(info["version"], dst_dir)
 
     def champion_history(self) -> pd.DataFrame:
         """Every registered version, oldest first: version, aliases, run, tags and the run's metrics.
@@ -493,3 +428,15 @@ class MlflowTracking(BaseModel):
         frame = pd.DataFrame(rows)
         metric_cols = sorted(c for c in frame.columns if c not in base)
         return frame[base + metric_cols].sort_values("version").reset_index(drop=True)
+
+
+def _version_dict(mv: Any) -> dict:
+    return {
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "model_id": getattr(mv, "model_id", None),
+        "created_at": dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC),
+        "tags": dict(mv.tags),
+        "aliases": list(mv.aliases),
+    }

@@ -1,4 +1,4 @@
-"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo`.
+"""Command line: `python -m recsys_assets ingest|pipeline|tune|demo|champion|report|query`.
 
 `ingest` materializes the ingestion assets only (the source to the interaction matrix and the EDA
 report) and prints the row counts, the rejects by reason and where the EDA report is.
@@ -7,14 +7,24 @@ report) and prints the row counts, the rejects by reason and where the EDA repor
 show up in the Dagster UI) and exits non-zero if any step or blocking check failed. `demo` runs the
 whole loop on MovieLens-100k: it cuts the data set in time, trains on the past, starts every service,
 replays the future through the API as live traffic, and serves until Ctrl-C (`--ci`: exits instead).
+
+`champion promote VERSION | rollback | status` moves the MLflow registry's `champion` alias and the
+pointer the API serves from together (every API worker serves the new champion within
+`model_poll_seconds`), records who did it in `champion_changes`, or shows where both stand.
+
+`report --out DIR` writes the stakeholder report (`report.html`, self-contained) and slide deck
+(`report.pptx`) from the stored tables, the API's event log and `/metrics` (`tools/report/`); `query SQL`
+prints one SQL query over the stored tables (DuckDB views: `drift_results`, `retrain_runs`, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from recsys_assets.contract.settings import get_settings
+from recsys_assets.contract.logs import configure_process_logging
+from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.tools.pipeline import run_pipeline
 
 
@@ -39,6 +49,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     demo_args.add_argument(
         "--replay-seconds", type=float, default=180.0, help="wall seconds the replay of the future is paced to (180)"
     )
+    champion = sub.add_parser("champion", help="promote a registry version, roll back, or show the champion")
+    moves = champion.add_subparsers(dest="action", required=True)
+    promote = moves.add_parser("promote", help="make a registered model version the champion")
+    promote.add_argument("version", help="registry version (`champion status` lists the recent ones)")
+    rollback = moves.add_parser("rollback", help="serve the champion before the current one again")
+    for p in (promote, rollback):
+        p.add_argument("--reason", default="", help="why, for the change log")
+        p.add_argument("--actor", default="", help="who (default: RECSYS_ACTOR, else user@host)")
+    moves.add_parser("status", help="the alias, the pointer the API follows, the rollback target, recent changes")
+    report = sub.add_parser(
+        "report", help="write the stakeholder report (HTML) and slide deck (.pptx) from the stored tables"
+    )
+    report.add_argument("--out", help="output folder (default: <storage>/reports/final for local storage)")
+    report.add_argument(
+        "--api-url", help="the API whose /metrics gives p95 latency and availability (default: RECSYS_API_URL)"
+    )
+    query = sub.add_parser("query", help="print one SQL query over the stored tables (DuckDB, read-only)")
+    query.add_argument("sql", help='e.g. "SELECT * FROM retrain_runs ORDER BY triggered_at DESC LIMIT 5"')
     for p in (pipeline, demo_args):
         p.add_argument(
             "--budget", choices=["standard", "smoke"], help="training budget (standard); the demo's retrains too"
@@ -50,10 +78,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
+    if settings.log_format == "json":
+        # the library's own loggers (and MLflow's, when they propagate) as JSON lines on stderr; with text, the
+        # terminal keeps its usual lines
+        configure_process_logging("json")
     if args.command == "ingest":
         from recsys_assets.defs.definitions import INGESTION_JOB
 
         return 0 if run_pipeline(settings, job_name=INGESTION_JOB) else 1
+    if args.command == "champion":
+        return champion_command(settings, args)
+    if args.command == "report":
+        return report_command(settings, args)
+    if args.command == "query":
+        return query_command(settings, args.sql)
     if args.command == "tune":
         from recsys_assets.defs.definitions import TUNE_JOB
 
@@ -69,6 +107,69 @@ def main(argv: list[str] | None = None) -> int:
             retrain["retrain_models"] = candidates["models"]
         return demo(settings, candidates, args.replay_seconds, ci=args.ci, retrain=retrain)
     return 0 if run_pipeline(settings, candidates) else 1
+
+
+def champion_command(settings: Settings, args: argparse.Namespace) -> int:
+    from recsys_assets.contract.storage import Storage
+    from recsys_assets.lib import champion
+    from recsys_assets.lib.tracking import MlflowTracking
+
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
+    store = Storage.from_settings(settings)
+    try:
+        if args.action == "status":
+            state = champion.status(tracking, store)
+            changes = state.pop("changes")
+            print(json.dumps(state, indent=2, default=str))
+            print(changes.to_string(index=False) if len(changes) else "no recorded champion changes")
+            return 0 if state["in_sync"] or state["alias_version"] is None else 1
+        actor = args.actor or champion.default_actor()
+        if args.action == "promote":
+            change = champion.promote(tracking, store, args.version, actor, args.reason)
+        else:
+            change = champion.rollback(tracking, store, actor, args.reason)
+    except (LookupError, ValueError) as exc:  # ArtifactError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if change is None:
+        print(f"version {args.version} already is the champion; nothing changed")
+        return 0
+    from recsys_assets.defs.runs import write_model_registry
+
+    write_model_registry(store, tracking)  # the console's registry table shows the aliases as they are now
+    print(
+        f"champion: version {change['from_version'] or '-'} ({change['from_model'] or '-'}) -> "
+        f"{change['to_version']} ({change['to_model']}); every API worker serves it at its next model poll "
+        "(`RECSYS_MODEL_POLL_SECONDS`)"
+    )
+    return 0
+
+
+def report_command(settings: Settings, args: argparse.Namespace) -> int:
+    from recsys_assets.tools.report.build import build_report
+
+    if args.out is None and settings.is_azure:
+        print("error: storage is Azure Blob: give a local folder with --out", file=sys.stderr)
+        return 2
+    out = args.out or settings.local_root() / "reports" / "final"
+    html_path, deck_path = build_report(settings, out, api_url=args.api_url or settings.api_url)
+    print(f"report: {html_path}\ndeck:   {deck_path}")
+    return 0
+
+
+def query_command(settings: Settings, sql: str) -> int:
+    import pandas as pd
+
+    from recsys_assets.tools.report.tables import query
+
+    try:
+        result = query(settings, sql)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+        print(result.to_string(index=False) if len(result) else "(no rows)")
+    return 0
 
 
 if __name__ == "__main__":

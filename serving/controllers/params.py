@@ -29,5 +29,9 @@ Category = Annotated[
     ),
 ]
 ExcludeSeen = Annotated[
-    bool, Parameter(description="Leave out items the user already interacted with (training and live events).")
+    bool | None,
+    Parameter(
+        description="Leave out items the user already interacted with (training and live events); default: true, "
+        "false when the configured `evaluation_target` is `repeat` or `blended` (buy again)."
+    ),
 ]

@@ -34,7 +34,7 @@ class RecommendationController(Controller):
         settings: Settings,
         k: K = 10,
         category: Category = None,
-        exclude_seen: ExcludeSeen = True,
+        exclude_seen: ExcludeSeen = None,
     ) -> Recommendations:
         """Ranked items for a user, each with a reason; unknown and new users get the cold-start list."""
         check_path_id("user_id", user_id)

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
+from recsys_assets.lib import champion as champion_log
 from tests.conftest import ROOT, free_port, wait_for_port
 from tests.console_fixtures import (
     EXPECTED_P95_MS,
@@ -104,7 +105,9 @@ def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
     tiles = metrics(at)
     # the last 7 days of traffic hold all five lists, and nothing before them: no change to show
     assert tiles["CTR"] == ("60.0%", "5 lists")
-    assert tiles["Conversion rate"] == ("60.0%", "5 lists")
+    # the two conversions, named: 3 of 5 lists served; 3 of the 3 clicked lists
+    assert tiles["Conversion per list"] == ("60.0%", "5 lists")
+    assert tiles["Conversion per click"] == ("100.0%", "3 clicked lists")
     # EASE against the popularity baseline of the same report
     assert tiles["NDCG@10"] == ("0.2500", "+0.0500")
     assert tiles["MAP@10"] == ("0.1500", "+0.0300")
@@ -112,12 +115,15 @@ def test_overview_kpis_from_fixture_tables(fixture_storage: Settings) -> None:
     assert tiles["Pipeline success rate"] == ("90%", "10 runs")
     assert tiles["Champion"][0] == "EASE"
     assert tiles["Drift"] == ("drift detected", "2 of 2 metrics")
+    # 1 of the 100 recommendation requests answered 503 (the probes' and /metrics' are not counted)
+    assert tiles["API availability"] == ("99.00%", "-0.90 pp")
 
     at.segmented_control(key="overview_period").set_value("24 hours").run()
     tiles = metrics(at)
     # r4, r5 against r1, r2, r3 (see console_fixtures)
     assert tiles["CTR"] == ("50.0%", "-16.7 pp")
-    assert tiles["Conversion rate"] == ("50.0%", "-16.7 pp")
+    assert tiles["Conversion per list"] == ("50.0%", "-16.7 pp")
+    assert tiles["Conversion per click"] == ("100.0%", "+0.0 pp")
 
 
 def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
@@ -131,6 +137,7 @@ def test_pages_with_fixture_data(fixture_storage: Settings) -> None:
     tiles = metrics(at)
     assert tiles["Lists served"][0] == "5" and tiles["Impressions"][0] == "10"
     assert tiles["List CTR"][0] == "60.0%" and tiles["Impression CTR"][0] == "30.0%"
+    assert tiles["Conversion per list"][0] == "60.0%" and tiles["Conversion per click"][0] == "100.0%"
     by_version = at.dataframe[0].value.set_index("model_version")
     assert by_version.loc["v1", "lists"] == 3 and by_version.loc["v2", "ctr"] == pytest.approx(50.0)  # percent
     at.segmented_control(key="online_by").set_value("A/B arm").run()
@@ -177,20 +184,28 @@ def test_registry_run_history_and_reject_counts_come_from_the_pipelines_tables(f
     store = Storage.from_settings(fixture_storage)
     store.write_table(model_registry(), "model_registry.parquet")
     runs.write_reject_counts(store, {"missing_user_id": 7, "unparseable_timestamp": 3, "bad_value": 0})
+    for change in (
+        {"actor": "dagster run r1", "action": "pipeline", "from_version": "1", "to_version": "3", "reason": "passed"},
+        {"actor": "alice", "action": "rollback", "from_version": "3", "to_version": "1", "reason": "CTR fell"},
+    ):
+        champion_log.record_change(store, change)
     at = start(fixture_storage)
     assert_clean(at)
     tiles = metrics(at)
     assert tiles["NDCG@10"] == ("0.2500", f"+{0.25 - PREVIOUS_CHAMPION['ndcg']:.4f}")
     assert tiles["MAP@10"] == ("0.1500", f"+{0.15 - PREVIOUS_CHAMPION['map']:.4f}")
-    assert "vs previous champion v1 (Popularity)" in str(at.metric[4].proto)
+    assert "vs previous champion v1 (Popularity)" in str(at.metric[5].proto)
     # run-9, the newest of the fixture's runs, failed
     assert tiles["Last pipeline run"][0] == "failure"
     assert any("run-9" in str(m.proto) for m in at.metric)
 
     goto(at, "models")
     assert_clean(at)
-    history = at.dataframe[-1].value
+    history = at.dataframe[-2].value
     assert list(history["version"]) == [3, 2, 1]
+    changes = at.dataframe[-1].value  # newest first
+    assert list(changes["actor"]) == ["alice", "dagster run r1"]
+    assert list(changes["to_version"]) == ["1", "3"] and changes["reason"][0] == "CTR fell"
     assert list(history["registered_as"]) == ["champion", "challenger", "champion"]
 
     goto(at, "dataset")
@@ -208,7 +223,8 @@ def test_empty_storage_every_page_says_no_data_yet(tmp_path: Path, monkeypatch: 
         assert at.title[0].value == TITLES[page]
         assert "no data yet" in page_text(at).lower(), (page, page_text(at))
     tiles = metrics(goto(at, "overview"))
-    assert len(tiles) == 11 and all(value == "—" for value, _ in tiles.values())
+    assert len(tiles) == 13 and all(value == "—" for value, _ in tiles.values())
+    assert "API availability" in tiles
 
 
 def test_event_log_in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from console import kpis
 from tests.console_fixtures import (
+    COLUMNS,
     EXPECTED_DAY_BEFORE,
     EXPECTED_LAST_DAY,
     EXPECTED_P95_MS,
@@ -121,6 +122,17 @@ def test_latency_p95_from_prometheus_text() -> None:
     assert kpis.latency_p95_ms("# nothing\nprocess_cpu_seconds_total 1.5\n") is None
 
 
+def test_availability_from_prometheus_text() -> None:
+    share, n = kpis.availability(METRICS_TEXT)
+    # 1 of 100 recommendation requests answered 503; the 40 failed /metrics scrapes are not traffic
+    assert (share, n) == (pytest.approx(0.99), 100)
+    assert share < kpis.AVAILABILITY_TARGET
+    ok = 'recsys_api_request_duration_seconds_count{method="GET",path="/v1/items",status_code="200"} 5000\n'
+    assert kpis.availability(ok) == (1.0, 5000)
+    # counters without a status code say nothing about errors
+    assert kpis.availability("# nothing\nprocess_cpu_seconds_total 1.5\n") is None
+
+
 def test_histogram_quantile() -> None:
     buckets = {0.1: 10.0, 0.2: 20.0, math.inf: 20.0}
     assert kpis.histogram_quantile(0.5, buckets) == pytest.approx(0.1)
@@ -136,3 +148,27 @@ def test_success_rate() -> None:
     # the run still going is left out: SUCCESS, FAILURE, SUCCESS, then SUCCESS, CANCELED, SUCCESS
     assert (rate, n) == (pytest.approx(2 / 3), 3) and previous == pytest.approx(2 / 3)
     assert math.isnan(kpis.success_rate([], 20)[0])
+
+
+def test_conversion_per_click_and_per_list_differ_as_defined() -> None:
+    """Per list: converted lists / lists served. Per click (the seed's): clicked lists that converted /
+    clicked lists; a list that converts without a click counts for the first only."""
+    rows = [
+        *[["u1", i, "impression", "2026-01-01T10:00:00Z", p, f"a{p}", "ra", "v1", "A"] for p, i in enumerate("xy", 1)],
+        ["u1", "x", "click", "2026-01-01T10:01:00Z", "", "a-c", "ra", "v1", "A"],
+        ["u1", "x", "purchase", "2026-01-01T10:02:00Z", "", "a-p", "ra", "v1", "A"],
+        ["u2", "x", "impression", "2026-01-01T11:00:00Z", 1, "b1", "rb", "v1", "A"],
+        ["u2", "x", "click", "2026-01-01T11:01:00Z", "", "b-c", "rb", "v1", "A"],
+        ["u3", "y", "impression", "2026-01-01T12:00:00Z", 1, "c1", "rc", "v1", "A"],
+        # converted without a click (a rating of 5 from the list)
+        ["u3", "y", "rating", "2026-01-01T12:05:00Z", "5", "c-r", "rc", "v1", "A"],
+        ["u4", "z", "impression", "2026-01-01T13:00:00Z", 1, "d1", "rd", "v1", "A"],
+    ]
+    events = kpis.prepare_events(pd.DataFrame(rows, columns=COLUMNS))
+    total = kpis.totals(kpis.served_lists(events))
+    assert (total["lists"], total["clicked_lists"], total["converted_lists"]) == (4, 2, 2)
+    assert total["clicked_converted_lists"] == 1
+    assert total["conversion"] == pytest.approx(2 / 4)
+    assert total["conversion_per_click"] == pytest.approx(1 / 2)
+    nothing_clicked = kpis.totals(kpis.served_lists(events[events["recommendation_id"].isin(["rc", "rd"])]))
+    assert nothing_clicked["conversion"] == pytest.approx(0.5) and math.isnan(nothing_clicked["conversion_per_click"])

@@ -9,11 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from recsys_assets.contract.artifact import read_pointer
+from recsys_assets.contract.artifact import CHALLENGER_POINTER, read_pointer
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.definitions import PIPELINE_JOB, TUNE_JOB, build_definitions
 from recsys_assets.defs.training import TUNED_PARAMS
+from recsys_assets.lib import champion as champion_log
 from recsys_assets.lib.tracking import MlflowTracking
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,7 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
     assert {"model", "protocol", "slice", "metric", "k", "value", "n_users"} <= set(table.columns)
     assert set(table["protocol"]) == {"random", "temporal"}
     assert set(table["k"]) == {5, 10, 20}
-    assert {"Pop", "EASE", "Popularity", "Content", "Hybrid"} == set(table["model"])
+    assert {"Pop", "EASE", "Popularity", "Content", "Hybrid", "BuyAgain"} == set(table["model"])
     assert {"precision", "recall", "ndcg", "map", "hit", "mrr", "itemcoverage", "averagepopularity"} <= set(
         table["metric"]
     )
@@ -70,7 +71,22 @@ def test_candidates_report_and_champion(first, monkeypatch: pytest.MonkeyPatch, 
     tracking = MlflowTracking.for_store(settings.mlflow_store())
     champion = tracking.alias_version("champion")
     assert champion is not None and champion["version"] == pointer["registry_version"]
-    assert tracking.alias_version("challenger") is not None
+    challenger = tracking.alias_version("challenger")
+    assert challenger is not None
+    # the promotion is recorded, and the pointer can be written again from the version's own record
+    changes = champion_log.read_changes(store)
+    assert changes[["action", "from_version", "to_version"]].values.tolist() == [
+        ["pipeline", "", pointer["registry_version"]]
+    ]
+    assert changes["actor"][0].startswith("dagster run ")
+    assert json.loads(champion["tags"][champion_log.TAG_POINTER])["data_until"] == pointer["data_until"]
+    # the runner-up got a challenger pointer when it beat the popularity baseline
+    ranked = store.read_table("challenger_model.parquet")
+    second = read_pointer(store, CHALLENGER_POINTER)
+    assert (second is not None) == bool(ranked["beats_baseline"].iloc[1])
+    if second is not None:
+        assert second["registry_version"] == challenger["version"]
+        assert store.exists(*second["path"], "manifest.json")
     runs = tracking.client().search_runs([tracking.experiment_id()])
     assert len(runs) >= 10  # every candidate on both protocols, plus the promotions
     assert all(r.data.params.get("dataset_fingerprint") for r in runs)

@@ -87,8 +87,10 @@ SERVING_TUNING = {
         "events_segment_max_bytes",
         "events_segment_max_seconds",
         "max_json_depth",
+        "candidate_threshold_items",
     )
 }
+LOG_FORMAT = "text lines by default; a deployment whose collector parses JSON sets RECSYS_LOG_FORMAT=json"
 ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
     "api": {
         # ratings and time bounds check live events as the pipeline checks logged ones
@@ -96,6 +98,11 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         **SERVING_TUNING,
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
+        "log_format": LOG_FORMAT,
+        **{
+            name: "CORS is off by default: a client team's browser app on another origin is named per deployment"
+            for name in ("cors_allow_origins", "cors_allow_credentials", "cors_max_age_seconds")
+        },
         "forwarded_allow_ips": "default: no proxy is believed, the client address is the connection's peer; a "
         "deployment that puts the API behind its own proxy names it (compose and Azure: each client is its API "
         "key or the ingress's address)",
@@ -107,6 +114,7 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             *("event_weights", "rating_min", "rating_max", "time_min", "time_max"),
             *("kcore_user", "kcore_item", "reject_sample_size"),
         ),
+        "log_format": LOG_FORMAT,
         "source": "movielens unless a deployment points RECSYS_SOURCE/RECSYS_EVENT_LOG at its event log",
         **{
             name: "the feedback loop's tuning: the documented defaults (hourly windows, weekly retrain, all "
@@ -119,6 +127,12 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             )
         },
         "event_log": "only with source=event_log",
+        **{
+            name: "evaluation at scale: the defaults (50k users, 256 MB batches) bound memory at every size"
+            for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")
+        },
+        "limits": "the training limits' defaults (16 GB, 30 min per candidate, EASE up to 20k items, every core) "
+        "fit the documented machine; a deployment with less memory sets RECSYS_LIMITS__*",
         **{
             name: "read by `python -m recsys_assets demo` only (local servers), not by `pipeline` or the code server"
             for name in (
@@ -362,7 +376,9 @@ def test_extras_split_the_dependencies_by_role() -> None:
     }
     assert extras["all"] == ["recsys[api,console,pipeline]"]
     assert {"api", "console", "pipeline", "all", "dev"} <= set(extras)
-    assert "$(BIN)/pip install -q -e '.[all,dev]'" in (ROOT / "Makefile").read_text()
+    # `make install` installs the lock of `.[all,dev]`; `make lock` resolves `.[all,dev]` to write it
+    assert "$(BIN)/pip install -q --no-deps -r $(DEV_LOCK)" in (ROOT / "Makefile").read_text()
+    assert roles.DEV_EXTRAS == ("api", "console", "pipeline", "dev")
     pipeline = {Requirement(r).name: Requirement(r) for r in extras["pipeline"]}
     # dagster's integrations move with it: 1.13.27 <-> 0.29.27
     assert str(pipeline["dagster-postgres"].specifier) == "==0.29.27"
@@ -387,24 +403,19 @@ def test_lock_pins_every_requirement_within_its_bounds(role_name: str) -> None:
 
 @pytest.mark.parametrize("role_name", sorted(roles.ROLES))
 def test_lock_is_the_closure_in_this_environment(role_name: str) -> None:
-    """The lock equals the role's closure as installed here. A fresh `make install` may pick up newer
-    releases (other versions, or a dependency added or dropped upstream): that is drift of the
-    environment, not an error of the lock, and is reported as a skip (regenerate with
-    `python infra/roles.py lock`). What each role imports must be locked: the next test fails on that."""
+    """The lock equals the role's closure as installed here. `make install` installs infra/requirements/dev.txt,
+    which holds every role's closure, so on a fresh clone they are equal; a difference means pyproject.toml
+    changed without `make lock`, or the environment was installed some other way."""
     role = roles.ROLES[role_name]
     pins = roles.read_lock(role)
-    try:
-        lines = roles.lock_lines(role)
-    except roles.LockError as exc:  # an environment whose resolver chose otherwise than the lock
-        pytest.skip(f"environment differs from {roles.lock_path(role).name}: {exc}")
+    lines = roles.lock_lines(role)  # LockError: a requirement missing or out of bounds here (`make install`)
     current = {canonicalize_name(line.split("==")[0]): line.split("==")[1] for line in lines}
     missing, extra = sorted(set(current) - set(pins)), sorted(set(pins) - set(current))
     drift = {n: (pins[n], current[n]) for n in pins if n in current and pins[n] != current[n]}
-    if missing or extra or drift:
-        pytest.skip(
-            f"environment differs from {roles.lock_path(role).name}: missing {missing}, extra {extra}, "
-            f"versions (lock, installed) {drift}"
-        )
+    assert not (missing or extra or drift), (
+        f"environment differs from {roles.lock_path(role).name}: missing {missing}, extra {extra}, "
+        f"versions (lock, installed) {drift}. Regenerate the locks with `make lock`, or reinstall with `make install`"
+    )
 
 
 @pytest.mark.parametrize("role_name", ["api", "console", "pipeline"])

@@ -143,6 +143,7 @@ def test_every_reject_reason_is_counted(tmp_path: Path) -> None:
         "unparseable_timestamp": 1,
         "timestamp_out_of_range": 1,
         "bad_value": 2,
+        "bad_sequence": 0,
     }
     assert r.n_duplicates == 2 and r.notes["impressions"] == 1
     assert list(r.interactions["item_id"]) == ["i1", "i2", "i3"]

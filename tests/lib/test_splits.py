@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.evaluation.splits import (
     RANDOM,
     TEMPORAL,
@@ -164,3 +165,72 @@ def test_interactions_to_csr() -> None:
     assert m.toarray().tolist() == [[1, 1, 0], [1, 0, 0], [0, 0, 0]]
     with pytest.raises(ValueError, match="not in the given ids"):
         interactions_to_csr(inter, ["a"], ["x", "y"])
+
+
+# --- the per-user sequence split (a log ordered per user, e.g. order numbers) --------------------
+
+
+def _sequenced(rng: np.random.Generator, n_users: int = 40) -> pd.DataFrame:
+    """Users with 1 to 12 orders of 1 to 3 items each; order numbers restart at 1 for every user and
+    every event shares one timestamp, as a basket log without time is ingested."""
+    rows = []
+    for u in range(n_users):
+        for order in range(1, 1 + int(rng.integers(1, 13))):
+            for j in range(int(rng.integers(1, 4))):
+                rows.append((f"u{u}", f"i{(u + 7 * order + j) % 50}", order))
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", S.SEQUENCE_COL])
+    df = df.assign(event_type="purchase", timestamp=pd.Timestamp("2000-01-01", tz="UTC"))
+    df[S.TIME_MODE_COL] = pd.Categorical(["sequence"] * len(df))
+    return df.sample(frac=1.0, random_state=3)  # the split must not depend on row order
+
+
+def test_sequence_split_keeps_each_users_order_and_tests_their_last_orders() -> None:
+    inter = _sequenced(np.random.default_rng(0))
+    sp = S.split(inter, S.TEMPORAL)
+    assert sp.protocol == S.TEMPORAL and sp.method == S.METHODS["sequence"]
+    assert "per-user sequence" in sp.summary()["method"]
+    assert len(sp.train) + len(sp.valid) + len(sp.test) == len(inter)
+    seq = {name: part.groupby("user_id")[S.SEQUENCE_COL] for name, part in sp.parts().items()}
+    last = inter.groupby("user_id")[S.SEQUENCE_COL].max()
+    n_orders = inter.groupby("user_id")[S.SEQUENCE_COL].nunique()
+    # every user with two orders or more has their last order, whole, in test
+    tested = sp.test.groupby("user_id")[S.SEQUENCE_COL].min()
+    assert set(tested.index) == set(n_orders[n_orders >= 2].index)
+    assert (seq["test"].max() == last[tested.index]).all()
+    whole_last = inter[inter[S.SEQUENCE_COL] == inter["user_id"].map(last)]
+    assert whole_last[whole_last["user_id"].isin(tested.index)].index.isin(sp.test.index).all()
+    # order within a user: train before valid before test, no order split across parts
+    for user in inter["user_id"].unique():
+        tr, va, te = (seq[p].get_group(user) if user in seq[p].groups else pd.Series([]) for p in seq)
+        if len(tr) and len(va):
+            assert tr.max() < va.min()
+        if len(va) and len(te):
+            assert va.max() < te.min()
+        if len(tr) and len(te):
+            assert tr.max() < te.min()
+    # the per-user cut follows RecBole's rounding of 8:1:1 over the user's orders
+    ids = {k: S.recbole_split_ids(int(k), S.DEFAULT_RATIOS) for k in n_orders.unique()}
+    for user, k in n_orders.items():
+        in_test = sp.test.loc[sp.test["user_id"] == user, S.SEQUENCE_COL].nunique()
+        assert in_test == k - ids[k][1]
+
+
+def test_sequence_split_puts_events_without_a_position_last() -> None:
+    inter = pd.DataFrame(
+        {
+            "user_id": ["a"] * 4,
+            "item_id": ["x", "y", "z", "live"],
+            S.SEQUENCE_COL: [1.0, 2.0, 3.0, np.nan],
+            "timestamp": pd.to_datetime(["2000-01-01"] * 3 + ["2025-01-01"], utc=True),
+        }
+    )
+    inter[S.TIME_MODE_COL] = "sequence"
+    sp = S.sequence_split(inter, (0.5, 0.0, 0.5))
+    assert list(sp.train["item_id"]) == ["x", "y"] and list(sp.test["item_id"]) == ["z", "live"]
+
+
+def test_global_time_cut_stays_the_temporal_split_of_a_timed_log() -> None:
+    inter = _sequenced(np.random.default_rng(1)).drop(columns=[S.TIME_MODE_COL])
+    inter["timestamp"] = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(inter)), unit="s")
+    sp = S.split(inter, S.TEMPORAL)
+    assert sp.method == S.METHODS[S.TEMPORAL] and sp.train["timestamp"].max() < sp.test["timestamp"].min()

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 
 # the truth matrix and the padding are the scoring path's (shared with the API)
 from recsys_assets.contract.scoring import PAD, Truth, truth_to_csr
+from recsys_assets.lib.evaluation.batched import mean_ci
 
 # Columns of the long result table (the caller adds model / protocol / slice columns).
 METRIC_COL = "metric"
@@ -42,6 +43,8 @@ K_COL = "k"
 VALUE_COL = "value"
 N_USERS_COL = "n_users"
 RESULT_COLUMNS: tuple[str, ...] = (METRIC_COL, K_COL, VALUE_COL, N_USERS_COL)
+# Confidence interval of a per-user mean (`evaluate_topk(..., ci_level=...)`); NaN for catalog metrics.
+CI_LOW_COL, CI_HIGH_COL = "ci_low", "ci_high"
 
 # Metric names are RecBole's result keys (`ndcg@10`, `itemcoverage@10`, ...) so results line up.
 ACCURACY_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hit", "mrr")
@@ -245,6 +248,7 @@ def evaluate_topk(
     n_items: int | None = None,
     users: np.ndarray | Sequence[int] | None = None,
     head_fraction: float = DEFAULT_HEAD_FRACTION,
+    ci_level: float | None = None,
 ) -> pd.DataFrame:
     """All metrics for all K as a long table with columns `metric`, `k`, `value`, `n_users`.
 
@@ -257,6 +261,8 @@ def evaluate_topk(
         n_items: catalog size (defaults to the truth's column count, or `len(item_popularity)`).
         users: row indices or a boolean mask restricting the evaluation to a slice of users.
         head_fraction: size of the popular head for `headpercentage`.
+        ci_level: adds columns `ci_low`, `ci_high`: the normal-approximation confidence interval of
+            each accuracy metric's mean over users at this level (`batched.mean_ci`); NaN otherwise.
 
     `n_users` is the number of users evaluated: those selected that have at least one positive.
     """
@@ -275,10 +281,13 @@ def evaluate_topk(
     n_pos = n_pos[n_pos > 0]
     lists = topk[rows]
     records: list[tuple[str, int, float]] = []
+    intervals: list[tuple[float, float]] = []
     curves = topk_curves(hit_matrix(lists, truth[rows]), n_pos)
     for name in ACCURACY_METRICS:
         for k in ks:
             records.append((name, k, float(curves[name][:, k - 1].mean()) if rows.size else float("nan")))
+            if ci_level is not None:
+                intervals.append(mean_ci(curves[name][:, k - 1], ci_level))
     for k in ks:
         records.append((COVERAGE, k, item_coverage(lists[:, :k], n_items) if rows.size else float("nan")))
     if item_popularity is not None:
@@ -292,6 +301,9 @@ def evaluate_topk(
     out = pd.DataFrame(records, columns=[METRIC_COL, K_COL, VALUE_COL])
     out[K_COL] = out[K_COL].astype("int64")
     out[N_USERS_COL] = int(rows.size)
+    if ci_level is not None:
+        nan = [(float("nan"), float("nan"))] * (len(out) - len(intervals))
+        out[[CI_LOW_COL, CI_HIGH_COL]] = np.array(intervals + nan, dtype=np.float64).reshape(-1, 2)
     return out
 
 

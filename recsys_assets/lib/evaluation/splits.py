@@ -7,6 +7,9 @@
   10% test, so nothing from the future is ever trained on. This is not RecBole's ``TS`` mode (a global
   boundary applied per user); it is the deployment view, where users and items first seen after the
   cut are kept in valid/test on purpose: they are the cold-start cases the slices below measure.
+  A log ordered per user instead of in time (`sequence_column`, e.g. a basket log's order numbers)
+  gets a per-user SEQUENCE split under the same protocol name: the last 10% of each user's sequence
+  tests (`sequence_split`); a log with no time (`time: "none"`) has no temporal protocol at all.
 
 Every row of the input lands in exactly one part, with its original index label. `cold_start_slices`
 labels test rows by the user's number of training events ("0", "1-5", "6-20", "20+") and flags items
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_assets.contract.events import REQUIRED_EVENT_COLUMNS
+from recsys_assets.contract.events import REQUIRED_EVENT_COLUMNS, SEQUENCE, TIME_MODE
 
 USER_COL, ITEM_COL, EVENT_TYPE_COL, TIMESTAMP_COL = REQUIRED_EVENT_COLUMNS
 
@@ -30,6 +33,25 @@ RANDOM = "random"
 TEMPORAL = "temporal"
 PROTOCOLS: tuple[str, ...] = (RANDOM, TEMPORAL)
 DEFAULT_RATIOS: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+# How the interactions are ordered (`contract.sources.TIME_MODES`): the cleaning step writes the mode
+# in this column when it is not "timestamp", and each event's per-user position in `SEQUENCE_COL`.
+TIME_MODE_COL = TIME_MODE
+SEQUENCE_COL = SEQUENCE
+# What each split does, as the evaluation report states it.
+METHODS: dict[str, str] = {
+    RANDOM: "random: each user's events shuffled and cut 8:1:1",
+    TEMPORAL: "temporal: one global time cut (the latest 10% of events test)",
+    "sequence": "temporal as per-user sequence: the last 10% of each user's sequence tests (no global time)",
+}
+NO_TIME_NOTE = (
+    'the log has no time (`time: "none"`): the temporal protocol is skipped; only the random protocol is evaluated'
+)
+
+
+class NoTimeError(ValueError):
+    """The temporal protocol asked of a log that has no time."""
+
 
 # Cold-start slices: a test user's number of TRAINING events -> label ("20+" means 21 or more).
 N_TRAIN_EVENTS_COL = "n_train_events"
@@ -48,13 +70,15 @@ class Split:
     valid: pd.DataFrame
     test: pd.DataFrame
     protocol: str
+    # how the parts were cut (`METHODS`)
+    method: str = ""
 
     def parts(self) -> dict[str, pd.DataFrame]:
         return {"train": self.train, "valid": self.valid, "test": self.test}
 
     def summary(self) -> dict[str, int | str]:
         """Row, user and item counts per part, plus the cold-start counts of the test part."""
-        out: dict[str, int | str] = {"protocol": self.protocol}
+        out: dict[str, int | str] = {"protocol": self.protocol, "method": self.method}
         for name, part in self.parts().items():
             out[f"{name}_events"] = len(part)
             out[f"{name}_users"] = int(part[USER_COL].nunique())
@@ -101,13 +125,44 @@ def _canonical_order(inter: pd.DataFrame) -> np.ndarray:
     return frame.sort_values(keys, kind="mergesort").index.to_numpy()
 
 
-def _from_labels(inter: pd.DataFrame, part: np.ndarray, protocol: str) -> Split:
+def _from_labels(inter: pd.DataFrame, part: np.ndarray, protocol: str, method: str | None = None) -> Split:
     return Split(
         train=inter[part == 0],
         valid=inter[part == 1],
         test=inter[part == 2],
         protocol=protocol,
+        method=METHODS[protocol] if method is None else method,
     )
+
+
+def time_mode(inter: pd.DataFrame) -> str:
+    """How the interactions are ordered: "timestamp", "sequence" (per user) or "none"."""
+    if TIME_MODE_COL in inter.columns and len(inter):
+        return str(inter[TIME_MODE_COL].iloc[0])
+    return "timestamp"
+
+
+def protocols_for(inter: pd.DataFrame, protocols: Sequence[str]) -> list[str]:
+    """The protocols that apply to the interactions: no temporal one for a log without time."""
+    return [p for p in protocols if not (p == TEMPORAL and time_mode(inter) == "none")]
+
+
+def deciding_protocol(inter: pd.DataFrame) -> str:
+    """The protocol the champion is chosen on: temporal, or random for a log without time."""
+    return RANDOM if time_mode(inter) == "none" else TEMPORAL
+
+
+def champion_protocol(present: Sequence[str] | pd.Series) -> str:
+    """The protocol a comparison's champion is chosen on: temporal when it was evaluated, else random
+    (a log without time)."""
+    return TEMPORAL if TEMPORAL in set(present) else RANDOM
+
+
+def method_of(protocol: str, mode: str) -> str:
+    """How `protocol` cuts a log of time mode `mode` (`METHODS`), or that it is skipped."""
+    if protocol == TEMPORAL and mode == "none":
+        return NO_TIME_NOTE
+    return METHODS["sequence" if protocol == TEMPORAL and mode == "sequence" else protocol]
 
 
 def random_split(inter: pd.DataFrame, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 2020) -> Split:
@@ -160,12 +215,55 @@ def temporal_split(inter: pd.DataFrame, ratios: Sequence[float] = DEFAULT_RATIOS
     return _from_labels(inter, part, TEMPORAL)
 
 
+def sequence_split(inter: pd.DataFrame, ratios: Sequence[float] = DEFAULT_RATIOS) -> Split:
+    """The temporal protocol of a log ordered per user: the last part of each user's sequence tests.
+
+    Each user's events are ordered by `sequence` (then timestamp; events without a position, such
+    as live ones, come last, one step each). Events sharing a position (one basket) stay together:
+    the user's distinct positions are cut with RecBole's rounding of the ratios (2 -> 1/0/1, 10 ->
+    8/1/1), so every user with two or more positions has their last one in test, and nothing a user
+    did later is trained on. Users are never compared with each other, unlike a global time cut.
+    """
+    _check(inter, ratios)
+    n = len(inter)
+    part = np.zeros(n, dtype=np.int8)
+    if n == 0:
+        return _from_labels(inter, part, TEMPORAL, METHODS["sequence"])
+    seq = inter[SEQUENCE_COL] if SEQUENCE_COL in inter.columns else pd.Series(np.nan, index=inter.index)
+    frame = pd.DataFrame(
+        {
+            "u": inter[USER_COL].astype(str).to_numpy(),
+            "s": pd.to_numeric(seq, errors="coerce").to_numpy(dtype="float64"),
+            "t": inter[TIMESTAMP_COL].to_numpy(),
+            "i": inter[ITEM_COL].astype(str).to_numpy(),
+        }
+    )
+    order = frame.sort_values(["u", "s", "t", "i"], kind="mergesort", na_position="last").index.to_numpy()
+    u, s = frame["u"].to_numpy()[order], frame["s"].to_numpy()[order]
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    # NaN != NaN: an event without a position is a step of its own
+    new_step = new_user | np.r_[True, s[1:] != s[:-1]]
+    step = np.cumsum(new_step) - 1
+    user_no = np.cumsum(new_user) - 1
+    first_step = step[new_user][user_no]
+    rank = step - first_step
+    n_steps = np.bincount(user_no, weights=new_step).astype(np.int64)[user_no]
+    sizes, which = np.unique(n_steps, return_inverse=True)
+    cuts = np.array([recbole_split_ids(int(k), ratios) for k in sizes], dtype=np.int64).reshape(-1, 2)[which]
+    part[order] = np.where(rank < cuts[:, 0], 0, np.where(rank < cuts[:, 1], 1, 2))
+    return _from_labels(inter, part, TEMPORAL, METHODS["sequence"])
+
+
 def split(inter: pd.DataFrame, protocol: str, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 2020) -> Split:
-    """The split of `protocol` ("random" or "temporal")."""
+    """The split of `protocol` ("random" or "temporal"; temporal per user for a log ordered per user,
+    `NoTimeError` for a log without time)."""
     if protocol == RANDOM:
         return random_split(inter, ratios, seed)
     if protocol == TEMPORAL:
-        return temporal_split(inter, ratios)
+        mode = time_mode(inter)
+        if mode == "none":
+            raise NoTimeError(NO_TIME_NOTE)
+        return sequence_split(inter, ratios) if mode == "sequence" else temporal_split(inter, ratios)
     raise ValueError(f"unknown protocol {protocol!r}, expected one of {PROTOCOLS}")
 
 

@@ -17,6 +17,8 @@ from recsys_assets.contract.events import (
     IMPRESSION,
     ITEM_COLUMNS,
     REJECT_REASONS,
+    SEQUENCE,
+    TIME_MODE,
     USER_COLUMNS,
     parse_timestamps,
 )
@@ -35,12 +37,16 @@ class CleanResult:
     notes: dict[str, object] = field(default_factory=dict)
 
 
-def clean_events(raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto") -> CleanResult:
+def clean_events(
+    raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto", time_mode: str = "timestamp"
+) -> CleanResult:
     """Type, validate and de-duplicate raw events; every rejected row gets exactly one reason.
 
     `config` holds the rules: the valid time range and ratings, the weight of each event type, and the
     k-core filter applied last. Impression rows (served lists logged by the API) are set aside,
-    counted in `notes`, and are neither interactions nor rejects.
+    counted in `notes`, and are neither interactions nor rejects. A `time_mode` other than
+    "timestamp" (a log ordered per user, or with no time) is written in the `time_mode` column, for
+    the splits; a raw `sequence` column (positions in each user's sequence) is kept as numbers.
     """
     n_raw = len(raw)
     is_impression = (raw["event_type"].astype("string").str.strip() == IMPRESSION).fillna(False).to_numpy(bool)
@@ -58,6 +64,9 @@ def clean_events(raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto") 
     is_rating = event_type == "rating"
     rating_ok = value.between(config.rating_min, config.rating_max)
     other_value_ok = ~has_value | (value.notna() & np.isfinite(value) & (value >= 0))
+    # a log with a per-user order (`sequence_column`); live rows have none and come after it
+    has_sequence = SEQUENCE in df.columns
+    sequence = pd.to_numeric(df[SEQUENCE], errors="coerce") if has_sequence else pd.Series(np.nan, index=df.index)
 
     checks: dict[str, pd.Series] = {
         "malformed_row": df["raw_line"].notna(),
@@ -69,6 +78,7 @@ def clean_events(raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto") 
         "unparseable_timestamp": ts.isna(),
         "timestamp_out_of_range": (ts < lower) | (ts > upper),
         "bad_value": (is_rating & ~rating_ok.fillna(False)) | (~is_rating & ~other_value_ok),
+        "bad_sequence": (~blank(SEQUENCE) & sequence.isna()) if has_sequence else pd.Series(False, index=df.index),
     }
     reason = pd.Series(pd.NA, index=df.index, dtype="string")
     for name in REJECT_REASONS:
@@ -95,6 +105,8 @@ def clean_events(raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto") 
             "category": good["category"].astype("string"),
         }
     )
+    if has_sequence:
+        inter[SEQUENCE] = sequence[~rejected_mask].astype("float64")
     inter["weight"] = np.where(
         inter["event_type"] == "rating",
         inter["value"],
@@ -104,12 +116,12 @@ def clean_events(raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto") 
     # De-duplicate: by event_id where one is given, else by every field of the event.
     with_id = inter["event_id"].notna()
     dup_id = with_id & inter.duplicated(subset=["event_id"], keep="first")
-    dup_fields = ~with_id & inter.duplicated(
-        subset=["user_id", "item_id", "event_type", "timestamp", "value"], keep="first"
-    )
+    fields = ["user_id", "item_id", "event_type", "timestamp", "value", *([SEQUENCE] if has_sequence else [])]
+    dup_fields = ~with_id & inter.duplicated(subset=fields, keep="first")
     dup = dup_id | dup_fields
     n_dup = int(dup.sum())
-    inter = inter[~dup].sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    order = ["timestamp", "user_id", *([SEQUENCE] if has_sequence else []), "item_id"]
+    inter = inter[~dup].sort_values(order, kind="stable").reset_index(drop=True)
 
     result = CleanResult(
         interactions=inter,
@@ -119,6 +131,8 @@ def clean_events(raw: pd.DataFrame, config: CleaningConfig, unit: str = "auto") 
         n_duplicates=n_dup,
         notes={"impressions": int(is_impression.sum())},
     )
+    if time_mode != "timestamp":
+        result.interactions[TIME_MODE] = pd.Categorical([time_mode] * len(result.interactions))
     if config.kcore_user or config.kcore_item:
         before = len(result.interactions)
         result.interactions = kcore_filter(result.interactions, config.kcore_user, config.kcore_item)
@@ -250,11 +264,14 @@ DEGENERATE_TIME_SHARE = 0.5
 EPOCH_START = pd.Timestamp("1971-01-01", tz="UTC")
 
 
-def time_problem(inter: pd.DataFrame) -> tuple[str, str] | None:
+def time_problem(inter: pd.DataFrame, time_mode: str = "timestamp") -> tuple[str, str] | None:
     """("error" or "warning", what is wrong) when the interactions' times cannot order them, else None.
 
     Every event at one instant is an error (a time cut has nothing to cut); most of them at one
-    instant, or every time within 1970 (numbers that are no Unix times), is a warning."""
+    instant, or every time within 1970 (numbers that are no Unix times), is a warning. A log declared
+    without time (`time_mode` "none") or ordered per user ("sequence") has no time to check."""
+    if time_mode != "timestamp":
+        return None
     ts = inter["timestamp"].dropna()
     if len(ts) < 2:
         return None
@@ -262,7 +279,9 @@ def time_problem(inter: pd.DataFrame) -> tuple[str, str] | None:
     top, share = counts.index[0], counts.iloc[0] / len(ts)
     fix = (
         "map the real time column with `columns` and check `timestamp_unit`; the temporal protocol "
-        "(a cut in time) needs times that order the events"
+        "(a cut in time) needs times that order the events. A log with no time: set "
+        '`time: "none"` in RECSYS_EVENT_LOG (the random protocol only); a log ordered per user (order '
+        'numbers, positions): set `sequence_column` (e.g. "order_number")'
     )
     if len(counts) == 1:
         return "error", f"all {len(ts)} interactions share one timestamp ({top}): the log has no usable time; {fix}"
@@ -292,6 +311,7 @@ REJECT_FIXES: dict[str, str] = {
     "unparseable_timestamp": "set `timestamp_unit` (s, ms, us or iso)",
     "timestamp_out_of_range": "check `timestamp_unit`, or widen RECSYS_TIME_MIN / RECSYS_TIME_MAX",
     "bad_value": "ratings must lie in RECSYS_RATING_MIN..RECSYS_RATING_MAX; other events need a number >= 0 or none",
+    "bad_sequence": "`sequence_column` must hold numbers (each event's position in its user's sequence)",
 }
 
 

@@ -27,13 +27,19 @@ from recsys_assets.contract.events import (
     ITEM_COLUMNS,
     OPTIONAL_EVENT_COLUMNS,
     REQUIRED_EVENT_COLUMNS,
+    SEQUENCE,
     USER_COLUMNS,
     parse_timestamps,
 )
-from recsys_assets.contract.sources import SNIFFED_DELIMITERS, EventLogSource, TableSource
+from recsys_assets.contract.sources import SNIFFED_DELIMITERS, EventLogSource, LogFiles, TableSource
 
 RAW_EXTRA_COLUMNS = ("category", "source_file", "source_line", "raw_line")
 RAW_COLUMNS = EVENT_COLUMNS + RAW_EXTRA_COLUMNS
+# A log with a `sequence_column` (a basket log's order numbers) adds `SEQUENCE` to the raw rows and
+# the interactions: each event's position in its user's sequence. Live windows never have it.
+# The one instant every event of a log without time (`time: "none"`, or a `sequence_column` and no
+# time column) is given: inside the default valid range, and the same in every run.
+NO_TIME = "2000-01-01T00:00:00+00:00"
 
 Progress = Callable[[str], None]
 
@@ -235,72 +241,117 @@ def _to_text(col: pa.ChunkedArray) -> pd.Series:
     return s.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).astype(object)
 
 
-def _missing_columns(path: str, found: list[str], source: EventLogSource) -> None:
+def _missing_columns(path: str, found: list[str], source: LogFiles) -> None:
     """Every required column the file lacks (and no constant stands for), reported at once."""
+    # without time (or with a per-user order) a timestamp is only read when the file has one
+    required = [c for c in REQUIRED_EVENT_COLUMNS if c != "timestamp" or source.time_mode == "timestamp"]
     missing = [
         (c, source.columns.get(c, c))
-        for c in REQUIRED_EVENT_COLUMNS
+        for c in required
         if c not in source.defaults and source.columns.get(c, c) not in found
     ]
     wanted = {c: source.columns.get(c, c) for c in OPTIONAL_EVENT_COLUMNS if c in source.columns}
+    if source.time_mode == "sequence" and "timestamp" in source.columns:
+        wanted["timestamp"] = source.columns["timestamp"]
     missing += [(c, f) for c, f in wanted.items() if f not in found]
-    if source.category_column and source.category_column not in found:
-        missing.append(("category_column", source.category_column))
+    for key in ("category_column", "sequence_column"):
+        if getattr(source, key) and getattr(source, key) not in found:
+            missing.append((key, getattr(source, key)))
     if not missing:
         return
     named = ", ".join(repr(c) if c == f else f"{c!r} (looked for {f!r})" for c, f in missing)
+    fixes = (
+        "Map the file's names with `columns` (canonical name -> name in the file), give a constant with "
+        '`defaults` (e.g. {"event_type": "rating"}), or `names` for a file without header'
+    )
+    if any(c == "timestamp" for c, _ in missing):
+        fixes += (
+            '; a log without time: `time: "none"` (random protocol only), or `sequence_column` for a '
+            "per-user order such as order numbers"
+        )
     raise IngestionError(
         path,
-        f"{len(missing)} column{'s' if len(missing) > 1 else ''} missing: {named}; found columns {found}. "
-        "Map the file's names with `columns` (canonical name -> name in the file), give a constant with "
-        '`defaults` (e.g. {"event_type": "rating"}), or `names` for a file without header',
+        f"{len(missing)} column{'s' if len(missing) > 1 else ''} missing: {named}; found columns {found}. {fixes}",
         column=", ".join(c for c, _ in missing),
     )
 
 
 def read_event_log(source: EventLogSource, progress: Progress | None = None) -> pd.DataFrame:
-    """Read every file of the log into the canonical raw schema (all text).
+    """Read every file of every source of the log into the canonical raw schema (all text).
 
     A canonical column comes from the file column `columns` names (its own name by default; one file
-    column may feed several), else from its constant in `defaults`, which also fills blank cells."""
-    files = expand_paths(source.paths)
+    column may feed several), else from its constant in `defaults`, which also fills blank cells. With
+    several sources whose `timestamp_unit`s differ, each source's times are written as ISO text."""
+    sources = source.files()
+    files = [(src, path) for src in sources for path in expand_paths(src.paths)]
+    units = {src.timestamp_unit for src in sources}
     frames = []
-    for i, path in enumerate(tqdm(files, desc="reading event log", unit="file", disable=len(files) < 2), 1):
+    for i, (src, path) in enumerate(tqdm(files, desc="reading event log", unit="file", disable=len(files) < 2), 1):
         if progress:
             progress(f"reading {path} ({i}/{len(files)})")
-        fmt = _detect_format(path, source.format)
-        bad: list[tuple[int, str]] = []
-        if fmt == "parquet":
-            table = _read_parquet(path)
-        else:
-            table, bad = read_csv_text(path, source.delimiter, source.header, source.names)
-        _missing_columns(path, table.column_names, source)
-        wanted = {c: source.columns.get(c, c) for c in EVENT_COLUMNS}
-        present = {c: f for c, f in wanted.items() if f in table.column_names}
-        if fmt == "parquet":
-            for name, ok in _ALLOWED_PARQUET_TYPES.items():
-                if name in present and not ok(table.schema.field(present[name]).type):
-                    raise IngestionError(path, f"wrong type {table.schema.field(present[name]).type}", column=name)
-        df = pd.DataFrame({c: _to_text(table[f]) for c, f in present.items()})
-        for column, constant in source.defaults.items():
-            df[column] = df[column].fillna(constant) if column in df else constant
-        if source.category_column:
-            df["category"] = _to_text(table[source.category_column])
-        _check_column_types(df, path, source)
-        df["source_file"] = path
-        # data line numbers (1-based, counting the header) for rows we kept
-        df["source_line"] = line_numbers(len(df), bad, header=source.header)
-        if bad:
-            malformed = pd.DataFrame(
-                {"source_file": path, "source_line": [n for n, _ in bad], "raw_line": [t for _, t in bad]}
-            )
-            df = pd.concat([df, malformed], ignore_index=True)
-        frames.append(conform(df, RAW_COLUMNS))
+        df = _read_log_file(path, src)
+        if len(units) > 1:
+            df["timestamp"] = _iso_times(df["timestamp"], src.timestamp_unit)
+        frames.append(df)
     raw = pd.concat(frames, ignore_index=True)
-    if source.event_types:
-        mapped = raw["event_type"].map(source.event_types)
-        raw["event_type"] = mapped.where(mapped.notna(), raw["event_type"])
+    if source.time_mode != "sequence":
+        raw = raw.drop(columns=[SEQUENCE])
     return raw
+
+
+def _read_log_file(path: str, source: LogFiles) -> pd.DataFrame:
+    """One file of one source in the canonical raw columns (and `sequence`), its event types mapped."""
+    fmt = _detect_format(path, source.format)
+    bad: list[tuple[int, str]] = []
+    if fmt == "parquet":
+        table = _read_parquet(path)
+    else:
+        table, bad = read_csv_text(path, source.delimiter, source.header, source.names)
+    _missing_columns(path, table.column_names, source)
+    wanted = {c: source.columns.get(c, c) for c in EVENT_COLUMNS}
+    if source.time_mode == "none":
+        del wanted["timestamp"]
+    present = {c: f for c, f in wanted.items() if f in table.column_names}
+    if fmt == "parquet":
+        for name, ok in _ALLOWED_PARQUET_TYPES.items():
+            if name in present and not ok(table.schema.field(present[name]).type):
+                raise IngestionError(path, f"wrong type {table.schema.field(present[name]).type}", column=name)
+    df = pd.DataFrame({c: _to_text(table[f]) for c, f in present.items()})
+    for column, constant in source.defaults.items():
+        df[column] = df[column].fillna(constant) if column in df else constant
+    if source.time_mode != "timestamp" and "timestamp" not in df:
+        df["timestamp"] = no_time(source.timestamp_unit)
+    if source.category_column:
+        df["category"] = _to_text(table[source.category_column])
+    df[SEQUENCE] = _to_text(table[source.sequence_column]) if source.sequence_column else None
+    _check_column_types(df, path, source)
+    df["source_file"] = path
+    # data line numbers (1-based, counting the header) for rows we kept
+    df["source_line"] = line_numbers(len(df), bad, header=source.header)
+    if bad:
+        malformed = pd.DataFrame(
+            {"source_file": path, "source_line": [n for n, _ in bad], "raw_line": [t for _, t in bad]}
+        )
+        df = pd.concat([df, malformed], ignore_index=True)
+    df = conform(df, (*RAW_COLUMNS, SEQUENCE))
+    if source.event_types:
+        mapped = df["event_type"].map(source.event_types)
+        df["event_type"] = mapped.where(mapped.notna(), df["event_type"])
+    return df
+
+
+def no_time(unit: str) -> str:
+    """`NO_TIME` as text that parses in `unit` (seconds, ms or us since 1970 for a numeric unit)."""
+    seconds = int(pd.Timestamp(NO_TIME).timestamp())
+    scale = {"s": 1, "ms": 1_000, "us": 1_000_000}.get(unit)
+    return NO_TIME if scale is None else str(seconds * scale)
+
+
+def _iso_times(text: pd.Series, unit: str) -> pd.Series:
+    """Times parsed with this source's unit, as ISO text; text that does not parse is kept as it is."""
+    parsed = parse_timestamps(text, unit)
+    iso = parsed.map(lambda v: v.isoformat() if pd.notna(v) else None).astype(object)
+    return iso.where(parsed.notna(), text)
 
 
 def line_numbers(n_rows: int, bad: list[tuple[int, str]], header: bool) -> np.ndarray:
@@ -314,7 +365,7 @@ def line_numbers(n_rows: int, bad: list[tuple[int, str]], header: bool) -> np.nd
     return lines[:n_rows]
 
 
-def _check_column_types(df: pd.DataFrame, path: str, source: EventLogSource) -> None:
+def _check_column_types(df: pd.DataFrame, path: str, source: LogFiles) -> None:
     """A column none of whose values parse is a wrong type for the whole file, not bad rows."""
     ts = df["timestamp"].dropna()
     if len(ts) and parse_timestamps(ts.head(1000), source.timestamp_unit).isna().all():
@@ -325,6 +376,14 @@ def _check_column_types(df: pd.DataFrame, path: str, source: EventLogSource) -> 
         val = df["value"].dropna()
         if len(val) and pd.to_numeric(val.head(1000), errors="coerce").isna().all():
             raise IngestionError(path, f"wrong type: no value is numeric (e.g. {val.iloc[0]!r})", column="value")
+    seq = df[SEQUENCE].dropna() if SEQUENCE in df else pd.Series(dtype=object)
+    if len(seq) and pd.to_numeric(seq.head(1000), errors="coerce").isna().all():
+        raise IngestionError(
+            path,
+            f"wrong type: no value is a number (e.g. {seq.iloc[0]!r}); `sequence_column` names a column of "
+            "positions in each user's sequence (order numbers)",
+            column=source.sequence_column,
+        )
 
 
 def read_table_source(source: TableSource, columns: tuple[str, ...]) -> pd.DataFrame:

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import Scorer, topk_from_scores
+from recsys_assets.contract.scoring import Scorer
 from recsys_assets.lib.evaluation import splits as S
+from recsys_assets.lib.evaluation.batched import ranked_lists
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,13 @@ class ProtocolData:
     split: S.Split
     data: TrainData
     valid_truth: sp.csr_matrix
-    test_truth: sp.csr_matrix
-    test_exclude: sp.csr_matrix
+    test_truth: sp.csr_matrix  # every test positive, re-consumed items included
+    test_exclude: sp.csr_matrix  # items the user had in train or valid (hidden in the discovery setting)
     user_slice: np.ndarray  # slice label per user (by training events)
     new_item_truth: sp.csr_matrix  # test positives on items unseen in training
     item_popularity: np.ndarray
+    # test positives the user already had in train or valid (the repeat setting's own positives); None: none
+    repeat_truth: sp.csr_matrix | None = None
 
 
 @runtime_checkable
@@ -117,6 +120,6 @@ class Recommender(Protocol):
 
 def recommend(model: Recommender, user_idx: np.ndarray, k: int) -> np.ndarray:
     """Top-`k` item indices per user, best first, never an item of the user's training history nor one
-    the model cannot score; a row with fewer than `k` such items ends with -1."""
+    the model cannot score; a row with fewer than `k` such items ends with -1. Scored in batches of users."""
     user_idx = np.asarray(user_idx)
-    return topk_from_scores(model.score(user_idx), k, exclude=model.history[user_idx])
+    return ranked_lists(model.score, user_idx, k, model.history.shape[1], exclude=model.history[user_idx])

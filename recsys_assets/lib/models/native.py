@@ -6,12 +6,14 @@ Content-based: Lops, de Gemmis, Semeraro, "Content-based Recommender Systems: St
 Trends" (Recommender Systems Handbook, 2011): TF-IDF item vectors, user profiles as event-weighted
 sums of the items they touched, cosine similarity.
 Hybrid: Burke, "Hybrid Recommender Systems: Survey and Experiments" (UMUAI 2002), the weighted kind,
-with weights chosen on validation data.
+with weights chosen on validation data. With `repeat`, BuyAgain's component (`buy_again.py`) joins the
+blend and the weights are chosen on the repeat setting (seen items allowed in the lists).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +22,10 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise, topk_from_scores
+from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
+from recsys_assets.lib.models.buy_again import buy_again_component
 
 
 class ComponentModel:
@@ -114,7 +118,10 @@ class HybridModel(ComponentModel):
     Chosen on the validation part, never the test part: the popularity variant (all-time or
     time-decayed with a half-life from `half_lives`), then blend weights on a grid over the simplex
     (`step`) by NDCG@10, once for everyone and once per history bucket ("0", "1-5", "6-20", "20+")
-    that has at least `min_bucket_users` validation users. Cold start follows from the blend: with no
+    that has at least `min_bucket_users` validation users. The search is bounded at any size: it scores
+    at most `tune_users` validation users and at most `tune_cells` users x items per component (a fixed
+    sample seeded by `seed` above that), and evaluates at most `max_trials` blends over all its searches
+    (a coarser grid when the full one would exceed that). Cold start follows from the blend: with no
     history, collaborative and content scores are silent and popularity decides; with a few events,
     content and item-item evidence from those events count; a new item with metadata is reachable
     through content similarity.
@@ -126,6 +133,11 @@ class HybridModel(ComponentModel):
     k: int = 10
     half_lives: tuple[float | None, ...] = (None, 7.0, 30.0, 90.0)
     min_bucket_users: int = 30
+    tune_users: int = 5_000
+    tune_cells: int = 10_000_000
+    max_trials: int = 400
+    seed: int = 2020
+    repeat: bool = False  # blend BuyAgain's component too, tuned with seen items allowed
     name: str = "Hybrid"
     components: dict[str, Component] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
@@ -142,7 +154,7 @@ class HybridModel(ComponentModel):
         have_valid = valid is not None and valid.nnz > 0
         if have_valid:
             self.half_life_days = self._best_half_life(data, valid)
-        comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days)
+        comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days, self.repeat)
         names = list(comps)
         if not have_valid:
             self.weights = {n: 1.0 / len(names) for n in names}
@@ -157,15 +169,17 @@ class HybridModel(ComponentModel):
             "bucket_weights": self.bucket_weights,
             "popularity_half_life_days": self.half_life_days,
             "collaborative": self.collaborative_name,
+            "repeat": self.repeat,
         }
 
     def refit(self, data: TrainData, collaborative: Component | None) -> HybridModel:
         """This hybrid's choices (popularity half-life, blend weights) on new data: every component is
         fitted again on `data` (`collaborative` already is), nothing is tuned again."""
-        comps = _blend_parts(data, collaborative, self.half_life_days)
+        comps = _blend_parts(data, collaborative, self.half_life_days, self.repeat)
         out = HybridModel(
             collaborative=collaborative,
             collaborative_name=self.collaborative_name,
+            repeat=self.repeat,
             half_life_days=self.half_life_days,
             components=comps,
             weights=dict(self.weights),
@@ -175,25 +189,31 @@ class HybridModel(ComponentModel):
         out.scorer = Scorer(comps, out.weights, out.bucket_weights)
         return out
 
+    def _tuning_users(self, valid: sp.csr_matrix) -> np.ndarray:
+        """The validation users the search scores: all of them up to its bounds, else a fixed sample."""
+        limit = max(1, min(self.tune_users, self.tune_cells // max(valid.shape[1], 1)))
+        return sample_users(users_with_truth(valid), limit, self.seed)
+
     def _best_half_life(self, data: TrainData, valid: sp.csr_matrix) -> float | None:
-        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        users = self._tuning_users(valid)
         best: tuple[float, float | None] = (-1.0, None)
         for half_life in self.half_lives:
             comp = PopularityModel(half_life_days=half_life).fit(data).component
             scores = comp.raw_scores(data.matrix[users], users)
-            value = _ndcg_at(scores, data.matrix[users], valid[users], self.k)
+            value = _ndcg_at(scores, None if self.repeat else data.matrix[users], valid[users], self.k)
             if value > best[0]:
                 best = (value, half_life)
         return best[1]
 
     def _tune(self, names: list[str], train: sp.csr_matrix, valid: sp.csr_matrix) -> None:
-        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        users = self._tuning_users(valid)
         hist = train[users]
         # standardised component scores, computed once; each grid point is then a weighted sum
         parts = {n: standardise(self.components[n].raw_scores(hist, users)) for n in names}
-        steps = round(1 / self.step)
-        grid = [c for c in itertools.product(range(steps + 1), repeat=len(names)) if sum(c) == steps]
         buckets = history_buckets(hist)
+        searched = [b for b in BUCKETS if (buckets == b).sum() >= self.min_bucket_users]
+        steps = grid_steps(len(names), round(1 / self.step), self.max_trials // (1 + len(searched)))
+        grid = [c for c in itertools.product(range(steps + 1), repeat=len(names)) if sum(c) == steps]
         rows = []
 
         def search(mask: np.ndarray, label: str) -> dict[str, float]:
@@ -201,32 +221,38 @@ class HybridModel(ComponentModel):
             for combo in grid:
                 w = {n: c / steps for n, c in zip(names, combo, strict=True)}
                 total = sum(w[n] * parts[n][mask] for n in names if w[n])
-                value = _ndcg_at(total, hist[mask], valid[users[mask]], self.k)
+                value = _ndcg_at(total, None if self.repeat else hist[mask], valid[users[mask]], self.k)
                 rows.append({"bucket": label, **w, f"ndcg@{self.k}": value})
                 if value > best[0]:
                     best = (value, w)
             return best[1]
 
         self.weights = search(np.ones(len(users), dtype=bool), "all")
-        self.bucket_weights = {}
-        for bucket in BUCKETS:
-            mask = buckets == bucket
-            if mask.sum() >= self.min_bucket_users:
-                self.bucket_weights[bucket] = search(mask, bucket)
+        self.bucket_weights = {bucket: search(buckets == bucket, bucket) for bucket in searched}
         self.tuning = pd.DataFrame(rows)
 
 
+def grid_steps(n_parts: int, steps: int, budget: int) -> int:
+    """The finest grid over the simplex, at most `steps` divisions, with at most `budget` points (>= 1)."""
+    while steps > 1 and math.comb(steps + n_parts - 1, n_parts - 1) > budget:
+        steps -= 1
+    return steps
+
+
 def _blend_parts(
-    data: TrainData, collaborative: Component | None, half_life_days: float | None
+    data: TrainData, collaborative: Component | None, half_life_days: float | None, repeat: bool = False
 ) -> dict[str, Component]:
-    """The hybrid's components on `data`: the collaborative one as given, content and popularity fitted."""
+    """The hybrid's components on `data`: the collaborative one as given, content and popularity fitted
+    (and with `repeat` BuyAgain's, at the popularity's half-life)."""
     comps: dict[str, Component] = {} if collaborative is None else {"collaborative": collaborative}
     comps["content"] = ContentModel().fit(data).component
     comps["popularity"] = PopularityModel(half_life_days=half_life_days).fit(data).component
+    if repeat:
+        comps["buy_again"] = buy_again_component(data, half_life_days)
     return comps
 
 
-def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix, truth: sp.csr_matrix, k: int) -> float:
+def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix | None, truth: sp.csr_matrix, k: int) -> float:
     topk = topk_from_scores(scores, k, exclude=seen)
     res = evaluate_topk(topk, truth, ks=(k,))
     return float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])

@@ -16,10 +16,11 @@ splitting the data itself, to check that this stack reproduces RecBole's publish
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Validation of a model during training (e.g. NDCG@10 of the batched evaluation), higher is better.
+Validate = Callable[[TrainedRecBoleModel], float]
+
 
 def train_recbole_model(
     config: RecBoleModelConfig,
     train: pd.DataFrame,
     valid: pd.DataFrame,
     test: pd.DataFrame,
+    *,
+    validate: Validate | None = None,
 ) -> TrainedRecBoleModel:
     """Train `config.model` on `train`, early-stop on `valid`, report RecBole's metrics on `test`.
 
@@ -79,6 +85,11 @@ def train_recbole_model(
     General models see each (user, item) pair once per split; sequential models see every event, oldest first,
     each valid/test event predicted from all earlier events of its user (train, then valid, then test).
     `test` may be empty for general models: the best validation epoch is still loaded, and `test_metrics` is empty.
+
+    With `validate` (a function of the model being trained, higher is better), RecBole trains one epoch at a
+    time with no validation data and `validate` early-stops it instead of RecBole's collector (whose full-sort
+    evaluation holds every validation user's scores); the best epoch's weights are kept, nothing is tested by
+    RecBole (`test_metrics` is empty) and `best_valid_metrics` holds `validate`'s value as `"validate"`.
     """
     patch_recbole()
     from recbole.data import create_dataset, data_preparation
@@ -104,20 +115,48 @@ def train_recbole_model(
         init_seed(recbole_config["seed"], recbole_config["reproducibility"])
         model = get_model(recbole_config["model"])(recbole_config, train_data._dataset).to(recbole_config["device"])
         trainer = make_trainer(recbole_config, model)
+        trained = _trained(config, model, dataset, coded, user_universe, item_universe)
 
         curve: list[float] = []
         started = time.perf_counter()
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, verbose=False, saved=True, callback_fn=lambda _epoch, score: curve.append(score)
-        )
+        if validate is not None:
+            best_valid_score = _fit_validated_by(validate, trained, trainer, train_data, config.stopping_step, curve)
+            best_valid_result: Mapping[str, Any] = {"validate": best_valid_score}
+        else:
+            best_valid_score, best_valid_result = trainer.fit(
+                train_data, valid_data, verbose=False, saved=True, callback_fn=lambda _epoch, score: curve.append(score)
+            )
         train_seconds = time.perf_counter() - started
-        if coded["test"].empty:
-            _load_best_epoch(trainer, model)
+        if validate is not None:
             test_result: Mapping[str, Any] = {}
+        elif coded["test"].empty:
+            _load_best_epoch(trainer, model)
+            test_result = {}
         else:
             # Loads the best epoch's weights back into `model` before testing.
             test_result = trainer.evaluate(test_data, load_best_model=True)
 
+    trained.test_metrics = _floats(test_result)
+    trained.best_valid_metrics = _floats(best_valid_result)
+    trained.best_valid_score = float(best_valid_score)
+    trained.epochs_trained = len(curve)
+    trained.train_seconds = train_seconds
+    trained.valid_scores = tuple(float(score) for score in curve)
+    logger.info(
+        "%s trained %d epoch(s) in %.1fs; test %s", config.model, trained.epochs_trained, train_seconds, test_result
+    )
+    return trained
+
+
+def _trained(
+    config: RecBoleModelConfig,
+    model: Any,
+    dataset: Any,
+    coded: dict[str, pd.DataFrame],
+    user_universe: Any,
+    item_universe: Any,
+) -> TrainedRecBoleModel:
+    """The model (still to be trained) with our ids and the histories it conditions on; no metrics yet."""
     user_tokens = list(dataset.field2id_token[USER_FIELD][1:])
     item_tokens = list(dataset.field2id_token[ITEM_FIELD][1:])
     user_token_id, item_token_id = dataset.field2token_id[USER_FIELD], dataset.field2token_id[ITEM_FIELD]
@@ -130,23 +169,49 @@ def train_recbole_model(
         )
         for name, frame in coded.items()
     }
-    trained = TrainedRecBoleModel(
+    return TrainedRecBoleModel(
         config=config,
         model=model,
         user_ids=[user_universe[int(token)] for token in user_tokens],
         item_ids=[item_universe[int(token)] for token in item_tokens],
         histories=histories,
-        test_metrics=_floats(test_result),
-        best_valid_metrics=_floats(best_valid_result),
-        best_valid_score=float(best_valid_score),
-        epochs_trained=len(curve),
-        train_seconds=train_seconds,
-        valid_scores=[float(score) for score in curve],
+        test_metrics={},
+        best_valid_metrics={},
+        best_valid_score=float("nan"),
+        epochs_trained=0,
+        train_seconds=0.0,
     )
-    logger.info(
-        "%s trained %d epoch(s) in %.1fs; test %s", config.model, trained.epochs_trained, train_seconds, test_result
-    )
-    return trained
+
+
+def _fit_validated_by(
+    validate: Validate,
+    trained: TrainedRecBoleModel,
+    trainer: Any,
+    train_data: Any,
+    stopping_step: int,
+    curve: list[float],
+) -> float:
+    """RecBole's `Trainer.fit` one epoch at a time without validation data, early-stopped by `validate`;
+    the model ends with the best epoch's weights. Returns the best value."""
+    model, n_epochs = trained.model, trainer.epochs  # a traditional model's trainer has set its epochs to 1
+    best, best_state, since_best = -np.inf, None, 0
+    for epoch in range(n_epochs):
+        trainer.start_epoch, trainer.epochs = epoch, epoch + 1
+        trainer.fit(train_data, None, verbose=False, saved=False)
+        value = float(validate(trained))
+        curve.append(value)
+        if value > best:
+            best, since_best = value, 0
+            if n_epochs > 1:  # other parameters: e.g. LightGCN's cached propagated embeddings
+                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(model.other_parameter()))
+        else:
+            since_best += 1
+            if since_best >= stopping_step:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state[0])
+        model.load_other_parameter(best_state[1])
+    return float(best)
 
 
 @dataclass(frozen=True)

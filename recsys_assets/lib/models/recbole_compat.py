@@ -20,6 +20,10 @@ One more fix is for a RecBole bug rather than the stack: `Pop.calculate_loss` co
 however often it occurs in it (`item_cnt[item] += 1` with repeated indices), so popularity saturates and depends on
 the batch size (RecBole issues #1844 and #2198, unmerged fix #2199). It now adds every occurrence.
 
+Last, the warnings this stack raises on every training run although they change nothing here (pandas 3 and
+torch API deprecations inside RecBole, with pandas pinned below 3) are filtered, each by message and by the
+RecBole module that triggers it, so the terminal keeps the progress and results (`_quiet_known_warnings`).
+
 Call `patch_recbole()` before importing any `recbole` submodule (the adapter does this for you): ray reads
 `np.bool8` while it is being imported, so the aliases must exist first. Calling it again is a no-op.
 """
@@ -77,6 +81,7 @@ def patch_recbole() -> None:
     _move_only_tensors_in_collector()
     _restore_dok_update()
     _count_every_occurrence_in_pop()
+    _quiet_known_warnings()
     _patched = True
 
 
@@ -100,8 +105,12 @@ def _is_marked(function: object) -> bool:
 def _restore_numpy_aliases() -> None:
     for name, target in NUMPY_ALIASES.items():
         # numpy 2 raises AttributeError for removed names, so hasattr tells a removed alias from a present one;
-        # a numpy that still has the name keeps its own.
-        if not hasattr(np, name):
+        # a numpy that still has the name keeps its own. Asking about `np.object`/`np.str` warns that they will
+        # mean numpy scalars one day: a question, not a use, so not shown.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            present = hasattr(np, name)
+        if not present:
             setattr(np, name, target)
 
 
@@ -302,3 +311,31 @@ def _count_every_occurrence_in_pop() -> None:
         return torch.nn.Parameter(torch.zeros(1)).to(self.device)
 
     Pop.calculate_loss = _mark(calculate_loss)
+
+
+# 7. known, harmless warnings ----------------------------------------------------------------------------------------
+
+# (category, message regex, module regex of the code that triggers it): why each is harmless is said above it.
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    # pandas 2.2: `df[col].fillna(..., inplace=True)` in RecBole's `_fill_nan` and `_fill_nan_flag` will stop
+    # filling under pandas 3's copy-on-write; under pandas 2 (pinned below 3 in pyproject.toml) it still fills.
+    (
+        FutureWarning,
+        r"A value is trying to be set on a copy of a DataFrame or Series through chained assignment",
+        r"recbole\.",
+    ),
+    # pandas 2.1: `Series.agg(len)` on sequence fields (sequential models' item lists) is deprecated for
+    # `transform`; in pandas 2 it still returns the per-row lengths RecBole expects.
+    (FutureWarning, r"using <built-in function len> in Series\.agg cannot aggregate", r"recbole\."),
+    # torch 2.4: `torch.cuda.amp.GradScaler(...)` is spelt `torch.amp.GradScaler("cuda", ...)` now; RecBole's
+    # trainer builds one disabled on the CPU, so it scales nothing either way.
+    (FutureWarning, r"`torch\.cuda\.amp\.\w+\(args\.\.\.\)` is deprecated", r"recbole\."),
+    # torch: the legacy `torch.sparse.FloatTensor(i, v, shape)` constructor of LightGCN/NGCF's adjacency
+    # matrix builds the same COO tensor as `torch.sparse_coo_tensor`.
+    (UserWarning, r"torch\.sparse\.SparseTensor\(indices, values, shape", r"recbole\."),
+)
+
+
+def _quiet_known_warnings() -> None:
+    for category, message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)

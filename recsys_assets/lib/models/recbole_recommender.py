@@ -12,8 +12,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_assets.contract.scoring import Component, Scorer
+from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig, users_with_truth
 from recsys_assets.lib.models.base import ProtocolData
-from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig, TrainedRecBoleModel, train_recbole_model
+from recsys_assets.lib.models.fitting import valid_ndcg
+from recsys_assets.lib.models.recbole_adapter import (
+    RecBoleModelConfig,
+    TrainedRecBoleModel,
+    Validate,
+    train_recbole_model,
+)
 from recsys_assets.lib.models.sizing import EASE_MAX_ITEMS, refuse_dense
 
 
@@ -29,8 +36,14 @@ class RecBoleRecommender:
 
     family = "recbole"
 
-    def __init__(self, config: RecBoleModelConfig, max_dense_items: int = EASE_MAX_ITEMS) -> None:
+    def __init__(
+        self,
+        config: RecBoleModelConfig,
+        evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+        max_dense_items: int = EASE_MAX_ITEMS,
+    ) -> None:
         self.config = config
+        self.evaluation = evaluation
         self.max_dense_items = max_dense_items
 
     @property
@@ -38,17 +51,37 @@ class RecBoleRecommender:
         return self.config.model
 
     def fit(self, data: ProtocolData) -> Self:
+        """Train, early-stopping on the validation part: through RecBole's collector up to
+        `evaluation.recbole_collector_cells` validation users x items, above it through our batched
+        `valid_ndcg` (NDCG@10, bounded memory), which is then RecBole's only validation."""
         refused = refuse_dense(self.name, data.data.n_items, self.max_dense_items)
         if refused:
             raise MemoryError(refused)
         split = data.split
-        self.trained = train_recbole_model(self.config, split.train, split.valid, split.test)
         self.history: sp.csr_matrix = data.data.matrix
         self._users = data.data.users["user_id"].to_numpy()
-        self._item_pos = positions(data.data.items["item_id"], self.trained.item_ids)
+        self._item_ids = data.data.items["item_id"]
+        validate = self._validator(data) if self.validated_in_batches(data) else None
+        self._bind(train_recbole_model(self.config, split.train, split.valid, split.test, validate=validate))
         component = export_component(self.trained, data)
         self._scorer = None if component is None else Scorer({self.name: component}, {self.name: 1.0})
         return self
+
+    def validated_in_batches(self, data: ProtocolData) -> bool:
+        """Whether RecBole's own validation would score more users x items than the evaluation allows."""
+        n_valid = min(len(users_with_truth(data.valid_truth)), self.evaluation.users)
+        return n_valid * data.data.n_items > self.evaluation.recbole_collector_cells
+
+    def _validator(self, data: ProtocolData) -> Validate:
+        def validate(trained: TrainedRecBoleModel) -> float:
+            self._bind(trained)
+            return valid_ndcg(self.score, data, self.evaluation)
+
+        return validate
+
+    def _bind(self, trained: TrainedRecBoleModel) -> None:
+        self.trained = trained
+        self._item_pos = positions(self._item_ids, trained.item_ids)
 
     @property
     def scorer(self) -> Scorer | None:

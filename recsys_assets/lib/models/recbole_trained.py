@@ -75,6 +75,8 @@ class TrainedRecBoleModel:
         # `valid_metric` after each epoch; the model holds the weights of the best one
         self.valid_scores = tuple(valid_scores)
         self._histories = histories
+        self._joined: dict[str, pd.DataFrame] = {}
+        self._sequence_cache: dict[str, dict[int, list[int]]] = {}
         # RecBole's internal id 0 is its padding token, so our i-th id is internal id i + 1.
         self.user_index: dict[str, int] = {user: i + 1 for i, user in enumerate(user_ids)}
         self.item_index: dict[str, int] = {item: i + 1 for i, item in enumerate(item_ids)}
@@ -85,8 +87,10 @@ class TrainedRecBoleModel:
 
     def history(self, history: History = "train") -> pd.DataFrame:
         """The interactions the model may condition on, as internal ids (`user`, `item`), oldest first per user."""
-        frames = [self._histories[split] for split in _HISTORY_SPLITS[history]]
-        return pd.concat(frames, ignore_index=True)
+        if history not in self._joined:  # scored batch after batch: joined once
+            frames = [self._histories[split] for split in _HISTORY_SPLITS[history]]
+            self._joined[history] = pd.concat(frames, ignore_index=True)
+        return self._joined[history]
 
     def score(
         self,
@@ -104,7 +108,11 @@ class TrainedRecBoleModel:
 
         users = self._internal_users(user_ids)
         seen = self.history(history)
-        sequences = self._sequences(seen) if self.config.spec.sequential else None
+        sequences = None
+        if self.config.spec.sequential:
+            if history not in self._sequence_cache:
+                self._sequence_cache[history] = self._sequences(seen)
+            sequences = self._sequence_cache[history]
         scores = np.empty((len(users), len(self.item_ids)), dtype=np.float32)
         self.model.eval()
         with torch.no_grad():

@@ -52,6 +52,7 @@ def refit_artifact(
     valid_share: float = VALID_SHARE,
     hybrid_cf: str | None = None,
     threads: int = 1,
+    hybrid_repeat: bool = False,
 ) -> ServingArtifact:
     """`model` retrained on every event (the hybrid's blend tuned on all but the newest `valid_share`),
     as a serving artifact.
@@ -59,19 +60,22 @@ def refit_artifact(
     RecBole models train with `tuning.model_config(model, budget, seed, tuned)`, as in the comparison;
     implicit's (`catalog.IMPLICIT`) with their defaults on `threads`.
     For `Hybrid`, `hybrid_cf` names its collaborative model (the one the evaluated hybrid blended,
-    an exportable RecBole model other than Pop, or an implicit one), which is refitted too; None blends content and
-    popularity only. `reference` is the evaluated candidate's artifact: its metrics are copied.
+    an exportable RecBole model other than Pop, or an implicit one), which is refitted too; None blends content
+    and popularity only; `hybrid_repeat` blends BuyAgain too (tuned with seen items allowed), as a hybrid
+    evaluated for the repeat setting does. `reference` is the evaluated candidate's artifact: its metrics are copied.
     The artifact covers every row of `users` and `items`, its history is every event, and
     `trained_until` is the time of the last event.
     """
     _check_model(model, hybrid_cf)
     if reference is not None and reference.model_name != model:
         raise ValueError(f"reference artifact is a {reference.model_name}, not a {model}")
-    pdata = prepare(interactions, items, users, S.TEMPORAL, seed=seed, ratios=refit_ratios(valid_share))
+    pdata = prepare(
+        interactions, items, users, S.deciding_protocol(interactions), seed=seed, ratios=refit_ratios(valid_share)
+    )
     if pdata.split.valid.empty:
         raise ValueError("the validation slice is empty: its first timestamp holds every later event")
     common: dict[str, Any] = dict(tuned=tuned, budget=budget, seed=seed, hybrid_cf=hybrid_cf, threads=threads)
-    cand = refit_candidate(model, pdata, **common)
+    cand = refit_candidate(model, pdata, **common, hybrid_repeat=hybrid_repeat)
     full = every_event(pdata, interactions, items, users)
     served = _fit_on_every_event(model, cand, full, **common)
     art = serving_artifact(
@@ -142,6 +146,7 @@ def refit_candidate(
     seed: int,
     hybrid_cf: str | None = None,
     threads: int = 1,
+    hybrid_repeat: bool = False,
 ) -> Candidate:
     """Train `model` (and, for `Hybrid`, its collaborative model first) on `pdata`'s train part."""
     _check_model(model, hybrid_cf)
@@ -153,7 +158,7 @@ def refit_candidate(
 
     if model == "Hybrid":
         cf = recbole(hybrid_cf) if hybrid_cf else None
-        cand = native_candidate("Hybrid", pdata, cf)
+        cand = native_candidate("Hybrid", pdata, cf, repeat=hybrid_repeat)
         if cf is not None:  # the hybrid's training time includes its collaborative model's
             cand.train_seconds += cf.train_seconds
         return cand

@@ -18,16 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig, batch_size
+
 GB = 1e9
 # EASE holds ~3 dense float64 item x item matrices (Gram, inverse, weights): 20k items = 9.6 GB.
 EASE_MAX_ITEMS = 20_000
 # The process before any model: Python, pandas, torch when loaded, the interactions and their splits.
 BASE_BYTES = 0.8 * GB
 BYTES_PER_EVENT = 600  # interactions table, both splits' copies, the training matrix
-# A dense score block (float32) as the evaluation and the validation NDCG build it, and one copy.
+# One batch of dense scores (float32) as the batched evaluation builds it (`evaluation.batched`), and one copy.
 SCORE_BYTES_PER_CELL = 8
 # RecBole's full-sort validation and test, per user x item cell: its score matrix, the masked copy and
 # the collector's concatenated batches. At 48k users x 85k items Pop was OOM-killed at 22.9 GB (issue 16).
+# It only runs below `EvaluationConfig.recbole_collector_cells`; above, RecBole is validated in batches.
 RECBOLE_EVAL_BYTES_PER_CELL = 8
 RECBOLE_EVAL_SECONDS_PER_CELL = 3e-9
 RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5, "MultiVAE": 3e-6, "SASRec": 2e-4}
@@ -36,29 +39,33 @@ RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5,
 ALS_SECONDS = 1.1e-8  # per (interaction x factor + row x factor^2) per iteration
 BPR_SECONDS = 6.6e-8  # per interaction x factor per iteration
 KNN_SECONDS = 6.5e-7  # per co-occurring item pair (sum over users of their items squared)
-# scoring and ranking every user over every item, twice (validation and test), per user x item cell
+# scoring and ranking an evaluated user over every item, twice (validation and test), per user x item cell
 SCORE_SECONDS_PER_CELL = 3e-8
-
-# Users whose dense scores the comparison holds at once: today every user (`fitting.evaluate_scores` and
-# `candidates.fit_candidate` score `np.arange(n_users)`); set to the batch size once evaluation is batched.
-SCORE_ROWS_AT_ONCE: int | None = None
+# The Hybrid's blend search (`native.HybridModel`'s defaults): at most this many validation users and
+# users x items per component, standardised in float64, and at most this many blends scored.
+HYBRID_TUNE_USERS = 5_000
+HYBRID_TUNE_CELLS = 10_000_000
+HYBRID_MAX_TRIALS = 400
+HYBRID_PARTS = 4  # collaborative, content, popularity (and BuyAgain in the repeat setting)
 
 RECBOLE = ("Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec", "NGCF")
 
 
 @dataclass(frozen=True)
 class DataShape:
-    """What the estimates read: users, items, distinct user-item pairs, events, and the sum over users
-    of their distinct items squared (the item-item work; log-normal activity makes it far above nnz^2/users)."""
+    """What the estimates read: users, items, distinct user-item pairs, events, the sum over users of their
+    distinct items squared (the item-item work; log-normal activity makes it far above nnz^2/users), and the
+    users with test positives (the ones the evaluation scores; None: every user)."""
 
     n_users: int
     n_items: int
     nnz: int
     n_events: int
     pair_work: float
+    evaluated_users: int | None = None
 
     @classmethod
-    def of(cls, matrix: sp.csr_matrix, n_events: int | None = None) -> DataShape:
+    def of(cls, matrix: sp.csr_matrix, n_events: int | None = None, evaluated_users: int | None = None) -> DataShape:
         """The shape of a users x items training matrix (`n_events` defaults to its non-zeros)."""
         per_user = np.diff(sp.csr_matrix(matrix).indptr).astype(np.float64)
         return cls(
@@ -67,20 +74,25 @@ class DataShape:
             nnz=int(matrix.nnz),
             n_events=int(matrix.nnz if n_events is None else n_events),
             pair_work=float((per_user**2).sum()),
+            evaluated_users=evaluated_users,
         )
+
+    @property
+    def with_truth(self) -> int:
+        """Users with test positives (every user when unknown)."""
+        return self.n_users if self.evaluated_users is None else min(self.evaluated_users, self.n_users)
 
 
 @dataclass(frozen=True)
 class Limits:
     """The budget each candidate must fit: peak memory of the training process, minutes per candidate,
-    the largest catalog EASE may densify, how many users are scored at once (None: all of them) and how many
-    are evaluated in all (None: every user; a sample bounds the scoring time at a large catalog)."""
+    the largest catalog EASE may densify, and how candidates are evaluated (`evaluation`: the batch memory,
+    the user sample, the size above which RecBole is validated in batches)."""
 
     max_memory_gb: float = 16.0
     max_minutes: float = 30.0
     ease_max_items: int = EASE_MAX_ITEMS
-    score_rows: int | None = SCORE_ROWS_AT_ONCE
-    eval_users: int | None = None  # users the comparison evaluates (None: every user)
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION
 
 
 @dataclass(frozen=True)
@@ -133,11 +145,13 @@ def estimate(
     epochs: int | None = None,
     factors: int | None = None,
     neighbours: int = 100,
-    score_rows: int | None = None,
-    eval_users: int | None = None,
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION,
 ) -> Estimate:
-    """Peak memory (GB) and minutes of one candidate: the pipeline's own data, the model's training, and the
-    dense score block it is evaluated through (`score_rows` users at once; None: every user, as today)."""
+    """Peak memory (GB) and minutes of one candidate: the pipeline's own data, the model's training, and its
+    evaluation in batches of users (`evaluation`): memory is one batch of scores (batch x items x 4 bytes
+    <= `batch_memory_mb`), time grows with the evaluated users (those with test positives, at most
+    `evaluation.users`). RecBole's own full-sort collector is charged only at or below
+    `evaluation.recbole_collector_cells`; above, RecBole is validated every epoch through the batched path."""
     if epochs is None:
         epochs = {"ALS": 15, "ImplicitBPR": 100}.get(model, 1)
     if factors is None:  # the models' defaults (`implicit_cf`, `tuning.STANDARD`)
@@ -145,17 +159,23 @@ def estimate(
     model_bytes, seconds = _model_bytes_and_seconds(
         model, shape, threads=threads, epochs=epochs, factors=factors, neighbours=neighbours
     )
-    rows = shape.n_users if score_rows is None else min(score_rows, shape.n_users, eval_users or shape.n_users)
-    cells = float(rows) * shape.n_items
-    scoring = cells * SCORE_BYTES_PER_CELL
-    if model == "Hybrid":  # the blend search holds each component's standardised scores (float64)
-        scoring += 3 * cells * 8.0
-    if model in RECBOLE:  # RecBole validates every epoch and tests once through its full-sort collector
-        full = float(shape.n_users) * shape.n_items
-        scoring = max(scoring, full * RECBOLE_EVAL_BYTES_PER_CELL)
-        seconds += (epochs + 1) * full * RECBOLE_EVAL_SECONDS_PER_CELL
-    evaluated = shape.n_users if eval_users is None else min(eval_users, shape.n_users)
-    seconds += float(evaluated) * shape.n_items * SCORE_SECONDS_PER_CELL
+    evaluated = min(shape.with_truth, evaluation.users)
+    rows = min(batch_size(shape.n_items, evaluation.batch_memory_mb), max(evaluated, 1))
+    scoring = float(rows) * shape.n_items * SCORE_BYTES_PER_CELL
+    eval_cells = float(evaluated) * shape.n_items
+    if model == "Hybrid":  # the blend search: each component's standardised scores (float64) and their sum
+        tune_rows = min(HYBRID_TUNE_USERS, HYBRID_TUNE_CELLS // max(shape.n_items, 1), evaluated)
+        tune_cells = float(tune_rows) * shape.n_items
+        scoring += (HYBRID_PARTS + 1) * tune_cells * 8.0
+        seconds += HYBRID_MAX_TRIALS * tune_cells * SCORE_SECONDS_PER_CELL / 2
+    if model in RECBOLE:
+        if eval_cells <= evaluation.recbole_collector_cells:  # RecBole's collector, every epoch and the test
+            full = float(shape.with_truth) * shape.n_items
+            scoring = max(scoring, full * RECBOLE_EVAL_BYTES_PER_CELL)
+            seconds += (epochs + 1) * full * RECBOLE_EVAL_SECONDS_PER_CELL
+        else:  # validated every epoch in batches (`RecBoleRecommender.validated_in_batches`)
+            seconds += epochs * eval_cells * SCORE_SECONDS_PER_CELL / 2
+    seconds += eval_cells * SCORE_SECONDS_PER_CELL
     total = BASE_BYTES + shape.n_events * BYTES_PER_EVENT + model_bytes + scoring
     return Estimate(model=model, memory_gb=total / GB, minutes=seconds / 60.0)
 
@@ -197,14 +217,7 @@ def plan(
     epochs = epochs or {}
     return [
         check(
-            estimate(
-                m,
-                shape,
-                threads=threads,
-                epochs=epochs.get(m),
-                score_rows=limits.score_rows,
-                eval_users=limits.eval_users,
-            ),
+            estimate(m, shape, threads=threads, epochs=epochs.get(m), evaluation=limits.evaluation),
             limits,
             shape.n_items,
         )

@@ -141,6 +141,8 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
         _train(cfg, settings, summary, work)
     train_seconds = time.perf_counter() - started
     store = Storage.from_settings(settings)
+    if not cfg.train:
+        _realign_alias(settings, store)
     before = read_pointer(store)["model_version"]
 
     replay = _replay_config(cfg, settings, work)
@@ -195,6 +197,16 @@ def _cut(cfg: SimulateConfig, work: Path) -> dict[str, Any]:
         load_dataset(cfg.dataset, cfg.source), work, cfg.future_fraction, hold_out_category=cfg.hold_out_category
     )
     return prep.summary
+
+
+def _realign_alias(settings, store) -> None:
+    """The registry's `champion` alias back on the first champion `_reset` restored, or the alias sensor
+    would bring back the last run's retrained champion."""
+    from recsys_assets.lib.tracking import CHAMPION, MlflowTracking
+
+    version = (read_pointer(store) or {}).get("registry_version")
+    if version:
+        MlflowTracking.for_store(settings.mlflow_store()).set_alias(CHAMPION, str(version))
 
 
 def _reset(work: Path) -> dict[str, Any]:

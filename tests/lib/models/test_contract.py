@@ -48,6 +48,7 @@ class Case:
     cold: Cold = "any"  # a user with no history, in process
     cold_served: Cold = "any"  # an unknown user with no history, through the served artifact (the API)
     folds_in: bool = True  # served: an unknown user with a history gets items like that history's
+    repeats: bool = False  # the user's own items first (seen allowed), then by popularity: with seen hidden, popular
 
 
 def recbole(name: str) -> Callable[[ProtocolData], Recommender]:
@@ -94,6 +95,9 @@ CASES: dict[str, Case] = {
     "SASRec": Case(recbole("SASRec"), serves=False, cold="abstains"),
     "Popularity": Case(native("Popularity"), personalised=False, cold="popular", cold_served="popular", folds_in=False),
     "Content": Case(native("Content")),
+    "BuyAgain": Case(
+        native("BuyAgain"), personalised=False, repeats=True, cold="popular", cold_served="popular", folds_in=False
+    ),
     "Hybrid": Case(native("Hybrid"), cold="popular", cold_served="popular"),
     "Hybrid+EASE": Case(native("Hybrid", collaborative="EASE"), cold="popular", cold_served="popular"),
     # implicit's models: a user with no history has an all-zero (ALS) or untrained random (BPR) vector, or no
@@ -165,7 +169,14 @@ def test_ranks_the_obvious_items_first(fitted: Fitted) -> None:
     """Each user's own half of the catalog; by training popularity for a model that does not personalise."""
     users = fitted.warm
     top = recommend(fitted.model, users, 5)
-    if fitted.case.personalised:
+    if fitted.case.repeats:
+        scores, seen = fitted.model.score(users), fitted.build.data.matrix[users]
+        for row, own, hidden in zip(scores, np.split(seen.indices, seen.indptr[1:-1]), top, strict=True):
+            assert set(top_k(row, len(own)).tolist()) == set(own.tolist())  # the user's own items first
+            popular = fitted.popularity.copy()
+            popular[own] = -np.inf
+            np.testing.assert_array_equal(hidden, top_k(popular, 5))  # with them hidden: the most popular
+    elif fitted.case.personalised:
         own = own_half(fitted.build, users, top)
         assert own[:, 0].all(), f"{(~own[:, 0]).sum()} users get an item of the other half first"
         assert own.mean() >= 0.95

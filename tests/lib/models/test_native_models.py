@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recsys_assets.contract.scoring import Component, top_k
 from recsys_assets.lib.models.base import TrainData
-from recsys_assets.lib.models.native import HybridModel
+from recsys_assets.lib.models.native import HybridModel, grid_steps
 from tests.lib.models.checkerboard import NEW_ITEMS, checkerboard
 
 
@@ -52,3 +52,20 @@ def test_hybrid_weights_are_tuned_on_validation_only() -> None:
     assert abs(sum(model.weights.values()) - 1) < 1e-9
     assert model.weights["popularity"] < 1.0  # the personalised components earn weight
     assert model.params()["weights"] == model.weights
+
+
+def test_hybrid_search_is_bounded() -> None:
+    build = checkerboard()
+    data = build.data
+    everyone = np.flatnonzero(np.diff(build.valid_truth.indptr) > 0)
+    model = HybridModel(collaborative=item_item_component(data), tune_users=5, max_trials=20, min_bucket_users=1000)
+    model.fit(build)
+    # a fixed sample of 5 validation users, and a 5-step grid (21 points) is over budget: 4 steps, 15 points
+    users = model._tuning_users(build.valid_truth)
+    assert len(users) == 5 and np.isin(users, everyone).all()
+    np.testing.assert_array_equal(users, model._tuning_users(build.valid_truth))
+    assert model.tuning is not None and len(model.tuning) == 15
+    # a cell budget bounds the sample too: two users' worth of items
+    cells = HybridModel(tune_cells=2 * data.n_items)._tuning_users(build.valid_truth)
+    assert len(cells) == 2
+    assert grid_steps(3, 10, 66) == 10 and grid_steps(3, 10, 65) == 9 and grid_steps(3, 10, 0) == 1

@@ -147,3 +147,34 @@ def test_quick_start_reproduces_recboles_published_bpr_on_ml_100k() -> None:
     print(f"BPR quick start: {result.test_result} after {result.epochs_trained} epochs, {elapsed:.0f}s")
     assert result.test_result["ndcg@10"] == pytest.approx(0.292, abs=0.02)
     assert result.test_result["recall@10"] == pytest.approx(0.2523, abs=0.02)
+
+
+def test_validated_in_batches_above_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `recbole_collector_cells`, RecBole trains epoch by epoch and our batched NDCG@10 early-stops it:
+    RecBole's own validation and test never run, and the model keeps its best epoch's weights."""
+    from recbole.trainer.trainer import Trainer
+
+    from recsys_assets.lib.evaluation.batched import EvaluationConfig
+    from recsys_assets.lib.models.fitting import valid_ndcg
+    from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
+
+    data = checkerboard()
+    config = RecBoleModelConfig(model="BPR", **{**TINY_SETTINGS["BPR"], "epochs": 6, "stopping_step": 2})
+    assert not RecBoleRecommender(config).validated_in_batches(data)  # the default: RecBole's collector
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("RecBole's collector was used")
+
+    monkeypatch.setattr(Trainer, "_valid_epoch", refuse)
+    monkeypatch.setattr(Trainer, "evaluate", refuse)
+    evaluation = EvaluationConfig(recbole_collector_cells=0, batch_memory_mb=1)
+    model = RecBoleRecommender(config, evaluation)
+    assert model.validated_in_batches(data)
+    model.fit(data)
+    trained = model.trained
+    assert trained.test_metrics == {}
+    # one validation per epoch; with stopping_step 2 at least three epochs run
+    assert 3 <= trained.epochs_trained <= 6 and len(trained.valid_scores) == trained.epochs_trained
+    assert trained.best_valid_score == max(trained.valid_scores) == trained.best_valid_metrics["validate"]
+    # the weights kept are the best epoch's: validating them again gives its value
+    assert valid_ndcg(model.score, data, evaluation) == pytest.approx(trained.best_valid_score, abs=1e-12)

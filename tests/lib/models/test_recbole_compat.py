@@ -305,3 +305,34 @@ def test_pop_counts_every_occurrence_whatever_the_batch_size(recbole_workdir: Pa
     expected = torch.bincount(items, minlength=train_data._dataset.item_num)
     assert torch.equal(model.item_cnt.view(-1), expected)
     assert model.max_cnt.item() == expected.max().item() > 1
+
+
+def test_known_warnings_are_quiet_only_where_recbole_raises_them() -> None:
+    import warnings
+
+    from recsys_assets.lib.models import recbole_compat
+
+    chained = (
+        "A value is trying to be set on a copy of a DataFrame or Series through chained assignment using an inplace"
+    )
+    scaler = "`torch.cuda.amp.GradScaler(args...)` is deprecated. Please use `torch.amp.GradScaler('cuda', args...)`"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        recbole_compat._quiet_known_warnings()
+
+        def warn(message: str, category: type[Warning], module: str) -> None:
+            warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1, module=module)
+
+        warn(chained, FutureWarning, "recbole.data.dataset.dataset")
+        warn(scaler, FutureWarning, "recbole.trainer.trainer")
+        warn("using <built-in function len> in Series.agg cannot aggregate", FutureWarning, "recbole.data.x")
+        # the same message from the project's own code, and anything else from RecBole, still show
+        warn(chained, FutureWarning, "recsys_assets.lib.models.fitting")
+        warn("something new", FutureWarning, "recbole.data.dataset.dataset")
+        warn(chained, DeprecationWarning, "recbole.data.dataset.dataset")
+    shown = [(str(w.message)[:14], w.category.__name__) for w in seen]
+    assert shown == [
+        ("A value is try", "FutureWarning"),
+        ("something new", "FutureWarning"),
+        ("A value is try", "DeprecationWarning"),
+    ]

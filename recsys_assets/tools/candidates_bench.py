@@ -1,0 +1,229 @@
+"""What the candidate path costs and saves (figures in docs/benchmarks.md, "Candidate generation").
+
+    python -m recsys_assets.tools.candidates_bench synthetic --items 100000 --out /tmp/art100k
+    python -m recsys_assets.tools.candidates_bench memory --artifact /tmp/art1m --workers 4
+    python -m recsys_assets.tools.candidates_bench ml100k
+
+`synthetic`: a catalog of clustered embedding vectors with a popularity component (the 1M row of
+issue 17's table), written as an artifact with its ANN index; the served top-10 of the candidate path
+against the exact top-10 (recall), and one user's scoring time on both paths (p50/p95, one thread).
+`memory`: N processes load one artifact memory-mapped and score; resident memory (RSS) and
+proportional set size (PSS: shared pages divided among the processes that map them) per process.
+`ml100k`: a MovieLens Hybrid with the candidate path forced (threshold 0): recall@10 against the exact
+top-10 and offline NDCG@10 of both paths on the temporal protocol's test users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def synthetic_artifact(n_items: int, n_users: int = 2_000, dim: int = 64, seed: int = 0):
+    """An embedding + popularity artifact with `n_items` items, clustered vectors, 20-event histories."""
+    from recsys_assets.contract.artifact import ServingArtifact
+    from recsys_assets.contract.scoring import Component, Scorer
+
+    need = n_items * dim * 4 * 3 + n_users * dim * 4
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > avail:
+        raise MemoryError(f"{n_items} items x {dim} dims needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free")
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(256, dim)).astype(np.float32)
+    items = centers[rng.integers(0, 256, n_items)] + 0.7 * rng.normal(size=(n_items, dim)).astype(np.float32)
+    items *= (0.3 * (1 + rng.pareto(3, size=(n_items, 1)))).astype(np.float32)
+    users = centers[rng.integers(0, 256, n_users)] + 0.7 * rng.normal(size=(n_users, dim)).astype(np.float32)
+    pop = rng.zipf(1.3, size=n_items).clip(max=100_000).astype(np.float32)
+    cols = rng.choice(n_items, size=(n_users, 20), p=pop / pop.sum())
+    rows = np.repeat(np.arange(n_users), 20)
+    history = sp.csr_matrix((np.ones(n_users * 20, np.float32), (rows, cols.ravel())), shape=(n_users, n_items))
+    history.sum_duplicates()
+    scorer = Scorer(
+        {
+            "embedding": Component("embedding", {"item_factors": items, "user_factors": users.astype(np.float32)}),
+            "popularity": Component("popularity", {"popularity": pop}),
+        },
+        {"embedding": 1.0, "popularity": 0.2},
+    )
+    ids = np.asarray([f"i{j}" for j in range(n_items)])
+    return ServingArtifact(
+        model_name="Synthetic",
+        model_version=f"synthetic-{n_items}",
+        scorer=scorer,
+        user_ids=np.asarray([f"u{u}" for u in range(n_users)]),
+        item_ids=ids,
+        history=history,
+        item_titles=ids,
+        item_categories=np.full(n_items, "", dtype=str),
+    )
+
+
+def _quantiles(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs) * 1e3
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3)}
+
+
+def compare_paths(art, users: np.ndarray, k: int = 10) -> dict[str, object]:
+    """Recall of the candidate top-k against the exact top-k, and both paths' time per user."""
+    from recsys_assets.contract.retrieval import Retriever
+
+    retriever = Retriever(art.scorer, art.retrieval)
+    hist = art.history
+    exact_t, cand_t, recall = [], [], []
+    for u in users.tolist():
+        lo, hi = hist.indptr[u], hist.indptr[u + 1]
+        idx, w = hist.indices[lo:hi], hist.data[lo:hi]
+        t = time.perf_counter()
+        exact = art.scorer.topk_one(idx, w, k, u, exclude=idx)
+        exact_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        approx = retriever.topk_one(idx, w, k, u, exclude=idx)
+        cand_t.append(time.perf_counter() - t)
+        recall.append(len(set(exact.tolist()) & set(approx.tolist())) / k)
+    return {
+        "recall@10": round(float(np.mean(recall)), 4),
+        "exact": _quantiles(exact_t),
+        "candidates": _quantiles(cand_t),
+    }
+
+
+def bench_synthetic(n_items: int, out: str | None, n_users: int = 300) -> dict[str, object]:
+    from recsys_assets.contract.artifact import load_artifact, save_artifact
+    from recsys_assets.lib.models.ann import retrieval_arrays
+
+    art = synthetic_artifact(n_items)
+    t = time.perf_counter()
+    art.retrieval = retrieval_arrays(art.scorer, art.history)
+    build = time.perf_counter() - t
+    result: dict[str, object] = {"items": n_items, "ann_build_s": round(build, 1)}
+    result["ann_mb"] = round(art.retrieval["embedding.ann"].nbytes / 1e6, 1)
+    if out:
+        save_artifact(art, out)
+        art = load_artifact(out, mmap=True)
+    users = np.random.default_rng(1).choice(len(art.user_ids), size=n_users, replace=False)
+    compare_paths(art, users[:20])  # warm caches and the index pages
+    result.update(compare_paths(art, users))
+    return result
+
+
+def _pss_kb(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        fields = dict(line.split(":", 1) for line in fh.read().splitlines()[1:])
+    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+
+
+def bench_memory(artifact: str, workers: int) -> dict[str, object]:
+    """N processes that each load `artifact` as the API does (mapped, `LoadedModel.build`) and score."""
+    code = (
+        "import sys,time;from recsys_assets.contract.artifact import load_artifact;"
+        "from serving.model import LoadedModel;"
+        "m=LoadedModel.build(load_artifact(sys.argv[1],mmap=True),'x',0);"
+        "import numpy as np;r=m.retriever;h=m.artifact.history;"
+        "[r.topk_one(h.indices[h.indptr[u]:h.indptr[u+1]],h.data[h.indptr[u]:h.indptr[u+1]],10,u) for u in range(200)];"
+        "print('ready',flush=True);time.sleep(600)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, artifact], stdout=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        mem = [_pss_kb(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return {
+        "workers": workers,
+        "rss_mb_each": [round(r / 1024) for r, _ in mem],
+        "pss_mb_each": [round(s / 1024) for _, s in mem],
+        "rss_mb_total": round(sum(r for r, _ in mem) / 1024),
+        "pss_mb_total": round(sum(s for _, s in mem) / 1024),
+    }
+
+
+def bench_ml100k() -> dict[str, object]:
+    """MovieLens-100k, temporal protocol: the candidate path (threshold 0) against exact, for the
+    quick Hybrid (item-kNN + content + popularity) and for a PureSVD embedding + popularity blend."""
+    from scipy.sparse.linalg import svds
+
+    from recsys_assets.contract.scoring import Component, Scorer
+    from recsys_assets.contract.settings import Settings
+    from recsys_assets.lib.ingest import cleaning, readers
+    from recsys_assets.lib.models.fitting import prepare
+    from recsys_assets.lib.models.native import HybridModel
+    from recsys_assets.tools.chaos import item_knn
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    raw, items, users = readers.read_movielens()
+    inter = cleaning.clean_events(raw, settings.cleaning()).interactions
+    pdata = prepare(inter, cleaning.build_items(inter, items), cleaning.build_users(inter, users), "temporal")
+    train = pdata.data.matrix
+    knn = Component("item_item", {"similarity": item_knn(train, 50)}, {"binary": 1})
+    hybrid = HybridModel(collaborative=knn, collaborative_name="ItemKNN").fit(pdata).scorer
+    u, s, vt = svds(train.astype(np.float64), k=64)
+    svd = Scorer(
+        {
+            "svd": Component(
+                "embedding", {"user_factors": (u * s).astype(np.float32), "item_factors": vt.T.astype(np.float32)}
+            ),
+            "popularity": Component("popularity", {"popularity": np.diff(train.tocsc().indptr).astype(np.float32)}),
+        },
+        {"svd": 1.0, "popularity": 0.1},
+    )
+    test_users = np.flatnonzero(np.diff(pdata.test_truth.indptr) > 0)
+    return {
+        "users": len(test_users),
+        **{name: _paths_ndcg(sc, pdata, test_users) for name, sc in (("Hybrid", hybrid), ("PureSVD", svd))},
+    }
+
+
+def _paths_ndcg(scorer, pdata, users: np.ndarray) -> dict[str, object]:
+    from recsys_assets.contract.retrieval import Retriever
+    from recsys_assets.lib.evaluation.metrics import evaluate_topk
+    from recsys_assets.lib.models.ann import retrieval_arrays
+
+    hist, exclude, truth = pdata.data.matrix[users], pdata.test_exclude[users], pdata.test_truth[users]
+    exact = scorer.topk(hist, 10, user_idx=users, exclude=exclude)
+    retriever = Retriever(scorer, retrieval_arrays(scorer, pdata.data.matrix))
+    approx = retriever.topk(hist, 10, user_idx=users, exclude=exclude)
+    ndcg = {
+        name: round(float(evaluate_topk(top, truth, (10,)).query("metric == 'ndcg'")["value"].iloc[0]), 5)
+        for name, top in (("exact", exact), ("candidates", approx))
+    }
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.tolist(), approx.tolist(), strict=True)])
+    return {"recall@10": round(float(recall), 4), "ndcg@10": ndcg}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="candidates_bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synthetic")
+    s.add_argument("--items", type=int, required=True)
+    s.add_argument("--out", default=None, help="write the artifact here (then read it back memory-mapped)")
+    m = sub.add_parser("memory")
+    m.add_argument("--artifact", required=True)
+    m.add_argument("--workers", type=int, default=1)
+    sub.add_parser("ml100k")
+    args = parser.parse_args(argv)
+    if args.cmd == "synthetic":
+        print(f"building a {args.items}-item artifact and its ANN index ...", file=sys.stderr, flush=True)
+        out = bench_synthetic(args.items, args.out)
+    elif args.cmd == "memory":
+        out = bench_memory(args.artifact, args.workers)
+    else:
+        out = bench_ml100k()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The MLflow registry drives what the API serves: promote, roll back, and an alias moved in the MLflow
+UI, against a real `mlflow server`, Redis and a two-worker API process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer, save_artifact
+from recsys_assets.contract.storage import Storage
+from recsys_assets.defs.resources import MlflowResource, StorageResource
+from recsys_assets.defs.sensors import champion_alias_sensor
+from recsys_assets.lib import champion
+from recsys_assets.lib.tracking import CHALLENGER, CHAMPION, MlflowTracking
+from tests.api_support import api_env, movielens_artifact, with_version
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def served_versions(url: str, tries: int = 8) -> set[str]:
+    """The champion version every answering worker reports (several requests reach several workers)."""
+    return {httpx.get(f"{url}/v1/model", timeout=5).json()["champion"]["model_version"] for _ in range(tries)}
+
+
+def wait_served(url: str, version: str, within: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if served_versions(url) == {version}:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"API still serves {served_versions(url)}, not {version}, after {within}s")
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "recsys_assets", "champion", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_registry_moves_what_the_api_serves(mlflow_server: str, tmp_path: Path, redis_server, start_api) -> None:
+    storage = tmp_path / "data"
+    store = Storage.from_uri(str(storage))
+    tracking = MlflowTracking(tracking_uri=mlflow_server)
+    versions = {}
+    for alias, name in ((CHAMPION, "hyb-A"), (CHALLENGER, "hyb-B")):
+        art = with_version(movielens_artifact(), name)
+        folder = tmp_path / name
+        save_artifact(art, str(folder))
+        run_id = tracking.log_training_run(
+            name, params={}, metrics=_metrics(name), dataset_fingerprint=art.dataset_fingerprint
+        )
+        versions[name] = tracking.register_artifact(str(folder), run_id, alias)
+    assert versions == {"hyb-A": "1", "hyb-B": "2"}
+
+    # the first sync copies the artifact out of MLflow (storage has none) and writes the pointer
+    first = champion.sync_champion(tracking, store, actor="test setup")
+    assert first is not None and first["to_version"] == "1"
+    assert read_pointer(store)["path"] == ["artifacts", "hyb-A"]
+    assert champion.sync_champion(tracking, store) is None  # in step: nothing to do
+
+    poll = 0.5
+    api = start_api(api_env(storage, redis_server.url, RECSYS_MODEL_POLL_SECONDS=str(poll)), workers=2)
+    assert served_versions(api.url) == {"hyb-A"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")},
+        "RECSYS_STORAGE_URI": str(storage),
+        "RECSYS_MLFLOW_TRACKING_URI": mlflow_server,
+        "RECSYS_MODEL_POLL_SECONDS": str(poll),
+    }
+
+    done = cli(env, "promote", "2", "--reason", "B wins the A/B test", "--actor", "alice")
+    assert done.returncode == 0, done.stderr
+    assert "-> 2 (hyb-B)" in done.stdout
+    assert tracking.alias_version(CHAMPION)["version"] == "2"
+    # every worker within a poll or two (the pointer is read every `model_poll_seconds`)
+    assert wait_served(api.url, "hyb-B", within=10 * poll + 5) < 10 * poll + 5
+
+    done = cli(env, "rollback", "--reason", "CTR fell", "--actor", "bob")
+    assert done.returncode == 0, done.stderr
+    assert tracking.alias_version(CHAMPION)["version"] == "1"
+    wait_served(api.url, "hyb-A", within=10 * poll + 5)
+
+    # moved in the MLflow UI (the registry's own API, as the UI calls it): the sensor follows it
+    tracking.set_alias(CHAMPION, "2")
+    result = champion_alias_sensor(
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()),
+        storage=StorageResource(uri=str(storage)),
+        mlflow=MlflowResource(tracking_uri=mlflow_server),
+    )
+    assert "registry version 2" in str(result.skip_message)
+    wait_served(api.url, "hyb-B", within=10 * poll + 5)
+
+    status = cli(env, "status")
+    assert status.returncode == 0, status.stderr
+    assert '"in_sync": true' in status.stdout and '"rollback_to": "1"' in status.stdout
+
+    changes = champion.read_changes(store)
+    assert changes["action"].tolist() == ["registry", "promote", "rollback", "registry"]
+    assert changes[["from_version", "to_version"]].values.tolist() == [["", "1"], ["1", "2"], ["2", "1"], ["1", "2"]]
+    assert changes["actor"].tolist()[1:3] == ["alice", "bob"]
+    assert changes["reason"].tolist()[1:3] == ["B wins the A/B test", "CTR fell"]
+    assert changes["to_model"].tolist() == ["hyb-A", "hyb-B", "hyb-A", "hyb-B"]
+    assert changes["at"].is_monotonic_increasing
+
+    # a version that does not exist: a clear error, nothing moved
+    done = cli(env, "promote", "9")
+    assert done.returncode == 2 and "has no version '9'" in done.stderr
+    assert read_pointer(store)["registry_version"] == "2"
+    assert Storage.from_uri(str(storage)).exists(*CHAMPION_POINTER)
+
+
+def _metrics(name: str):
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{"model": name, "metric": "ndcg", "k": 10, "protocol": "temporal", "slice": "all", "value": 0.1}]
+    )
