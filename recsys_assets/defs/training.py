@@ -155,7 +155,9 @@ def size_gate(
     lim = settings.limits
     limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items, evaluation_config(settings))
     names = [*config.models, *config.native_models]
-    epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in names}
+    # RecBole's epochs from the budget; implicit's and the native models' own defaults (`sizing.estimate`)
+    recbole = [n for n in names if n in sizing.RECBOLE]
+    epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in recbole}
     evaluated = len(users_with_truth(pdata.test_truth))
     shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train), evaluated_users=evaluated)
     out = {e.model: e for e in sizing.plan(names, shape, limits, threads=lim.training_threads(), epochs=epochs)}

@@ -83,6 +83,10 @@ def _stages(log: list[dict], end: float) -> list[dict]:
         elif event is None and row["message"]:
             m = TRAINING.search(row["message"])
             skip = re.search(r"skipping (\S+) on the (\S+) split: (.*)", row["message"])
+            failed = re.search(r"(\S+) failed on the (\S+) split: (.*)", row["message"])
+            if failed and cand is not None and cand["stop"] is None:
+                cand.update(stop=t, status="FAILED: " + failed.group(3))
+                continue
             if m or skip:
                 if cand is not None and cand["stop"] is None:
                     cand.update(stop=t, status="ok")
