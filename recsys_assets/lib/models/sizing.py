@@ -33,6 +33,11 @@ SCORE_BYTES_PER_CELL = 8
 # It only runs below `EvaluationConfig.recbole_collector_cells`; above, RecBole is validated in batches.
 RECBOLE_EVAL_BYTES_PER_CELL = 8
 RECBOLE_EVAL_SECONDS_PER_CELL = 3e-9
+# RecBole's ItemKNN keeps `pred_mat = interactions x W` as a LIL matrix (Python lists of Python numbers, ~70
+# bytes an entry). Popular items sit in nearly every item's K neighbours (hubness), so W's rows for them are
+# nearly full and a user's row with one popular item is nearly dense: charged as users x items entries. At
+# 47.6k users x 100k items (1M synthetic events) it passed 20 GB within a minute of starting (docs/benchmarks.md).
+RECBOLE_ITEMKNN_BYTES_PER_CELL = 70
 RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5, "MultiVAE": 3e-6, "SASRec": 2e-4}
 # implicit's loops, per unit of work on one thread; measured on the 1M-event / 100k-item synthetic log
 # (docs/benchmarks.md): ALS 14 s, BPR 150 s, item-item 9-10 s on 2 threads
@@ -129,6 +134,8 @@ def _model_bytes_and_seconds(
         sim = s.n_items * neighbours * 12.0 * 3  # the K-neighbour lists, their COO and CSR forms
         dense_rows = per_core * s.n_items * 16.0  # one dense accumulator per thread
         seconds = s.pair_work * KNN_SECONDS / (1 if model == "ItemKNN" else per_core)
+        if model == "ItemKNN":  # RecBole's users x items prediction matrix, as Python lists
+            sim += float(s.n_users) * s.n_items * RECBOLE_ITEMKNN_BYTES_PER_CELL
         return 3 * matrix + sim + dense_rows, seconds
     if model == "EASE":
         return 3 * 8.0 * s.n_items**2, (s.n_items / 1000.0) ** 3 * 0.15

@@ -58,6 +58,16 @@ def test_a_model_over_the_memory_budget_is_refused_and_one_under_it_is_not() -> 
     assert not bpr.fits and bpr.memory_gb > 30
 
 
+def test_recbole_itemknn_is_charged_its_users_x_items_prediction_matrix() -> None:
+    # RecBole's ItemKNN holds users x items predictions as Python lists: fine on ml-100k, refused at a shop's size
+    ml100k = sizing.DataShape(n_users=943, n_items=1_682, nnz=80_000, n_events=100_000, pair_work=2e7)
+    assert sizing.check(sizing.estimate("ItemKNN", ml100k), sizing.Limits(), ml100k.n_items).fits
+    shop = sizing.check(sizing.estimate("ItemKNN", SHOP_1M), sizing.Limits(), SHOP_1M.n_items)
+    assert not shop.fits and "estimated peak memory" in shop.reason
+    # implicit's item-item keeps K neighbours per item only
+    assert sizing.check(sizing.estimate("ItemItemBM25", SHOP_1M), sizing.Limits(), SHOP_1M.n_items).fits
+
+
 def test_the_evaluation_memory_is_one_batch_of_scores() -> None:
     small = sizing.estimate("ALS", SHOP_10M, evaluation=EvaluationConfig(batch_memory_mb=64))
     large = sizing.estimate("ALS", SHOP_10M, evaluation=EvaluationConfig(batch_memory_mb=1024))
