@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock openapi demo demo-ci ingest pipeline tune report simulate bench soak chaos test lint ui console serve clean
+.PHONY: help install lock openapi demo demo-ci ingest pipeline tune report simulate bench bench-scale soak chaos test lint ui console serve clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,9 @@ bench: install ## Benchmarks: artifact vs RecBole scoring, the model comparison,
 
 SOAK_SECONDS ?= 1800
 SOAK_RPS ?= 100
+bench-scale: install ## The whole pipeline on synthetic shop logs of 1M and 10M events: time and peak RSS per stage
+	$(BIN)/python -m recsys_assets.tools.benchmarks scale --storage /tmp/recsys-bench-scale $(SCALE_ARGS)
+
 soak: install ## API soak: SOAK_RPS requests/s (100) for SOAK_SECONDS (1800); no errors, memory growth < 10%
 	$(BIN)/python -m recsys_assets.tools.loadgen soak --storage /tmp/recsys-apibench-data --rate $(SOAK_RPS) --duration $(SOAK_SECONDS)
 

@@ -17,8 +17,10 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# the small configs and TableSource are re-exported: callers import them from here
 from recsys_assets.contract.configs import CleaningConfig, DriftConfig, MlflowStore, latest_valid_time
+
+# the small configs and TableSource are re-exported: callers import them from here
+from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.sources import EventLogSource, TableSource  # noqa: F401
 
 # `RECSYS_*` names that are not settings: the env file's own variable, and deployment parameters
@@ -263,14 +265,21 @@ class Settings(BaseSettings):
         description="Floor of the champion's NDCG@10 on a window's events; below it, retrain (None: off).",
     )
     retrain_models: list[str] = Field(
-        default_factory=lambda: ["Pop", "ItemKNN", "EASE", "BPR", "MultiVAE"],
-        description="RecBole models a retrain compares (with Popularity, Content and Hybrid).",
+        default_factory=lambda: [
+            *("Pop", "ItemKNN", "EASE", "BPR", "MultiVAE"),
+            *("ALS", "ImplicitBPR", "ItemItemCosine", "ItemItemBM25"),
+        ],
+        description="Collaborative models a retrain compares (with the native ones): RecBole's, and implicit's, which "
+        "add seconds on ml-100k and are the ones that fit a large catalog.",
     )
     retrain_protocols: list[str] = Field(
         default_factory=lambda: ["temporal"], description="Protocols a retrain evaluates on (`temporal` decides)."
     )
     retrain_budget: Literal["standard", "smoke"] = Field(
         default="standard", description="Training budget of a retrain (`smoke`: one epoch, for tests)."
+    )
+    limits: TrainingLimits = Field(
+        default_factory=TrainingLimits, description="Memory, time and threads of each candidate (`RECSYS_LIMITS__*`)."
     )
     retrain_cron: str = Field(
         default="0 3 * * 1", description="The weekly retrain regardless of drift (cron, UTC; Monday 03:00)."
@@ -433,7 +442,8 @@ def _is_setting(parts: list[str], model: type[BaseModel]) -> bool:
     if len(parts) == 1:
         return True
     annotation = info.annotation
-    for arg in typing.get_args(annotation) if typing.get_origin(annotation) is not dict else (annotation,):
+    args = (annotation,) if typing.get_origin(annotation) is dict else typing.get_args(annotation) or (annotation,)
+    for arg in args:
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return _is_setting(parts[1:], arg)
         if typing.get_origin(arg) is dict:

@@ -149,6 +149,7 @@ def _challenger_against_champion(
     items: pd.DataFrame,
     users: pd.DataFrame,
     target: str = DISCOVERY,
+    threads: int = 1,
 ) -> tuple[float, float, str]:
     """The champion's and the challenger's NDCG@10 (on the evaluation `target`) on the same events, and
     which events those are."""
@@ -175,6 +176,7 @@ def _challenger_against_champion(
             budget=str(best.get("budget", "standard")),
             seed=SEED,
             hybrid_cf=str(best.get("collaborative", "")) or None,
+            threads=threads,
         )
         compared_on = f"{n_new} events after the champion's data ({data_until}); both trained on it"
     else:
@@ -236,7 +238,7 @@ def challenger_beats_baseline_and_champion(
     compared_on = "no champion yet"
     if current is not None:
         current_value, challenger_value, compared_on = _challenger_against_champion(
-            store, best, current, interactions, items, users, target
+            store, best, current, interactions, items, users, target, settings.limits.training_threads()
         )
     beats_baseline = bool(best["ndcg@10"] >= baseline)
     floor = (1.0 - settings.promotion_margin) * current_value

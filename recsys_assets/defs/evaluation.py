@@ -8,8 +8,9 @@ import dagster as dg
 import pandas as pd
 
 from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
-from recsys_assets.defs.training import FAILED_CANDIDATES
+from recsys_assets.defs.training import FAILED_CANDIDATES, SKIPPED, skipped_table
 from recsys_assets.lib.models.fitting import DISCOVERY, effective_target, rank_models
 from recsys_assets.lib.reports.evaluation_report import render_evaluation_report
 
@@ -20,6 +21,14 @@ def champion_ranking(results: pd.DataFrame, target: str = DISCOVERY) -> pd.DataF
     """Every model with the champion metric (NDCG@10, temporal, all users) on the evaluation `target`
     (`discovery`, `repeat`, or `blended`: their mean), as `model`, `value`, best model first."""
     return rank_models(results, target)
+
+
+def skipped_candidates(store: Storage, results: pd.DataFrame) -> pd.DataFrame:
+    """The candidates `model_candidates` refused before training on these results' data (model, protocol, reason)."""
+    fp = str(results["dataset_fingerprint"].iloc[0]) if len(results) else ""
+    doc = json.loads(store.read_bytes(*SKIPPED)) if store.exists(*SKIPPED) else {}
+    rows = doc.get("skipped", []) if doc.get("dataset_fingerprint") == fp else []
+    return skipped_table(rows)
 
 
 @dg.asset(group_name=EVALUATION, kinds={"html", "parquet", "mlflow"})
@@ -35,9 +44,10 @@ def evaluation_report(
     repeat setting with the share of re-consumed test positives when people consume items again. Both
     are also logged to MLflow as the artifacts of an `evaluation report` run."""
     store = storage.get()
+    skipped = skipped_candidates(store, model_candidates)
     target = effective_target(model_candidates, settings.evaluation_target)
     failed = json.loads(store.read_bytes(*FAILED_CANDIDATES)) if store.exists(*FAILED_CANDIDATES) else []
-    html = render_evaluation_report(model_candidates, target=target, failed=failed)
+    html = render_evaluation_report(model_candidates, target=target, failed=failed, skipped=skipped)
     store.write_text(html, "reports", "evaluation_report.html")
     uri = store.uri("reports", "evaluation_report.html")
     context.log.info(f"evaluation report written to {uri}")
@@ -63,5 +73,6 @@ def evaluation_report(
             "ranking": dg.MetadataValue.md(ranking.to_markdown(index=False)),
             "evaluation_target": target,
             "mlflow_run_id": run_id,
+            "skipped": dg.MetadataValue.md(skipped.to_markdown(index=False)),
         },
     )

@@ -90,6 +90,7 @@ def challenger_model(
 @dg.asset(group_name=SERVING, kinds={"mlflow"}, deps=[challenger_model], retry_policy=STORAGE_RETRY)
 def champion_model(
     context: dg.AssetExecutionContext,
+    settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     mlflow: MlflowResource,
     challenger_model: pd.DataFrame,
@@ -127,6 +128,7 @@ def champion_model(
                 reference=evaluated,
                 hybrid_cf=str(row.get("collaborative", "")) or None,
                 hybrid_repeat="buy_again" in evaluated.scorer.components,
+                threads=settings.limits.training_threads(),
             )
             refit_seconds = time.perf_counter() - started
             context.log.info(

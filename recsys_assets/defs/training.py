@@ -11,12 +11,14 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from recsys_assets.contract.artifact import write_to_storage
+from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.batched import EvaluationConfig
-from recsys_assets.lib.models import catalog
+from recsys_assets.lib.evaluation.batched import EvaluationConfig, users_with_truth
+from recsys_assets.lib.models import catalog, sizing
+from recsys_assets.lib.models.base import ProtocolData
 from recsys_assets.lib.models.fitting import (
     CHAMPION_METRIC,
     DISCOVERY,
@@ -48,7 +50,11 @@ class TuningConfig(dg.Config):
 class CandidatesConfig(dg.Config):
     """Which models to train and compare, on which protocols, with which budget."""
 
-    models: list[str] = Field(default_factory=lambda: list(catalog.RECBOLE_DEFAULT), description="RecBole models.")
+    models: list[str] = Field(
+        default_factory=lambda: [*catalog.RECBOLE_DEFAULT, *catalog.IMPLICIT],
+        description="Collaborative models: RecBole's and the `implicit` library's (ALS, ImplicitBPR, ItemItemCosine, "
+        "ItemItemBM25).",
+    )
     protocols: list[str] = Field(default_factory=lambda: list(S.PROTOCOLS), description="random and/or temporal.")
     native_models: list[str] = Field(
         default_factory=lambda: list(catalog.NATIVE), description="Models trained without RecBole."
@@ -127,6 +133,38 @@ def tuned_hyperparameters(
 
 FAILED_CANDIDATES = ("reports", "failed_candidates.json")
 PARTIAL_CANDIDATES = ("reports", "model_candidates_finished.parquet")
+SKIPPED = ("reports", "skipped_candidates.json")
+
+
+def skipped_table(skipped: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(skipped, columns=["model", "protocol", "reason"])
+
+
+def size_gate(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    config: CandidatesConfig,
+    pdata: ProtocolData,
+    tuned: dict[str, Any],
+) -> dict[str, sizing.Estimate]:
+    """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`
+    with the evaluation's batches and user sample (`eval_*`); each refused one is logged with its reason
+    (it is then skipped, not trained)."""
+    from recsys_assets.lib.models.tuning import model_config
+
+    lim = settings.limits
+    limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items, evaluation_config(settings))
+    names = [*config.models, *config.native_models]
+    # RecBole's epochs from the budget; implicit's and the native models' own defaults (`sizing.estimate`)
+    recbole = [n for n in names if n in sizing.RECBOLE]
+    epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in recbole}
+    evaluated = len(users_with_truth(pdata.test_truth))
+    shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train), evaluated_users=evaluated)
+    out = {e.model: e for e in sizing.plan(names, shape, limits, threads=lim.training_threads(), epochs=epochs)}
+    for e in out.values():
+        if not e.fits:
+            context.log.warning(f"skipping {e.model} on the {pdata.protocol} split: {e.reason}")
+    return out
 
 
 def _failure(model: str, protocol: str, exc: BaseException) -> dict[str, str]:
@@ -142,20 +180,26 @@ def _fit(
     tuned: Any,
     repeat: bool,
     evaluation: EvaluationConfig,
+    limits: TrainingLimits,
 ) -> Candidate:
-    """One candidate fitted on `pdata` (a hybrid blends the best exportable collaborative one fitted so far)."""
-    from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
+    """One candidate fitted on `pdata` (a hybrid blends the best exportable collaborative one fitted so far,
+    RecBole's or implicit's; implicit trains on `limits`' threads, EASE is refused above its item limit)."""
+    from recsys_assets.lib.models.candidates import implicit_candidate, native_candidate, recbole_candidate
     from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
     from recsys_assets.lib.models.tuning import model_config
 
     if name == "Hybrid":
-        cf = [c for c in cands if c.component is not None and c.name in catalog.EXPORTABLE and c.name != "Pop"]
+        collaborative = (*catalog.EXPORTABLE, *catalog.IMPLICIT)
+        cf = [c for c in cands if c.component is not None and c.name in collaborative and c.name != "Pop"]
         best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
         return native_candidate("Hybrid", pdata, best_cf, repeat=repeat, evaluation=evaluation)
     if name in catalog.NATIVE:
         return native_candidate(name, pdata, evaluation=evaluation)
+    if name in catalog.IMPLICIT:
+        threads = limits.training_threads()
+        return implicit_candidate(name, pdata, threads=threads, seed=config.seed, evaluation=evaluation)
     kwargs = model_config(name, config.budget, config.seed, tuned=tuned)
-    return recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation)
+    return recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation, limits.ease_max_items)
 
 
 @dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
@@ -169,12 +213,14 @@ def model_candidates(
     items: pd.DataFrame,
     users: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Trains every candidate (RecBole models, popularity, content, BuyAgain, hybrid) on the same splits of
-    both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
+    """Trains every candidate (RecBole's and implicit's models, popularity, content, BuyAgain, hybrid) on the
+    same splits of both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
     setting (discovery; and repeat when people consume items again) x slice. Each training run is tracked
     in MLflow; the temporal protocol's exportable candidates are saved as serving artifacts under
     `candidates/`. A model or split that fails is recorded (`reports/failed_candidates.json`) and the
-    others go on; the step fails only when no candidate, or none on the champion's split, succeeded."""
+    others go on; the step fails only when no candidate, or none on the champion's split, succeeded. A
+    candidate whose estimated memory or time is over `RECSYS_LIMITS__*` is skipped before it trains, with
+    the reason (`reports/skipped_candidates.json`, metadata `skipped`, and the report)."""
     store = storage.get()
     fp = fingerprint(interactions)
     evaluation = evaluation_config(settings)
@@ -184,6 +230,7 @@ def model_candidates(
     results: list[pd.DataFrame] = []
     summary: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    skipped: list[dict[str, Any]] = []
     names = [*config.models, *config.native_models]
     protocols = S.protocols_for(interactions, config.protocols)
     if protocols != list(config.protocols):
@@ -203,21 +250,18 @@ def model_candidates(
             bar.update(len(names))
             continue
         repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
-        context.log.info(
-            f"{protocol}: {pdata.split.summary()}; "
-            + (
-                f"{repeat_share(pdata):.1%} of test positives are items the user had before: "
-                "evaluated in the discovery and the repeat settings"
-                if has_repeats(pdata)
-                else "no test positive is an item the user had before: discovery setting only"
-            )
-        )
+        context.log.info(_split_line(pdata))
         cands: list[Candidate] = []
+        estimates = size_gate(context, settings, config, pdata, tuned)
         for name in names:
             done += 1
+            if not estimates[name].fits:
+                skipped.append({"model": name, "protocol": protocol, "reason": estimates[name].reason})
+                bar.update(1)
+                continue
             context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
             try:
-                cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation)
+                cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation, settings.limits)
                 res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
             except Exception as exc:  # recorded; the other models and the reports go on
                 failures.append(_failure(name, protocol, exc))
@@ -231,15 +275,7 @@ def model_candidates(
             results.append(res)
             cands.append(cand)
             ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
-            context.log.info(
-                f"[{done}/{steps}] {name} ({protocol}): NDCG@10 {ndcg:.4f}"
-                + (
-                    f" (repeat {metric_value(res, cand.name, 'ndcg', 10, protocol, setting=REPEAT):.4f})"
-                    if has_repeats(pdata)
-                    else ""
-                )
-                + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
-            )
+            context.log.info(f"[{done}/{steps}] {_result_line(cand, res, pdata)}")
             bar.update(1)
             bar.set_postfix_str(f"{name} ({protocol}) NDCG@10 {ndcg:.3f}")
             summary.append(
@@ -261,9 +297,10 @@ def model_candidates(
             )
     bar.close()
     store.write_text(json.dumps(failures, indent=2), *FAILED_CANDIDATES)
+    store.write_text(json.dumps({"dataset_fingerprint": fp, "skipped": skipped}, indent=2), *SKIPPED)
     if results:  # what finished stays readable even if the step fails below
         store.write_table(pd.concat(results, ignore_index=True), *PARTIAL_CANDIDATES)
-    _fail_when_nothing_to_choose(results, failures, protocols, store.uri(*PARTIAL_CANDIDATES))
+    _fail_when_nothing_to_choose(results, failures, protocols, store.uri(*PARTIAL_CANDIDATES), skipped)
     table = pd.concat(results, ignore_index=True)
     table["dataset_fingerprint"] = fp
     wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
@@ -276,15 +313,49 @@ def model_candidates(
                 {f"{s['model']}/{s['protocol']}": round(s["train_seconds"], 1) for s in summary}
             ),
             "failed": dg.MetadataValue.md(pd.DataFrame(failures).to_markdown(index=False) if failures else "none"),
+            "skipped": dg.MetadataValue.md(skipped_table(skipped).to_markdown(index=False) if skipped else "none"),
         },
     )
 
 
+def _split_line(pdata: ProtocolData) -> str:
+    """The split's sizes and the settings it is evaluated in, for the log."""
+    head = f"{pdata.protocol}: {pdata.split.summary()}; "
+    if not has_repeats(pdata):
+        return head + "no test positive is an item the user had before: discovery setting only"
+    return head + (
+        f"{repeat_share(pdata):.1%} of test positives are items the user had before: "
+        "evaluated in the discovery and the repeat settings"
+    )
+
+
+def _result_line(cand: Candidate, res: pd.DataFrame, pdata: ProtocolData) -> str:
+    """One candidate's test NDCG@10 (and repeat NDCG@10), validation NDCG@10 and training time, for the log."""
+    ndcg = metric_value(res, cand.name, "ndcg", 10, pdata.protocol)
+    repeat = metric_value(res, cand.name, "ndcg", 10, pdata.protocol, setting=REPEAT) if has_repeats(pdata) else None
+    return (
+        f"{cand.name} ({pdata.protocol}): NDCG@10 {ndcg:.4f}"
+        + ("" if repeat is None else f" (repeat {repeat:.4f})")
+        + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
+    )
+
+
 def _fail_when_nothing_to_choose(
-    results: list[pd.DataFrame], failures: list[dict[str, str]], protocols: list[str], finished: str
+    results: list[pd.DataFrame],
+    failures: list[dict[str, str]],
+    protocols: list[str],
+    finished: str,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Raise, naming every failure, when no candidate succeeded or none did on the champion's split."""
-    listed = "; ".join(f"{f['model']} on the {f['protocol']} split: {f['error']}" for f in failures)
+    """Raise, naming every failure and every candidate skipped over the size limits, when no candidate
+    succeeded or none did on the champion's split."""
+    listed = "; ".join(
+        [f"{f['model']} on the {f['protocol']} split: {f['error']}" for f in failures]
+        + [
+            f"{s['model']} on the {s['protocol']} split skipped (RECSYS_LIMITS__*): {s['reason']}"
+            for s in skipped or []
+        ]
+    )
     if not results:
         raise dg.Failure(f"no candidate could be trained and evaluated ({listed})")
     champion_protocol = CHAMPION_METRIC[2]

@@ -133,3 +133,26 @@ def test_hyperparameter_search_feeds_the_next_comparison(first) -> None:
     from recsys_assets.lib.models.tuning import model_config
 
     assert model_config("EASE", "standard", tuned=best)["params"]["reg_weight"] == best["EASE"]["params"]["reg_weight"]
+
+
+def test_a_candidate_over_the_limits_is_skipped_with_its_reason_in_the_metadata_and_the_report(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from recsys_assets.contract.limits import TrainingLimits
+    from recsys_assets.contract.settings import get_settings
+
+    settings = get_settings(
+        storage_uri=str(tmp_path_factory.mktemp("limits") / "data"),
+        limits=TrainingLimits(ease_max_items=1_000, threads=1),  # ml-100k has 1,682 items
+    )
+    result = run(settings, models=["EASE", "ALS"], native_models=["Popularity", "Hybrid"], protocols=["temporal"])
+    assert result.success
+    meta = result.asset_materializations_for_node("model_candidates")[0].metadata
+    assert "EASE refused: 1,682 items > ease_max_items=1,000" in meta["skipped"].value
+    store = Storage.from_settings(settings)
+    table = store.read_table("evaluation_report.parquet")
+    assert set(table["model"]) == {"ALS", "Popularity", "Hybrid"}
+    html = store.read_bytes("reports", "evaluation_report.html").decode()
+    assert "Models not trained" in html and "EASE refused: 1,682 items" in html
+    skipped = json.loads(store.read_bytes("reports", "skipped_candidates.json"))["skipped"]
+    assert [(s["model"], s["protocol"]) for s in skipped] == [("EASE", "temporal")]

@@ -131,6 +131,8 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             name: "evaluation at scale: the defaults (50k users, 256 MB batches) bound memory at every size"
             for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")
         },
+        "limits": "the training limits' defaults (16 GB, 30 min per candidate, EASE up to 20k items, every core) "
+        "fit the documented machine; a deployment with less memory sets RECSYS_LIMITS__*",
         **{
             name: "read by `python -m recsys_assets demo` only (local servers), not by `pipeline` or the code server"
             for name in (

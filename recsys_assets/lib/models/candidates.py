@@ -2,7 +2,8 @@
 protocol's split and recorded with its validation NDCG@10, timings and serving component.
 
 RecBole models come through their adapter (`RecBoleRecommender`), the others are the native ones
-(Popularity, Content, BuyAgain, and the Hybrid blending the best collaborative candidate's component).
+(Popularity, Content, BuyAgain, and the Hybrid blending the best collaborative candidate's component) and the
+`implicit` library's (ALS, BPR, item-item).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig
 from recsys_assets.lib.models.base import ProtocolData, Recommender
 from recsys_assets.lib.models.buy_again import BuyAgainModel
-from recsys_assets.lib.models.catalog import NATIVE
+from recsys_assets.lib.models.catalog import IMPLICIT, NATIVE
 from recsys_assets.lib.models.fitting import Candidate, Timer, valid_ndcg
+from recsys_assets.lib.models.implicit_cf import implicit_model
 from recsys_assets.lib.models.native import ContentModel, HybridModel, PopularityModel
 from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
 from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
+from recsys_assets.lib.models.sizing import EASE_MAX_ITEMS
 
 # Models whose serving component reproduces RecBole's own ranking exactly.
 
@@ -40,10 +43,14 @@ def fit_candidate(
 
 
 def recbole_candidate(
-    config: RecBoleModelConfig, pdata: ProtocolData, evaluation: EvaluationConfig = DEFAULT_EVALUATION
+    config: RecBoleModelConfig,
+    pdata: ProtocolData,
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+    max_dense_items: int = EASE_MAX_ITEMS,
 ) -> Candidate:
-    """Train one RecBole model on the protocol's split; scores over our items (-inf where unknown)."""
-    model = RecBoleRecommender(config, evaluation)
+    """Train one RecBole model on the protocol's split; scores over our items (-inf where unknown). EASE is
+    refused (MemoryError, before any work) above `max_dense_items` items."""
+    model = RecBoleRecommender(config, evaluation, max_dense_items=max_dense_items)
     cand = fit_candidate(model, pdata, evaluation)
     cand.extra.update(epochs_trained=model.trained.epochs_trained, recbole_test=model.trained.test_metrics)
     return cand
@@ -76,3 +83,16 @@ def native_candidate(
 ) -> Candidate:
     """Popularity, Content, BuyAgain or Hybrid (see `native_model`), fitted on `pdata`."""
     return fit_candidate(native_model(name, collaborative, repeat), pdata, evaluation)
+
+
+def implicit_candidate(
+    name: str,
+    pdata: ProtocolData,
+    threads: int = 1,
+    seed: int = 2020,
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+) -> Candidate:
+    """ALS, ImplicitBPR, ItemItemCosine or ItemItemBM25 (`catalog.IMPLICIT`) with its defaults, on `threads`."""
+    if name not in IMPLICIT:
+        raise ValueError(f"unknown implicit model {name!r}; known: {', '.join(IMPLICIT)}")
+    return fit_candidate(implicit_model(name, threads=threads, seed=seed), pdata, evaluation)

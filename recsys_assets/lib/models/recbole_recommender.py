@@ -21,6 +21,7 @@ from recsys_assets.lib.models.recbole_adapter import (
     Validate,
     train_recbole_model,
 )
+from recsys_assets.lib.models.sizing import EASE_MAX_ITEMS, refuse_dense
 
 
 class RecBoleRecommender:
@@ -29,14 +30,21 @@ class RecBoleRecommender:
     `fit` trains on the split's train part and early-stops on its valid part (RecBole also reports
     its own metrics on the test part, in `trained.test_metrics`). Users and items RecBole never saw
     (in none of the three parts) score -inf; the serving component gives them what the scorer can
-    (zeros, a fold-in of their history, the lowest scores).
+    (zeros, a fold-in of their history, the lowest scores). EASE refuses, before any work, a catalog of
+    more than `max_dense_items` items (its item x item matrices are dense).
     """
 
     family = "recbole"
 
-    def __init__(self, config: RecBoleModelConfig, evaluation: EvaluationConfig = DEFAULT_EVALUATION) -> None:
+    def __init__(
+        self,
+        config: RecBoleModelConfig,
+        evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+        max_dense_items: int = EASE_MAX_ITEMS,
+    ) -> None:
         self.config = config
         self.evaluation = evaluation
+        self.max_dense_items = max_dense_items
 
     @property
     def name(self) -> str:
@@ -46,6 +54,9 @@ class RecBoleRecommender:
         """Train, early-stopping on the validation part: through RecBole's collector up to
         `evaluation.recbole_collector_cells` validation users x items, above it through our batched
         `valid_ndcg` (NDCG@10, bounded memory), which is then RecBole's only validation."""
+        refused = refuse_dense(self.name, data.data.n_items, self.max_dense_items)
+        if refused:
+            raise MemoryError(refused)
         split = data.split
         self.history: sp.csr_matrix = data.data.matrix
         self._users = data.data.users["user_id"].to_numpy()

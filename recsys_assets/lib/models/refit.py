@@ -20,8 +20,8 @@ import pandas as pd
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.base import ProtocolData, TrainData
-from recsys_assets.lib.models.candidates import native_candidate, recbole_candidate
-from recsys_assets.lib.models.catalog import EXPORTABLE, NATIVE
+from recsys_assets.lib.models.candidates import implicit_candidate, native_candidate, recbole_candidate
+from recsys_assets.lib.models.catalog import EXPORTABLE, IMPLICIT, NATIVE
 from recsys_assets.lib.models.fitting import Candidate, Timer, fingerprint, prepare, serving_artifact
 from recsys_assets.lib.models.native import HybridModel
 from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
@@ -51,15 +51,17 @@ def refit_artifact(
     reference: ServingArtifact | None = None,
     valid_share: float = VALID_SHARE,
     hybrid_cf: str | None = None,
+    threads: int = 1,
     hybrid_repeat: bool = False,
 ) -> ServingArtifact:
     """`model` retrained on every event (the hybrid's blend tuned on all but the newest `valid_share`),
     as a serving artifact.
 
-    RecBole models train with `tuning.model_config(model, budget, seed, tuned)`, as in the comparison.
+    RecBole models train with `tuning.model_config(model, budget, seed, tuned)`, as in the comparison;
+    implicit's (`catalog.IMPLICIT`) with their defaults on `threads`.
     For `Hybrid`, `hybrid_cf` names its collaborative model (the one the evaluated hybrid blended,
-    an exportable RecBole model other than Pop), which is refitted too; None blends content and
-    popularity only; `hybrid_repeat` blends BuyAgain too (tuned with seen items allowed), as a hybrid
+    an exportable RecBole model other than Pop, or an implicit one), which is refitted too; None blends content
+    and popularity only; `hybrid_repeat` blends BuyAgain too (tuned with seen items allowed), as a hybrid
     evaluated for the repeat setting does. `reference` is the evaluated candidate's artifact: its metrics are copied.
     The artifact covers every row of `users` and `items`, its history is every event, and
     `trained_until` is the time of the last event.
@@ -72,11 +74,10 @@ def refit_artifact(
     )
     if pdata.split.valid.empty:
         raise ValueError("the validation slice is empty: its first timestamp holds every later event")
-    cand = refit_candidate(
-        model, pdata, tuned=tuned, budget=budget, seed=seed, hybrid_cf=hybrid_cf, hybrid_repeat=hybrid_repeat
-    )
+    common: dict[str, Any] = dict(tuned=tuned, budget=budget, seed=seed, hybrid_cf=hybrid_cf, threads=threads)
+    cand = refit_candidate(model, pdata, **common, hybrid_repeat=hybrid_repeat)
     full = every_event(pdata, interactions, items, users)
-    served = _fit_on_every_event(model, cand, full, tuned=tuned, budget=budget, seed=seed, hybrid_cf=hybrid_cf)
+    served = _fit_on_every_event(model, cand, full, **common)
     art = serving_artifact(
         served,
         full.data,
@@ -115,10 +116,13 @@ def _fit_on_every_event(
     budget: str,
     seed: int,
     hybrid_cf: str | None,
+    threads: int = 1,
 ) -> Candidate:
     """The served candidate: `model` fitted on every event, with what `tuned_cand` chose."""
 
     def recbole(name: str) -> Candidate:
+        if name in IMPLICIT:
+            return implicit_candidate(name, full, threads=threads, seed=seed)
         return recbole_candidate(RecBoleModelConfig(**model_config(name, budget, seed, tuned=tuned)), full)
 
     if model != "Hybrid":
@@ -141,12 +145,15 @@ def refit_candidate(
     budget: str,
     seed: int,
     hybrid_cf: str | None = None,
+    threads: int = 1,
     hybrid_repeat: bool = False,
 ) -> Candidate:
     """Train `model` (and, for `Hybrid`, its collaborative model first) on `pdata`'s train part."""
     _check_model(model, hybrid_cf)
 
     def recbole(name: str) -> Candidate:
+        if name in IMPLICIT:
+            return implicit_candidate(name, pdata, threads=threads, seed=seed)
         return recbole_candidate(RecBoleModelConfig(**model_config(name, budget, seed, tuned=tuned)), pdata)
 
     if model == "Hybrid":
@@ -161,8 +168,10 @@ def refit_candidate(
 
 
 def _check_model(model: str, hybrid_cf: str | None) -> None:
-    if model not in NATIVE and model not in EXPORTABLE:
-        raise ValueError(f"{model} cannot be served; refit one of {[*EXPORTABLE, *NATIVE]}")
-    if hybrid_cf is not None and (model != "Hybrid" or hybrid_cf not in EXPORTABLE or hybrid_cf == "Pop"):
-        cf = [m for m in EXPORTABLE if m != "Pop"]
+    servable = (*EXPORTABLE, *IMPLICIT, *NATIVE)
+    if model not in servable:
+        raise ValueError(f"{model} cannot be served; refit one of {list(servable)}")
+    collaborative = [m for m in (*EXPORTABLE, *IMPLICIT) if m != "Pop"]
+    if hybrid_cf is not None and (model != "Hybrid" or hybrid_cf not in collaborative):
+        cf = collaborative
         raise ValueError(f"hybrid_cf is for Hybrid only, one of {cf}; got {hybrid_cf!r} for {model}")

@@ -105,9 +105,11 @@ def render_evaluation_report(
     title: str = "Model comparison",
     target: str = "discovery",
     failed: list[dict[str, str]] | None = None,
+    skipped: pd.DataFrame | None = None,
 ) -> str:
     """The report as one HTML page; `target` is the setting the champion is chosen on, `failed` the
-    candidates that could not be trained (model, protocol, error)."""
+    candidates that could not be trained (model, protocol, error), `skipped` (model, protocol, reason) those
+    refused before training (over the size limits)."""
     results = _with_setting(results)
     parts = []
     for n, (name, fig) in enumerate(_figures(results)):
@@ -146,5 +148,12 @@ fixed sample.</p>
 {_failed_section(failed or [])}
 {"".join(parts)}
 <section><h2>All metrics at K=10</h2>{_table(wide)}</section>
+{_skipped(skipped)}
 </body></html>
 """
+
+
+def _skipped(skipped: pd.DataFrame | None) -> str:
+    if skipped is None or skipped.empty:
+        return ""
+    return f"<section><h2>Models not trained (over the size limits)</h2>{_table(skipped)}</section>"

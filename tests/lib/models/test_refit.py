@@ -221,3 +221,22 @@ def test_refit_refuses_what_it_cannot_serve(data: dict, artifacts: dict) -> None
         refit_artifact("Hybrid", *tables, **common, hybrid_cf="Pop")
     with pytest.raises(ValueError, match="reference artifact is a Hybrid"):
         refit_artifact("EASE", *tables, **common, reference=artifacts["Hybrid temporal"])
+
+
+def test_an_implicit_model_and_a_hybrid_blending_one_refit_for_serving(data: dict) -> None:
+    tables = (data["past"], data["items"], data["users"])
+    common = {"tuned": {}, "budget": "smoke", "seed": 2020}
+    knn = refit_artifact("ItemItemBM25", *tables, **common)
+    assert knn.model_name == "ItemItemBM25" and knn.scorer.components["collaborative"].kind == "item_item"
+    hybrid = refit_artifact("Hybrid", *tables, **common, hybrid_cf="ALS")
+    assert hybrid.scorer.components["collaborative"].kind == "embedding"
+    for art in (knn, hybrid):
+        assert len(art.item_ids) == len(data["items"]) and art.history.nnz == past_matrix(data).nnz
+        users = np.arange(50)
+        top = art.topk_for_users(users, 10)
+        assert (top >= 0).all() and not sp.csr_matrix(art.history[users]).multiply(_onehot(top, len(art.item_ids))).nnz
+
+
+def _onehot(top: np.ndarray, n_items: int) -> sp.csr_matrix:
+    rows = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    return sp.csr_matrix((np.ones(top.size), (rows, top.ravel())), shape=(top.shape[0], n_items))

@@ -1,0 +1,232 @@
+"""How much memory and time a candidate will take, from the data's shape alone, before it trains.
+
+`estimate` is a small cost model per model family (what it allocates and how its work grows with
+users, items, interactions, factors and neighbours); `check` compares it with the limits and returns
+the reason a candidate is refused, so the pipeline skips it with that reason instead of being
+OOM-killed half way. The constants were calibrated on this machine against measured peak RSS and
+wall time (docs/benchmarks.md, "Models that scale"): they are rough (within ~2x), and err high.
+
+EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019) is the one model whose
+memory grows with items squared: it inverts a dense item x item Gram matrix. It is refused outright
+above `Limits.ease_max_items` (`refuse_dense`), whatever the memory budget says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig, batch_size
+
+GB = 1e9
+# EASE holds ~3 dense float64 item x item matrices (Gram, inverse, weights): 20k items = 9.6 GB.
+EASE_MAX_ITEMS = 20_000
+# The process before any model: Python, pandas, torch when loaded, the interactions and their splits.
+BASE_BYTES = 0.8 * GB
+BYTES_PER_EVENT = 600  # interactions table, both splits' copies, the training matrix
+# One batch of dense scores (float32) as the batched evaluation builds it (`evaluation.batched`), and one copy.
+SCORE_BYTES_PER_CELL = 8
+# RecBole's full-sort validation and test, per user x item cell: its score matrix, the masked copy and
+# the collector's concatenated batches. At 48k users x 85k items Pop was OOM-killed at 22.9 GB (issue 16).
+# It only runs below `EvaluationConfig.recbole_collector_cells`; above, RecBole is validated in batches.
+RECBOLE_EVAL_BYTES_PER_CELL = 8
+RECBOLE_EVAL_SECONDS_PER_CELL = 3e-9
+# RecBole's ItemKNN keeps `pred_mat = interactions x W` as a LIL matrix (Python lists of Python numbers, ~70
+# bytes an entry). Popular items sit in nearly every item's K neighbours (hubness), so W's rows for them are
+# nearly full and a user's row with one popular item is nearly dense: charged as users x items entries. At
+# 47.6k users x 100k items (1M synthetic events) it passed 20 GB within a minute of starting (docs/benchmarks.md).
+RECBOLE_ITEMKNN_BYTES_PER_CELL = 70
+RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5, "MultiVAE": 3e-6, "SASRec": 2e-4}
+# implicit's loops, per unit of work on one thread; measured on the 1M-event / 100k-item synthetic log
+# (docs/benchmarks.md): ALS 14 s, BPR 150 s, item-item 9-10 s on 2 threads
+ALS_SECONDS = 1.1e-8  # per (interaction x factor + row x factor^2) per iteration
+BPR_SECONDS = 6.6e-8  # per interaction x factor per iteration
+KNN_SECONDS = 6.5e-7  # per co-occurring item pair (sum over users of their items squared)
+# scoring and ranking an evaluated user over every item, twice (validation and test), per user x item cell
+SCORE_SECONDS_PER_CELL = 3e-8
+# The Hybrid's blend search (`native.HybridModel`'s defaults): at most this many validation users and
+# users x items per component, standardised in float64, and at most this many blends scored.
+HYBRID_TUNE_USERS = 5_000
+HYBRID_TUNE_CELLS = 10_000_000
+HYBRID_MAX_TRIALS = 400
+HYBRID_PARTS = 4  # collaborative, content, popularity (and BuyAgain in the repeat setting)
+
+RECBOLE = ("Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec", "NGCF")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the estimates read: users, items, distinct user-item pairs, events, the sum over users of their
+    distinct items squared (the item-item work; log-normal activity makes it far above nnz^2/users), and the
+    users with test positives (the ones the evaluation scores; None: every user)."""
+
+    n_users: int
+    n_items: int
+    nnz: int
+    n_events: int
+    pair_work: float
+    evaluated_users: int | None = None
+
+    @classmethod
+    def of(cls, matrix: sp.csr_matrix, n_events: int | None = None, evaluated_users: int | None = None) -> DataShape:
+        """The shape of a users x items training matrix (`n_events` defaults to its non-zeros)."""
+        per_user = np.diff(sp.csr_matrix(matrix).indptr).astype(np.float64)
+        return cls(
+            n_users=int(matrix.shape[0]),
+            n_items=int(matrix.shape[1]),
+            nnz=int(matrix.nnz),
+            n_events=int(matrix.nnz if n_events is None else n_events),
+            pair_work=float((per_user**2).sum()),
+            evaluated_users=evaluated_users,
+        )
+
+    @property
+    def with_truth(self) -> int:
+        """Users with test positives (every user when unknown)."""
+        return self.n_users if self.evaluated_users is None else min(self.evaluated_users, self.n_users)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The budget each candidate must fit: peak memory of the training process, minutes per candidate,
+    the largest catalog EASE may densify, and how candidates are evaluated (`evaluation`: the batch memory,
+    the user sample, the size above which RecBole is validated in batches)."""
+
+    max_memory_gb: float = 16.0
+    max_minutes: float = 30.0
+    ease_max_items: int = EASE_MAX_ITEMS
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A candidate's estimated peak memory and training time, and why it is refused (None: it fits)."""
+
+    model: str
+    memory_gb: float
+    minutes: float
+    reason: str | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.reason is None
+
+
+def _model_bytes_and_seconds(
+    model: str, s: DataShape, *, threads: int, epochs: int, factors: int, neighbours: int
+) -> tuple[float, float]:
+    """Bytes the model itself allocates at its peak, and seconds of training."""
+    per_core = max(threads, 1)
+    rows = s.n_users + s.n_items
+    matrix = s.nnz * 12.0  # one CSR copy (float32 data, int32 indices, indptr aside)
+    if model in ("Pop", "Popularity"):
+        return matrix, s.n_events * 2e-7
+    if model == "Content":
+        return matrix + s.n_items * 400.0, s.n_items * 2e-5
+    if model == "ALS":
+        work = s.nnz * factors + rows * factors**2
+        return 3 * matrix + 3 * rows * factors * 4.0, epochs * work * ALS_SECONDS / per_core
+    if model == "ImplicitBPR":
+        return 3 * matrix + 3 * rows * (factors + 1) * 4.0, epochs * s.nnz * factors * BPR_SECONDS / per_core
+    if model in ("ItemItemCosine", "ItemItemBM25", "ItemKNN"):
+        sim = s.n_items * neighbours * 12.0 * 3  # the K-neighbour lists, their COO and CSR forms
+        dense_rows = per_core * s.n_items * 16.0  # one dense accumulator per thread
+        seconds = s.pair_work * KNN_SECONDS / (1 if model == "ItemKNN" else per_core)
+        if model == "ItemKNN":  # RecBole's users x items prediction matrix, as Python lists
+            sim += float(s.n_users) * s.n_items * RECBOLE_ITEMKNN_BYTES_PER_CELL
+        return 3 * matrix + sim + dense_rows, seconds
+    if model == "EASE":
+        return 3 * 8.0 * s.n_items**2, (s.n_items / 1000.0) ** 3 * 0.15
+    # the other RecBole models: embeddings (and their Adam moments) plus per-epoch work
+    emb = 4 * rows * max(factors, 64) * 4.0
+    return 3 * matrix + emb, epochs * s.n_events * RECBOLE_SECONDS_PER_EVENT_EPOCH.get(model, 1e-5)
+
+
+def estimate(
+    model: str,
+    shape: DataShape,
+    *,
+    threads: int = 1,
+    epochs: int | None = None,
+    factors: int | None = None,
+    neighbours: int = 100,
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+) -> Estimate:
+    """Peak memory (GB) and minutes of one candidate: the pipeline's own data, the model's training, and its
+    evaluation in batches of users (`evaluation`): memory is one batch of scores (batch x items x 4 bytes
+    <= `batch_memory_mb`), time grows with the evaluated users (those with test positives, at most
+    `evaluation.users`). RecBole's own full-sort collector is charged only at or below
+    `evaluation.recbole_collector_cells`; above, RecBole is validated every epoch through the batched path."""
+    if epochs is None:
+        epochs = {"ALS": 15, "ImplicitBPR": 100}.get(model, 1)
+    if factors is None:  # the models' defaults (`implicit_cf`, `tuning.STANDARD`)
+        factors = {"ALS": 32}.get(model, 64)
+    model_bytes, seconds = _model_bytes_and_seconds(
+        model, shape, threads=threads, epochs=epochs, factors=factors, neighbours=neighbours
+    )
+    evaluated = min(shape.with_truth, evaluation.users)
+    rows = min(batch_size(shape.n_items, evaluation.batch_memory_mb), max(evaluated, 1))
+    scoring = float(rows) * shape.n_items * SCORE_BYTES_PER_CELL
+    eval_cells = float(evaluated) * shape.n_items
+    if model == "Hybrid":  # the blend search: each component's standardised scores (float64) and their sum
+        tune_rows = min(HYBRID_TUNE_USERS, HYBRID_TUNE_CELLS // max(shape.n_items, 1), evaluated)
+        tune_cells = float(tune_rows) * shape.n_items
+        scoring += (HYBRID_PARTS + 1) * tune_cells * 8.0
+        seconds += HYBRID_MAX_TRIALS * tune_cells * SCORE_SECONDS_PER_CELL / 2
+    if model in RECBOLE:
+        if eval_cells <= evaluation.recbole_collector_cells:  # RecBole's collector, every epoch and the test
+            full = float(shape.with_truth) * shape.n_items
+            scoring = max(scoring, full * RECBOLE_EVAL_BYTES_PER_CELL)
+            seconds += (epochs + 1) * full * RECBOLE_EVAL_SECONDS_PER_CELL
+        else:  # validated every epoch in batches (`RecBoleRecommender.validated_in_batches`)
+            seconds += epochs * eval_cells * SCORE_SECONDS_PER_CELL / 2
+    seconds += eval_cells * SCORE_SECONDS_PER_CELL
+    total = BASE_BYTES + shape.n_events * BYTES_PER_EVENT + model_bytes + scoring
+    return Estimate(model=model, memory_gb=total / GB, minutes=seconds / 60.0)
+
+
+def refuse_dense(model: str, n_items: int, max_items: int = EASE_MAX_ITEMS) -> str | None:
+    """Why `model` must not densify an item x item matrix of `n_items` (None: it may)."""
+    if model != "EASE" or n_items <= max_items:
+        return None
+    need = 3 * 8.0 * n_items**2 / GB
+    return (
+        f"EASE refused: {n_items:,} items > ease_max_items={max_items:,} (its dense item x item matrices need "
+        f"~{need:,.0f} GB); use ItemItemCosine/ItemItemBM25 (sparse K neighbours) or raise "
+        "RECSYS_LIMITS__EASE_MAX_ITEMS"
+    )
+
+
+def check(est: Estimate, limits: Limits, n_items: int | None = None) -> Estimate:
+    """`est` with the reason it is refused under `limits` (None when it fits)."""
+    reasons = []
+    dense = refuse_dense(est.model, n_items or 0, limits.ease_max_items)
+    if dense:
+        reasons.append(dense)
+    if est.memory_gb > limits.max_memory_gb:
+        reasons.append(f"estimated peak memory {est.memory_gb:,.1f} GB > max_memory_gb={limits.max_memory_gb:g}")
+    if est.minutes > limits.max_minutes:
+        reasons.append(f"estimated training {est.minutes:,.1f} min > max_minutes={limits.max_minutes:g}")
+    return Estimate(est.model, est.memory_gb, est.minutes, "; ".join(reasons) or None)
+
+
+def plan(
+    models: list[str],
+    shape: DataShape,
+    limits: Limits,
+    *,
+    threads: int = 1,
+    epochs: dict[str, int] | None = None,
+) -> list[Estimate]:
+    """Every model's estimate, checked: the ones with a reason are skipped."""
+    epochs = epochs or {}
+    return [
+        check(
+            estimate(m, shape, threads=threads, epochs=epochs.get(m), evaluation=limits.evaluation),
+            limits,
+            shape.n_items,
+        )
+        for m in models
+    ]

@@ -1,0 +1,208 @@
+"""The scale benchmark (`python -m recsys_assets.tools.benchmarks scale`, `make bench-scale`): the whole
+pipeline, default configuration, on synthetic shop logs (`tools.synthetic`) of growing size, with the wall
+time and peak RSS of every stage (each Dagster step, and each candidate inside `model_candidates`).
+
+The pipeline runs in a child process; this one samples the resident memory of the child's process tree
+(psutil, every `SAMPLE_SECONDS`) and stops it when it passes `guard_gb`, so a run that would exhaust the
+shared machine is ended, with the stage it was in, instead of being OOM-killed with everyone else's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+SAMPLE_SECONDS = 0.5
+SIZES = ((1_000_000, 100_000), (10_000_000, 1_000_000))
+TRAINING = re.compile(r"\[\d+/\d+\] training (\S+) on the (\S+) split")
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def child(timeline: str) -> int:
+    """Run the pipeline job once in this process (settings from the environment); write its log records
+    (time, step, Dagster event type, message) to `timeline`."""
+    import dagster as dg
+
+    from recsys_assets.contract.settings import get_settings
+    from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
+
+    settings = get_settings()
+    job = build_definitions(settings).resolve_job_def(PIPELINE_JOB)
+    instance = dg.DagsterInstance.ephemeral()
+    result = job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    rows = []
+    for entry in instance.all_logs(result.run_id):
+        event = entry.dagster_event
+        message = entry.user_message
+        if event is not None and event.event_type_value == "STEP_FAILURE":
+            message = event.event_specific_data.error.message.strip()[:500]
+        rows.append(
+            {
+                "t": entry.timestamp,
+                "step": entry.step_key,
+                "event": event.event_type_value if event is not None else None,
+                "message": message,
+            }
+        )
+    Path(timeline).write_text(json.dumps({"success": result.success, "log": rows}))
+    return 0 if result.success else 1
+
+
+def _stages(log: list[dict], end: float) -> list[dict]:
+    """(stage, start, stop, status): every step, and every candidate's training + evaluation inside its step."""
+    stages: dict[str, dict] = {}
+    cand: dict | None = None
+    for row in log:
+        step, event, t = row["step"], row["event"], row["t"]
+        if event == "STEP_START":
+            stages[step] = {"stage": step, "start": t, "stop": None, "status": "running"}
+        elif event in ("STEP_SUCCESS", "STEP_FAILURE") and step in stages:
+            stages[step].update(stop=t, status="ok" if event == "STEP_SUCCESS" else "FAILED: " + (row["message"] or ""))
+            if cand is not None and cand["stop"] is None:
+                cand.update(stop=t, status=stages[step]["status"])
+        elif event is None and row["message"]:
+            m = TRAINING.search(row["message"])
+            skip = re.search(r"skipping (\S+) on the (\S+) split: (.*)", row["message"])
+            failed = re.search(r"(\S+) failed on the (\S+) split: (.*)", row["message"])
+            if failed and cand is not None and cand["stop"] is None:
+                cand.update(stop=t, status="FAILED: " + failed.group(3))
+                continue
+            if m or skip:
+                if cand is not None and cand["stop"] is None:
+                    cand.update(stop=t, status="ok")
+                if m:
+                    cand = {"stage": f"  {m.group(1)} ({m.group(2)})", "start": t, "stop": None, "status": "running"}
+                    stages[cand["stage"]] = cand
+                else:
+                    name = f"  {skip.group(1)} ({skip.group(2)})"
+                    stages[name] = {"stage": name, "start": t, "stop": t, "status": "skipped: " + skip.group(3)}
+    for s in stages.values():
+        if s["stop"] is None:
+            s["stop"] = end
+    return sorted(stages.values(), key=lambda s: (s["start"], not s["stage"].startswith(" ")))
+
+
+def run_size(events: int, items: int, work: Path, guard_gb: float) -> dict:
+    """Generate the log, run the pipeline in a child process, and time and size every stage."""
+    from recsys_assets.tools.synthetic import ShopLog, write
+
+    root = work / f"{events}x{items}"
+    t0 = time.perf_counter()
+    data = write(ShopLog(events=events, items=items), root / "log")
+    generate_seconds = time.perf_counter() - t0
+    timeline = root / "timeline.json"
+    env = {
+        **os.environ,
+        "RECSYS_SOURCE": "event_log",
+        "RECSYS_EVENT_LOG": json.dumps(data["event_log"]),
+        "RECSYS_STORAGE_URI": str(root / "data"),
+        "RECSYS_DAGSTER_HOME": str(root / "dagster"),
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    }
+    samples: list[tuple[float, int]] = []
+    guard = None
+    with open(root / "pipeline.log", "w") as out:
+        start = time.time()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recsys_assets.tools.scale_bench", "child", str(timeline)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            rss = _tree_rss(ps)
+            samples.append((time.time(), rss))
+            if rss > guard_gb * 1e9 and guard is None:
+                guard = f"stopped by the benchmark's guard at {rss / 1e9:.1f} GB RSS"
+                for p in [*ps.children(recursive=True), ps]:
+                    p.kill()
+            time.sleep(SAMPLE_SECONDS)
+        end = time.time()
+    doc = json.loads(timeline.read_text()) if timeline.exists() else {"success": False, "log": []}
+    rows = []
+    for s in _stages(doc["log"], end):
+        inside = [r for t, r in samples if s["start"] <= t <= s["stop"]]
+        rows.append(
+            {
+                "stage": s["stage"],
+                "seconds": round(s["stop"] - s["start"], 1),
+                "peak_rss_gb": round(max(inside) / 1e9, 2) if inside else None,
+                "status": s["status"][:300],
+            }
+        )
+    if guard:
+        rows.append({"stage": "(guard)", "seconds": None, "peak_rss_gb": None, "status": guard})
+    return {
+        "events": data["events"],
+        "users": data["users"],
+        "items": items,
+        "generate_seconds": round(generate_seconds, 1),
+        "pipeline_seconds": round(end - start, 1),
+        "peak_rss_gb": round(max((r for _, r in samples), default=0) / 1e9, 2),
+        "success": bool(doc["success"]) and guard is None,
+        "exit_code": proc.returncode,
+        "stages": rows,
+    }
+
+
+def bench_scale(work: str, sizes: tuple[tuple[int, int], ...] = SIZES, guard_gb: float = 20.0) -> dict:
+    """Every size in turn (stopping after the first that fails); the growth factor of time and peak RSS per
+    10x events between consecutive sizes."""
+    out = []
+    for events, items in sizes:
+        res = run_size(events, items, Path(work), guard_gb)
+        out.append(res)
+        print(markdown(res), file=sys.stderr)
+        if not res["success"]:
+            break
+    growth = [
+        {
+            "from_events": a["events"],
+            "to_events": b["events"],
+            "time_factor": round(b["pipeline_seconds"] / a["pipeline_seconds"], 2),
+            "rss_factor": round(b["peak_rss_gb"] / a["peak_rss_gb"], 2),
+        }
+        for a, b in itertools.pairwise(out)
+    ]
+    return {"runs": out, "growth": growth}
+
+
+def markdown(res: dict) -> str:
+    head = (
+        f"{res['events']:,} events / {res['users']:,} users / {res['items']:,} items: "
+        f"{'finished' if res['success'] else 'FAILED'} in {res['pipeline_seconds']} s, "
+        f"peak RSS {res['peak_rss_gb']} GB\n\n"
+        "| stage | wall s | peak RSS GB | status |\n|---|--:|--:|---|\n"
+    )
+    lines = [
+        f"| {r['stage']} | {r['seconds']} | {r['peak_rss_gb']} | {r['status'].replace('|', '/')} |"
+        for r in res["stages"]
+    ]
+    return head + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "child":
+        sys.exit(child(sys.argv[2]))
+    sys.exit("usage: python -m recsys_assets.tools.benchmarks scale (this module's `child` is its own subprocess)")

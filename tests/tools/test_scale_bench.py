@@ -1,0 +1,26 @@
+"""The scale benchmark's stage table: each step, and each candidate inside `model_candidates`, from the run's log."""
+
+from __future__ import annotations
+
+from recsys_assets.tools.scale_bench import _stages
+
+
+def test_stages_split_the_candidates_step_by_candidate_and_keep_skips_with_their_reason() -> None:
+    def row(t: float, step: str, event: str | None, message: str = "") -> dict:
+        return {"t": t, "step": step, "event": event, "message": message}
+
+    log = [
+        row(0, "interactions", "STEP_START"),
+        row(5, "interactions", "STEP_SUCCESS"),
+        row(6, "model_candidates", "STEP_START"),
+        row(7, "model_candidates", None, "skipping EASE on the random split: EASE refused: 100,000 items > ..."),
+        row(8, "model_candidates", None, "[2/4] training ALS on the random split"),
+        row(20, "model_candidates", None, "[3/4] training Hybrid on the random split"),
+        row(30, "model_candidates", "STEP_FAILURE", "MemoryError"),
+    ]
+    stages = {s["stage"].strip(): s for s in _stages(log, end=40)}
+    assert stages["interactions"]["stop"] - stages["interactions"]["start"] == 5
+    assert stages["EASE (random)"]["status"].startswith("skipped: EASE refused")
+    assert (stages["ALS (random)"]["start"], stages["ALS (random)"]["stop"]) == (8, 20)
+    assert stages["Hybrid (random)"]["stop"] == 30 and stages["Hybrid (random)"]["status"] == "FAILED: MemoryError"
+    assert stages["model_candidates"]["status"] == "FAILED: MemoryError"
