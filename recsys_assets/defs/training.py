@@ -1,19 +1,41 @@
 """Training assets: the budgeted hyper-parameter search and the candidates, every model trained and
-evaluated on the same splits of both protocols."""
+evaluated on the same splits of both protocols.
+
+`model_candidates` is one asset backed by a graph with one step per model, chosen over the other two ways
+of splitting it:
+
+* a graph with dynamic outputs keeps what everything else relies on: the models and protocols are a
+  runtime list (`ops: model_candidates: config:` as before: the retrain's `retrain_models`, the tests',
+  the command line's `--models`, protocols a log without times cannot have), the asset key downstream
+  assets and checks read is the same single table, and one run trains them all;
+* a partitioned asset (one partition per model) runs one partition per run, so a pipeline run would no
+  longer train its candidates side by side, and the evaluation would read a partition set instead of one
+  table; one asset per model fixes the model list when the code location loads, so changing the models
+  would mean changing the asset selection rather than the configuration.
+
+The steps: `candidate_plan` lists the models; `candidate` (mapped, one step per model) splits the data
+itself (cheap next to training, and no split crosses processes), trains, evaluates, logs to MLflow and
+writes the temporal artifact; `hybrid_candidate`, the second stage, blends the best exportable
+collaborative component the first stage handed on; `candidates_table` concatenates every step's rows in
+the order one process used to train them, records the failures and fails only when nothing can be chosen.
+Steps hand results on through storage (`StepResultsIOManager`), so they may run in other processes or pods.
+"""
 
 import json
-import sys
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from recsys_assets.contract.artifact import write_to_storage
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.defs.resources import MlflowResource, StorageResource
+from recsys_assets.defs.executors import step_threads, thread_limits
+from recsys_assets.defs.resources import STEP_RESULTS, MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.evaluation.batched import EvaluationConfig
 from recsys_assets.lib.models import catalog
@@ -123,6 +145,9 @@ def tuned_hyperparameters(
 
 FAILED_CANDIDATES = ("reports", "failed_candidates.json")
 PARTIAL_CANDIDATES = ("reports", "model_candidates_finished.parquet")
+HYBRID = "Hybrid"  # trained after the others: it blends the best collaborative candidate
+SPLIT_FAILED = "(every model: the split)"
+STEP_RESULTS_IO = "step_results"
 
 
 def _failure(model: str, protocol: str, exc: BaseException) -> dict[str, str]:
@@ -154,110 +179,183 @@ def _fit(
     return recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation)
 
 
-@dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
-def model_candidates(
-    context: dg.AssetExecutionContext,
+@dataclass
+class ModelResult:
+    """What one model's step hands on: its rows of the comparison per protocol, its failures, and its exportable
+    collaborative candidates (without the model: the component, name and validation NDCG@10 a hybrid needs)."""
+
+    name: str
+    dataset_fingerprint: str = ""
+    results: list[pd.DataFrame] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    collaborative: list[Candidate] = field(default_factory=list)
+
+
+def candidate_names(config: CandidatesConfig) -> list[str]:
+    """Every model of the comparison, in the configured order, each once."""
+    return list(dict.fromkeys([*config.models, *config.native_models]))
+
+
+def train_model(
+    context: dg.OpExecutionContext,
+    name: str,
     config: CandidatesConfig,
-    settings: dg.ResourceParam[Settings],
-    storage: StorageResource,
+    settings: Settings,
+    store: Storage,
     mlflow: MlflowResource,
-    interactions: pd.DataFrame,
-    items: pd.DataFrame,
-    users: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
-    """Trains every candidate (RecBole models, popularity, content, BuyAgain, hybrid) on the same splits of
-    both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
-    setting (discovery; and repeat when people consume items again) x slice. Each training run is tracked
-    in MLflow; the temporal protocol's exportable candidates are saved as serving artifacts under
-    `candidates/`. A model or split that fails is recorded (`reports/failed_candidates.json`) and the
-    others go on; the step fails only when no candidate, or none on the champion's split, succeeded."""
-    store = storage.get()
-    fp = fingerprint(interactions)
+    frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    collaborative: list[Candidate] = (),  # type: ignore[assignment]
+) -> ModelResult:
+    """`name` fitted and evaluated on every protocol's split (split here, from the same seed, so each step
+    sees the same splits), tracked in MLflow, its temporal artifact written; a failure is recorded."""
+    interactions, items, users = frames
+    out = ModelResult(name, fingerprint(interactions))
     evaluation = evaluation_config(settings)
     tuned = tuned_params(store)
-    if tuned:
-        context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
-    results: list[pd.DataFrame] = []
-    summary: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
-    names = [*config.models, *config.native_models]
-    steps = len(config.protocols) * len(names)
-    done = 0
-    # a progress bar on a terminal (`make pipeline`); the Dagster log gets one line per step either way
-    bar = tqdm(total=steps, desc="candidates", unit="model", disable=not sys.stderr.isatty())
+    names = candidate_names(config)
+    step = f"[{names.index(name) + 1 if name in names else '?'}/{len(names)}]"
     for protocol in config.protocols:
         try:
             pdata = prepare(interactions, items, users, protocol, seed=config.seed)
         except Exception as exc:  # one split failing must not lose the other's results
-            failures.append(_failure("(every model: the split)", protocol, exc))
-            context.log.error(f"the {protocol} split failed, its models are skipped: {failures[-1]['error']}")
-            done += len(names)
-            bar.update(len(names))
+            out.failures.append(_failure(SPLIT_FAILED, protocol, exc))
+            context.log.error(f"the {protocol} split failed, {name} is skipped on it: {out.failures[-1]['error']}")
             continue
         repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
         context.log.info(
-            f"{protocol}: {pdata.split.summary()}; "
-            + (
-                f"{repeat_share(pdata):.1%} of test positives are items the user had before: "
-                "evaluated in the discovery and the repeat settings"
-                if has_repeats(pdata)
-                else "no test positive is an item the user had before: discovery setting only"
-            )
+            f"{step} training {name} on the {protocol} split ({pdata.split.summary()}; "
+            + (f"{repeat_share(pdata):.1%} of test positives re-consumed)" if has_repeats(pdata) else "no repeats)")
         )
-        cands: list[Candidate] = []
-        for name in names:
-            done += 1
-            context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
-            try:
-                cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation)
-                res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
-            except Exception as exc:  # recorded; the other models and the reports go on
-                failures.append(_failure(name, protocol, exc))
-                context.log.error(f"[{done}/{steps}] {name} failed on the {protocol} split: {failures[-1]['error']}")
-                bar.update(1)
-                continue
-            # what the promotion needs to refit this model on the latest data
-            res["budget"] = config.budget
-            res["collaborative"] = str(cand.params.get("collaborative", ""))
-            results.append(res)
-            cands.append(cand)
-            ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
-            context.log.info(
-                f"[{done}/{steps}] {name} ({protocol}): NDCG@10 {ndcg:.4f}"
-                + (
-                    f" (repeat {metric_value(res, cand.name, 'ndcg', 10, protocol, setting=REPEAT):.4f})"
-                    if has_repeats(pdata)
-                    else ""
-                )
-                + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
+        try:
+            cands = [c for c in collaborative if c.protocol == protocol]
+            cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation)
+            res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
+        except Exception as exc:  # recorded; the other models and the reports go on
+            out.failures.append(_failure(name, protocol, exc))
+            context.log.error(f"{step} {name} failed on the {protocol} split: {out.failures[-1]['error']}")
+            continue
+        # what the promotion needs to refit this model on the latest data
+        res["budget"] = config.budget
+        res["collaborative"] = str(cand.params.get("collaborative", ""))
+        out.results.append(res)
+        ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
+        context.log.info(
+            f"{step} {name} ({protocol}): NDCG@10 {ndcg:.4f}"
+            + (
+                f" (repeat {metric_value(res, cand.name, 'ndcg', 10, protocol, setting=REPEAT):.4f})"
+                if has_repeats(pdata)
+                else ""
             )
-            bar.update(1)
-            bar.set_postfix_str(f"{name} ({protocol}) NDCG@10 {ndcg:.3f}")
-            summary.append(
-                {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
-            )
-            artifact_path = None
-            if protocol == S.TEMPORAL:
-                art = serving_artifact(cand, pdata.data, fp, metrics=artifact_metrics(res))
-                if art is not None:
-                    write_to_storage(art, store, "candidates", cand.name)
-                    artifact_path = store.uri("candidates", cand.name)
-            mlflow.tracker().log_training_run(
-                model_name=cand.name,
-                params={**cand.params, "protocol": protocol, "family": cand.family},
-                metrics=res,
-                dataset_fingerprint=fp,
-                protocol_tags={"protocol": protocol, "artifact": artifact_path or ""},
-                duration_s=cand.train_seconds,
-            )
-    bar.close()
+            + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
+        )
+        out.summary.append(
+            {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
+        )
+        artifact_path = None
+        if protocol == S.TEMPORAL:
+            art = serving_artifact(cand, pdata.data, out.dataset_fingerprint, metrics=artifact_metrics(res))
+            if art is not None:
+                write_to_storage(art, store, "candidates", cand.name)
+                artifact_path = store.uri("candidates", cand.name)
+        mlflow.tracker().log_training_run(
+            model_name=cand.name,
+            params={**cand.params, "protocol": protocol, "family": cand.family},
+            metrics=res,
+            dataset_fingerprint=out.dataset_fingerprint,
+            protocol_tags={"protocol": protocol, "artifact": artifact_path or ""},
+            duration_s=cand.train_seconds,
+        )
+        if cand.component is not None and cand.name in catalog.EXPORTABLE:
+            out.collaborative.append(replace(cand, model=None, extra={}))  # type: ignore[arg-type]
+    return out
+
+
+@dg.op(out=dg.DynamicOut(str, io_manager_key=STEP_RESULTS_IO))
+def candidate_plan(context: dg.OpExecutionContext, config: CandidatesConfig) -> Iterator[dg.DynamicOutput[str]]:
+    """The models of this comparison, one step each; the hybrid is trained after them (it blends the best
+    collaborative one)."""
+    names = [n for n in candidate_names(config) if n != HYBRID]
+    context.log.info(f"{len(names)} candidate steps: {', '.join(names) or 'none'}")
+    keys: set[str] = set()
+    for i, name in enumerate(names):
+        key = re.sub(r"[^A-Za-z0-9_]", "_", name)  # a step key names the model where Dagster allows it
+        key = f"{key}_{i}" if key in keys else key
+        keys.add(key)
+        yield dg.DynamicOutput(name, mapping_key=key)
+
+
+@dg.op(out=dg.Out(io_manager_key=STEP_RESULTS_IO), tags={"kind": "recbole"})
+def candidate(
+    context: dg.OpExecutionContext,
+    config: CandidatesConfig,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    mlflow: MlflowResource,
+    name: str,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+) -> ModelResult:
+    """One model trained and evaluated on every protocol (a step of its own: in its own process or pod)."""
+    with thread_limits(step_threads(settings)):
+        return train_model(context, name, config, settings, storage.get(), mlflow, (interactions, items, users))
+
+
+@dg.op(out=dg.Out(io_manager_key=STEP_RESULTS_IO))
+def hybrid_candidate(
+    context: dg.OpExecutionContext,
+    config: CandidatesConfig,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    mlflow: MlflowResource,
+    trained: list,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+) -> ModelResult:
+    """The hybrid, when configured: it blends the best exportable collaborative candidate listed before it."""
+    names = candidate_names(config)
+    if HYBRID not in names:
+        return ModelResult(HYBRID)
+    before = set(names[: names.index(HYBRID)])
+    collaborative = [c for r in trained if r.name in before for c in r.collaborative]
+    with thread_limits(step_threads(settings)):
+        frames = (interactions, items, users)
+        return train_model(context, HYBRID, config, settings, storage.get(), mlflow, frames, collaborative)
+
+
+@dg.op
+def candidates_table(
+    context: dg.OpExecutionContext,
+    config: CandidatesConfig,
+    storage: StorageResource,
+    trained: list,
+    hybrid: ModelResult,
+) -> dg.Output[pd.DataFrame]:
+    """Every step's rows in one table, in the order one process trains them (protocol, then model)."""
+    store = storage.get()
+    names = candidate_names(config)
+    steps = sorted([*trained, hybrid], key=lambda r: names.index(r.name) if r.name in names else len(names))
+    order = {p: i for i, p in enumerate(config.protocols)}
+
+    def protocol_first(pairs: list[tuple[int, Any, str]]) -> list[Any]:
+        return [v for _, v, _ in sorted(pairs, key=lambda t: (order.get(t[2], len(order)), t[0]))]
+
+    results = protocol_first([(i, r, str(r["protocol"].iloc[0])) for i, s in enumerate(steps) for r in s.results])
+    summary = protocol_first([(i, r, r["protocol"]) for i, s in enumerate(steps) for r in s.summary])
+    failures = protocol_first([(i, f, f["protocol"]) for i, s in enumerate(steps) for f in s.failures])
+    failures = [dict(t) for t in dict.fromkeys(tuple(f.items()) for f in failures)]  # a split fails once
     store.write_text(json.dumps(failures, indent=2), *FAILED_CANDIDATES)
     if results:  # what finished stays readable even if the step fails below
         store.write_table(pd.concat(results, ignore_index=True), *PARTIAL_CANDIDATES)
     _fail_when_nothing_to_choose(results, failures, config.protocols, store.uri(*PARTIAL_CANDIDATES))
+    fp = next(s.dataset_fingerprint for s in steps if s.dataset_fingerprint)
     table = pd.concat(results, ignore_index=True)
     table["dataset_fingerprint"] = fp
     wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
+    if store.exists(STEP_RESULTS, context.run_id):  # the hand-over files of this run's steps are spent
+        store.fs.rm(store.path(STEP_RESULTS, context.run_id), recursive=True)
     return dg.Output(
         table,
         metadata={
@@ -269,6 +367,28 @@ def model_candidates(
             "failed": dg.MetadataValue.md(pd.DataFrame(failures).to_markdown(index=False) if failures else "none"),
         },
     )
+
+
+@dg.config_mapping
+def _candidates_config(config: CandidatesConfig) -> dict[str, Any]:
+    """`ops: model_candidates: config:` as before the split: the same values for every step."""
+    values = {"config": config.model_dump()}
+    return {op: values for op in ("candidate_plan", "candidate", "hybrid_candidate", "candidates_table")}
+
+
+@dg.graph_asset(group_name=TRAINING, kinds={"recbole", "mlflow"}, config=_candidates_config)
+def model_candidates(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """Trains every candidate (RecBole models, popularity, content, BuyAgain, hybrid) on the same splits of
+    both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
+    setting (discovery; and repeat when people consume items again) x slice. One step per model (side by
+    side under the multiprocess executor, one pod each on Kubernetes), then the hybrid, which blends the best
+    collaborative one, then this table. Each training run is tracked in MLflow; the temporal protocol's
+    exportable candidates are saved as serving artifacts under `candidates/`. A model or split that fails
+    is recorded (`reports/failed_candidates.json`) and the others go on; the step fails only when no
+    candidate, or none on the champion's split, succeeded."""
+    trained = candidate_plan().map(lambda name: candidate(name, interactions, items, users)).collect()
+    hybrid = hybrid_candidate(trained, interactions, items, users)
+    return candidates_table(trained, hybrid)
 
 
 def _fail_when_nothing_to_choose(
