@@ -131,6 +131,11 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")
         },
         **{
+            name: "the executor: multiprocess (a step per process, one per core) on compose and Container Apps; "
+            "infra/k8s sets k8s"
+            for name in ("executor", "executor_max_concurrent")
+        },
+        **{
             name: "read by `python -m recsys_assets demo` only (local servers), not by `pipeline` or the code server"
             for name in (
                 *("api_host", "api_port", "console_port", "dagster_port", "mlflow_ui_port", "redis_url"),
