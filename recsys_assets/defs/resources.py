@@ -106,7 +106,10 @@ class StepResultsIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> Any:
-        return pickle.loads(self._store.read_bytes(*self._parts(context.upstream_output.get_identifier())))
+        upstream = context.upstream_output
+        if upstream is None:
+            raise dg.DagsterInvariantViolationError(f"{context.name}: step results are read from an upstream step")
+        return pickle.loads(self._store.read_bytes(*self._parts(upstream.get_identifier())))
 
 
 class MlflowResource(dg.ConfigurableResource):

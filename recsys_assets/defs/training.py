@@ -23,7 +23,7 @@ Steps hand results on through storage (`StepResultsIOManager`), so they may run 
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -205,7 +205,7 @@ def train_model(
     store: Storage,
     mlflow: MlflowResource,
     frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
-    collaborative: list[Candidate] = (),  # type: ignore[assignment]
+    collaborative: Sequence[Candidate] = (),
 ) -> ModelResult:
     """`name` fitted and evaluated on every protocol's split (split here, from the same seed, so each step
     sees the same splits), tracked in MLflow, its temporal artifact written; a failure is recorded."""
