@@ -219,6 +219,20 @@ class Settings(BaseSettings):
         description="Above this many validation users x items, RecBole models are validated by the batched evaluation.",
     )
 
+    # --- how a run's steps execute (`defs/executors.py`) ---
+    executor: Literal["in_process", "multiprocess", "k8s"] = Field(
+        default="multiprocess",
+        description="Launched runs' executor: `multiprocess` (steps in subprocesses, candidates trained side by side), "
+        "`in_process` (one process, one step at a time) or `k8s` (each step its own pod; needs dagster-k8s).",
+    )
+    executor_max_concurrent: int = Field(
+        default=1,
+        ge=0,
+        description="Steps at once (0: one per CPU core for multiprocess, no limit for k8s); a multiprocess "
+        "training step gets cores / this OMP, MKL and torch threads. Default 1: `limits.max_memory_gb` holds "
+        "per step, and two steps side by side on 2 cores were not faster (docs/benchmarks.md).",
+    )
+
     # --- the feedback loop: live windows, drift, retraining ---
     drift_window_minutes: int = Field(
         default=60,

@@ -8,6 +8,7 @@ import dagster as dg
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.defs import evaluation, ingestion, monitoring, promotion, training
 from recsys_assets.defs.checks import CHECKS
+from recsys_assets.defs.executors import build_executor
 from recsys_assets.defs.jobs import INGESTION_JOB, LIVE_WINDOW_JOB, PIPELINE_JOB, TUNE_JOB, build_jobs
 from recsys_assets.defs.resources import build_resources
 from recsys_assets.defs.schedules import weekly_retrain_schedule
@@ -20,7 +21,8 @@ ASSETS = dg.load_assets_from_modules([ingestion, monitoring, training, evaluatio
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    """Every asset, check, job, schedule, sensor and resource for one configuration."""
+    """Every asset, check, job, schedule, sensor and resource for one configuration; launched runs use the
+    configured executor (`settings.executor`; `execute_in_process` always runs in this process)."""
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
@@ -28,6 +30,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=build_sensors(settings.drift_sensor_seconds),
         schedules=[weekly_retrain_schedule(settings.retrain_cron)],
         resources=build_resources(settings),
+        executor=build_executor(settings),
     )
 
 

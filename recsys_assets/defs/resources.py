@@ -1,9 +1,11 @@
-"""Dagster resources: the settings, the storage root, the Parquet IO manager on top of it, and MLflow.
+"""Dagster resources: the settings, the storage root, the Parquet IO manager on top of it (and the one that
+hands step results on), and MLflow.
 
 Blob goes through fsspec/adlfs rather than dagster-azure's ADLS2 IO manager, which needs a
 Data Lake (dfs) endpoint that Azurite and plain Blob accounts do not have.
 """
 
+import pickle
 from functools import cached_property
 from typing import Any
 
@@ -78,6 +80,38 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return self._store.read_table(self._key(context))
 
 
+STEP_RESULTS = "steps"
+
+
+class StepResultsIOManager(dg.ConfigurableIOManager):
+    """Hands a step's result (any picklable value) to the steps after it through storage, at
+    `steps/<run id>/<step>/<output>.pkl`: the steps of one run may be separate processes or pods (the
+    per-model candidates), so nothing is passed in memory. `model_candidates` removes its run's files
+    once the combined table is stored."""
+
+    storage: StorageResource
+
+    @cached_property
+    def _store(self) -> Storage:
+        return self.storage.get()
+
+    @staticmethod
+    def _parts(identifier: Any) -> tuple[str, ...]:
+        *head, name = (str(p) for p in identifier)
+        return (STEP_RESULTS, *head, f"{name}.pkl")
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        self._store.write_bytes(
+            pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), *self._parts(context.get_identifier())
+        )
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        upstream = context.upstream_output
+        if upstream is None:
+            raise dg.DagsterInvariantViolationError(f"{context.name}: step results are read from an upstream step")
+        return pickle.loads(self._store.read_bytes(*self._parts(upstream.get_identifier())))
+
+
 class MlflowResource(dg.ConfigurableResource):
     """Training runs, the model registry and aliases in MLflow: `MlflowTracking` as the `mlflow` resource.
 
@@ -116,5 +150,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "settings": settings,
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
+        "step_results": StepResultsIOManager(storage=storage),
         "mlflow": MlflowResource.from_settings(settings),
     }

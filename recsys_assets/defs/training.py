@@ -1,20 +1,42 @@
 """Training assets: the budgeted hyper-parameter search and the candidates, every model trained and
-evaluated on the same splits of both protocols."""
+evaluated on the same splits of both protocols.
+
+`model_candidates` is one asset backed by a graph with one step per model, chosen over the other two ways
+of splitting it:
+
+* a graph with dynamic outputs keeps what everything else relies on: the models and protocols are a
+  runtime list (`ops: model_candidates: config:` as before: the retrain's `retrain_models`, the tests',
+  the command line's `--models`, protocols a log without times cannot have), the asset key downstream
+  assets and checks read is the same single table, and one run trains them all;
+* a partitioned asset (one partition per model) runs one partition per run, so a pipeline run would no
+  longer train its candidates side by side, and the evaluation would read a partition set instead of one
+  table; one asset per model fixes the model list when the code location loads, so changing the models
+  would mean changing the asset selection rather than the configuration.
+
+The steps: `candidate_plan` lists the models; `candidate` (mapped, one step per model) splits the data
+itself (cheap next to training, and no split crosses processes), trains, evaluates, logs to MLflow and
+writes the temporal artifact; `hybrid_candidate`, the second stage, blends the best exportable
+collaborative component the first stage handed on; `candidates_table` concatenates every step's rows in
+the order one process used to train them, records the failures and fails only when nothing can be chosen.
+Steps hand results on through storage (`StepResultsIOManager`), so they may run in other processes or pods.
+"""
 
 import json
-import sys
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from recsys_assets.contract.artifact import write_to_storage
 from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.defs.resources import MlflowResource, StorageResource
+from recsys_assets.defs.executors import step_threads, thread_limits
+from recsys_assets.defs.resources import STEP_RESULTS, MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.evaluation.batched import EvaluationConfig, users_with_truth
 from recsys_assets.lib.models import catalog, sizing
@@ -134,6 +156,10 @@ def tuned_hyperparameters(
 FAILED_CANDIDATES = ("reports", "failed_candidates.json")
 PARTIAL_CANDIDATES = ("reports", "model_candidates_finished.parquet")
 SKIPPED = ("reports", "skipped_candidates.json")
+HYBRID = "Hybrid"  # trained after the others: it blends the best collaborative candidate
+SPLIT_FAILED = "(every model: the split)"
+STEP_RESULTS_IO = "step_results"
+COLLABORATIVE = (*catalog.EXPORTABLE, *catalog.IMPLICIT)  # what a hybrid may blend
 
 
 def skipped_table(skipped: list[dict[str, Any]]) -> pd.DataFrame:
@@ -141,11 +167,12 @@ def skipped_table(skipped: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def size_gate(
-    context: dg.AssetExecutionContext,
+    context: dg.OpExecutionContext,
     settings: Settings,
     config: CandidatesConfig,
     pdata: ProtocolData,
     tuned: dict[str, Any],
+    names: Sequence[str],
 ) -> dict[str, sizing.Estimate]:
     """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`
     with the evaluation's batches and user sample (`eval_*`); each refused one is logged with its reason
@@ -154,7 +181,6 @@ def size_gate(
 
     lim = settings.limits
     limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items, evaluation_config(settings))
-    names = [*config.models, *config.native_models]
     # RecBole's epochs from the budget; implicit's and the native models' own defaults (`sizing.estimate`)
     recbole = [n for n in names if n in sizing.RECBOLE]
     epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in recbole}
@@ -189,8 +215,7 @@ def _fit(
     from recsys_assets.lib.models.tuning import model_config
 
     if name == "Hybrid":
-        collaborative = (*catalog.EXPORTABLE, *catalog.IMPLICIT)
-        cf = [c for c in cands if c.component is not None and c.name in collaborative and c.name != "Pop"]
+        cf = [c for c in cands if c.component is not None and c.name in COLLABORATIVE and c.name != "Pop"]
         best_cf = max(cf, key=lambda c: c.valid_ndcg10) if cf else None
         return native_candidate("Hybrid", pdata, best_cf, repeat=repeat, evaluation=evaluation)
     if name in catalog.NATIVE:
@@ -202,100 +227,176 @@ def _fit(
     return recbole_candidate(RecBoleModelConfig(**kwargs), pdata, evaluation, limits.ease_max_items)
 
 
-@dg.asset(group_name=TRAINING, kinds={"recbole", "mlflow"})
-def model_candidates(
-    context: dg.AssetExecutionContext,
+@dataclass
+class ModelResult:
+    """What one model's step hands on: its rows of the comparison per protocol, its failures, and its exportable
+    collaborative candidates (without the model: the component, name and validation NDCG@10 a hybrid needs)."""
+
+    name: str
+    dataset_fingerprint: str = ""
+    results: list[pd.DataFrame] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    collaborative: list[Candidate] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # over the size limits, with the reason
+    protocols: list[str] = field(default_factory=list)  # the protocols this log has (no temporal without time)
+
+
+def candidate_names(config: CandidatesConfig) -> list[str]:
+    """Every model of the comparison, in the configured order, each once."""
+    return list(dict.fromkeys([*config.models, *config.native_models]))
+
+
+def train_model(
+    context: dg.OpExecutionContext,
+    name: str,
+    config: CandidatesConfig,
+    settings: Settings,
+    store: Storage,
+    mlflow: MlflowResource,
+    frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    collaborative: Sequence[Candidate] = (),
+) -> ModelResult:
+    """`name` fitted and evaluated on every protocol's split (split here, from the same seed, so each step
+    sees the same splits), tracked in MLflow, its temporal artifact written; a failure is recorded."""
+    interactions, items, users = frames
+    out = ModelResult(name, fingerprint(interactions))
+    evaluation = evaluation_config(settings)
+    tuned = tuned_params(store)
+    names = candidate_names(config)
+    step = f"[{names.index(name) + 1 if name in names else '?'}/{len(names)}]"
+    out.protocols = S.protocols_for(interactions, config.protocols)
+    mode, deciding = S.time_mode(interactions), S.deciding_protocol(interactions)
+    for protocol in out.protocols:
+        try:
+            pdata = prepare(interactions, items, users, protocol, seed=config.seed)
+        except Exception as exc:  # one split failing must not lose the other's results
+            out.failures.append(_failure(SPLIT_FAILED, protocol, exc))
+            context.log.error(f"the {protocol} split failed, {name} is skipped on it: {out.failures[-1]['error']}")
+            continue
+        repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
+        estimate = size_gate(context, settings, config, pdata, tuned, [name])[name]
+        if not estimate.fits:
+            out.skipped.append({"model": name, "protocol": protocol, "reason": estimate.reason})
+            continue
+        context.log.info(f"{step} training {name} on the {_split_line(pdata)}")
+        try:
+            cands = [c for c in collaborative if c.protocol == protocol]
+            cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation, settings.limits)
+            res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
+        except Exception as exc:  # recorded; the other models and the reports go on
+            out.failures.append(_failure(name, protocol, exc))
+            context.log.error(f"{step} {name} failed on the {protocol} split: {out.failures[-1]['error']}")
+            continue
+        # what the promotion needs to refit this model on the latest data
+        res["budget"] = config.budget
+        res["collaborative"] = str(cand.params.get("collaborative", ""))
+        res["time_mode"] = mode  # how the split was cut (the report states it)
+        out.results.append(res)
+        ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
+        context.log.info(f"{step} {_result_line(cand, res, pdata)}")
+        out.summary.append(
+            {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
+        )
+        artifact_path = None
+        if protocol == deciding:
+            art = serving_artifact(cand, pdata.data, out.dataset_fingerprint, metrics=artifact_metrics(res))
+            if art is not None:
+                write_to_storage(art, store, "candidates", cand.name)
+                artifact_path = store.uri("candidates", cand.name)
+        mlflow.tracker().log_training_run(
+            model_name=cand.name,
+            params={**cand.params, "protocol": protocol, "family": cand.family},
+            metrics=res,
+            dataset_fingerprint=out.dataset_fingerprint,
+            protocol_tags={"protocol": protocol, "artifact": artifact_path or ""},
+            duration_s=cand.train_seconds,
+        )
+        if cand.component is not None and cand.name in COLLABORATIVE:
+            out.collaborative.append(replace(cand, model=None, extra={}))  # type: ignore[arg-type]
+    return out
+
+
+@dg.op(out=dg.DynamicOut(str, io_manager_key=STEP_RESULTS_IO))
+def candidate_plan(context: dg.OpExecutionContext, config: CandidatesConfig) -> Iterator[dg.DynamicOutput[str]]:
+    """The models of this comparison, one step each; the hybrid is trained after them (it blends the best
+    collaborative one)."""
+    names = [n for n in candidate_names(config) if n != HYBRID]
+    context.log.info(f"{len(names)} candidate steps: {', '.join(names) or 'none'}")
+    keys: set[str] = set()
+    for i, name in enumerate(names):
+        key = re.sub(r"[^A-Za-z0-9_]", "_", name)  # a step key names the model where Dagster allows it
+        key = f"{key}_{i}" if key in keys else key
+        keys.add(key)
+        yield dg.DynamicOutput(name, mapping_key=key)
+
+
+@dg.op(out=dg.Out(io_manager_key=STEP_RESULTS_IO), tags={"kind": "recbole"})
+def candidate(
+    context: dg.OpExecutionContext,
     config: CandidatesConfig,
     settings: dg.ResourceParam[Settings],
     storage: StorageResource,
     mlflow: MlflowResource,
+    name: str,
     interactions: pd.DataFrame,
     items: pd.DataFrame,
     users: pd.DataFrame,
+) -> ModelResult:
+    """One model trained and evaluated on every protocol (a step of its own: in its own process or pod)."""
+    with thread_limits(step_threads(settings)):
+        return train_model(context, name, config, settings, storage.get(), mlflow, (interactions, items, users))
+
+
+@dg.op(out=dg.Out(io_manager_key=STEP_RESULTS_IO))
+def hybrid_candidate(
+    context: dg.OpExecutionContext,
+    config: CandidatesConfig,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    mlflow: MlflowResource,
+    trained: list,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+) -> ModelResult:
+    """The hybrid, when configured: it blends the best exportable collaborative candidate listed before it."""
+    names = candidate_names(config)
+    if HYBRID not in names:
+        return ModelResult(HYBRID)
+    before = set(names[: names.index(HYBRID)])
+    collaborative = [c for r in trained if r.name in before for c in r.collaborative]
+    with thread_limits(step_threads(settings)):
+        frames = (interactions, items, users)
+        return train_model(context, HYBRID, config, settings, storage.get(), mlflow, frames, collaborative)
+
+
+@dg.op
+def candidates_table(
+    context: dg.OpExecutionContext,
+    config: CandidatesConfig,
+    storage: StorageResource,
+    trained: list,
+    hybrid: ModelResult,
 ) -> dg.Output[pd.DataFrame]:
-    """Trains every candidate (RecBole's and implicit's models, popularity, content, BuyAgain, hybrid) on the
-    same splits of both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
-    setting (discovery; and repeat when people consume items again) x slice. Each training run is tracked
-    in MLflow; the temporal protocol's exportable candidates are saved as serving artifacts under
-    `candidates/`. A model or split that fails is recorded (`reports/failed_candidates.json`) and the
-    others go on; the step fails only when no candidate, or none on the champion's split, succeeded. A
-    candidate whose estimated memory or time is over `RECSYS_LIMITS__*` is skipped before it trains, with
-    the reason (`reports/skipped_candidates.json`, metadata `skipped`, and the report)."""
+    """Every step's rows in one table, in the order one process trains them (protocol, then model)."""
     store = storage.get()
-    fp = fingerprint(interactions)
-    evaluation = evaluation_config(settings)
-    tuned = tuned_params(store)
-    if tuned:
-        context.log.info(f"using tuned hyper-parameters for {sorted(tuned)}")
-    results: list[pd.DataFrame] = []
-    summary: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
-    skipped: list[dict[str, Any]] = []
-    names = [*config.models, *config.native_models]
-    protocols = S.protocols_for(interactions, config.protocols)
+    names = candidate_names(config)
+    steps = sorted([*trained, hybrid], key=lambda r: names.index(r.name) if r.name in names else len(names))
+    order = {p: i for i, p in enumerate(config.protocols)}
+
+    def protocol_first(pairs: list[tuple[int, Any, str]]) -> list[Any]:
+        return [v for _, v, _ in sorted(pairs, key=lambda t: (order.get(t[2], len(order)), t[0]))]
+
+    results = protocol_first([(i, r, str(r["protocol"].iloc[0])) for i, s in enumerate(steps) for r in s.results])
+    summary = protocol_first([(i, r, r["protocol"]) for i, s in enumerate(steps) for r in s.summary])
+    failures = protocol_first([(i, f, f["protocol"]) for i, s in enumerate(steps) for f in s.failures])
+    failures = [dict(t) for t in dict.fromkeys(tuple(f.items()) for f in failures)]  # a split fails once
+    skipped = protocol_first([(i, k, k["protocol"]) for i, s in enumerate(steps) for k in s.skipped])
+    protocols = [p for p in config.protocols if any(p in s.protocols for s in steps)] or list(config.protocols)
     if protocols != list(config.protocols):
         context.log.warning(S.NO_TIME_NOTE)
-    mode, deciding = S.time_mode(interactions), S.deciding_protocol(interactions)
-    steps = len(protocols) * len(names)
-    done = 0
-    # a progress bar on a terminal (`make pipeline`); the Dagster log gets one line per step either way
-    bar = tqdm(total=steps, desc="candidates", unit="model", disable=not sys.stderr.isatty())
-    for protocol in protocols:
-        try:
-            pdata = prepare(interactions, items, users, protocol, seed=config.seed)
-        except Exception as exc:  # one split failing must not lose the other's results
-            failures.append(_failure("(every model: the split)", protocol, exc))
-            context.log.error(f"the {protocol} split failed, its models are skipped: {failures[-1]['error']}")
-            done += len(names)
-            bar.update(len(names))
-            continue
-        repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
-        context.log.info(_split_line(pdata))
-        cands: list[Candidate] = []
-        estimates = size_gate(context, settings, config, pdata, tuned)
-        for name in names:
-            done += 1
-            if not estimates[name].fits:
-                skipped.append({"model": name, "protocol": protocol, "reason": estimates[name].reason})
-                bar.update(1)
-                continue
-            context.log.info(f"[{done}/{steps}] training {name} on the {protocol} split")
-            try:
-                cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation, settings.limits)
-                res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
-            except Exception as exc:  # recorded; the other models and the reports go on
-                failures.append(_failure(name, protocol, exc))
-                context.log.error(f"[{done}/{steps}] {name} failed on the {protocol} split: {failures[-1]['error']}")
-                bar.update(1)
-                continue
-            # what the promotion needs to refit this model on the latest data
-            res["budget"] = config.budget
-            res["collaborative"] = str(cand.params.get("collaborative", ""))
-            res["time_mode"] = mode  # how the split was cut (the report states it)
-            results.append(res)
-            cands.append(cand)
-            ndcg = metric_value(res, cand.name, "ndcg", 10, protocol)
-            context.log.info(f"[{done}/{steps}] {_result_line(cand, res, pdata)}")
-            bar.update(1)
-            bar.set_postfix_str(f"{name} ({protocol}) NDCG@10 {ndcg:.3f}")
-            summary.append(
-                {"model": cand.name, "protocol": protocol, "ndcg@10": ndcg, "train_seconds": cand.train_seconds}
-            )
-            artifact_path = None
-            if protocol == deciding:
-                art = serving_artifact(cand, pdata.data, fp, metrics=artifact_metrics(res))
-                if art is not None:
-                    write_to_storage(art, store, "candidates", cand.name)
-                    artifact_path = store.uri("candidates", cand.name)
-            mlflow.tracker().log_training_run(
-                model_name=cand.name,
-                params={**cand.params, "protocol": protocol, "family": cand.family},
-                metrics=res,
-                dataset_fingerprint=fp,
-                protocol_tags={"protocol": protocol, "artifact": artifact_path or ""},
-                duration_s=cand.train_seconds,
-            )
-    bar.close()
+    fp = next((s.dataset_fingerprint for s in steps if s.dataset_fingerprint), "")
     store.write_text(json.dumps(failures, indent=2), *FAILED_CANDIDATES)
     store.write_text(json.dumps({"dataset_fingerprint": fp, "skipped": skipped}, indent=2), *SKIPPED)
     if results:  # what finished stays readable even if the step fails below
@@ -304,6 +405,8 @@ def model_candidates(
     table = pd.concat(results, ignore_index=True)
     table["dataset_fingerprint"] = fp
     wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
+    if store.exists(STEP_RESULTS, context.run_id):  # the hand-over files of this run's steps are spent
+        store.fs.rm(store.path(STEP_RESULTS, context.run_id), recursive=True)
     return dg.Output(
         table,
         metadata={
@@ -316,6 +419,28 @@ def model_candidates(
             "skipped": dg.MetadataValue.md(skipped_table(skipped).to_markdown(index=False) if skipped else "none"),
         },
     )
+
+
+@dg.config_mapping
+def _candidates_config(config: CandidatesConfig) -> dict[str, Any]:
+    """`ops: model_candidates: config:` as before the split: the same values for every step."""
+    values = {"config": config.model_dump()}
+    return {op: values for op in ("candidate_plan", "candidate", "hybrid_candidate", "candidates_table")}
+
+
+@dg.graph_asset(group_name=TRAINING, kinds={"recbole", "mlflow"}, config=_candidates_config)
+def model_candidates(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """Trains every candidate (RecBole models, popularity, content, BuyAgain, hybrid) on the same splits of
+    both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
+    setting (discovery; and repeat when people consume items again) x slice. One step per model (side by
+    side under the multiprocess executor, one pod each on Kubernetes), then the hybrid, which blends the best
+    collaborative one, then this table. Each training run is tracked in MLflow; the temporal protocol's
+    exportable candidates are saved as serving artifacts under `candidates/`. A model or split that fails
+    is recorded (`reports/failed_candidates.json`) and the others go on; the step fails only when no
+    candidate, or none on the champion's split, succeeded."""
+    trained = candidate_plan().map(lambda name: candidate(name, interactions, items, users)).collect()
+    hybrid = hybrid_candidate(trained, interactions, items, users)
+    return candidates_table(trained, hybrid)
 
 
 def _split_line(pdata: ProtocolData) -> str:

@@ -454,7 +454,8 @@ def test_steps_that_touch_storage_retry_with_backoff(settings: Settings) -> None
         assert policy is not None and policy.max_retries == 3, key
         assert policy.backoff == dg.Backoff.EXPONENTIAL, key
     # bad input is not retried: the step fails at once (its Failure says allow_retries=False)
-    assert defs.get_assets_def("model_candidates").op.retry_policy is None
+    candidates = defs.get_assets_def("model_candidates").node_def  # a graph: one step per model
+    assert all(op.retry_policy is None for op in candidates.iterate_op_defs())
 
 
 def test_the_instance_runs_training_and_live_windows_one_at_a_time(tmp_path: Path, settings: Settings) -> None:

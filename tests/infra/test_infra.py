@@ -134,6 +134,11 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "limits": "the training limits' defaults (16 GB, 30 min per candidate, EASE up to 20k items, every core) "
         "fit the documented machine; a deployment with less memory sets RECSYS_LIMITS__*",
         **{
+            name: "the executor: multiprocess (a step per process, one per core) on compose and Container Apps; "
+            "infra/k8s sets k8s"
+            for name in ("executor", "executor_max_concurrent")
+        },
+        **{
             name: "read by `python -m recsys_assets demo` only (local servers), not by `pipeline` or the code server"
             for name in (
                 *("api_host", "api_port", "console_port", "dagster_port", "mlflow_ui_port", "redis_url"),
