@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from recsys_assets.contract import attribution, events
-from recsys_assets.tools.report import prometheus, targets
+from recsys_assets.contract import attribution, events, metrics_text
+from recsys_assets.tools.report import targets
 from recsys_assets.tools.report.inputs import ReportInputs
 
 SUCCESS = "SUCCESS"
@@ -102,8 +102,8 @@ def offline_kpis(inputs: ReportInputs) -> list[Kpi]:
 def api_kpis(inputs: ReportInputs) -> list[Kpi]:
     text = inputs.metrics_text
     where = f"{inputs.api_url}/metrics" if inputs.api_url else "no API URL given"
-    latency = prometheus.latency_p95_ms(text) if text is not None else None
-    avail = prometheus.availability(text) if text is not None else None
+    latency = metrics_text.latency_p95_ms(text) if text is not None else None
+    avail = metrics_text.availability(text) if text is not None else None
     p95, n = latency if latency is not None else (math.nan, 0)
     share, m = avail if avail is not None else (math.nan, 0)
     return [
