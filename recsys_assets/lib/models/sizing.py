@@ -36,7 +36,7 @@ RECBOLE_EVAL_SECONDS_PER_CELL = 3e-9
 # RecBole's ItemKNN keeps `pred_mat = interactions x W` as a LIL matrix (Python lists of Python numbers, ~70
 # bytes an entry). Popular items sit in nearly every item's K neighbours (hubness), so W's rows for them are
 # nearly full and a user's row with one popular item is nearly dense: charged as users x items entries. At
-# 47.6k users x 100k items (1M synthetic events) it passed 20 GB within a minute of starting (docs/benchmarks.md).
+# 47.6k users x 100k items (1M synthetic events) it passed 20 GB within two minutes of starting (docs/benchmarks.md).
 RECBOLE_ITEMKNN_BYTES_PER_CELL = 70
 RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5, "MultiVAE": 3e-6, "SASRec": 2e-4}
 # implicit's loops, per unit of work on one thread; measured on the 1M-event / 100k-item synthetic log
