@@ -23,8 +23,9 @@ TORCH := $(shell grep -m1 '^torch==' $(DEV_LOCK))
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VENV)/.installed: pyproject.toml $(DEV_LOCK) | $(BIN)/python
-	@# CPU torch first and alone: from the default index pip would take a multi-GB CUDA build
-	$(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) '$(TORCH)'
+	@# CPU torch first and alone: from the default index pip would take a multi-GB CUDA build. A local wheel
+	@# (PIP_FIND_LINKS, pip's config) is used when there is one; otherwise the PyTorch CPU index is asked
+	$(BIN)/pip install -q '$(TORCH)' 2>/dev/null || $(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) '$(TORCH)'
 	$(BIN)/pip install -q --no-deps -r $(DEV_LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip check
@@ -34,7 +35,7 @@ install: $(VENV)/.installed ## Create .venv and install the committed lock (CPU 
 
 lock: | $(BIN)/python ## After editing pyproject.toml: resolve it into .venv, then rewrite infra/requirements/*.txt from .venv
 	@# pip keeps every installed version that still satisfies pyproject.toml and adds what is new
-	$(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) -e '.[all,dev]'
+	$(BIN)/pip install -q -e '.[all,dev]' 2>/dev/null || $(BIN)/pip install -q --extra-index-url $(TORCH_INDEX) -e '.[all,dev]'
 	$(BIN)/python infra/roles.py lock
 
 openapi: install ## Rewrite docs/openapi.json from the API's code (commit it with the change that altered it)
