@@ -98,7 +98,7 @@ class IdIndex:
     def _id_at(self, row: Any) -> str:
         return self.ids[row]
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: object, default: Any = None) -> Any:
         if not isinstance(key, str):  # ids are text: any other key is unknown, as in a dict of text keys
             return default
         n = len(self.ids)
@@ -166,7 +166,7 @@ class CategoryIndex:
         # a few hundred categories at most: a small dict of name -> row is per process
         self._rows = {k: i for i, k in enumerate(keys.tolist())}
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: object, default: Any = None) -> Any:
         row = self._rows.get(key)
         if row is None:
             return default
@@ -187,6 +187,6 @@ class CategorySpelling:
     def __init__(self, index: CategoryIndex) -> None:
         self.index = index
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: object, default: Any = None) -> Any:
         row = self.index._rows.get(key)
         return default if row is None else str(self.index.names[row])

@@ -78,8 +78,8 @@ def latency_p95_ms(text: str, q: float = 0.95) -> tuple[float, int] | None:
         family[bound] = family.get(bound, 0.0) + value
     for patterns, scale in ((_LATENCY_NAMES, 1000.0), (_LATENCY_NAMES_MS, 1.0)):
         for pattern in patterns:
-            for family, buckets in sorted(families.items()):
-                if pattern.search(family):
+            for family_name, buckets in sorted(families.items()):
+                if pattern.search(family_name):
                     n = int(buckets.get(math.inf, 0))
                     value = histogram_quantile(q, buckets)
                     return (value * scale if not math.isnan(value) else math.nan), n

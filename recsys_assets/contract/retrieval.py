@@ -133,8 +133,11 @@ class Retriever:
             else:
                 from usearch.index import Index
 
-                index = Index.restore(memoryview(np.ascontiguousarray(raw)), view=True)
-                index.expansion_search = max(ANN_EXPANSION, self.n_ann)
+                index = Index.restore(np.ascontiguousarray(raw).data, view=True)
+                if index is None:
+                    raise ValueError(f"the artifact's ANN index of {name!r} cannot be read")
+                # a settable property at run time; usearch's type stubs declare it read-only
+                index.expansion_search = max(ANN_EXPANSION, self.n_ann)  # type: ignore[misc]
                 cache[name] = index
         return cache[name]
 
