@@ -384,14 +384,14 @@ def test_console_in_chromium(pipeline_storage: dict[str, str]) -> None:
                 page.screenshot(path=str(SCREENSHOTS / f"console_{name}.png"))
                 return page.locator('[data-testid="stMain"]').inner_text()
 
-            text = visit("", '[data-testid="stMetric"]', "overview", min_count=11)
-            assert page.locator('[data-testid="stMetric"]').count() == 11
+            text = visit("", '[data-testid="stMetric"]', "overview", min_count=13)
+            assert page.locator('[data-testid="stMetric"]').count() == 13
             assert "NDCG@10" in text and champion["model"] in text
             assert f"{EXPECTED_P95_MS:,.0f} ms" in text and "Page not found" not in text
 
             visit("online", ".js-plotly-plot .main-svg", "online")
             assert page.locator(".js-plotly-plot").count() == 1
-            assert page.locator('[data-testid="stMetric"]').count() == 5
+            assert page.locator('[data-testid="stMetric"]').count() == 6
             text = visit("models", ".js-plotly-plot .main-svg", "models", min_count=4)
             assert "Champion and challenger history" in text and "No data yet" not in text
             text = visit("drift", '[data-testid="stAlert"]', "drift")
