@@ -19,6 +19,7 @@ import argparse
 import ast
 import functools
 import sys
+import sysconfig
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -125,6 +126,13 @@ class LockError(Exception):
     """The environment does not satisfy the requirements (missing distribution or version out of bounds)."""
 
 
+def installed(name: str) -> metadata.Distribution | None:
+    """The distribution installed in this interpreter's site-packages. Not `metadata.distribution`, which
+    searches all of sys.path: `import ray` puts its vendored copies (colorama, psutil) at the front of it."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return next(iter(metadata.distributions(name=name, path=paths)), None)
+
+
 def closure(requirements: Iterable[Requirement]) -> dict[str, metadata.Distribution]:
     """Every installed distribution the requirements need, by canonical name, markers evaluated for this
     interpreter; raises LockError when one is missing or out of its bounds."""
@@ -137,10 +145,9 @@ def closure(requirements: Iterable[Requirement]) -> dict[str, metadata.Distribut
         if req.marker is not None and not req.marker.evaluate({**env, "extra": extra}):
             continue
         name = canonicalize_name(req.name)
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError as exc:
-            raise LockError(f"{req} is required but not installed") from exc
+        dist = installed(name)
+        if dist is None:
+            raise LockError(f"{req} is required but not installed")
         # a local version label (torch's +cpu) satisfies its public version's pin
         if not req.specifier.contains(dist.version, prereleases=True) and not req.specifier.contains(
             dist.version.split("+")[0], prereleases=True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.conftest import ROOT
@@ -68,3 +69,15 @@ def test_make_lock_resolves_pyproject_then_writes_every_lock() -> None:
     lines = _make_dry_run("lock")
     assert re.search(r"pip install .*-e '\.\[all,dev\]'", lines[-2]), lines
     assert lines[-1].endswith("python infra/roles.py lock"), lines
+
+
+def test_the_closure_reads_site_packages_not_vendored_copies_on_sys_path(tmp_path, monkeypatch) -> None:
+    # `import ray` puts ray/thirdparty_files (its own colorama and psutil) at the front of sys.path
+    vendored = tmp_path / "thirdparty_files" / "colorama-9.9.9.dist-info"
+    vendored.mkdir(parents=True)
+    (vendored / "METADATA").write_text("Metadata-Version: 2.1\nName: colorama\nVersion: 9.9.9\n")
+    monkeypatch.syspath_prepend(str(vendored.parent))
+    pins = roles.read_pins(roles.DEV_LOCK)
+    assert roles.installed("colorama").version == pins["colorama"]
+    found = roles.closure([Requirement(f"colorama=={pins['colorama']}")])
+    assert found["colorama"].version == pins["colorama"]
