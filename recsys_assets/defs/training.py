@@ -173,14 +173,20 @@ def size_gate(
     pdata: ProtocolData,
     tuned: dict[str, Any],
     names: Sequence[str],
+    only: str | None = None,
+    splits: int | None = None,
 ) -> dict[str, sizing.Estimate]:
     """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`
-    with the evaluation's batches and user sample (`eval_*`); each refused one is logged with its reason
-    (it is then skipped, not trained)."""
+    with the evaluation's batches and user sample (`eval_*`), and together against this split's share of
+    `limits.comparison_minutes`; each refused one (of `only` when given) is logged with its reason (it is then
+    skipped, not trained)."""
     from recsys_assets.lib.models.tuning import model_config
 
     lim = settings.limits
-    limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items, evaluation_config(settings))
+    share = lim.comparison_minutes / max(splits or len(config.protocols), 1)  # shared evenly by the splits run
+    limits = sizing.Limits(
+        lim.max_memory_gb, lim.max_minutes, share, lim.ease_max_items, evaluation=evaluation_config(settings)
+    )
     # RecBole's epochs from the budget; implicit's and the native models' own defaults (`sizing.estimate`)
     recbole = [n for n in names if n in sizing.RECBOLE]
     epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in recbole}
@@ -188,7 +194,7 @@ def size_gate(
     shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train), evaluated_users=evaluated)
     out = {e.model: e for e in sizing.plan(names, shape, limits, threads=lim.training_threads(), epochs=epochs)}
     for e in out.values():
-        if not e.fits:
+        if not e.fits and only in (None, e.model):
             context.log.warning(f"skipping {e.model} on the {pdata.protocol} split: {e.reason}")
     return out
 
@@ -275,7 +281,9 @@ def train_model(
             context.log.error(f"the {protocol} split failed, {name} is skipped on it: {out.failures[-1]['error']}")
             continue
         repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
-        estimate = size_gate(context, settings, config, pdata, tuned, [name])[name]
+        # every step plans the whole comparison on its split (the same, deterministic) and keeps its own verdict
+        gate = size_gate(context, settings, config, pdata, tuned, names, only=name, splits=len(out.protocols))
+        estimate = gate[name]
         if not estimate.fits:
             out.skipped.append({"model": name, "protocol": protocol, "reason": estimate.reason})
             continue

@@ -185,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default="1e6x1e5,1e7x1e6", help="scale: events x items per run, in order (stops at a failure)"
     )
     parser.add_argument("--guard-gb", type=float, default=20.0, help="scale: stop a run past this RSS")
+    parser.add_argument("--timeout-minutes", type=float, default=0.0, help="scale: stop a run after this (0: never)")
     args = parser.parse_args(argv)
     if args.which == "scale":
         from recsys_assets.tools.scale_bench import bench_scale
 
         sizes = tuple(tuple(int(float(v)) for v in size.split("x")) for size in args.sizes.split(","))
-        out = bench_scale(args.storage, sizes, args.guard_gb)  # type: ignore[arg-type]
+        out = bench_scale(args.storage, sizes, args.guard_gb, args.timeout_minutes)  # type: ignore[arg-type]
     elif args.which == "scoring":
         out = bench_scoring(args.model, args.epochs)
     elif args.which == "loop":

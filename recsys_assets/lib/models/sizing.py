@@ -13,7 +13,7 @@ above `Limits.ease_max_items` (`refuse_dense`), whatever the memory budget says.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -90,12 +90,14 @@ class DataShape:
 
 @dataclass(frozen=True)
 class Limits:
-    """The budget each candidate must fit: peak memory of the training process, minutes per candidate,
-    the largest catalog EASE may densify, and how candidates are evaluated (`evaluation`: the batch memory,
-    the user sample, the size above which RecBole is validated in batches)."""
+    """The budget each candidate must fit: peak memory of the training process, minutes per candidate, the
+    minutes all candidates of one split may take together, the largest catalog EASE may densify, and how
+    candidates are evaluated (`evaluation`: the batch memory, the user sample, the size above which RecBole
+    is validated in batches)."""
 
     max_memory_gb: float = 16.0
     max_minutes: float = 30.0
+    comparison_minutes: float = 0.0  # this split's share of the comparison's time budget (0: none)
     ease_max_items: int = EASE_MAX_ITEMS
     evaluation: EvaluationConfig = DEFAULT_EVALUATION
 
@@ -220,13 +222,46 @@ def plan(
     threads: int = 1,
     epochs: dict[str, int] | None = None,
 ) -> list[Estimate]:
-    """Every model's estimate, checked: the ones with a reason are skipped."""
+    """Every model's estimate, checked one by one and then against the split's time budget: the ones with a
+    reason are skipped."""
     epochs = epochs or {}
-    return [
+    checked = [
         check(
             estimate(m, shape, threads=threads, epochs=epochs.get(m), evaluation=limits.evaluation),
             limits,
             shape.n_items,
         )
         for m in models
+    ]
+    return within_budget(checked, limits.comparison_minutes)
+
+
+def within_budget(estimates: list[Estimate], minutes: float) -> list[Estimate]:
+    """`estimates` (same order) with the ones the time budget leaves out given a reason. Candidates that fit
+    on their own are admitted cheapest first, the Hybrid before them (it blends the others and is the usual
+    champion), while their estimated minutes add up to at most `minutes`; the first is admitted whatever its
+    cost, so a comparison always has a candidate. No budget when 0.
+
+    Cheapest first rather than the configured order: at scale the cheap models (implicit's, the native ones)
+    are also the ones built for the size, and the budget then buys the most candidates to compare."""
+    if minutes <= 0:
+        return estimates
+    order = sorted((e for e in estimates if e.fits), key=lambda e: (e.model != "Hybrid", e.minutes))
+    admitted: set[str] = set()
+    spent = 0.0
+    for e in order:
+        if admitted and spent + e.minutes > minutes:
+            break
+        admitted.add(e.model)
+        spent += e.minutes
+    return [
+        e
+        if not e.fits or e.model in admitted
+        else replace(
+            e,
+            reason=f"over the comparison's time budget: cheaper candidates take {spent:,.1f} of this split's "
+            f"{minutes:g} min and this one {e.minutes:,.1f} min more; raise RECSYS_LIMITS__COMPARISON_MINUTES "
+            "or name fewer models",
+        )
+        for e in estimates
     ]
