@@ -208,7 +208,7 @@ class Settings(BaseSettings):
 
     # --- evaluation at scale (`lib.evaluation.batched.EvaluationConfig`) ---
     eval_users: int = Field(
-        default=50_000, ge=1, description="Users an evaluation scores: all up to this many, else a fixed sample."
+        default=10_000, ge=1, description="Users an evaluation scores: all up to this many, else a fixed sample."
     )
     eval_batch_memory_mb: int = Field(
         default=256, ge=1, description="Scores held at once while ranking (users x items x 4 bytes per batch)."

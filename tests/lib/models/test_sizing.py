@@ -153,26 +153,27 @@ def test_recbole_pays_its_collector_only_below_the_batched_validation_threshold(
 
 
 def test_the_comparison_budget_admits_the_cheapest_candidates_and_names_why_the_rest_wait() -> None:
-    models = ["NeuMF", "ALS", "EASE", "ItemItemCosine", "Popularity", "MultiVAE", "Hybrid"]
+    models = ["NeuMF", "ALS", "EASE", "ItemItemCosine", "Popularity", "MultiVAE", "Hybrid", "ImplicitBPR"]
     free = sizing.plan(models, SHOP_1M, sizing.Limits(max_memory_gb=1e6), threads=2)
     minutes = {e.model: e.minutes for e in free}
-    # the Hybrid first (it blends the others), then the cheapest
-    cheap = sorted((e for e in free if e.fits), key=lambda e: (e.model != "Hybrid", e.minutes))[:3]
-    assert cheap[0].model == "Hybrid"
-    budget = sum(e.minutes for e in cheap) + 0.01
+    # the Hybrid and the Popularity baseline first, then the cheapest
+    rest = sorted((e for e in free if e.fits and e.model not in ("Hybrid", "Popularity")), key=lambda e: e.minutes)
+    budget = minutes["Hybrid"] + minutes["Popularity"] + rest[0].minutes + rest[1].minutes + 0.01
     planned = sizing.plan(models, SHOP_1M, sizing.Limits(max_memory_gb=1e6, comparison_minutes=budget), threads=2)
     assert [e.model for e in planned] == models  # the configured order, with a verdict each
     admitted = {e.model for e in planned if e.fits}
-    assert admitted == {e.model for e in cheap}
+    assert admitted == {"Hybrid", "Popularity", rest[0].model, rest[1].model}
     assert sum(minutes[m] for m in admitted) <= budget
     for e in planned:
         if e.model == "EASE":  # refused by its item count first, not by the budget
             assert e.reason.startswith("EASE refused")
         elif e.model not in admitted:
             assert "over the comparison's time budget" in e.reason and "RECSYS_LIMITS__COMPARISON_MINUTES" in e.reason
-    # the cheapest is admitted whatever the budget, so a comparison always has a candidate
-    tiny = sizing.plan(models, SHOP_1M, sizing.Limits(max_memory_gb=1e6, comparison_minutes=1e-6), threads=2)
-    assert [e.model for e in tiny if e.fits] == [cheap[0].model]
+    # the Hybrid and the baseline whatever the budget; without them, the cheapest, so a comparison always has one
+    tiny = sizing.Limits(max_memory_gb=1e6, comparison_minutes=1e-6)
+    assert {e.model for e in sizing.plan(models, SHOP_1M, tiny, threads=2) if e.fits} == {"Hybrid", "Popularity"}
+    others = [m for m in models if m not in ("Hybrid", "Popularity")]
+    assert [e.model for e in sizing.plan(others, SHOP_1M, tiny, threads=2) if e.fits] == [rest[0].model]
     # no budget: every candidate that fits on its own
     assert {e.model for e in free if e.fits} == set(models) - {"EASE"}
 
