@@ -118,6 +118,7 @@ def test_report_and_deck_from_the_demo_loop_show_the_numbers_of_its_tables(
         "ctr_ratio": format_value(arms.loc["champion", "ctr"] / arms.loc["challenger", "ctr"], "ratio"),
     }
     assert "not measured" not in expected.values(), expected
+    print(f"KPIs of the demo's data ({champion} serving, {totals['lists']} lists): {expected}")
     names = {key: name for key, name in targets.OFFLINE_METRICS} | {
         "p95_latency": "API p95 latency",
         "availability": "API availability",
