@@ -119,6 +119,7 @@ class Settings(BaseSettings):
         description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite "
         "store with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
     )
+    registry_url: str | None = Field(None, description="MLflow server the API asks for the champion alias each poll.")
 
     # --- serving ---
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on (`make serve`).")

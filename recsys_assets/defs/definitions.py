@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from recsys_assets.contract.settings import Settings, get_settings
-from recsys_assets.defs import candidate_steps, evaluation, ingestion, monitoring, promotion, training
+from recsys_assets.defs import candidate_steps, evaluation, ingestion, monitoring, promotion, run_logs, training
 from recsys_assets.defs.checks import CHECKS
 from recsys_assets.defs.executors import build_executor
 from recsys_assets.defs.jobs import INGESTION_JOB, LIVE_WINDOW_JOB, PIPELINE_JOB, TUNE_JOB, build_jobs
@@ -31,6 +31,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[weekly_retrain_schedule(settings.retrain_cron)],
         resources=build_resources(settings),
         executor=build_executor(settings),
+        loggers=run_logs.run_loggers(settings),
     )
 
 
