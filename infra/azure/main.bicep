@@ -292,6 +292,11 @@ var apiEnv = concat(identityEnv, storageEnv, [
     name: 'RECSYS_EVENTS_DIR'
     value: eventsMount
   }
+  {
+    // the `champion` alias is read from the registry each poll: a move in the MLflow UI is served
+    name: 'RECSYS_REGISTRY_URL'
+    value: mlflowUri
+  }
 ])
 var consoleEnv = concat(identityEnv, storageEnv, [
   {

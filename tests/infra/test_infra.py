@@ -99,6 +99,7 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
         "log_format": LOG_FORMAT,
+        "mlflow_tracking_uri": "only the fallback for registry_url, which compose and Azure set",
         **{
             name: "CORS is off by default: a client team's browser app on another origin is named per deployment"
             for name in ("cors_allow_origins", "cors_allow_credentials", "cors_max_age_seconds")
@@ -127,8 +128,10 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             )
         },
         "event_log": "only with source=event_log",
+        "registry_url": "read by the demo alone (whether to point its API at the MLflow UI); the pipeline writes "
+        "the registry through mlflow_tracking_uri",
         **{
-            name: "evaluation at scale: the defaults (50k users, 256 MB batches) bound memory at every size"
+            name: "evaluation at scale: the defaults (10k users, 256 MB batches) bound memory at every size"
             for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")
         },
         "limits": "the training limits' defaults (16 GB, 30 min per candidate, EASE up to 20k items, every core) "
