@@ -2,7 +2,8 @@
 
 Each worker builds its app with `serving.app:create_app_from_env` (uvicorn's `--factory`), so settings
 are read when a worker starts. With more than one worker, each listens on its own `SO_REUSEPORT`
-socket (`serving/workers.py`), so kept-alive connections opened together spread over the workers.
+socket (`serving/workers.py`), so kept-alive connections opened together spread over the workers;
+the workers are forked from this process after it imported the app (their interpreter heap shared).
 Then the Prometheus client also runs in multiprocess
 mode over a fresh folder, `<tmp>/recsys-api-metrics-<pid of this process>-*`, removed at exit; one
 left by a server that was killed (its pid no longer running) is removed when the next one starts.
