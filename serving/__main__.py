@@ -2,7 +2,8 @@
 
 Each worker builds its app with `serving.app:create_app_from_env` (uvicorn's `--factory`), so settings
 are read when a worker starts. With more than one worker, each listens on its own `SO_REUSEPORT`
-socket (`serving/workers.py`), so kept-alive connections opened together spread over the workers.
+socket (`serving/workers.py`), so kept-alive connections opened together spread over the workers;
+the workers are forked from this process after it imported the app (their interpreter heap shared).
 Then the Prometheus client also runs in multiprocess
 mode over a fresh folder, `<tmp>/recsys-api-metrics-<pid of this process>-*`, removed at exit; one
 left by a server that was killed (its pid no longer running) is removed when the next one starts.
@@ -26,7 +27,6 @@ from typing import Any
 import uvicorn
 
 from recsys_assets.contract.settings import get_settings
-from serving.telemetry import pid_alive
 from serving.workers import ReusePortMultiprocess, reuse_port_supported
 
 APP = "serving.app:create_app_from_env"
@@ -44,6 +44,8 @@ _METRICS_DIR = re.compile(rf"^{METRICS_PREFIX}(\d+)-")
 
 def remove_stale_metrics_dirs(tmp: str | None = None) -> list[Path]:
     """Remove the metrics folders of servers that no longer run (killed before they could)."""
+    from serving.telemetry import pid_alive  # here: prometheus_client must not be imported before main()
+
     removed = []
     for path in Path(tmp or tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*"):
         match = _METRICS_DIR.match(path.name)
@@ -63,6 +65,12 @@ def main() -> int:
         remove_stale_metrics_dirs()
         metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         os.environ[MULTIPROC_ENV] = metrics_dir
+        if "prometheus_client" in sys.modules:
+            # imported before the folder was set, it chose in-process values; the workers are forked
+            # from this process and inherit that choice, so it is made again now
+            from prometheus_client import values
+
+            values.ValueClass = values.get_value_class()
     base = f"http://{settings.api_host}:{settings.api_port}"
     print(f"recsys API on {base} (docs {base}/docs, {settings.api_workers} worker(s))", flush=True)
     options: dict[str, Any] = {

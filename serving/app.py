@@ -280,20 +280,25 @@ def _logging(settings: Settings) -> LoggingConfig:
     )
 
 
-def _settings(state: State) -> Settings:
-    return state.settings
-
-
+# The four dependencies form a chain (each takes the one before it, unused): Litestar resolves the
+# dependencies of one depth together in an anyio task group, one task each, which cost ~9% of a
+# list's CPU at 200 requests/s (py-spy, docs/benchmarks.md "Serving at scale, re-measured"); one per
+# depth is awaited in place. `settings` comes last, so the events body (`read_events`, which takes
+# it) is one depth further still.
 def _holder(state: State) -> ModelHolder:
     return state.holder
 
 
-def _live(state: State) -> LiveState:
+def _live(state: State, holder: ModelHolder) -> LiveState:
     return state.live
 
 
-def _event_log(state: State) -> EventLog:
+def _event_log(state: State, live: LiveState) -> EventLog:
     return state.event_log
+
+
+def _settings(state: State, event_log: EventLog) -> Settings:
+    return state.settings
 
 
 def create_app_from_env() -> Litestar:

@@ -8,6 +8,15 @@ kernel spreads new connections over the slots by a hash of their addresses, so c
 together go to different workers (by hash, not in turns: 4 clients on 2 workers split 2/2 or 3/1
 most of the time, 4/0 one time in eight).
 
+Workers are forked from the supervisor, not spawned (uvicorn's default): the supervisor imports the
+app's modules first (numpy, scipy, usearch, Litestar, the serving code) and freezes them out of the
+garbage collector's sweeps, so the workers share those ~100 MB of interpreter heap copy-on-write
+instead of each importing its own copy (docs/benchmarks.md, "Serving at scale, re-measured"). A forked
+worker first closes what it inherited but does not own (the other slots' sockets, the other workers'
+health-check pipes), so closing a slot's socket in the supervisor still stops the kernel sending it
+connections, and restores the default action of the signals the supervisor catches. Code changes
+need a restart of the whole server: SIGHUP replaces the workers from the supervisor's imported code.
+
 The supervisor keeps every slot's socket open. A worker that dies (kill -9 included) is replaced on
 the same slot with the same socket, so connections queued on it wait for the replacement rather than
 being reset, as they did on the shared socket. Everything else is uvicorn's: health checks, restarts,
@@ -16,14 +25,62 @@ graceful shutdown on SIGINT/SIGTERM, SIGHUP to replace every worker, SIGTTIN/SIG
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
+import multiprocessing
+import signal
 import socket
 import sys
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Protocol
 
+from uvicorn._subprocess import subprocess_started
 from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.supervisors.multiprocess import Multiprocess, Process
+from uvicorn.supervisors.multiprocess import SIGNALS, Multiprocess, Process
 
 logger = logging.getLogger("uvicorn.error")
+_FORK = multiprocessing.get_context("fork")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def preload(app: str) -> None:
+    """Import the module of `app` ("module:attribute") and everything it imports, then move every object
+    made so far out of the collector's generations (`gc.freeze`): a forked worker's collections then
+    do not write to those objects' pages, which stay shared with the supervisor and the other workers."""
+    importlib.import_module(app.split(":", 1)[0])
+    gc.collect()
+    gc.freeze()
+
+
+def _forked_worker(
+    config: Config, target: Callable[..., None], sockets: list[socket.socket], inherited: Sequence[_Closable]
+) -> None:
+    """A forked worker's first steps: what a spawned worker would not have inherited is closed or reset."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    for obj in inherited:
+        obj.close()
+    subprocess_started(config, target, sockets, stdin_fileno=None)
+
+
+class ForkedProcess(Process):
+    """uvicorn's worker `Process`, forked rather than spawned; it closes `inherited` when it starts."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket], inherited: Sequence[_Closable]) -> None:
+        self.config = config
+        self._server = None
+        self.parent_conn: Connection
+        self.child_conn: Connection
+        self.parent_conn, self.child_conn = _FORK.Pipe()
+        kwargs = {"config": config, "target": self.target, "sockets": sockets}
+        self.process = _FORK.Process(  # type: ignore[assignment]
+            target=_forked_worker, kwargs={**kwargs, "inherited": [*inherited, self.parent_conn]}
+        )
 
 
 def reuse_port_supported() -> bool:
@@ -76,7 +133,11 @@ class ReusePortMultiprocess(Multiprocess):
         super().__init__(config, sockets=[])
 
     def _process(self, idx: int) -> Process:
-        return Process(self.config, [self.slots[idx]])
+        own = self.slots[idx]
+        others: list[_Closable] = [sock for sock in self.slots if sock is not own]
+        for process in self.processes:
+            others += [process.parent_conn, process.child_conn]
+        return ForkedProcess(self.config, [own], others)
 
     def init_processes(self) -> None:
         for idx in range(self.processes_num):
@@ -86,6 +147,8 @@ class ReusePortMultiprocess(Multiprocess):
 
     def run(self) -> None:
         try:
+            if isinstance(self.config.app, str):
+                preload(self.config.app)
             super().run()
         finally:
             for sock in self.slots:

@@ -42,8 +42,10 @@ VECTOR_KINDS = ("embedding", "autoencoder")
 CONTENT_GRAM_LIMIT = 1_024
 # cold items whose content scores are computed per request (the rest are reached by other sources)
 MAX_COLD = 20_000
-# HNSW search breadth: measured recall of the exact top-10 among 200 candidates 0.986 at 100k items
-ANN_EXPANSION = 256
+# HNSW search breadth (never below the candidates asked for). At 1M items (`expansion_add` 128) the
+# candidate path's recall@10 is 0.974 at 256 and 0.972 at 200, for 27% less search time, the largest
+# single cost of a list there (docs/benchmarks.md, "Serving at scale, re-measured"); 0.986 at 100k (256)
+ANN_EXPANSION = 200
 
 
 def item_matrix(component: Component) -> np.ndarray:

@@ -350,13 +350,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def worker_pids(master_pid: int) -> list[int]:
-    """The live worker processes of a `python -m serving` master (uvicorn spawns them with multiprocessing)."""
+    """The live worker processes of a `python -m serving` master: forked from it (same command line), or
+    spawned by multiprocessing (uvicorn's own supervisor, `spawn_main`); not its resource tracker."""
     import psutil  # the dev extra's: only the chaos run and the fault tests count workers
 
+    master = psutil.Process(master_pid)
+    own = master.cmdline()
     pids = []
-    for child in psutil.Process(master_pid).children():
+    for child in master.children():
         # a killed worker stays a zombie until its master reaps it
         with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+            cmd = child.cmdline()
+            if child.status() != psutil.STATUS_ZOMBIE and (cmd == own or "spawn_main" in " ".join(cmd)):
                 pids.append(child.pid)
     return pids

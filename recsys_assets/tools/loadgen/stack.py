@@ -130,7 +130,8 @@ def rss_bytes(procs: Sequence[Any]) -> dict[str, int]:
     for n, p in enumerate(procs):
         with contextlib.suppress(Exception):
             cmd = " ".join(p.cmdline())
-            role = "worker" if "spawn_main" in cmd else "tracker" if "resource_tracker" in cmd else "server"
+            # the rest are the master's children: its workers (forked, or spawned) and a resource tracker
+            role = "tracker" if "resource_tracker" in cmd else "worker"
             out[f"{role}-{p.pid}" if n else f"main-{p.pid}"] = p.memory_info().rss
     return out
 
