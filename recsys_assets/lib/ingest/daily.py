@@ -185,7 +185,10 @@ def check_unit(store: Storage, raw: pd.DataFrame, declared: str, full: bool) -> 
 
 
 def _day(ts: pd.Series) -> pd.Series:
-    return ts.dt.strftime("%Y-%m-%d")
+    """Each time's UTC day as `YYYY-MM-DD` (formatted once per day, not per row)."""
+    codes, days = pd.factorize(ts.dt.floor("D"))
+    labels = np.asarray(pd.DatetimeIndex(days).strftime("%Y-%m-%d"), dtype=object)
+    return pd.Series(labels[codes], index=ts.index)
 
 
 def stored_days(store: Storage) -> list[str]:
