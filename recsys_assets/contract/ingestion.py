@@ -36,3 +36,7 @@ class IngestionConfig(BaseModel):
         "happens by itself when the source mapping or the cleaning rules changed, or an ingested file changed "
         "or went away.",
     )
+    cron: str = Field(
+        default="30 0 * * *",
+        description="Daily mode: when `daily_ingestion_schedule` runs the ingestion job (UTC; default 00:30).",
+    )

@@ -64,3 +64,13 @@ def test_daily_mode_refuses_movielens_before_storing_anything(settings: Settings
     assert not result.success
     assert "RECSYS_INGESTION__MODE=full" in failures(result)[0]
     assert Storage.from_settings(s).list("interactions") == []
+
+
+def test_the_daily_schedule_exists_with_daily_ingestion_only(settings: Settings) -> None:
+    from recsys_assets.defs.definitions import INGESTION_JOB, build_definitions
+
+    daily = settings.model_copy(update={"ingestion": settings.ingestion.model_copy(update={"mode": "daily"})})
+    schedule = build_definitions(daily).resolve_schedule_def("daily_ingestion_schedule")
+    assert schedule.job_name == INGESTION_JOB and schedule.cron_schedule == "30 0 * * *"
+    names = [s.name for s in build_definitions(settings).schedules or []]
+    assert names == ["weekly_retrain_schedule"]
