@@ -234,6 +234,9 @@ def _to_text(col: pa.ChunkedArray) -> pd.Series:
         return s.map(lambda v: v.isoformat() if pd.notna(v) else None).astype(object)
     if pa.types.is_dictionary(col.type):
         col = col.cast(pa.string())
+    if pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        # Arrow's cast writes integers as str() does, and keeps nulls as None, without a Python call per row
+        return col.cast(pa.string()).to_pandas().astype(object)
     s = col.to_pandas()
     if pd.api.types.is_float_dtype(s):
         # 5.0 -> "5", keeps integral ids and unix seconds readable
