@@ -13,6 +13,7 @@ import pytest
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.sources import EventLogSource
 from recsys_assets.contract.storage import Storage
+from recsys_assets.lib import live_windows as live
 from recsys_assets.lib.ingest import cleaning, daily, readers
 
 DAY0 = pd.Timestamp("2025-03-01", tz="UTC")
@@ -126,6 +127,32 @@ def test_late_events_rewrite_only_their_day(logs: Path, tmp_path: Path, settings
     day1 = store.read_table("interactions/day=2025-03-02/part.parquet")
     assert "late-1" in set(day1["event_id"].dropna())
     same_rows(table.to_pandas(), roundtrip(full_clean(source(logs), cfg), tmp_path))
+
+
+def write_window(store: Storage, key: str, rows: pd.DataFrame) -> None:
+    """A stored `live_events` window (the API's events, ISO times) as the live-window job writes it."""
+    frame = readers.empty(live.LIVE_COLUMNS).astype("string")
+    for i, row in rows.iterrows():
+        frame.loc[i] = row
+    store.write_table(frame, live.LIVE_EVENTS, f"{live.file_key(key)}.parquet")
+
+
+def test_live_windows_are_ingested_once(logs: Path, tmp_path: Path, settings: Settings) -> None:
+    store = Storage.from_uri(str(tmp_path / "store"))
+    cfg = config(settings)
+    write_day(logs, 0)
+    daily.ingest(store, source(logs), cfg, unit="s")
+    at = (DAY0 + pd.Timedelta(hours=30)).isoformat()
+    window = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "event_type": ["click", "view"]})
+    write_window(store, "2025-03-02T06:00", window.assign(timestamp=at))
+    plan, stored, table = daily.ingest(store, source(logs), cfg, unit="s")
+    assert plan.new_windows == ["2025-03-02T06:00"] and plan.new_files == [] and stored.days == ["2025-03-02"]
+    assert {"u1", "u2"} <= set(table.column("user_id").to_pylist())
+    plan, stored, _ = daily.ingest(store, source(logs), cfg, unit="s")
+    assert plan.new_windows == [] and stored.days == []
+    # equal to a full ingestion of the file and the window (as `clean` adds the live rows)
+    raw = pd.concat([readers.read_event_log(source(logs)), live.read_live_events(store, unit="s")], ignore_index=True)
+    same_rows(table.to_pandas(), roundtrip(cleaning.clean_events(raw, cfg, unit="s").interactions, tmp_path))
 
 
 def test_kcore_is_applied_to_the_union(logs: Path, tmp_path: Path, settings: Settings) -> None:
