@@ -230,3 +230,18 @@ def test_day_partitions_on_blob(logs: Path, tmp_path: Path, settings: Settings, 
     assert plan.full and stored.removed_days == ["2025-03-02"]
     assert daily.stored_days(store) == ["2025-03-01", "2025-03-03"]
     assert not [p for p in store.list() if "/.tmp-" in p]
+
+
+def test_a_bad_new_file_fails_before_anything_stored_changes(logs: Path, tmp_path: Path, settings: Settings) -> None:
+    store = Storage.from_uri(str(tmp_path / "store"))
+    cfg = config(settings)
+    write_day(logs, 0)
+    daily.ingest(store, source(logs), cfg, unit="s")
+    before = {p: store.read_bytes(p) for p in store.list("interactions")}
+    write_day(logs, 1, day_rows(1).drop(columns=["item_id"]))
+    with pytest.raises(readers.IngestionError, match=r"events-01.csv.*'item_id'.*Map the file's names"):
+        daily.ingest(store, source(logs), cfg, unit="s")
+    assert {p: store.read_bytes(p) for p in store.list("interactions")} == before
+    write_day(logs, 1)  # fixed: the next run takes it
+    plan, stored, _ = daily.ingest(store, source(logs), cfg, unit="s")
+    assert not plan.full and stored.days == ["2025-03-02"]
