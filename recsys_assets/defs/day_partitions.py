@@ -5,6 +5,7 @@ hand on `interactions` as the union of the partitions (`recsys_assets.lib.ingest
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -57,7 +58,7 @@ def read_new_events(
     }
 
 
-def _table_metadata(table: pa.Table) -> dict[str, object]:
+def _table_metadata(table: pa.Table) -> dict[str, Any]:
     if not table.num_rows:
         return {}
     lo, hi = pc.min_max(table["timestamp"]).values()

@@ -64,7 +64,9 @@ def child(seconds_file: str) -> int:
     seconds = time.perf_counter() - start
     meta = result.asset_materializations_for_node("clean")[0].metadata
     steps = sum(
-        e.event_specific_data.duration_ms / 1000 for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
+        getattr(e.event_specific_data, "duration_ms", 0.0) / 1000
+        for e in result.all_events
+        if e.event_type_value == "STEP_SUCCESS"
     )
     Path(seconds_file).write_text(json.dumps({"seconds": seconds, "steps_seconds": steps, "rows": meta["rows"].value}))
     return 0
@@ -98,7 +100,9 @@ def run_ingestion(storage: Path, log_glob: str, mode: str, reingest: bool = Fals
     return {**json.loads(out.read_text()), **_time_v(proc.stderr)}
 
 
-def bench_incremental(work: str, events: int = 1_000_000, items: int = 100_000, days: int = 10, repeats: int = 3):
+def bench_incremental(
+    work: str, events: int = 1_000_000, items: int = 100_000, days: int = 10, repeats: int = 3
+) -> dict[str, object]:
     """Full ingestion of `days` days against `days - 1` then one more, `repeats` times; medians."""
     need = events * BYTES_PER_EVENT
     avail = psutil.virtual_memory().available

@@ -279,14 +279,16 @@ def _commit(
     unit: str | None,
     merge_duplicates: int,
 ) -> None:
-    totals = dict(manifest["totals"]) if manifest else {"n_raw": 0, "n_duplicates": 0, "impressions": 0}
-    counts = dict(totals.get("reject_counts", {}))
+    totals: dict[str, Any] = dict(manifest["totals"]) if manifest else {"n_raw": 0, "n_duplicates": 0, "impressions": 0}
+    counts: dict[str, int] = dict(totals.get("reject_counts", {}))
+    impressions = result.notes.get("impressions", 0)
+    assert isinstance(impressions, int)
     for reason, n in result.reject_counts.items():
         counts[reason] = counts.get(reason, 0) + n
     totals.update(
         n_raw=totals["n_raw"] + result.n_raw,
         n_duplicates=totals["n_duplicates"] + result.n_duplicates + merge_duplicates,
-        impressions=totals["impressions"] + int(result.notes.get("impressions", 0)),
+        impressions=totals["impressions"] + impressions,
         reject_counts=counts,
     )
     new = {
