@@ -26,6 +26,7 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.types import Scope
 
+from recsys_assets.contract import registry_alias
 from recsys_assets.contract.artifact import CHAMPION_POINTER
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
@@ -67,6 +68,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.ab_challenger_share,
         settings.ab_challenger_path,
         candidate_threshold=settings.candidate_threshold_items,
+        registry_url=registry_alias.registry_url(settings.registry_url, settings.mlflow_tracking_uri),
     )
     live = LiveState(
         link, settings.cache_ttl_seconds, settings.idempotency_ttl_seconds, settings.live_state_ttl_seconds

@@ -35,6 +35,7 @@ import anyio
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_assets.contract import registry_alias
 from recsys_assets.contract.artifact import (
     CHALLENGER_POINTER,
     CHAMPION_POINTER,
@@ -209,9 +210,17 @@ class ModelHolder:
     """The served champion and challenger; swapped whole, never mutated."""
 
     def __init__(
-        self, storage: Storage, challenger_share: float, challenger_path: str | None, candidate_threshold: int = 20_000
+        self,
+        storage: Storage,
+        challenger_share: float,
+        challenger_path: str | None,
+        candidate_threshold: int = 20_000,
+        registry_url: str | None = None,
     ) -> None:
         self.storage = storage
+        # asked for the `champion` alias every poll; the pointer file when unset or it cannot answer
+        self.registry_url = registry_url
+        self._registry_down = False
         self.candidate_threshold = candidate_threshold
         self.challenger_share = challenger_share
         self.challenger_path = challenger_path
@@ -390,10 +399,32 @@ class ModelHolder:
                 log.warning("could not write %s (%s: %s)", "/".join(LAST_GOOD), type(exc).__name__, exc)
                 self._last_good_warned = True
 
+    def _registry_pointer(self) -> bytes | None:
+        """The pointer the registry's `champion` alias names, when a registry URL is set, it answers, and
+        the version's artifact is on storage (else the pointer file decides, which the sync then rewrites)."""
+        if self.registry_url is None:
+            return None
+        try:
+            info = registry_alias.alias_version(self.registry_url)
+        except registry_alias.RegistryUnavailableError as exc:
+            if not self._registry_down:
+                log.warning("model registry not answering (%s): following %s", exc, "/".join(CHAMPION_POINTER))
+                self._registry_down = True
+            return None
+        if self._registry_down:
+            log.info("model registry answering again at %s", self.registry_url)
+            self._registry_down = False
+        pointer = registry_alias.pointer_of(info) if info is not None else None
+        if pointer is None or not self.storage.exists(*pointer["path"], MANIFEST):
+            return None
+        return json.dumps(pointer, sort_keys=True).encode()
+
     def _check_champion(self, force: bool) -> _Loaded:
-        if not self.storage.exists(*CHAMPION_POINTER):
-            return _Loaded()
-        raw = self.storage.read_bytes(*CHAMPION_POINTER)
+        raw = self._registry_pointer()
+        if raw is None:
+            if not self.storage.exists(*CHAMPION_POINTER):
+                return _Loaded()
+            raw = self.storage.read_bytes(*CHAMPION_POINTER)
         if raw == self._champion_marker and not force:
             return _Loaded()
         try:

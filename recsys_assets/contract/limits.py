@@ -1,5 +1,6 @@
 """The training limits (`Settings.limits`, `RECSYS_LIMITS__*`): the memory and time every candidate must
-fit before it trains, the largest catalog EASE may densify, and the threads a training step may use.
+fit before it trains, the comparison's whole time budget, the largest catalog EASE may densify, and the
+threads a training step may use.
 
 Kept out of `settings.py` so the settings module stays one screenful per concern; `Settings` holds one.
 """
@@ -20,6 +21,12 @@ class TrainingLimits(BaseModel):
         default=16.0, gt=0, description="Largest estimated peak memory (GB) of one candidate's training step."
     )
     max_minutes: float = Field(default=30.0, gt=0, description="Largest estimated training time of one candidate.")
+    comparison_minutes: float = Field(
+        default=10.0,
+        ge=0,
+        description="Estimated minutes the whole comparison may take (every candidate on every split). Candidates "
+        "are admitted cheapest first until it is spent; the rest are skipped with the reason. 0: no budget.",
+    )
     ease_max_items: int = Field(
         default=20_000, ge=1, description="EASE (dense items x items) is refused above this many items."
     )

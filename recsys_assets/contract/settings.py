@@ -118,6 +118,7 @@ class Settings(BaseSettings):
         description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite "
         "store with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
     )
+    registry_url: str | None = Field(None, description="MLflow server the API asks for the champion alias each poll.")
 
     # --- serving ---
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on (`make serve`).")
@@ -207,7 +208,7 @@ class Settings(BaseSettings):
 
     # --- evaluation at scale (`lib.evaluation.batched.EvaluationConfig`) ---
     eval_users: int = Field(
-        default=50_000, ge=1, description="Users an evaluation scores: all up to this many, else a fixed sample."
+        default=10_000, ge=1, description="Users an evaluation scores: all up to this many, else a fixed sample."
     )
     eval_batch_memory_mb: int = Field(
         default=256, ge=1, description="Scores held at once while ranking (users x items x 4 bytes per batch)."

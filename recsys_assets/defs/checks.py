@@ -229,9 +229,12 @@ def challenger_beats_baseline_and_champion(
     target = effective_target(evaluation_report, settings.evaluation_target)
     best = challenger_model.iloc[0]
     baseline = max(
-        target_value(evaluation_report, m, target)
-        for m in BASELINES
-        if not np.isnan(target_value(evaluation_report, m, target))
+        (
+            target_value(evaluation_report, m, target)
+            for m in BASELINES
+            if not np.isnan(target_value(evaluation_report, m, target))
+        ),
+        default=float("nan"),
     )
     current = read_pointer(store)
     current_value = challenger_value = float("nan")
@@ -243,7 +246,9 @@ def challenger_beats_baseline_and_champion(
     beats_baseline = bool(best["ndcg@10"] >= baseline)
     floor = (1.0 - settings.promotion_margin) * current_value
     beats_champion = bool(np.isnan(current_value) or challenger_value >= floor)
-    if not beats_baseline:
+    if np.isnan(baseline):
+        verdict = f"no popularity baseline ({' or '.join(BASELINES)}) was evaluated: keep Popularity in native_models"
+    elif not beats_baseline:
         verdict = f"{best['model']} NDCG@10 {best['ndcg@10']:.4f} < popularity {baseline:.4f}"
     elif not beats_champion:
         verdict = (

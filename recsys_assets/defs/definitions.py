@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from recsys_assets.contract.settings import Settings, get_settings
-from recsys_assets.defs import evaluation, ingestion, monitoring, promotion, training
+from recsys_assets.defs import candidate_steps, evaluation, ingestion, monitoring, promotion, run_logs, training
 from recsys_assets.defs.checks import CHECKS
 from recsys_assets.defs.executors import build_executor
 from recsys_assets.defs.jobs import INGESTION_JOB, LIVE_WINDOW_JOB, PIPELINE_JOB, TUNE_JOB, build_jobs
@@ -17,7 +17,7 @@ from recsys_assets.defs.sensors import build_sensors
 # The job names stay importable from here, where the command line and the tests look for them.
 __all__ = ["INGESTION_JOB", "LIVE_WINDOW_JOB", "PIPELINE_JOB", "TUNE_JOB", "build_definitions", "defs"]
 
-ASSETS = dg.load_assets_from_modules([ingestion, monitoring, training, evaluation, promotion])
+ASSETS = dg.load_assets_from_modules([ingestion, monitoring, training, candidate_steps, evaluation, promotion])
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -34,6 +34,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         resources=build_resources(settings),
         executor=build_executor(settings),
+        loggers=run_logs.run_loggers(settings),
     )
 
 

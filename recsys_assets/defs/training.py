@@ -1,8 +1,8 @@
 """Training assets: the budgeted hyper-parameter search and the candidates, every model trained and
 evaluated on the same splits of both protocols.
 
-`model_candidates` is one asset backed by a graph with one step per model, chosen over the other two ways
-of splitting it:
+`model_candidates` (its graph is in `candidate_steps`) is one asset backed by a graph with one step per
+model, chosen over the other two ways of splitting it:
 
 * a graph with dynamic outputs keeps what everything else relies on: the models and protocols are a
   runtime list (`ops: model_candidates: config:` as before: the retrain's `retrain_models`, the tests',
@@ -13,17 +13,18 @@ of splitting it:
   table; one asset per model fixes the model list when the code location loads, so changing the models
   would mean changing the asset selection rather than the configuration.
 
-The steps: `candidate_plan` lists the models; `candidate` (mapped, one step per model) splits the data
-itself (cheap next to training, and no split crosses processes), trains, evaluates, logs to MLflow and
-writes the temporal artifact; `hybrid_candidate`, the second stage, blends the best exportable
-collaborative component the first stage handed on; `candidates_table` concatenates every step's rows in
-the order one process used to train them, records the failures and fails only when nothing can be chosen.
+The steps: `candidate_plan` cuts each split once and decides every model's size and time verdict on it
+(`limits`, the comparison's time budget), then lists the admitted models; `candidate` (mapped, one step per
+admitted model) splits the data itself on the splits it was admitted to (no split crosses processes),
+trains, evaluates, logs to MLflow and writes the temporal artifact; `hybrid_candidate`, the second stage,
+blends the best exportable collaborative component the first stage handed on; `candidates_table`
+concatenates every step's rows in the order one process used to train them, records the failures and fails
+only when nothing can be chosen.
 Steps hand results on through storage (`StepResultsIOManager`), so they may run in other processes or pods.
 """
 
 import json
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,14 +36,12 @@ from recsys_assets.contract.artifact import write_to_storage
 from recsys_assets.contract.limits import TrainingLimits
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
-from recsys_assets.defs.executors import step_threads, thread_limits
-from recsys_assets.defs.resources import STEP_RESULTS, MlflowResource, StorageResource
+from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.evaluation.batched import EvaluationConfig, users_with_truth
 from recsys_assets.lib.models import catalog, sizing
 from recsys_assets.lib.models.base import ProtocolData
 from recsys_assets.lib.models.fitting import (
-    CHAMPION_METRIC,
     DISCOVERY,
     REPEAT,
     Candidate,
@@ -173,14 +172,20 @@ def size_gate(
     pdata: ProtocolData,
     tuned: dict[str, Any],
     names: Sequence[str],
+    only: str | None = None,
+    splits: int | None = None,
 ) -> dict[str, sizing.Estimate]:
     """Every candidate's estimated peak memory and minutes on this split, checked against `settings.limits`
-    with the evaluation's batches and user sample (`eval_*`); each refused one is logged with its reason
-    (it is then skipped, not trained)."""
+    with the evaluation's batches and user sample (`eval_*`), and together against this split's share of
+    `limits.comparison_minutes`; each refused one (of `only` when given) is logged with its reason (it is then
+    skipped, not trained)."""
     from recsys_assets.lib.models.tuning import model_config
 
     lim = settings.limits
-    limits = sizing.Limits(lim.max_memory_gb, lim.max_minutes, lim.ease_max_items, evaluation_config(settings))
+    share = lim.comparison_minutes / max(splits or len(config.protocols), 1)  # shared evenly by the splits run
+    limits = sizing.Limits(
+        lim.max_memory_gb, lim.max_minutes, share, lim.ease_max_items, evaluation=evaluation_config(settings)
+    )
     # RecBole's epochs from the budget; implicit's and the native models' own defaults (`sizing.estimate`)
     recbole = [n for n in names if n in sizing.RECBOLE]
     epochs = {n: int(model_config(n, config.budget, config.seed, tuned=tuned).get("epochs", 1)) for n in recbole}
@@ -188,7 +193,7 @@ def size_gate(
     shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train), evaluated_users=evaluated)
     out = {e.model: e for e in sizing.plan(names, shape, limits, threads=lim.training_threads(), epochs=epochs)}
     for e in out.values():
-        if not e.fits:
+        if not e.fits and only in (None, e.model):
             context.log.warning(f"skipping {e.model} on the {pdata.protocol} split: {e.reason}")
     return out
 
@@ -256,9 +261,12 @@ def train_model(
     mlflow: MlflowResource,
     frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
     collaborative: Sequence[Candidate] = (),
+    verdicts: Mapping[str, str | None] | None = None,
 ) -> ModelResult:
     """`name` fitted and evaluated on every protocol's split (split here, from the same seed, so each step
-    sees the same splits), tracked in MLflow, its temporal artifact written; a failure is recorded."""
+    sees the same splits), tracked in MLflow, its temporal artifact written; a failure is recorded.
+    `verdicts`: the size gate's reason per protocol, decided once by `candidate_plan` (None: admitted); without
+    them the gate runs here."""
     interactions, items, users = frames
     out = ModelResult(name, fingerprint(interactions))
     evaluation = evaluation_config(settings)
@@ -268,6 +276,9 @@ def train_model(
     out.protocols = S.protocols_for(interactions, config.protocols)
     mode, deciding = S.time_mode(interactions), S.deciding_protocol(interactions)
     for protocol in out.protocols:
+        if verdicts is not None and verdicts.get(protocol):  # refused by the plan: not even split here
+            out.skipped.append({"model": name, "protocol": protocol, "reason": verdicts[protocol]})
+            continue
         try:
             pdata = prepare(interactions, items, users, protocol, seed=config.seed)
         except Exception as exc:  # one split failing must not lose the other's results
@@ -275,10 +286,11 @@ def train_model(
             context.log.error(f"the {protocol} split failed, {name} is skipped on it: {out.failures[-1]['error']}")
             continue
         repeat = settings.evaluation_target != DISCOVERY and has_repeats(pdata)
-        estimate = size_gate(context, settings, config, pdata, tuned, [name])[name]
-        if not estimate.fits:
-            out.skipped.append({"model": name, "protocol": protocol, "reason": estimate.reason})
-            continue
+        if verdicts is None:  # the whole comparison planned on this split, this model's verdict kept
+            gate = size_gate(context, settings, config, pdata, tuned, names, only=name, splits=len(out.protocols))
+            if not gate[name].fits:
+                out.skipped.append({"model": name, "protocol": protocol, "reason": gate[name].reason})
+                continue
         context.log.info(f"{step} training {name} on the {_split_line(pdata)}")
         try:
             cands = [c for c in collaborative if c.protocol == protocol]
@@ -317,132 +329,6 @@ def train_model(
     return out
 
 
-@dg.op(out=dg.DynamicOut(str, io_manager_key=STEP_RESULTS_IO))
-def candidate_plan(context: dg.OpExecutionContext, config: CandidatesConfig) -> Iterator[dg.DynamicOutput[str]]:
-    """The models of this comparison, one step each; the hybrid is trained after them (it blends the best
-    collaborative one)."""
-    names = [n for n in candidate_names(config) if n != HYBRID]
-    context.log.info(f"{len(names)} candidate steps: {', '.join(names) or 'none'}")
-    keys: set[str] = set()
-    for i, name in enumerate(names):
-        key = re.sub(r"[^A-Za-z0-9_]", "_", name)  # a step key names the model where Dagster allows it
-        key = f"{key}_{i}" if key in keys else key
-        keys.add(key)
-        yield dg.DynamicOutput(name, mapping_key=key)
-
-
-@dg.op(out=dg.Out(io_manager_key=STEP_RESULTS_IO), tags={"kind": "recbole"})
-def candidate(
-    context: dg.OpExecutionContext,
-    config: CandidatesConfig,
-    settings: dg.ResourceParam[Settings],
-    storage: StorageResource,
-    mlflow: MlflowResource,
-    name: str,
-    interactions: pd.DataFrame,
-    items: pd.DataFrame,
-    users: pd.DataFrame,
-) -> ModelResult:
-    """One model trained and evaluated on every protocol (a step of its own: in its own process or pod)."""
-    with thread_limits(step_threads(settings)):
-        return train_model(context, name, config, settings, storage.get(), mlflow, (interactions, items, users))
-
-
-@dg.op(out=dg.Out(io_manager_key=STEP_RESULTS_IO))
-def hybrid_candidate(
-    context: dg.OpExecutionContext,
-    config: CandidatesConfig,
-    settings: dg.ResourceParam[Settings],
-    storage: StorageResource,
-    mlflow: MlflowResource,
-    trained: list,
-    interactions: pd.DataFrame,
-    items: pd.DataFrame,
-    users: pd.DataFrame,
-) -> ModelResult:
-    """The hybrid, when configured: it blends the best exportable collaborative candidate listed before it."""
-    names = candidate_names(config)
-    if HYBRID not in names:
-        return ModelResult(HYBRID)
-    before = set(names[: names.index(HYBRID)])
-    collaborative = [c for r in trained if r.name in before for c in r.collaborative]
-    with thread_limits(step_threads(settings)):
-        frames = (interactions, items, users)
-        return train_model(context, HYBRID, config, settings, storage.get(), mlflow, frames, collaborative)
-
-
-@dg.op
-def candidates_table(
-    context: dg.OpExecutionContext,
-    config: CandidatesConfig,
-    storage: StorageResource,
-    trained: list,
-    hybrid: ModelResult,
-) -> dg.Output[pd.DataFrame]:
-    """Every step's rows in one table, in the order one process trains them (protocol, then model)."""
-    store = storage.get()
-    names = candidate_names(config)
-    steps = sorted([*trained, hybrid], key=lambda r: names.index(r.name) if r.name in names else len(names))
-    order = {p: i for i, p in enumerate(config.protocols)}
-
-    def protocol_first(pairs: list[tuple[int, Any, str]]) -> list[Any]:
-        return [v for _, v, _ in sorted(pairs, key=lambda t: (order.get(t[2], len(order)), t[0]))]
-
-    results = protocol_first([(i, r, str(r["protocol"].iloc[0])) for i, s in enumerate(steps) for r in s.results])
-    summary = protocol_first([(i, r, r["protocol"]) for i, s in enumerate(steps) for r in s.summary])
-    failures = protocol_first([(i, f, f["protocol"]) for i, s in enumerate(steps) for f in s.failures])
-    failures = [dict(t) for t in dict.fromkeys(tuple(f.items()) for f in failures)]  # a split fails once
-    skipped = protocol_first([(i, k, k["protocol"]) for i, s in enumerate(steps) for k in s.skipped])
-    protocols = [p for p in config.protocols if any(p in s.protocols for s in steps)] or list(config.protocols)
-    if protocols != list(config.protocols):
-        context.log.warning(S.NO_TIME_NOTE)
-    fp = next((s.dataset_fingerprint for s in steps if s.dataset_fingerprint), "")
-    store.write_text(json.dumps(failures, indent=2), *FAILED_CANDIDATES)
-    store.write_text(json.dumps({"dataset_fingerprint": fp, "skipped": skipped}, indent=2), *SKIPPED)
-    if results:  # what finished stays readable even if the step fails below
-        store.write_table(pd.concat(results, ignore_index=True), *PARTIAL_CANDIDATES)
-    _fail_when_nothing_to_choose(results, failures, protocols, store.uri(*PARTIAL_CANDIDATES), skipped)
-    table = pd.concat(results, ignore_index=True)
-    table["dataset_fingerprint"] = fp
-    wide = pd.DataFrame(summary).pivot_table(index="model", columns="protocol", values="ndcg@10")
-    if store.exists(STEP_RESULTS, context.run_id):  # the hand-over files of this run's steps are spent
-        store.fs.rm(store.path(STEP_RESULTS, context.run_id), recursive=True)
-    return dg.Output(
-        table,
-        metadata={
-            "dataset_fingerprint": fp,
-            "ndcg@10": dg.MetadataValue.md(wide.round(4).to_markdown()),
-            "train_seconds": dg.MetadataValue.json(
-                {f"{s['model']}/{s['protocol']}": round(s["train_seconds"], 1) for s in summary}
-            ),
-            "failed": dg.MetadataValue.md(pd.DataFrame(failures).to_markdown(index=False) if failures else "none"),
-            "skipped": dg.MetadataValue.md(skipped_table(skipped).to_markdown(index=False) if skipped else "none"),
-        },
-    )
-
-
-@dg.config_mapping
-def _candidates_config(config: CandidatesConfig) -> dict[str, Any]:
-    """`ops: model_candidates: config:` as before the split: the same values for every step."""
-    values = {"config": config.model_dump()}
-    return {op: values for op in ("candidate_plan", "candidate", "hybrid_candidate", "candidates_table")}
-
-
-@dg.graph_asset(group_name=TRAINING, kinds={"recbole", "mlflow"}, config=_candidates_config)
-def model_candidates(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
-    """Trains every candidate (RecBole models, popularity, content, BuyAgain, hybrid) on the same splits of
-    both protocols and evaluates each with one metrics implementation: model x metric x K x protocol x
-    setting (discovery; and repeat when people consume items again) x slice. One step per model (side by
-    side under the multiprocess executor, one pod each on Kubernetes), then the hybrid, which blends the best
-    collaborative one, then this table. Each training run is tracked in MLflow; the temporal protocol's
-    exportable candidates are saved as serving artifacts under `candidates/`. A model or split that fails
-    is recorded (`reports/failed_candidates.json`) and the others go on; the step fails only when no
-    candidate, or none on the champion's split, succeeded."""
-    trained = candidate_plan().map(lambda name: candidate(name, interactions, items, users)).collect()
-    hybrid = hybrid_candidate(trained, interactions, items, users)
-    return candidates_table(trained, hybrid)
-
-
 def _split_line(pdata: ProtocolData) -> str:
     """The split's sizes and the settings it is evaluated in, for the log."""
     head = f"{pdata.protocol}: {pdata.split.summary()}; "
@@ -463,30 +349,3 @@ def _result_line(cand: Candidate, res: pd.DataFrame, pdata: ProtocolData) -> str
         + ("" if repeat is None else f" (repeat {repeat:.4f})")
         + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
     )
-
-
-def _fail_when_nothing_to_choose(
-    results: list[pd.DataFrame],
-    failures: list[dict[str, str]],
-    protocols: list[str],
-    finished: str,
-    skipped: list[dict[str, Any]] | None = None,
-) -> None:
-    """Raise, naming every failure and every candidate skipped over the size limits, when no candidate
-    succeeded or none did on the champion's split."""
-    listed = "; ".join(
-        [f"{f['model']} on the {f['protocol']} split: {f['error']}" for f in failures]
-        + [
-            f"{s['model']} on the {s['protocol']} split skipped (RECSYS_LIMITS__*): {s['reason']}"
-            for s in skipped or []
-        ]
-    )
-    if not results:
-        raise dg.Failure(f"no candidate could be trained and evaluated ({listed})")
-    champion_protocol = CHAMPION_METRIC[2]
-    done = {p for r in results for p in r["protocol"].unique()}
-    if champion_protocol in protocols and champion_protocol not in done:
-        raise dg.Failure(
-            f"no candidate succeeded on the {champion_protocol} split, on which the champion is chosen ({listed}); "
-            f"the results that finished are in {finished}"
-        )

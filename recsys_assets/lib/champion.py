@@ -1,12 +1,14 @@
 """The serving champion follows the MLflow registry: promote, roll back, and keep the pointer in step.
 
-The `champion` alias of the registered model is the source of truth. The API never talks to MLflow:
-it reads `artifacts/CHAMPION.json` (the pointer) every `model_poll_seconds`, so the pointer is the
-API's cache of the alias, and `sync_champion` rewrites it whenever the alias names another version.
-Every path that moves the alias calls it: the promotion asset, `python -m recsys_assets champion
-promote VERSION | rollback` (at once), and `champion_alias_sensor` (for a move made in the MLflow UI,
-within the sensors' interval). Keeping MLflow out of the API keeps its credentials, its availability
-and one registry query per worker per poll out of the request path.
+The `champion` alias of the registered model is the source of truth. The API reads
+`artifacts/CHAMPION.json` (the pointer) every `model_poll_seconds`, so the pointer is the API's cache
+of the alias, and `sync_champion` rewrites it whenever the alias names another version. Every path
+that moves the alias calls it: the promotion asset, `python -m recsys_assets champion promote
+VERSION | rollback` (at once), and `champion_alias_sensor` (for a move made in the MLflow UI, within
+the sensors' interval). With a registry URL the API also asks MLflow for the alias on each poll
+(`contract/registry_alias.py`, over HTTP, without importing mlflow), so a move in the UI is served
+within `model_poll_seconds` and the sensor only rewrites the cache and records the change; MLflow's
+availability stays out of the request path (the poll falls back to the pointer).
 
 Every change is appended to the `champion_changes` table (when, who or what, from and to which
 registry version and artifact, why); the console's Models page shows it, and `rollback` reads it to
@@ -24,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from recsys_assets.contract import registry_alias
 from recsys_assets.contract.artifact import (
     CHALLENGER_POINTER,
     CHAMPION_POINTER,
@@ -39,7 +42,7 @@ from recsys_assets.lib.tracking import CHAMPION, MlflowTracking
 
 # Model-version tag holding the pointer the promotion wrote (data_until, NDCG@10, ...), so a later
 # promotion or rollback of that version writes the same pointer again.
-TAG_POINTER = "recsys.pointer"
+TAG_POINTER = registry_alias.TAG_POINTER
 CHANGE_COLUMNS = (
     "at",
     "actor",

@@ -43,6 +43,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from pydantic import BaseModel, ConfigDict
 
+from recsys_assets.contract import registry_alias
 from recsys_assets.contract.artifact import load_artifact
 from recsys_assets.contract.settings import MlflowStore
 from recsys_assets.lib.pyfunc import (
@@ -62,7 +63,7 @@ ALIASES = (CHAMPION, CHALLENGER)
 # Run and model-version tags written here (and read back by the console).
 TAG_MODEL = "recsys.model"
 TAG_FINGERPRINT = "recsys.dataset_fingerprint"
-TAG_MODEL_VERSION = "recsys.model_version"
+TAG_MODEL_VERSION = registry_alias.TAG_MODEL_VERSION
 TAG_SHA256 = "recsys.artifact_sha256"
 PROTOCOL_TAG_PREFIX = "protocol."
 
@@ -155,7 +156,7 @@ class MlflowTracking(BaseModel):
     tracking_uri: str
     artifact_location: str | None = None
     experiment: str = "recsys"
-    registered_model: str = "recsys-recommender"
+    registered_model: str = registry_alias.REGISTERED_MODEL
 
     @classmethod
     def for_store(cls, store: MlflowStore) -> MlflowTracking:

@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default="1e6x1e5,1e7x1e6", help="scale: events x items per run, in order (stops at a failure)"
     )
     parser.add_argument("--guard-gb", type=float, default=20.0, help="scale: stop a run past this RSS")
+    parser.add_argument("--timeout-minutes", type=float, default=0.0, help="scale: stop a run after this (0: never)")
     parser.add_argument("--log-events", type=float, default=1e6, help="incremental: events of the 10-day log")
     parser.add_argument("--repeats", type=int, default=3, help="incremental: runs of each ingestion (median)")
     args = parser.parse_args(argv)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         from recsys_assets.tools.scale_bench import bench_scale
 
         sizes = tuple(tuple(int(float(v)) for v in size.split("x")) for size in args.sizes.split(","))
-        out = bench_scale(args.storage, sizes, args.guard_gb)  # type: ignore[arg-type]
+        out = bench_scale(args.storage, sizes, args.guard_gb, args.timeout_minutes)  # type: ignore[arg-type]
     elif args.which == "incremental":
         from recsys_assets.tools.ingest_bench import bench_incremental
 

@@ -80,6 +80,9 @@ def demo_services(settings: Settings, replay: bool = False) -> list[Service]:
         api_env |= svcs.REPLAY_API_ENV
     dagster = f"http://127.0.0.1:{settings.dagster_port}"
     mlflow = f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    if settings.registry_url is None and not settings.mlflow_tracking_uri:
+        # the API asks the demo's MLflow UI for the `champion` alias: a move there is served within a poll
+        api_env["RECSYS_REGISTRY_URL"] = mlflow
     console = f"http://127.0.0.1:{settings.console_port}"
     services = [
         Service(

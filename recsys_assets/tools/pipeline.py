@@ -3,12 +3,9 @@ replay's training on the past), in the persistent Dagster instance so its runs s
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from recsys_assets.contract.logs import JsonFormatter, RequestIdFilter
 from recsys_assets.contract.settings import Settings
 from recsys_assets.tools.services import open_instance
 
@@ -24,9 +21,6 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
 
     defs = build_definitions(settings)
     job = defs.resolve_job_def(job_name or PIPELINE_JOB)
-    if settings.log_format == "json":
-        # the run's log lines in the format of every other line (`log_format`), under the same logger name
-        job = job.with_logger_defs({"console": json_console_logger()})
     with open_instance(settings) as instance:
         result = job.execute_in_process(
             instance=instance,
@@ -61,43 +55,6 @@ def run_pipeline(settings: Settings, candidates: dict | None = None, job_name: s
         print("promotion refused by the blocking check: the current champion stays (see the check's metadata)")
         return True
     return bool(result.success)
-
-
-class _DagsterFields(logging.Filter):
-    """Dagster's record metadata as a few flat fields (run, step, event type) and its own message, instead of
-    the whole event object and the message with the job, run and step prefixed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        meta = record.__dict__.pop("dagster_meta", None)
-        if isinstance(meta, dict):
-            event = meta.get("dagster_event")
-            record.run_id = meta.get("run_id")
-            record.job_name = meta.get("job_name")
-            record.step_key = meta.get("step_key")
-            record.event = getattr(event, "event_type_value", None)
-            if meta.get("orig_message") is not None:
-                record.msg, record.args = meta["orig_message"], ()
-        return True
-
-
-def json_console_logger() -> Any:
-    """A Dagster logger writing one JSON object per line on stderr (recsys_assets.contract.logs)."""
-    import dagster as dg
-
-    @dg.logger(
-        config_schema={"log_level": dg.Field(str, is_required=False, default_value="INFO")},
-        description="One JSON object per line on stderr, as the rest of the project logs with log_format=json.",
-    )
-    def json_console(init_context: dg.InitLoggerContext) -> logging.Logger:
-        logger = logging.Logger("dagster", level=init_context.logger_config["log_level"].upper())
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler.addFilter(_DagsterFields())
-        handler.addFilter(RequestIdFilter())
-        logger.addHandler(handler)
-        return logger
-
-    return json_console
 
 
 def _print_counts(metadata: dict) -> None:

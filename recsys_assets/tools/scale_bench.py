@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -35,23 +36,44 @@ def _tree_rss(proc: psutil.Process) -> int:
 
 
 def child(timeline: str) -> int:
-    """Run the pipeline job once in this process (settings from the environment); write its log records
-    (time, step, Dagster event type, message) to `timeline`."""
-    import dagster as dg
+    """Run the pipeline job once in this process (settings from the environment), on a Dagster instance
+    stored next to `timeline` (so its log survives this process being stopped); write the log records to
+    `timeline` at the end."""
 
     from recsys_assets.contract.settings import get_settings
     from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
 
     settings = get_settings()
     job = build_definitions(settings).resolve_job_def(PIPELINE_JOB)
-    instance = dg.DagsterInstance.ephemeral()
-    result = job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
+    with _open_instance(timeline) as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+        Path(timeline).write_text(json.dumps({"success": result.success, "log": _log_rows(instance)}))
+    return 0 if result.success else 1
+
+
+def _instance_dir(timeline: str | Path) -> str:
+    return str(Path(timeline).with_name("instance"))
+
+
+def _open_instance(timeline: str | Path) -> Any:
+    """The run's Dagster instance (SQLite storage in a folder next to `timeline`), created when missing."""
+    import dagster as dg
+
+    Path(_instance_dir(timeline)).mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.local_temp(tempdir=_instance_dir(timeline))
+
+
+def _log_rows(instance: Any) -> list[dict]:
+    """(time, step, Dagster event type, message) of every record of the instance's one run."""
+    runs = instance.get_runs(limit=1)
+    if not runs:
+        return []
     rows = []
-    for entry in instance.all_logs(result.run_id):
+    for entry in instance.all_logs(runs[0].run_id):
         event = entry.dagster_event
         message = entry.user_message
         if event is not None and event.event_type_value == "STEP_FAILURE":
@@ -64,8 +86,17 @@ def child(timeline: str) -> int:
                 "message": message,
             }
         )
-    Path(timeline).write_text(json.dumps({"success": result.success, "log": rows}))
-    return 0 if result.success else 1
+    return rows
+
+
+def _read_timeline(timeline: Path) -> dict:
+    """The child's timeline; when it was stopped before writing it, the log it left in its instance."""
+    if timeline.exists():
+        return json.loads(timeline.read_text())
+    if not Path(_instance_dir(timeline)).exists():
+        return {"success": False, "log": []}
+    with _open_instance(timeline) as instance:
+        return {"success": False, "log": _log_rows(instance)}
 
 
 def _stages(log: list[dict], end: float) -> list[dict]:
@@ -102,8 +133,10 @@ def _stages(log: list[dict], end: float) -> list[dict]:
     return sorted(stages.values(), key=lambda s: (s["start"], not s["stage"].startswith(" ")))
 
 
-def run_size(events: int, items: int, work: Path, guard_gb: float) -> dict:
-    """Generate the log, run the pipeline in a child process, and time and size every stage."""
+def run_size(events: int, items: int, work: Path, guard_gb: float, timeout_minutes: float = 0.0) -> dict:
+    """Generate the log, run the pipeline in a child process, and time and size every stage. The child is
+    stopped past `guard_gb` of RSS, after `timeout_minutes` (0: never) or on Ctrl-C; the stages it finished
+    are reported all the same, from its instance's log."""
     from recsys_assets.tools.synthetic import ShopLog, write
 
     root = work / f"{events}x{items}"
@@ -130,16 +163,23 @@ def run_size(events: int, items: int, work: Path, guard_gb: float) -> dict:
             stderr=subprocess.STDOUT,
         )
         ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            rss = _tree_rss(ps)
-            samples.append((time.time(), rss))
-            if rss > guard_gb * 1e9 and guard is None:
-                guard = f"stopped by the benchmark's guard at {rss / 1e9:.1f} GB RSS"
-                for p in [*ps.children(recursive=True), ps]:
-                    p.kill()
-            time.sleep(SAMPLE_SECONDS)
+        try:
+            while proc.poll() is None:
+                rss = _tree_rss(ps)
+                samples.append((time.time(), rss))
+                if guard is None and rss > guard_gb * 1e9:
+                    guard = f"stopped by the benchmark's guard at {rss / 1e9:.1f} GB RSS"
+                elif guard is None and timeout_minutes and time.time() - start > timeout_minutes * 60:
+                    guard = f"stopped by the benchmark's timeout after {timeout_minutes:g} min"
+                if guard is not None:
+                    _kill_tree(ps)
+                time.sleep(SAMPLE_SECONDS)
+        except KeyboardInterrupt:
+            guard = f"stopped by Ctrl-C after {time.time() - start:.0f} s"
+            _kill_tree(ps)
+            proc.wait()
         end = time.time()
-    doc = json.loads(timeline.read_text()) if timeline.exists() else {"success": False, "log": []}
+    doc = _read_timeline(timeline)
     rows = []
     for s in _stages(doc["log"], end):
         inside = [r for t, r in samples if s["start"] <= t <= s["stop"]]
@@ -166,12 +206,20 @@ def run_size(events: int, items: int, work: Path, guard_gb: float) -> dict:
     }
 
 
-def bench_scale(work: str, sizes: tuple[tuple[int, int], ...] = SIZES, guard_gb: float = 20.0) -> dict:
+def _kill_tree(ps: psutil.Process) -> None:
+    for p in [*ps.children(recursive=True), ps]:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def bench_scale(
+    work: str, sizes: tuple[tuple[int, int], ...] = SIZES, guard_gb: float = 20.0, timeout_minutes: float = 0.0
+) -> dict:
     """Every size in turn (stopping after the first that fails); the growth factor of time and peak RSS per
     10x events between consecutive sizes."""
     out = []
     for events, items in sizes:
-        res = run_size(events, items, Path(work), guard_gb)
+        res = run_size(events, items, Path(work), guard_gb, timeout_minutes)
         out.append(res)
         print(markdown(res), file=sys.stderr)
         if not res["success"]:

@@ -284,6 +284,10 @@ def instance_yaml(settings: Settings) -> str:
     section = compute_logs_config(settings)
     if section is not None:
         text += yaml.safe_dump({"compute_logs": section}, sort_keys=False)
+    if settings.log_format == "json":
+        # Dagster's own system lines (a step's subprocess starting, which it logs before the run's loggers
+        # exist) go to its text console logger at DEBUG: at INFO, every line of a run is the JSON logger's
+        text += yaml.safe_dump({"python_logs": {"python_log_level": "INFO"}}, sort_keys=False)
     return text
 
 
@@ -326,6 +330,7 @@ SETTINGS_ENV_KEYS = (
     "promotion_margin",
     "model_poll_seconds",
     "mlflow_tracking_uri",
+    "log_format",
 )
 
 

@@ -156,3 +156,27 @@ def test_a_candidate_over_the_limits_is_skipped_with_its_reason_in_the_metadata_
     assert "Models not trained" in html and "EASE refused: 1,682 items" in html
     skipped = json.loads(store.read_bytes("reports", "skipped_candidates.json"))["skipped"]
     assert [(s["model"], s["protocol"]) for s in skipped] == [("EASE", "temporal")]
+
+
+def test_the_comparison_budget_skips_candidates_in_the_plan_with_the_reason(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from recsys_assets.contract.limits import TrainingLimits
+    from recsys_assets.contract.settings import get_settings
+
+    settings = get_settings(
+        storage_uri=str(tmp_path_factory.mktemp("budget") / "data"),
+        limits=TrainingLimits(comparison_minutes=1e-6, threads=1),  # room for the Hybrid and the baseline only
+    )
+    models = ["ALS", "ItemItemCosine"]
+    result = run(settings, models=models, native_models=["Popularity", "Content", "Hybrid"], protocols=["temporal"])
+    assert result.success
+    # the plan gave steps to admitted models only
+    steps = {e.step_key for e in result.all_events if e.step_key}
+    model_steps = {k for k in steps if k.startswith("model_candidates.candidate[")}
+    assert model_steps == {"model_candidates.candidate[Popularity]"}
+    store = Storage.from_settings(settings)
+    assert set(store.read_table("evaluation_report.parquet")["model"]) == {"Hybrid", "Popularity"}
+    skipped = json.loads(store.read_bytes("reports", "skipped_candidates.json"))["skipped"]
+    assert [s["model"] for s in skipped] == ["ALS", "ItemItemCosine", "Content"]
+    assert all("over the comparison's time budget" in s["reason"] for s in skipped)

@@ -13,14 +13,15 @@ import dagster as dg
 import httpx
 import pytest
 
-from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer, save_artifact
+from recsys_assets.contract import registry_alias
+from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer, save_artifact, write_to_storage
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.defs.sensors import champion_alias_sensor
 from recsys_assets.lib import champion
 from recsys_assets.lib.tracking import CHALLENGER, CHAMPION, MlflowTracking
 from tests.api_support import api_env, movielens_artifact, with_version
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +129,54 @@ def _metrics(name: str):
     return pd.DataFrame(
         [{"model": name, "metric": "ndcg", "k": 10, "protocol": "temporal", "slice": "all", "value": 0.1}]
     )
+
+
+def test_an_alias_moved_in_the_registry_is_served_within_the_poll(
+    mlflow_server: str, tmp_path: Path, redis_server, start_api
+) -> None:
+    """With a registry URL the API asks MLflow's REST API for the `champion` alias on every poll: an
+    alias moved in the MLflow UI reaches every worker within `model_poll_seconds`, with no sensor run
+    and the pointer file unchanged; a registry that does not answer leaves the pointer file in charge."""
+    storage = tmp_path / "data"
+    store = Storage.from_uri(str(storage))
+    tracking = MlflowTracking(tracking_uri=mlflow_server)
+    versions = {}
+    for alias, name in ((CHAMPION, "reg-C"), (CHALLENGER, "reg-D")):
+        art = with_version(movielens_artifact(), name)
+        save_artifact(art, str(tmp_path / name))
+        write_to_storage(art, store, "artifacts", name)  # the promotion writes both artifacts to storage
+        run_id = tracking.log_training_run(
+            name, params={}, metrics=_metrics(name), dataset_fingerprint=art.dataset_fingerprint
+        )
+        versions[name] = tracking.register_artifact(str(tmp_path / name), run_id, alias)
+    assert champion.sync_champion(tracking, store, actor="test setup") is not None
+    # what the API builds from the registry names what the sync wrote (these versions carry no promotion
+    # pointer tag, so the sync added the manifest's model and times, which the API does not read)
+    asked = registry_alias.alias_version(mlflow_server)
+    assert asked is not None and asked["version"] == versions["reg-C"]
+    built, written = registry_alias.pointer_of(asked), read_pointer(store)
+    assert built == {k: written[k] for k in ("model_version", "path", "registry_version")}
+    assert registry_alias.alias_version(mlflow_server, model="no-such-model") is None
+
+    poll = 0.5
+    env = api_env(storage, redis_server.url, RECSYS_MODEL_POLL_SECONDS=str(poll), RECSYS_REGISTRY_URL=mlflow_server)
+    api = start_api(env, workers=2)
+    assert served_versions(api.url) == {"reg-C"}
+
+    # the MLflow UI moves the alias with this REST call (`set_registered_model_alias`); no sensor runs
+    tracking.set_alias(CHAMPION, versions["reg-D"])
+    # every worker within one poll (plus the registry's answer and the load): 2 polls at most
+    elapsed = wait_served(api.url, "reg-D", within=10)
+    print(f"alias moved -> every worker serves it: {elapsed:.2f} s (model_poll_seconds {poll})")
+    assert elapsed <= 2 * poll + 1.0
+    assert read_pointer(store)["model_version"] == "reg-C"  # the file is the sync's to rewrite, later
+
+    # a registry that does not answer: the pointer file decides (reg-C), and /ready stays 200
+    dead = api_env(storage, redis_server.url, RECSYS_REGISTRY_URL=f"http://127.0.0.1:{free_port()}")
+    fallback = start_api(dead, workers=1)
+    assert served_versions(fallback.url, tries=3) == {"reg-C"}
+    assert httpx.get(f"{fallback.url}/ready", timeout=5).status_code == 200
+    assert "model registry not answering" in fallback.log()
+
+    tracking.set_alias(CHAMPION, versions["reg-C"])
+    assert wait_served(api.url, "reg-C", within=10) <= 2 * poll + 1.0

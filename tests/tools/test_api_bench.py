@@ -60,3 +60,39 @@ def test_soak_command_in_a_short_version(storage: Path, tmp_path: Path) -> None:
     assert memory["rss_mb_after_warmup"] > 50 and "growth_pct" in memory
     assert len(result["rss_series"]) >= 3
     assert result["command"].startswith("python -m recsys_assets.tools.loadgen soak")
+
+
+@pytest.mark.integration
+def test_soak_with_a_worker_killed_and_redis_restarted_reports_availability(storage: Path, tmp_path: Path) -> None:
+    out = tmp_path / "soak-faults.json"
+    argv = ["soak", "--storage", str(storage), "--work", str(tmp_path), "--out", str(out), "--workers", "2"]
+    argv += ["--rate", "20", "--duration", "24", "--warmup", "2", "--sample-every", "2"]
+    argv += ["--faults", "kill_worker,redis_restart", "--redis-down", "3"]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    avail = result["availability"]
+    # the faults happened, at a third and two thirds of the measured window, the worker was replaced
+    faults = {f["fault"]: f for f in avail["faults"]}
+    assert set(faults) == {"kill_worker", "redis_restart"}
+    assert all("error" not in f for f in faults.values()), faults
+    assert faults["kill_worker"]["at_s"] == pytest.approx(10, abs=1.5)
+    assert faults["redis_restart"]["at_s"] == pytest.approx(18, abs=1.5) and faults["redis_restart"]["down_s"] == 3
+    assert faults["kill_worker"]["replaced_after_s"] < 30
+    # the client's reading is the summary's requests and errors
+    client = avail["client"]
+    assert client["requests"] == result["requests"] == 480 and client["failed"] == result["errors"]
+    assert client["pct"] == pytest.approx(100 * (480 - result["errors"]) / 480, abs=1e-3)
+    # the API's own counters over the window: every request it answered, none a 5xx (Redis down is not
+    # an error: the workers fall back to their in-process state), the killed worker's counts kept
+    api = avail["api_metrics"]
+    assert 480 - client["failed"] - 10 <= api["requests"] <= 480 + 10 and api["answered_5xx"] == 0
+    assert api["pct"] == 100.0
+    probe = avail["ready_probe"]
+    assert 20 <= probe["probes"] <= 25 and probe["pct"] >= 90
+    assert client["pct"] >= 98 and avail["goal_pct_min"] == 99.9
+    assert avail["met"] == (client["pct"] >= 99.9)
+
+
+def test_an_unknown_fault_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown kill_redis; choose from kill_worker, redis_restart"):
+        main(["soak", "--work", str(tmp_path), "--faults", "kill_redis"])

@@ -77,6 +77,8 @@ def test_demo_services_pass_the_settings_and_open_the_ab_split_for_the_replay(tm
     assert api.env["RECSYS_AB_CHALLENGER_PATH"] == "candidates/Popularity"
     assert api.env["RECSYS_RATE_LIMIT_PER_MINUTE"] == "0"
     assert api.env["RECSYS_API_KEYS"] == demo_tool.DEMO_API_KEY
+    # the API asks the demo's MLflow UI for the `champion` alias (a move there is served within a poll)
+    assert api.env["RECSYS_REGISTRY_URL"] == services["MLflow UI"].url
     for svc in services.values():
         assert svc.env["RECSYS_SOURCE"] == "event_log", svc.name
         assert EventLogSource.model_validate_json(svc.env["RECSYS_EVENT_LOG"]) == PAST

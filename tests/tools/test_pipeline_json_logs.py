@@ -11,7 +11,7 @@ import types
 import dagster as dg
 
 from recsys_assets.contract.logs import JsonFormatter
-from recsys_assets.tools.pipeline import _DagsterFields, json_console_logger
+from recsys_assets.defs.run_logs import _DagsterFields, json_console_logger
 
 
 def test_dagster_records_become_flat_json_lines() -> None:

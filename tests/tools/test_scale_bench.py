@@ -24,3 +24,28 @@ def test_stages_split_the_candidates_step_by_candidate_and_keep_skips_with_their
     assert (stages["ALS (random)"]["start"], stages["ALS (random)"]["stop"]) == (8, 20)
     assert stages["Hybrid (random)"]["stop"] == 30 and stages["Hybrid (random)"]["status"] == "FAILED: MemoryError"
     assert stages["model_candidates"]["status"] == "FAILED: MemoryError"
+
+
+def test_a_stopped_run_still_reports_the_steps_it_finished_from_its_instance(tmp_path) -> None:
+    import dagster as dg
+
+    from recsys_assets.tools.scale_bench import _open_instance, _read_timeline
+
+    @dg.op
+    def ingest() -> int:
+        return 1
+
+    @dg.job
+    def pipeline() -> None:
+        ingest()
+
+    timeline = tmp_path / "timeline.json"  # never written: the child was stopped before its end
+    assert _read_timeline(timeline) == {"success": False, "log": []}
+    with _open_instance(timeline) as instance:
+        assert pipeline.execute_in_process(instance=instance).success
+    doc = _read_timeline(timeline)
+    assert doc["success"] is False  # no timeline: the run did not end
+    done = [r for r in doc["log"] if r["step"] == "ingest" and r["event"] in ("STEP_START", "STEP_SUCCESS")]
+    assert [r["event"] for r in done] == ["STEP_START", "STEP_SUCCESS"]
+    stages = {s["stage"]: s for s in _stages(doc["log"], end=done[-1]["t"] + 1)}
+    assert stages["ingest"]["stop"] == done[-1]["t"]

@@ -38,7 +38,7 @@ class EvaluationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    users: int = Field(default=50_000, ge=1)
+    users: int = Field(default=10_000, ge=1)
     seed: int = 2020
     batch_memory_mb: int = Field(default=256, ge=1)
     recbole_collector_cells: int = Field(default=25_000_000, ge=0)

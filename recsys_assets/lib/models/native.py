@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +23,10 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise, topk_from_scores
-from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
+from recsys_assets.lib.evaluation.batched import ranked_lists, sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
+from recsys_assets.lib.models.blend_search import blend_candidates
 from recsys_assets.lib.models.buy_again import buy_again_component
 
 
@@ -119,9 +121,11 @@ class HybridModel(ComponentModel):
     time-decayed with a half-life from `half_lives`), then blend weights on a grid over the simplex
     (`step`) by NDCG@10, once for everyone and once per history bucket ("0", "1-5", "6-20", "20+")
     that has at least `min_bucket_users` validation users. The search is bounded at any size: it scores
-    at most `tune_users` validation users and at most `tune_cells` users x items per component (a fixed
-    sample seeded by `seed` above that), and evaluates at most `max_trials` blends over all its searches
-    (a coarser grid when the full one would exceed that). Cold start follows from the blend: with no
+    at most `tune_users` validation users (a fixed sample seeded by `seed` above that) and evaluates at
+    most `max_trials` blends over all its searches (a coarser grid when the full one would exceed that).
+    Up to `candidates_above` items each trial ranks the whole catalog, for at most `tune_cells` users x
+    items per component; above, it ranks each user's candidates, the union of every component's best
+    items (`blend_search`), for all `tune_users`. Cold start follows from the blend: with no
     history, collaborative and content scores are silent and popularity decides; with a few events,
     content and item-item evidence from those events count; a new item with metadata is reachable
     through content similarity.
@@ -136,6 +140,7 @@ class HybridModel(ComponentModel):
     tune_users: int = 5_000
     tune_cells: int = 10_000_000
     max_trials: int = 400
+    candidates_above: int = 20_000  # items; above, the search ranks each user's candidates (`blend_search`)
     seed: int = 2020
     repeat: bool = False  # blend BuyAgain's component too, tuned with seen items allowed
     name: str = "Hybrid"
@@ -191,16 +196,23 @@ class HybridModel(ComponentModel):
 
     def _tuning_users(self, valid: sp.csr_matrix) -> np.ndarray:
         """The validation users the search scores: all of them up to its bounds, else a fixed sample."""
-        limit = max(1, min(self.tune_users, self.tune_cells // max(valid.shape[1], 1)))
+        limit = self.tune_users
+        if valid.shape[1] <= self.candidates_above:
+            limit = max(1, min(limit, self.tune_cells // max(valid.shape[1], 1)))
         return sample_users(users_with_truth(valid), limit, self.seed)
 
     def _best_half_life(self, data: TrainData, valid: sp.csr_matrix) -> float | None:
         users = self._tuning_users(valid)
         best: tuple[float, float | None] = (-1.0, None)
+        seen = None if self.repeat else data.matrix[users]
         for half_life in self.half_lives:
             comp = PopularityModel(half_life_days=half_life).fit(data).component
-            scores = comp.raw_scores(data.matrix[users], users)
-            value = _ndcg_at(scores, None if self.repeat else data.matrix[users], valid[users], self.k)
+
+            def score(rows: np.ndarray, comp: Component = comp) -> np.ndarray:
+                return comp.raw_scores(data.matrix[rows], rows)
+
+            topk = ranked_lists(score, users, self.k, data.n_items, seen)  # in batches of users
+            value = _ndcg_of(topk, valid[users], self.k)
             if value > best[0]:
                 best = (value, half_life)
         return best[1]
@@ -208,8 +220,7 @@ class HybridModel(ComponentModel):
     def _tune(self, names: list[str], train: sp.csr_matrix, valid: sp.csr_matrix) -> None:
         users = self._tuning_users(valid)
         hist = train[users]
-        # standardised component scores, computed once; each grid point is then a weighted sum
-        parts = {n: standardise(self.components[n].raw_scores(hist, users)) for n in names}
+        ndcg = self._trial(names, hist, users, valid)
         buckets = history_buckets(hist)
         searched = [b for b in BUCKETS if (buckets == b).sum() >= self.min_bucket_users]
         steps = grid_steps(len(names), round(1 / self.step), self.max_trials // (1 + len(searched)))
@@ -220,8 +231,7 @@ class HybridModel(ComponentModel):
             best: tuple[float, dict[str, float]] = (-1.0, {})
             for combo in grid:
                 w = {n: c / steps for n, c in zip(names, combo, strict=True)}
-                total = sum(w[n] * parts[n][mask] for n in names if w[n])
-                value = _ndcg_at(total, None if self.repeat else hist[mask], valid[users[mask]], self.k)
+                value = ndcg(w, mask)
                 rows.append({"bucket": label, **w, f"ndcg@{self.k}": value})
                 if value > best[0]:
                     best = (value, w)
@@ -230,6 +240,23 @@ class HybridModel(ComponentModel):
         self.weights = search(np.ones(len(users), dtype=bool), "all")
         self.bucket_weights = {bucket: search(buckets == bucket, bucket) for bucket in searched}
         self.tuning = pd.DataFrame(rows)
+
+    def _trial(
+        self, names: list[str], hist: sp.csr_matrix, users: np.ndarray, valid: sp.csr_matrix
+    ) -> Callable[[dict[str, float], np.ndarray], float]:
+        """NDCG@k of a blend for the users of a mask: over the whole catalog from standardised scores
+        computed once, or over each user's candidates above `candidates_above` items."""
+        truth = valid[users]
+        if hist.shape[1] > self.candidates_above:
+            cands = blend_candidates(self.components, names, hist, users, exclude_seen=not self.repeat)
+            return lambda w, mask: _ndcg_of(cands.topk(w, mask, self.k), truth[mask], self.k)
+        parts = {n: standardise(self.components[n].raw_scores(hist, users)) for n in names}
+
+        def exact(w: dict[str, float], mask: np.ndarray) -> float:
+            total = sum(w[n] * parts[n][mask] for n in names if w[n])
+            return _ndcg_at(total, None if self.repeat else hist[mask], truth[mask], self.k)
+
+        return exact
 
 
 def grid_steps(n_parts: int, steps: int, budget: int) -> int:
@@ -253,6 +280,9 @@ def _blend_parts(
 
 
 def _ndcg_at(scores: np.ndarray, seen: sp.csr_matrix | None, truth: sp.csr_matrix, k: int) -> float:
-    topk = topk_from_scores(scores, k, exclude=seen)
+    return _ndcg_of(topk_from_scores(scores, k, exclude=seen), truth, k)
+
+
+def _ndcg_of(topk: np.ndarray, truth: sp.csr_matrix, k: int) -> float:
     res = evaluate_topk(topk, truth, ks=(k,))
     return float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])

@@ -13,12 +13,14 @@ above `Limits.ease_max_items` (`refuse_dense`), whatever the memory budget says.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
 from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig, batch_size
+from recsys_assets.lib.models.blend_search import MEMORY_MB, PER_PART
+from recsys_assets.lib.models.native import HybridModel
 
 GB = 1e9
 # EASE holds ~3 dense float64 item x item matrices (Gram, inverse, weights): 20k items = 9.6 GB.
@@ -52,6 +54,12 @@ HYBRID_TUNE_USERS = 5_000
 HYBRID_TUNE_CELLS = 10_000_000
 HYBRID_MAX_TRIALS = 400
 HYBRID_PARTS = 4  # collaborative, content, popularity (and BuyAgain in the repeat setting)
+# above this many items the search ranks each user's candidates (`blend_search`)
+HYBRID_CANDIDATES_ABOVE = HybridModel.candidates_above
+HYBRID_PER_PART, MEMORY_MB_BLEND = PER_PART, MEMORY_MB
+
+# admitted before the others whatever the comparison's time budget (`within_budget`)
+ADMITTED_FIRST = ("Hybrid", "Popularity")
 
 RECBOLE = ("Pop", "ItemKNN", "EASE", "BPR", "NeuMF", "LightGCN", "MultiVAE", "SASRec", "NGCF")
 
@@ -90,12 +98,14 @@ class DataShape:
 
 @dataclass(frozen=True)
 class Limits:
-    """The budget each candidate must fit: peak memory of the training process, minutes per candidate,
-    the largest catalog EASE may densify, and how candidates are evaluated (`evaluation`: the batch memory,
-    the user sample, the size above which RecBole is validated in batches)."""
+    """The budget each candidate must fit: peak memory of the training process, minutes per candidate, the
+    minutes all candidates of one split may take together, the largest catalog EASE may densify, and how
+    candidates are evaluated (`evaluation`: the batch memory, the user sample, the size above which RecBole
+    is validated in batches)."""
 
     max_memory_gb: float = 16.0
     max_minutes: float = 30.0
+    comparison_minutes: float = 0.0  # this split's share of the comparison's time budget (0: none)
     ease_max_items: int = EASE_MAX_ITEMS
     evaluation: EvaluationConfig = DEFAULT_EVALUATION
 
@@ -170,7 +180,13 @@ def estimate(
     rows = min(batch_size(shape.n_items, evaluation.batch_memory_mb), max(evaluated, 1))
     scoring = float(rows) * shape.n_items * SCORE_BYTES_PER_CELL
     eval_cells = float(evaluated) * shape.n_items
-    if model == "Hybrid":  # the blend search: each component's standardised scores (float64) and their sum
+    if model == "Hybrid" and shape.n_items > HYBRID_CANDIDATES_ABOVE:  # the search over each user's candidates
+        tune_rows = min(HYBRID_TUNE_USERS, evaluated)
+        tune_cells = float(tune_rows) * HYBRID_PARTS * HYBRID_PER_PART
+        scoring += (HYBRID_PARTS + 2) * tune_cells * 8.0 + MEMORY_MB_BLEND * 2**20
+        seconds += HYBRID_MAX_TRIALS * tune_cells * SCORE_SECONDS_PER_CELL / 2
+        seconds += float(tune_rows) * shape.n_items * HYBRID_PARTS * SCORE_SECONDS_PER_CELL  # the candidates
+    elif model == "Hybrid":  # the blend search: each component's standardised scores (float64) and their sum
         tune_rows = min(HYBRID_TUNE_USERS, HYBRID_TUNE_CELLS // max(shape.n_items, 1), evaluated)
         tune_cells = float(tune_rows) * shape.n_items
         scoring += (HYBRID_PARTS + 1) * tune_cells * 8.0
@@ -220,13 +236,48 @@ def plan(
     threads: int = 1,
     epochs: dict[str, int] | None = None,
 ) -> list[Estimate]:
-    """Every model's estimate, checked: the ones with a reason are skipped."""
+    """Every model's estimate, checked one by one and then against the split's time budget: the ones with a
+    reason are skipped."""
     epochs = epochs or {}
-    return [
+    checked = [
         check(
             estimate(m, shape, threads=threads, epochs=epochs.get(m), evaluation=limits.evaluation),
             limits,
             shape.n_items,
         )
         for m in models
+    ]
+    return within_budget(checked, limits.comparison_minutes)
+
+
+def within_budget(estimates: list[Estimate], minutes: float) -> list[Estimate]:
+    """`estimates` (same order) with the ones the time budget leaves out given a reason. Candidates that fit
+    on their own are admitted cheapest first while their estimated minutes add up to at most `minutes`; the
+    Hybrid (it blends the others and is the usual champion) and the Popularity baseline (the promotion check
+    compares the challenger with it) come first whatever the budget, and so does the cheapest when neither is
+    listed, so a comparison always has a candidate. No budget when 0.
+
+    Cheapest first rather than the configured order: at scale the cheap models (implicit's, the native ones)
+    are also the ones built for the size, and the budget then buys the most candidates to compare."""
+    if minutes <= 0:
+        return estimates
+    first = {m: i for i, m in enumerate(ADMITTED_FIRST)}
+    order = sorted((e for e in estimates if e.fits), key=lambda e: (first.get(e.model, len(first)), e.minutes))
+    admitted: set[str] = set()
+    spent = 0.0
+    for e in order:
+        if (admitted and e.model not in first) and spent + e.minutes > minutes:
+            break
+        admitted.add(e.model)
+        spent += e.minutes
+    return [
+        e
+        if not e.fits or e.model in admitted
+        else replace(
+            e,
+            reason=f"over the comparison's time budget: cheaper candidates take {spent:,.1f} of this split's "
+            f"{minutes:g} min and this one {e.minutes:,.1f} min more; raise RECSYS_LIMITS__COMPARISON_MINUTES "
+            "or name fewer models",
+        )
+        for e in estimates
     ]

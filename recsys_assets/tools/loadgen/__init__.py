@@ -25,7 +25,9 @@ Commands:
   new connection per batch with `--connection-per-batch`): events acknowledged (202) per second, then
   the acknowledged events counted in the event-log segments;
 * `soak`: a fixed rate for a long time (100/s, 30 min) with the resident memory of the API's
-  processes sampled every 10 s: growth after the warm-up, errors, latency per minute;
+  processes sampled every 10 s: growth after the warm-up, errors, latency per minute; with `--faults
+  kill_worker,redis_restart` (`make soak`) a worker killed and Redis restarted mid-run, and the
+  availability read by the client, from the API's `/metrics` and by a `/ready` probe (`faults.py`);
 * `scale`: for 1, 2, 4 workers a fixed rate and a `wrk` run; then an event posted to one API
   process and the next list from another, both on one Redis;
 * `all`: latency, ramp, ingest (both connection modes) and scale, in that order.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_assets.tools import loadgen
+from recsys_assets.tools.loadgen import faults
 from recsys_assets.tools.loadgen.champion import DEFAULT_STORAGE, blas_threads, ensure_champion, load_champion
 from recsys_assets.tools.loadgen.commands import COMMANDS
 from recsys_assets.tools.loadgen.context import Context
@@ -96,10 +97,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--goal-events-per-s", type=float, default=10000.0)
     p.add_argument("--sample-every", type=float, default=10.0, help="soak: seconds between RSS samples")
     p.add_argument("--max-growth-pct", type=float, default=10.0, help="soak: RSS growth goal after warm-up")
+    p.add_argument(
+        "--faults",
+        type=faults.parse_faults,
+        default=[],
+        help=f"soak: faults spread over the measured window ({', '.join(faults.FAULTS)}), and availability read "
+        "by the client, from /metrics and by a /ready probe",
+    )
+    p.add_argument("--redis-down", type=float, default=10.0, help="soak: seconds Redis stays down (redis_restart)")
     p.add_argument("--worker-counts", type=_ints, default=[1, 2, 4])
     p.add_argument("--scale-rate", type=float, default=400.0, help="scale: the fixed rate per worker count")
     p.add_argument("--reflect-trials", type=int, default=200)
     args = p.parse_args(argv)
+    if args.faults and args.command != "soak":
+        p.error("--faults is an option of soak only")
     rate, duration, warmup = TIMING.get(args.command, (200.0, 60.0, 10.0))
     args.rate = args.rate if args.rate is not None else rate
     args.duration = args.duration if args.duration is not None else duration

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from recsys_assets.tools.loadgen import faults
 from recsys_assets.tools.loadgen.champion import count_logged, in_process_p50
 from recsys_assets.tools.loadgen.context import Context, measure
 from recsys_assets.tools.loadgen.openloop import latency_stats, open_loop, run_async
@@ -168,11 +169,22 @@ def cmd_soak(ctx: Context) -> dict[str, Any]:
                 progress(f"soak {elapsed:.0f}s: API RSS {series[-1]['api_rss_mb']} MB")
 
         meter = CpuMeter(st)
-        run = run_async(
-            open_loop(st.url, ctx.workload(), a.rate, a.duration, a.warmup, a.timeout, a.connections, on_tick=sample)
-        )
+        runner = faults.FaultRunner(st, faults.schedule(a.faults, a.warmup, a.duration), a.redis_down)
+        prober = faults.Prober(st.url, metrics_at=a.warmup)
+        runner.start()
+        prober.start()
+        try:
+            load = open_loop(st.url, ctx.workload(), a.rate, a.duration, a.warmup, a.timeout, a.connections, sample)
+            run = run_async(load)
+        finally:
+            runner.join()
+            prober.join()
         sample(a.warmup + a.duration + a.sample_every)  # one last sample after the load
         result = run.summary() | meter.read() | {"cache_hit_ratio": cache_hit_ratio(st.url)}
+        metrics_end = faults.metrics_counts(st.url)
+        result["availability"] = faults.availability(
+            run.measured(), runner.log, prober.results, prober.metrics, metrics_end, a.warmup, a.duration
+        )
     after = [s for s in series if s["t_s"] >= a.warmup]
     if after:
         base, end = after[0]["api_rss_mb"], after[-1]["api_rss_mb"]
@@ -190,7 +202,8 @@ def cmd_soak(ctx: Context) -> dict[str, Any]:
             "growth_pct_per_process": per_pid,
             "redis_rss_mb": [after[0]["redis_rss_mb"], after[-1]["redis_rss_mb"]],
             "goal_growth_pct_max": a.max_growth_pct,
-            "met": bool(growth < a.max_growth_pct and result["errors"] == 0),
+            # with faults, errors are the availability goal's; a replaced worker starts small again
+            "met": bool(growth < a.max_growth_pct and (a.faults or result["errors"] == 0)),
         }
     result["per_minute"] = run.per_interval(60.0)
     result["rss_series"] = [{k: v for k, v in s.items() if k != "per_process_mb"} for s in series]

@@ -205,7 +205,10 @@ class Stack:
 
         if self.redis is None or self.redis.proc is None:
             return []
-        return [psutil.Process(self.redis.proc.pid)]
+        try:
+            return [psutil.Process(self.redis.proc.pid)]
+        except psutil.NoSuchProcess:  # stopped by a soak's `redis_restart` fault
+            return []
 
 
 @contextlib.contextmanager

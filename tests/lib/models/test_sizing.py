@@ -12,11 +12,12 @@ import scipy.sparse as sp
 
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.lib.evaluation.batched import EvaluationConfig
-from recsys_assets.lib.models import sizing
+from recsys_assets.lib.models import catalog, sizing
 from recsys_assets.lib.models.candidates import native_candidate
 from recsys_assets.lib.models.fitting import evaluate_scores
 from recsys_assets.lib.models.recbole_adapter import RecBoleModelConfig
 from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
+from recsys_assets.lib.models.tuning import model_config
 from recsys_assets.lib.reports.evaluation_report import render_evaluation_report
 
 from .checkerboard import checkerboard
@@ -149,3 +150,39 @@ def test_recbole_pays_its_collector_only_below_the_batched_validation_threshold(
     assert collector.minutes < batched.minutes
     # the implicit models never go through RecBole's collector
     assert sizing.estimate("ALS", small, evaluation=at) == sizing.estimate("ALS", small, evaluation=below)
+
+
+def test_the_comparison_budget_admits_the_cheapest_candidates_and_names_why_the_rest_wait() -> None:
+    models = ["NeuMF", "ALS", "EASE", "ItemItemCosine", "Popularity", "MultiVAE", "Hybrid", "ImplicitBPR"]
+    free = sizing.plan(models, SHOP_1M, sizing.Limits(max_memory_gb=1e6), threads=2)
+    minutes = {e.model: e.minutes for e in free}
+    # the Hybrid and the Popularity baseline first, then the cheapest
+    rest = sorted((e for e in free if e.fits and e.model not in ("Hybrid", "Popularity")), key=lambda e: e.minutes)
+    budget = minutes["Hybrid"] + minutes["Popularity"] + rest[0].minutes + rest[1].minutes + 0.01
+    planned = sizing.plan(models, SHOP_1M, sizing.Limits(max_memory_gb=1e6, comparison_minutes=budget), threads=2)
+    assert [e.model for e in planned] == models  # the configured order, with a verdict each
+    admitted = {e.model for e in planned if e.fits}
+    assert admitted == {"Hybrid", "Popularity", rest[0].model, rest[1].model}
+    assert sum(minutes[m] for m in admitted) <= budget
+    for e in planned:
+        if e.model == "EASE":  # refused by its item count first, not by the budget
+            assert e.reason.startswith("EASE refused")
+        elif e.model not in admitted:
+            assert "over the comparison's time budget" in e.reason and "RECSYS_LIMITS__COMPARISON_MINUTES" in e.reason
+    # the Hybrid and the baseline whatever the budget; without them, the cheapest, so a comparison always has one
+    tiny = sizing.Limits(max_memory_gb=1e6, comparison_minutes=1e-6)
+    assert {e.model for e in sizing.plan(models, SHOP_1M, tiny, threads=2) if e.fits} == {"Hybrid", "Popularity"}
+    others = [m for m in models if m not in ("Hybrid", "Popularity")]
+    assert [e.model for e in sizing.plan(others, SHOP_1M, tiny, threads=2) if e.fits] == [rest[0].model]
+    # no budget: every candidate that fits on its own
+    assert {e.model for e in free if e.fits} == set(models) - {"EASE"}
+
+
+def test_the_default_budget_keeps_every_ml100k_candidate() -> None:
+    # ml-100k's temporal split scores 166 users, the random one all 943: the larger is checked
+    ml100k = sizing.DataShape(n_users=943, n_items=1_682, nnz=80_000, n_events=80_000, pair_work=2.0e7)
+    share = sizing.Limits(comparison_minutes=get_settings().limits.comparison_minutes / 2)  # two splits
+    models = [*catalog.RECBOLE_DEFAULT, *catalog.IMPLICIT, *catalog.NATIVE]
+    epochs = {n: int(model_config(n, "standard", 2020, tuned={}).get("epochs", 1)) for n in catalog.RECBOLE_DEFAULT}
+    planned = sizing.plan(models, ml100k, share, threads=2, epochs=epochs)
+    assert all(e.fits for e in planned), [e.reason for e in planned if not e.fits]

@@ -1,0 +1,94 @@
+"""The Hybrid's blend search on a large catalog: each validation user's candidates, not every item.
+
+Every trial of the weight search ranks the sampled validation users' blended scores. Over the whole
+catalog that is users x items cells per trial; at 100k items and a few hundred trials it took most of the
+pipeline's time (docs/benchmarks.md, issue 16). A blend's top-k is, item for item, almost always among
+the items some component ranks high, so above `HybridModel.candidates_above` items the search ranks
+only the union of each component's `PER_PART` best items for the user (seen items left out in the
+discovery setting), as the API's candidate path does for a list (`contract.retrieval`). Standardisation
+still uses the whole catalog's scores of each component (`standardise`), so a candidate's blended score
+is the exact one; only which items compete is bounded. The search picks weights; the chosen Hybrid is then
+evaluated like every other candidate, over the whole catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_assets.contract.scoring import Component, standardise, topk_from_scores
+from recsys_assets.lib.evaluation.batched import batch_size
+
+PER_PART = 200  # candidates per component and user
+MEMORY_MB = 256  # one batch's standardised scores, every component together
+
+
+@dataclass(frozen=True)
+class BlendCandidates:
+    """Users x candidates: the item of each column, each component's standardised score there, and which
+    columns count (a duplicate of an item another component proposed, or a seen item, does not)."""
+
+    items: np.ndarray  # int64, users x columns, sorted by item in each row
+    parts: dict[str, np.ndarray]  # float32, users x columns
+    keep: np.ndarray  # bool, users x columns
+
+    def topk(self, weights: Mapping[str, float], rows: np.ndarray, k: int) -> np.ndarray:
+        """Top-`k` item indices (-1 padded) of the blend `weights` for the users of `rows` (a mask or indices)."""
+        total = np.zeros(self.items[rows].shape, dtype=np.float64)
+        for name, w in weights.items():
+            if w:
+                total += w * self.parts[name][rows]
+        total[~self.keep[rows]] = -np.inf
+        cols = topk_from_scores(total, k)  # ties by column, i.e. by item index, as over the whole catalog
+        out = np.take_along_axis(self.items[rows], np.maximum(cols, 0), axis=1)
+        out[cols < 0] = -1
+        return out
+
+
+def blend_candidates(
+    components: Mapping[str, Component],
+    names: Sequence[str],
+    history: sp.csr_matrix,
+    users: np.ndarray,
+    *,
+    exclude_seen: bool,
+    per_part: int = PER_PART,
+    memory_mb: int = MEMORY_MB,
+) -> BlendCandidates:
+    """The candidates of `users` (rows of `history`, their training items): each component's `per_part`
+    best items by its standardised score over the whole catalog, seen items left out when `exclude_seen`."""
+    history = sp.csr_matrix(history)
+    n_users, n_items = history.shape
+    per_part = min(per_part, n_items)
+    # float64 standardised scores of every component at once, and the seen mask
+    step = batch_size(n_items, max(1, memory_mb // (2 * max(len(names), 1))))
+    items, keep = [], []
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, n_users, step):
+        stop = min(start + step, n_users)
+        hist = history[start:stop]
+        std = {n: standardise(components[n].raw_scores(hist, users[start:stop])) for n in names}
+        seen = hist.toarray() != 0 if exclude_seen else None
+        proposals = []
+        for n in names:
+            s = std[n] if seen is None else np.where(seen, -np.inf, std[n])
+            proposals.append(np.argpartition(-s, per_part - 1, axis=1)[:, :per_part])
+        cand = np.sort(np.concatenate(proposals, axis=1), axis=1)
+        ok = np.ones(cand.shape, dtype=bool)
+        ok[:, 1:] = cand[:, 1:] != cand[:, :-1]
+        if seen is not None:
+            ok &= ~np.take_along_axis(seen, cand, axis=1)
+        items.append(cand)
+        keep.append(ok)
+        for n in names:
+            parts[n].append(np.take_along_axis(std[n], cand, axis=1).astype(np.float32))
+    width = per_part * len(names)
+    empty_i, empty_b = np.empty((0, width), dtype=np.int64), np.empty((0, width), dtype=bool)
+    return BlendCandidates(
+        items=np.concatenate(items) if items else empty_i,
+        parts={n: np.concatenate(p) if p else np.empty((0, width), dtype=np.float32) for n, p in parts.items()},
+        keep=np.concatenate(keep) if keep else empty_b,
+    )

@@ -1,0 +1,75 @@
+"""The Hybrid's blend search over each user's candidates (large catalogs): with every item a candidate it is
+the whole-catalog search exactly; with fewer, a blend's top-k is ranked among the union of each component's
+best items, seen items left out, each item once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys_assets.contract.scoring import Component, standardise, topk_from_scores
+from recsys_assets.lib.models.blend_search import blend_candidates
+from recsys_assets.lib.models.native import HybridModel
+from tests.lib.models.checkerboard import checkerboard
+from tests.lib.models.test_native_models import item_item_component
+
+
+def _components(n_users: int, n_items: int, seed: int = 0) -> dict[str, Component]:
+    rng = np.random.default_rng(seed)
+    return {
+        "a": Component(
+            "embedding",
+            {
+                "user_factors": rng.normal(size=(n_users, 4)).astype(np.float32),
+                "item_factors": rng.normal(size=(n_items, 4)).astype(np.float32),
+            },
+        ),
+        "popularity": Component("popularity", {"popularity": rng.random(n_items).astype(np.float32)}),
+    }
+
+
+def test_candidates_hold_each_components_best_items_once_and_never_a_seen_one() -> None:
+    n_users, n_items = 40, 500
+    comps = _components(n_users, n_items)
+    rng = np.random.default_rng(1)
+    history = sp.random(n_users, n_items, density=0.02, format="csr", random_state=rng, dtype=np.float32)
+    users = np.arange(n_users)
+    cands = blend_candidates(comps, ["a", "popularity"], history, users, exclude_seen=True, per_part=30)
+    seen = history.toarray() != 0
+    for u in range(n_users):
+        kept = cands.items[u][cands.keep[u]]
+        assert len(set(kept)) == len(kept) and not seen[u, kept].any()
+        for name in ("a", "popularity"):
+            full = standardise(comps[name].raw_scores(history[u], users[u : u + 1]))[0]
+            full[seen[u]] = -np.inf
+            assert set(np.argsort(-full, kind="stable")[:30]) <= set(kept)
+            # the standardised score of the whole catalog, at each candidate
+            cols = cands.items[u]
+            np.testing.assert_allclose(
+                cands.parts[name][u],
+                standardise(comps[name].raw_scores(history[u], users[u : u + 1]))[0][cols],
+                rtol=1e-5,
+                atol=1e-5,
+            )
+
+
+def test_with_every_item_a_candidate_the_top_k_is_the_whole_catalogs() -> None:
+    n_users, n_items = 30, 80
+    comps = _components(n_users, n_items, seed=2)
+    history = sp.random(n_users, n_items, density=0.05, format="csr", random_state=3, dtype=np.float32)
+    users = np.arange(n_users)
+    cands = blend_candidates(comps, list(comps), history, users, exclude_seen=True, per_part=n_items)
+    weights = {"a": 0.7, "popularity": 0.3}
+    total = sum(w * standardise(comps[n].raw_scores(history, users)) for n, w in weights.items())
+    exact = topk_from_scores(total, 10, exclude=history)
+    np.testing.assert_array_equal(cands.topk(weights, np.ones(n_users, dtype=bool), 10), exact)
+
+
+def test_the_hybrid_chooses_the_same_blend_through_candidates_when_they_cover_the_catalog() -> None:
+    build = checkerboard()  # 26 items: the default 200 candidates per component are every item
+    cf = item_item_component(build.data)
+    exact = HybridModel(collaborative=cf, collaborative_name="cooc").fit(build)
+    through = HybridModel(collaborative=cf, collaborative_name="cooc", candidates_above=0).fit(build)
+    assert through.params() == exact.params()
+    pd.testing.assert_frame_equal(through.tuning, exact.tuning, check_exact=False, atol=1e-6)
