@@ -72,5 +72,7 @@ def test_the_daily_schedule_exists_with_daily_ingestion_only(settings: Settings)
     daily = settings.model_copy(update={"ingestion": settings.ingestion.model_copy(update={"mode": "daily"})})
     schedule = build_definitions(daily).resolve_schedule_def("daily_ingestion_schedule")
     assert schedule.job_name == INGESTION_JOB and schedule.cron_schedule == "30 0 * * *"
+    # queued one at a time with the batch jobs, which write the same partitions
+    assert build_definitions(daily).resolve_job_def(INGESTION_JOB).tags["recsys/exclusive"] == "training"
     names = [s.name for s in build_definitions(settings).schedules or []]
     assert names == ["weekly_retrain_schedule"]
