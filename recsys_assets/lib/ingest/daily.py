@@ -255,7 +255,8 @@ def store_batch(store: Storage, plan: Plan, result: cleaning.CleanResult, unit: 
             store.fs.rm(store.path(DAY_PARTITIONS, f"day={d}"), recursive=True)
     _store_rejects(store, result.rejected, per_reason, keep_old=not plan.full)
     _commit(store, plan, manifest, result, unit, n_dup + int(cross.sum()))
-    return Stored(written, len(inter), n_dup, int(cross.sum()), removed)
+    # the stored rows of a day come first and hold no duplicates: every one dropped in a merge is a new row
+    return Stored(written, len(inter) - n_dup, n_dup, int(cross.sum()), removed)
 
 
 def _store_rejects(store: Storage, rejected: pd.DataFrame, per_reason: int, keep_old: bool) -> None:
