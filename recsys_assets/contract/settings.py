@@ -17,7 +17,14 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys_assets.contract.configs import CleaningConfig, DriftConfig, MlflowStore, latest_valid_time
+from recsys_assets.contract.configs import (
+    DEFAULT_EVENT_WEIGHTS,
+    CleaningConfig,
+    DriftConfig,
+    MlflowStore,
+    latest_valid_time,
+)
+from recsys_assets.contract.ingestion import IngestionConfig
 
 # the small configs and TableSource are re-exported: callers import them from here
 from recsys_assets.contract.limits import TrainingLimits
@@ -43,15 +50,6 @@ NOT_SETTINGS: frozenset[str] = frozenset(
 
 class UnknownSettingWarning(UserWarning):
     """A `RECSYS_*` variable that is no setting (a typo would otherwise fall back to the default)."""
-
-
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "click": 2.0,
-    "favorite": 3.0,
-    "add_to_cart": 4.0,
-    "purchase": 8.0,
-}
 
 
 class Settings(BaseSettings):
@@ -105,6 +103,7 @@ class Settings(BaseSettings):
     kcore_user: int = Field(default=0, ge=0, description="Keep users with at least this many events (0: off).")
     kcore_item: int = Field(default=0, ge=0, description="Keep items with at least this many events (0: off).")
     reject_sample_size: int = Field(default=200, ge=0, description="Rejected rows kept per reason for inspection.")
+    ingestion: IngestionConfig = Field(default_factory=IngestionConfig, description=IngestionConfig.__doc__)
 
     # --- dagster ---
     dagster_home: str = Field(

@@ -101,9 +101,9 @@ class Storage:
         with self.fs.open(self.path(*parts), "rb") as fh:
             return fh.read()
 
-    def write_table(self, df: pd.DataFrame, *parts: str) -> str:
-        """Write a DataFrame as one Parquet object (zstd), atomically."""
-        table = pa.Table.from_pandas(df, preserve_index=False)
+    def write_table(self, df: pd.DataFrame | pa.Table, *parts: str) -> str:
+        """Write a DataFrame (or an Arrow table) as one Parquet object (zstd), atomically."""
+        table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         return self.write_bytes(buf.getvalue(), *parts)

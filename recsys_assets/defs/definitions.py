@@ -11,7 +11,7 @@ from recsys_assets.defs.checks import CHECKS
 from recsys_assets.defs.executors import build_executor
 from recsys_assets.defs.jobs import INGESTION_JOB, LIVE_WINDOW_JOB, PIPELINE_JOB, TUNE_JOB, build_jobs
 from recsys_assets.defs.resources import build_resources
-from recsys_assets.defs.schedules import weekly_retrain_schedule
+from recsys_assets.defs.schedules import daily_ingestion_schedules, weekly_retrain_schedule
 from recsys_assets.defs.sensors import build_sensors
 
 # The job names stay importable from here, where the command line and the tests look for them.
@@ -28,7 +28,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=CHECKS,
         jobs=build_jobs(settings),
         sensors=build_sensors(settings.drift_sensor_seconds),
-        schedules=[weekly_retrain_schedule(settings.retrain_cron)],
+        schedules=[
+            weekly_retrain_schedule(settings.retrain_cron),
+            *daily_ingestion_schedules(settings.ingestion, INGESTION_JOB),
+        ],
         resources=build_resources(settings),
         executor=build_executor(settings),
         loggers=run_logs.run_loggers(settings),

@@ -6,7 +6,7 @@ import pandas as pd
 
 from recsys_assets.contract.events import EDA_REPORT, ITEM_COLUMNS, REJECTED_EVENTS, USER_COLUMNS
 from recsys_assets.contract.settings import Settings
-from recsys_assets.defs import runs
+from recsys_assets.defs import day_partitions, runs
 from recsys_assets.defs.resources import STORAGE_RETRY, StorageResource
 from recsys_assets.lib import live_windows as live
 from recsys_assets.lib.evaluation import splits as S
@@ -49,13 +49,13 @@ def _source_description(settings: Settings) -> str:
 
 
 def _read_source(
-    context: dg.AssetExecutionContext, settings: Settings
+    context: dg.AssetExecutionContext, settings: Settings, events: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     if settings.source == "movielens":
         return readers.read_movielens()
     src = settings.event_log
     assert src is not None
-    raw = readers.read_event_log(src, progress=context.log.info)
+    raw = readers.read_event_log(src, progress=context.log.info) if events else readers.empty(readers.RAW_COLUMNS)
     items = readers.read_table_source(src.items, ITEM_COLUMNS) if src.items else readers.empty(ITEM_COLUMNS)
     users = readers.read_table_source(src.users, USER_COLUMNS) if src.users else readers.empty(USER_COLUMNS)
     return raw, items, users
@@ -70,11 +70,16 @@ def _read_source(
         "raw_users": dg.AssetOut(description="The user table as given by the source (may be empty)."),
     },
 )
-def raw_sources(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings]):
-    """Reads the configured source (MovieLens-100k by default, or a generic CSV/Parquet event log)."""
+def raw_sources(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings], storage: StorageResource):
+    """Reads the configured source (MovieLens-100k by default, or a generic CSV/Parquet event log). With
+    daily ingestion (`RECSYS_INGESTION__MODE=daily`), `raw_events` holds only the files not ingested yet."""
     context.log.info(f"reading {_source_description(settings)}")
     try:
-        raw, items, users = _read_source(context, settings)
+        if day_partitions.is_daily(settings):
+            raw, daily_meta = day_partitions.read_new_events(context, settings, storage.get())
+            _, items, users = _read_source(context, settings, events=False)
+        else:
+            (raw, items, users), daily_meta = _read_source(context, settings), {}
     except readers.IngestionError as exc:
         # Fail the step with the file, column and problem; nothing is written, so the last good
         # materialization of every table stays in place.
@@ -91,6 +96,7 @@ def raw_sources(context: dg.AssetExecutionContext, settings: dg.ResourceParam[Se
             "source": _source_description(settings),
             "files": dg.MetadataValue.json(files),
             "malformed_rows": int(raw["raw_line"].notna().sum()),
+            **daily_meta,
         },
     )
     yield dg.Output(
@@ -125,8 +131,12 @@ def clean(
     """Cleans raw events, the source's and every stored `live_events` window's: rejects rows with
     missing ids, bad timestamps, unknown event types or bad values (counted per reason), drops
     duplicates (by `event_id`, else by every field), weighs each event by its type, and applies the
-    optional k-core filter."""
+    optional k-core filter. With daily ingestion, only the new rows are cleaned, merged into the day
+    partitions under `<storage>/interactions/`, and `interactions` is their union."""
     unit = _timestamp_unit(settings)
+    if day_partitions.is_daily(settings):
+        yield from day_partitions.clean_new_events(context, settings, storage.get(), raw_events, unit)
+        return
     live_rows = live.read_live_events(storage.get(), unit=unit)
     if len(live_rows):
         context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")

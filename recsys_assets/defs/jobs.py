@@ -38,6 +38,9 @@ def build_jobs(settings: Settings) -> list:
         dg.define_asset_job(
             INGESTION_JOB,
             selection=dg.AssetSelection.groups(INGESTION) - dg.AssetSelection.assets(LIVE_EVENTS),
+            # it writes what the batch jobs write (`interactions`, with daily ingestion its day partitions
+            # and manifest): the instance's run queue runs it one at a time with them
+            tags=EXCLUSIVE_TAG,
             config=config(),
             description="Materializes the ingestion assets only (sources to interaction matrix and EDA report).",
         ),

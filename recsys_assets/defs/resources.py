@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 from pydantic import PrivateAttr
 
 from recsys_assets.contract.settings import Settings
@@ -64,14 +65,17 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if obj is None:
             return
-        if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"ParquetIOManager stores DataFrames, got {type(obj).__name__}")
+        if not isinstance(obj, (pd.DataFrame, pa.Table)):
+            raise TypeError(f"ParquetIOManager stores DataFrames (or Arrow tables), got {type(obj).__name__}")
         path = self._store.write_table(obj, self._key(context))
+        # an Arrow table (the daily ingestion's union of day partitions) was written from pandas: its
+        # pandas metadata gives the same DataFrame back
+        dtypes = obj.dtypes if isinstance(obj, pd.DataFrame) else obj.slice(0, 0).to_pandas().dtypes
         context.add_output_metadata(
             {
                 "path": dg.MetadataValue.path(self._store.uri(self._key(context))),
                 "rows": dg.MetadataValue.int(len(obj)),
-                "columns": dg.MetadataValue.json({c: str(t) for c, t in obj.dtypes.items()}),
+                "columns": dg.MetadataValue.json({c: str(t) for c, t in dtypes.items()}),
             }
         )
         context.log.debug(f"wrote {len(obj)} rows to {path}")

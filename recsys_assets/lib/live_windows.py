@@ -197,11 +197,11 @@ def read_windows(store: Storage, keys: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else readers.empty(LIVE_COLUMNS)
 
 
-def read_live_events(store: Storage, unit: str = "auto") -> pd.DataFrame:
-    """Every stored window, in the ingestion's raw schema (the serving columns dropped), timestamps
-    written in `unit`, the source log's (the API writes ISO 8601; a log declared in unix seconds,
-    say, is cleaned with that unit, so live rows are converted to it)."""
-    rows = read_windows(store, stored_windows(store))[list(readers.RAW_COLUMNS)]
+def read_live_events(store: Storage, unit: str = "auto", keys: list[str] | None = None) -> pd.DataFrame:
+    """Every stored window (or those of `keys`), in the ingestion's raw schema (the serving columns
+    dropped), timestamps written in `unit`, the source log's (the API writes ISO 8601; a log declared in
+    unix seconds, say, is cleaned with that unit, so live rows are converted to it)."""
+    rows = read_windows(store, stored_windows(store) if keys is None else keys)[list(readers.RAW_COLUMNS)]
     if unit in ("s", "ms", "us") and len(rows):
         ts = parse_timestamps(rows["timestamp"].astype("string"))
         micros = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)

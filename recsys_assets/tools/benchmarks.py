@@ -5,6 +5,7 @@ on the same trained model, side by side in one process, median over a sample of 
 `comparison`: the wall time of the whole model comparison (both protocols) through the asset graph.
 `loop`: drift appearing in the API's log -> the new champion serving, under `dagster dev` (daemon on).
 `scale`: the whole pipeline on synthetic shop logs of 1M and 10M events (`tools.scale_bench`).
+`incremental`: a 10-day log ingested in full against 9 days then the 10th (`tools.ingest_bench`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def bench_loop(work: str, budget: str = "standard", n_events: int = 2000, window
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recsys_assets.tools.benchmarks", description=__doc__)
-    parser.add_argument("which", choices=["scoring", "comparison", "loop", "scale"])
+    parser.add_argument("which", choices=["scoring", "comparison", "loop", "scale", "incremental"])
     parser.add_argument("--model", default="BPR")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "recsys-bench"))
@@ -186,12 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--guard-gb", type=float, default=20.0, help="scale: stop a run past this RSS")
     parser.add_argument("--timeout-minutes", type=float, default=0.0, help="scale: stop a run after this (0: never)")
+    parser.add_argument("--log-events", type=float, default=1e6, help="incremental: events of the 10-day log")
+    parser.add_argument("--repeats", type=int, default=3, help="incremental: runs of each ingestion (median)")
     args = parser.parse_args(argv)
     if args.which == "scale":
         from recsys_assets.tools.scale_bench import bench_scale
 
         sizes = tuple(tuple(int(float(v)) for v in size.split("x")) for size in args.sizes.split(","))
         out = bench_scale(args.storage, sizes, args.guard_gb, args.timeout_minutes)  # type: ignore[arg-type]
+    elif args.which == "incremental":
+        from recsys_assets.tools.ingest_bench import bench_incremental
+
+        out = bench_incremental(args.storage, events=int(args.log_events), repeats=args.repeats)
     elif args.which == "scoring":
         out = bench_scoring(args.model, args.epochs)
     elif args.which == "loop":

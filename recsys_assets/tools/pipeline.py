@@ -71,6 +71,11 @@ def _print_counts(metadata: dict) -> None:
         f"({value('n_users')} users, {value('n_items')} items); {value('rejected_rows')} rejected ({reasons}); "
         f"{value('duplicates_dropped')} duplicates dropped"
     )
+    if value("ingestion"):  # daily ingestion: what this run read and the days it wrote
+        print(
+            f"    {value('ingestion')} ({value('reason')}): {value('new_raw_rows')} new raw rows, "
+            f"days written {', '.join(value('days_written')) or 'none'}"
+        )
     from recsys_assets.defs.ingestion import TIME_MODE_NOTES
 
     if value("time_mode") in TIME_MODE_NOTES:

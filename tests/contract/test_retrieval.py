@@ -97,7 +97,8 @@ def test_standardisation_does_not_depend_on_the_drawn_candidates(scored) -> None
     cand_sub, total_sub, _ = retriever.blend(idx, w, 4, allowed=subset)
     assert len(cand_sub) < len(cand_all)
     pos = np.searchsorted(cand_all, cand_sub)
-    np.testing.assert_array_equal(total_sub, total_all[pos])
+    # equal up to float32 summation order (a different candidate count may change BLAS's blocking)
+    np.testing.assert_allclose(total_sub, total_all[pos], rtol=1e-5, atol=1e-6)
 
 
 def test_candidate_topk_recovers_the_exact_topk(scored) -> None:

@@ -117,6 +117,8 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         ),
         "log_format": LOG_FORMAT,
         "source": "movielens unless a deployment points RECSYS_SOURCE/RECSYS_EVENT_LOG at its event log",
+        "ingestion": "full ingestion unless a deployment whose event log grows by a file a day sets "
+        "RECSYS_INGESTION__MODE=daily",
         **{
             name: "the feedback loop's tuning: the documented defaults (hourly windows, weekly retrain, all "
             "data features deciding) are a deployment's starting point"

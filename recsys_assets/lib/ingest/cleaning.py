@@ -113,15 +113,9 @@ def clean_events(
         inter["event_type"].map(weights).fillna(1.0),
     ).astype("float64")
 
-    # De-duplicate: by event_id where one is given, else by every field of the event.
-    with_id = inter["event_id"].notna()
-    dup_id = with_id & inter.duplicated(subset=["event_id"], keep="first")
-    fields = ["user_id", "item_id", "event_type", "timestamp", "value", *([SEQUENCE] if has_sequence else [])]
-    dup_fields = ~with_id & inter.duplicated(subset=fields, keep="first")
-    dup = dup_id | dup_fields
+    dup = duplicates(inter)
     n_dup = int(dup.sum())
-    order = ["timestamp", "user_id", *([SEQUENCE] if has_sequence else []), "item_id"]
-    inter = inter[~dup].sort_values(order, kind="stable").reset_index(drop=True)
+    inter = sort_interactions(inter[~dup])
 
     result = CleanResult(
         interactions=inter,
@@ -138,6 +132,20 @@ def clean_events(
         result.interactions = kcore_filter(result.interactions, config.kcore_user, config.kcore_item)
         result.kcore_dropped = before - len(result.interactions)
     return result
+
+
+def duplicates(inter: pd.DataFrame) -> pd.Series:
+    """The rows that repeat an earlier one: by `event_id` where one is given, else by every field."""
+    with_id = inter["event_id"].notna()
+    dup_id = with_id & inter.duplicated(subset=["event_id"], keep="first")
+    fields = ["user_id", "item_id", "event_type", "timestamp", "value", *([SEQUENCE] if SEQUENCE in inter else [])]
+    return dup_id | (~with_id & inter.duplicated(subset=fields, keep="first"))
+
+
+def sort_interactions(inter: pd.DataFrame) -> pd.DataFrame:
+    """Interactions in their stored order: by time, user (and position), item; ties keep their order."""
+    order = ["timestamp", "user_id", *([SEQUENCE] if SEQUENCE in inter else []), "item_id"]
+    return inter.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def kcore_filter(inter: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:

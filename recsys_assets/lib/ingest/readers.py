@@ -11,7 +11,7 @@ import glob
 import importlib.resources
 import io
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import fsspec
@@ -234,6 +234,9 @@ def _to_text(col: pa.ChunkedArray) -> pd.Series:
         return s.map(lambda v: v.isoformat() if pd.notna(v) else None).astype(object)
     if pa.types.is_dictionary(col.type):
         col = col.cast(pa.string())
+    if pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        # Arrow's cast writes integers as str() does, and keeps nulls as None, without a Python call per row
+        return col.cast(pa.string()).to_pandas().astype(object)
     s = col.to_pandas()
     if pd.api.types.is_float_dtype(s):
         # 5.0 -> "5", keeps integral ids and unix seconds readable
@@ -276,15 +279,25 @@ def _missing_columns(path: str, found: list[str], source: LogFiles) -> None:
     )
 
 
-def read_event_log(source: EventLogSource, progress: Progress | None = None) -> pd.DataFrame:
-    """Read every file of every source of the log into the canonical raw schema (all text).
+def log_files(source: EventLogSource) -> list[tuple[LogFiles, str]]:
+    """Every file of the log with the source it belongs to, in reading order."""
+    return [(src, path) for src in source.files() for path in expand_paths(src.paths)]
+
+
+def read_event_log(
+    source: EventLogSource, progress: Progress | None = None, only: Collection[str] | None = None
+) -> pd.DataFrame:
+    """Read every file of every source of the log (or the files in `only`) into the canonical raw schema
+    (all text).
 
     A canonical column comes from the file column `columns` names (its own name by default; one file
     column may feed several), else from its constant in `defaults`, which also fills blank cells. With
     several sources whose `timestamp_unit`s differ, each source's times are written as ISO text."""
     sources = source.files()
-    files = [(src, path) for src in sources for path in expand_paths(src.paths)]
+    files = [(src, path) for src, path in log_files(source) if only is None or path in only]
     units = {src.timestamp_unit for src in sources}
+    if not files:
+        return empty((*RAW_COLUMNS, *([SEQUENCE] if source.time_mode == "sequence" else [])))
     frames = []
     for i, (src, path) in enumerate(tqdm(files, desc="reading event log", unit="file", disable=len(files) < 2), 1):
         if progress:
