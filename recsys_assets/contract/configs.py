@@ -7,6 +7,14 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "favorite": 3.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+}
+
 
 def latest_valid_time(time_max: dt.datetime | None) -> dt.datetime:
     """The latest valid event time: `time_max`, else one day from now."""

@@ -27,6 +27,10 @@ IMPRESSION = "impression"
 REQUIRED_EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "timestamp")
 OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("value", "event_id", "recommendation_id")
 EVENT_COLUMNS: tuple[str, ...] = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
+# What the API adds to each row of its log (empty on feedback rows): the model version and A/B arm that
+# served the list, the policy (`contract.exploration.policy_id`) and the probability with which that
+# policy showed the item at its position (`value`); see `contract/exploration.py`.
+SERVING_COLUMNS: tuple[str, ...] = ("model_version", "arm", "policy", "propensity")
 
 # Columns the interactions carry for a log without real time (`RECSYS_EVENT_LOG` `time` /
 # `sequence_column`): the time mode ("sequence" or "none"; absent for real timestamps), and each

@@ -17,7 +17,14 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys_assets.contract.configs import CleaningConfig, DriftConfig, MlflowStore, latest_valid_time
+from recsys_assets.contract.configs import (  # DEFAULT_EVENT_WEIGHTS: re-exported
+    DEFAULT_EVENT_WEIGHTS,
+    CleaningConfig,
+    DriftConfig,
+    MlflowStore,
+    latest_valid_time,
+)
+from recsys_assets.contract.exploration import ExplorationConfig
 
 # the small configs and TableSource are re-exported: callers import them from here
 from recsys_assets.contract.limits import TrainingLimits
@@ -43,15 +50,6 @@ NOT_SETTINGS: frozenset[str] = frozenset(
 
 class UnknownSettingWarning(UserWarning):
     """A `RECSYS_*` variable that is no setting (a typo would otherwise fall back to the default)."""
-
-
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "click": 2.0,
-    "favorite": 3.0,
-    "add_to_cart": 4.0,
-    "purchase": 8.0,
-}
 
 
 class Settings(BaseSettings):
@@ -176,6 +174,7 @@ class Settings(BaseSettings):
         description="Challenger artifact folder under the storage root (e.g. `candidates/EASE`); default: the one "
         "named by `artifacts/CHALLENGER.json` when that pointer exists.",
     )
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)  # contract/exploration.py
     candidate_threshold_items: int = Field(
         default=20_000,
         ge=0,
