@@ -81,6 +81,9 @@ REJECT_COUNTS = "reject_counts"
 # one row per replay run x A/B arm, and per run x arm x phase of its drift scenario (`tools/replay`)
 REPLAY_RUNS = "replay_runs"
 REPLAY_PHASES = "replay_phases"
+# each retrain candidate's clicks per list estimated off-policy on the champion's logged lists
+# (`lib/off_policy.py`, `lib/off_policy.ESTIMATE_COLUMNS`)
+ONLINE_ESTIMATES = "online_estimates"
 
 # The EDA report and its key numbers (`lib/reports/eda.eda_summary` as JSON), keys under the storage root.
 EDA_REPORT = ("reports", "eda_report.html")
