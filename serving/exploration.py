@@ -12,7 +12,14 @@ from msgspec import structs
 from recsys_assets.contract.exploration import ExplorationConfig, policy_id, sample_slot
 from serving.schemas import RecommendedItem
 
-_RNG = np.random.default_rng()
+_RNGS: dict[int | None, np.random.Generator] = {}
+
+
+def _rng(seed: int | None) -> np.random.Generator:
+    """One generator per process and seed (a seeded replay draws the same sequence in each run)."""
+    if seed not in _RNGS:
+        _RNGS[seed] = np.random.default_rng(seed)
+    return _RNGS[seed]
 
 
 def depth(config: ExplorationConfig, arm: str, k: int) -> int:
@@ -33,7 +40,7 @@ def explore(
     policy = policy_id(arm, model_version, tag)
     if not config.explores(arm, k):
         return ranked[:k], policy
-    ranks, propensities = sample_slot(k, len(ranked), config.share, config.depth, rng or _RNG)
+    ranks, propensities = sample_slot(k, len(ranked), config.share, config.depth, rng or _rng(config.seed))
     shown = [
         structs.replace(ranked[r], rank=pos, propensity=float(p))
         for pos, (r, p) in enumerate(zip(ranks.tolist(), propensities.tolist(), strict=True), start=1)

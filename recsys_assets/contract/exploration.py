@@ -55,6 +55,7 @@ class ExplorationConfig(BaseModel):
     share: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of an exploring arm's lists that explore.")
     depth: int = Field(default=50, ge=2, le=1000, description="The explored slot draws from ranks k .. depth.")
     arms: tuple[Arm, ...] = Field(default=("champion",), description="The A/B arms that explore.")
+    seed: int | None = Field(default=None, description="Seed of each API process's draws (None: fresh entropy).")
     estimates: EstimateConfig = Field(default_factory=EstimateConfig)
 
     @model_validator(mode="after")

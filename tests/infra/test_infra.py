@@ -98,6 +98,8 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         **SERVING_TUNING,
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
+        "exploration": "off (share 0): a deployment opens it on a share of the champion's lists for off-policy "
+        "estimates",
         "log_format": LOG_FORMAT,
         **{
             name: "CORS is off by default: a client team's browser app on another origin is named per deployment"
@@ -127,6 +129,7 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
             )
         },
         "event_log": "only with source=event_log",
+        "exploration": "the off-policy estimates' defaults (the latest 20k champion lists, 95% intervals)",
         **{
             name: "evaluation at scale: the defaults (50k users, 256 MB batches) bound memory at every size"
             for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")
