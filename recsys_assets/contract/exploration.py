@@ -44,6 +44,9 @@ class EstimateConfig(BaseModel):
     exclude_seen: bool = Field(
         default=True, description="Whether the candidate's lists leave out the user's items (as the API was asked)."
     )
+    once_per_user: bool = Field(
+        default=True, description="An item earns a click in the candidate's first list showing it to a user only."
+    )
     seed: int = 0
 
 

@@ -66,7 +66,9 @@ def online_estimates(
         art = read_from_storage(store, "candidates", model)
         rank = off_policy.artifact_ranker(art, config.exclude_seen)
         candidates[model] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, interactions)
-    table = off_policy.estimate_table(imps, candidates, config.alpha, config.bootstrap, config.seed)
+    table = off_policy.estimate_table(
+        imps, candidates, config.alpha, config.bootstrap, config.seed, once_per_user=config.once_per_user
+    )
     ips = table[table["estimator"] == "ips"][["model", "value", "ci_low", "ci_high", "logged_value"]]
     return dg.Output(
         table if len(table) else empty,

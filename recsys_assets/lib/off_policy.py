@@ -9,7 +9,9 @@ served), and the estimators compare the two lists.
 What is estimated is the candidate's expected clicked impressions per list, which equals its list CTR
 when a list gets at most one click (the replay's one rating per visit). The click model is the item
 model: whether a user clicks an item does not depend on its position or on the other items shown
-(Li et al., "Offline Evaluation of Ranking Policies with Click Models", KDD 2018). Under it:
+(Li et al., "Offline Evaluation of Ranking Policies with Click Models", KDD 2018), and (by default) a user
+clicks an item once, so an item counts in the candidate's first list that shows it to that user only
+(`first_showings`). Under it:
 
 * `ips`: Open Bandit Pipeline's `SlateIndependentIPS`, each logged impression weighted by
   1[item in the candidate's list] / propensity. The exploration puts an item at one position only, so
@@ -93,6 +95,39 @@ def candidate_lists(
     return out
 
 
+def first_showings(lists: pd.DataFrame, candidate: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+    """For each logged list, the candidate's items it had not shown that user in an earlier list.
+
+    A user clicks an item once: after a click the item is in their history (and left out of their lists), and
+    an item they have passed over keeps whatever chance it had. Crediting every list with its items would
+    count one click again for each list that repeats the item; a policy that keeps showing the same items
+    (popularity) would be credited many times over. So an item counts in the candidate's first list that
+    shows it to the user, and the logged click that answers it there is what the estimate weighs."""
+    order = lists.assign(_t=pd.to_datetime(lists["served_at"], utc=True)).sort_values("_t", kind="stable")
+    shown: dict[str, set[str]] = {}
+    out: dict[str, set[str]] = {}
+    for rec, user in zip(order["recommendation_id"].astype(str), order["user_id"].astype(str), strict=True):
+        before = shown.setdefault(user, set())
+        items = candidate.get(rec, [])
+        out[rec] = {it for it in items if it not in before}
+        before.update(items)
+    return out
+
+
+def artifact_history(art: ServingArtifact) -> pd.DataFrame:
+    """An artifact's own history matrix as history rows, all before any served list (what the API ranks from
+    before the user's live events)."""
+    coo = art.history.tocoo()
+    return pd.DataFrame(
+        {
+            "user_id": art.user_ids[coo.row].astype(str),
+            "item_id": art.item_ids[coo.col].astype(str),
+            "timestamp": pd.Timestamp("1970-01-01", tz="UTC"),
+            "weight": coo.data.astype(np.float64),
+        }
+    )
+
+
 def _interval(samples: np.ndarray, alpha: float, n_boot: int, seed: int) -> tuple[float, float]:
     if len(samples) < 2 or np.all(samples == samples[0]):
         value = float(samples.mean()) if len(samples) else math.nan
@@ -118,10 +153,14 @@ def estimate(
     alpha: float = 0.05,
     n_bootstrap: int = 2000,
     seed: int = 0,
+    eligible: Mapping[str, set[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every estimator's value and interval for the candidate's lists (`candidate`: recommendation_id ->
     item ids, best first) on the `logged` impressions (`recommendation_id`, `position`, `item_id`,
-    `propensity`, `clicked`) of the lists it names. Values are clicks per list."""
+    `propensity`, `clicked`) of the lists it names. Values are clicks per list. `eligible` (per list, the
+    items that can earn a click there, `first_showings`): default every item of the candidate's list."""
+    if eligible is None:
+        eligible = {r: set(items) for r, items in candidate.items()}
     logged = logged[logged["recommendation_id"].isin(list(candidate))].sort_values(
         ["recommendation_id", "position"], kind="stable"
     )
@@ -134,9 +173,12 @@ def estimate(
     position = logged["position"].to_numpy(np.int64)
     reward = logged["clicked"].to_numpy(np.float64)
     pscore = np.clip(logged["propensity"].to_numpy(np.float64), 1e-12, 1.0)
-    in_list = np.fromiter((it in set(candidate[r]) for r, it in zip(rec, item, strict=True)), bool, len(rec))
+    in_list = np.fromiter((it in eligible[r] for r, it in zip(rec, item, strict=True)), bool, len(rec))
     same_place = np.fromiter(
-        (p - 1 < len(candidate[r]) and candidate[r][p - 1] == it for r, it, p in zip(rec, item, position, strict=True)),
+        (
+            p - 1 < len(candidate[r]) and candidate[r][p - 1] == it and it in eligible[r]
+            for r, it, p in zip(rec, item, position, strict=True)
+        ),
         bool,
         len(rec),
     )
@@ -166,7 +208,7 @@ def estimate(
     for f in (0, 1):
         rates, overall = _item_rates(item, reward, row_fold != f)
         for s in np.flatnonzero(list_fold == f).tolist():
-            dr_rows[s] = sum(rates.get(it, overall) for it in candidate[slate_codes[s]])
+            dr_rows[s] = sum(rates.get(it, overall) for it in eligible[slate_codes[s]])
         rows_f = row_fold == f
         q = np.fromiter((rates.get(it, overall) for it in item[rows_f]), float, int(rows_f.sum()))
         residual = in_list[rows_f] * (reward[rows_f] - q) / pscore[rows_f]
@@ -222,14 +264,19 @@ def estimate_table(
     alpha: float = 0.05,
     n_bootstrap: int = 2000,
     seed: int = 0,
+    once_per_user: bool = True,
 ) -> pd.DataFrame:
     """`estimate` for every candidate (model name -> its lists), one row per model and estimator
-    (`ESTIMATE_COLUMNS`), with the logging policy's own value on the same lists beside each."""
+    (`ESTIMATE_COLUMNS`), with the logging policy's own value on the same lists beside each; with
+    `once_per_user` an item earns a click in the candidate's first list that shows it to the user only
+    (`first_showings`)."""
     rows = []
+    frame = list_frame(logged) if once_per_user and len(logged) else None
     for model, lists in candidates.items():
         sub = logged[logged["recommendation_id"].isin(list(lists))]
         own, ctr = logged_value(sub)
-        for name, est in estimate(sub, lists, alpha, n_bootstrap, seed).items():
+        eligible = first_showings(frame, lists) if frame is not None else None
+        for name, est in estimate(sub, lists, alpha, n_bootstrap, seed, eligible).items():
             rows.append({"model": model, "estimator": name, **est, "logged_value": own, "logged_ctr": ctr})
     return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys_assets.contract import attribution
-from recsys_assets.contract.artifact import MANIFEST, read_from_storage
+from recsys_assets.contract.artifact import MANIFEST, read_from_storage, read_pointer
 from recsys_assets.contract.events import IMPRESSION
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.contract.storage import Storage
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-lists", type=int, default=20_000)
     parser.add_argument("--include-seen", action="store_true", help="the replay asked for lists with seen items")
     parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument(
+        "--every-list", action="store_true", help="credit an item in every list that shows it (not once per user)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -74,24 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     imps = off_policy.champion_impressions(events, args.max_lists)
     lists = off_policy.list_frame(imps)
     print(f"{len(lists)} champion lists, policies {sorted(imps['policy'].unique())}", file=sys.stderr)
-    history = pd.concat(
-        [
-            store.read_table("interactions.parquet")[["user_id", "item_id", "timestamp", "weight"]],
-            live_history(events, settings.event_weights),
-        ],
-        ignore_index=True,
-    )
-    history["timestamp"] = pd.to_datetime(history["timestamp"], utc=True)
+    live_rows = live_history(events, settings.event_weights)
+    live_rows["timestamp"] = pd.to_datetime(live_rows["timestamp"], utc=True)
     names = [m for m in args.models.split(",") if m] or sorted(p.rsplit("/", 1)[-1] for p in store.list("candidates"))
     candidates = {}
     for name in names:
-        if not store.exists("candidates", name, MANIFEST):
-            raise SystemExit(f"no candidate artifact candidates/{name} under {args.storage_uri}: check --models")
-        art = read_from_storage(store, "candidates", name)
+        # `champion`: the serving champion's artifact (the logging policy's own model: the estimate's A/A check)
+        pointer = read_pointer(store) if name == "champion" else None
+        parts = tuple(pointer["path"]) if pointer else ("candidates", name)
+        if not store.exists(*parts, MANIFEST):
+            raise SystemExit(f"no candidate artifact {'/'.join(parts)} under {args.storage_uri}: check --models")
+        art = read_from_storage(store, *parts)
         rank = off_policy.artifact_ranker(art, exclude_seen=not args.include_seen)
+        # what the API ranks from when it serves this artifact: its history, then the user's live events
+        history = pd.concat([off_policy.artifact_history(art), live_rows], ignore_index=True)
         candidates[name] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, history)
         print(f"ranked {name}", file=sys.stderr)
-    table = off_policy.estimate_table(imps, candidates, n_bootstrap=args.bootstrap)
+    table = off_policy.estimate_table(imps, candidates, n_bootstrap=args.bootstrap, once_per_user=not args.every_list)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     arms = arm_values(events)

@@ -62,9 +62,9 @@ def test_online_estimates_runs_on_a_small_log(settings: Settings) -> None:
             "weight": art.history.data[: art.history.indptr[300]],
         }
     )
-    config = settings.model_copy(
-        update={"exploration": ExplorationConfig(estimates={"min_lists": 100, "bootstrap": 200})}
-    )
+    # clicks here are drawn per impression, not once per user and item
+    estimates = {"min_lists": 100, "bootstrap": 200, "once_per_user": False}
+    config = settings.model_copy(update={"exploration": ExplorationConfig(estimates=estimates)})
     candidates = pd.DataFrame({"model": ["Hybrid", "Copy", "NotExported"]})
     out = online_estimates(
         context=dg.build_asset_context(),
