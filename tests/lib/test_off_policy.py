@@ -101,3 +101,31 @@ def test_candidate_lists_use_only_the_history_before_each_list() -> None:
     out = off_policy.candidate_lists(rank, ["a", "b", "c", "x", "y"], lists, history)
     assert seen == {0: [0, 1], 1: [0, 1, 2]}
     assert out == {"r1": ["x", "y"], "r2": ["x", "y"]}
+
+
+def test_an_item_earns_a_click_once_per_user() -> None:
+    lists = pd.DataFrame(
+        {
+            "recommendation_id": ["r2", "r1", "r3"],
+            "user_id": ["u", "u", "v"],
+            "served_at": pd.to_datetime(["2026-01-02", "2026-01-01", "2026-01-03"], utc=True),
+        }
+    )
+    candidate = {"r1": ["a", "b"], "r2": ["b", "c"], "r3": ["a", "b"]}
+    assert off_policy.first_showings(lists, candidate) == {"r1": {"a", "b"}, "r2": {"c"}, "r3": {"a", "b"}}
+    # a click on b in the second list does not count: b had its chance in the first
+    log = pd.DataFrame(
+        {
+            "recommendation_id": ["r1", "r1", "r2", "r2"],
+            "user_id": "u",
+            "served_at": pd.to_datetime(["2026-01-01"] * 2 + ["2026-01-02"] * 2, utc=True),
+            "position": [1, 2, 1, 2],
+            "item_id": ["a", "b", "b", "c"],
+            "propensity": 1.0,
+            "clicked": [False, False, True, False],
+        }
+    )
+    once = off_policy.estimate_table(log, {"m": candidate}, n_bootstrap=100)
+    every = off_policy.estimate_table(log, {"m": candidate}, n_bootstrap=100, once_per_user=False)
+    assert once.set_index("estimator").loc["ips", "value"] == 0.0
+    assert every.set_index("estimator").loc["ips", "value"] == 0.5
