@@ -2,7 +2,8 @@
 
 Layout: `<events_dir>/events-<UTC start>-<host>-<pid>-<n>.csv`, one open segment per worker process
 (no two processes ever write the same file, so no cross-process locking), each with a header of
-`recsys_assets.contract.events.EVENT_COLUMNS` plus `model_version` and `arm`. A segment is closed and a new
+`recsys_assets.contract.events.EVENT_COLUMNS` plus its `SERVING_COLUMNS` (`model_version`, `arm`, `policy`,
+`propensity`). A segment is closed and a new
 one started past `events_segment_max_bytes` or `events_segment_max_seconds`.
 
 Why this mechanism:
@@ -18,7 +19,8 @@ Why this mechanism:
   the pipeline rejects that one line as `malformed_row`, and the next process writes a new segment.
 
 Impressions (`event_type` "impression", `value` = 1-based position, `event_id` =
-`<recommendation_id>:<position>`) go through an in-memory buffer that a background task flushes and
+`<recommendation_id>:<position>`, with the serving policy and the propensity of the item at that
+position, `recsys_assets.contract.exploration`) go through an in-memory buffer that a background task flushes and
 fsyncs every `FLUSH_SECONDS`, and that every event append flushes first, so an impression is in the
 file before any event that answers it. Serving a list never waits for the disk; a crash can lose the
 impressions of the last fraction of a second, never an acknowledged event.
@@ -38,11 +40,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from recsys_assets.contract.events import EVENT_COLUMNS
+from recsys_assets.contract.events import EVENT_COLUMNS, SERVING_COLUMNS
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "model_version", "arm")
+LOG_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, *SERVING_COLUMNS)
 IMPRESSION = "impression"
 FLUSH_SECONDS = 0.5
 

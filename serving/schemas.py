@@ -89,6 +89,8 @@ class RecommendedItem(Struct):
     reason: str
     reason_kind: ReasonKind
     evidence_item_id: str | None = None
+    # the probability with which the serving policy shows this item at this rank (1 without exploration)
+    propensity: float = 1.0
 
 
 class Recommendations(Struct):
@@ -98,6 +100,8 @@ class Recommendations(Struct):
     arm: Arm
     cold_start: bool
     items: list[RecommendedItem]
+    # `<arm>:<model version>:<exploration>` (`recsys_assets.contract.exploration.policy_id`)
+    policy: str = ""
 
 
 class SimilarItem(Struct):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import anyio
 
 from recsys_assets.contract.settings import Settings
+from serving import exploration
 from serving.errors import EventLogUnavailableError, InvalidEventError
 from serving.eventlog import IMPRESSION, EventLog, iso
 from serving.live import LiveState
@@ -50,25 +51,39 @@ async def serve_recommendations(
         exclude_seen = settings.evaluation_target == "discovery"
     model, arm = holder.pick(user_id)
     category = category or None
-    view = await live.fetch(user_id, model.version, k, category, exclude_seen)
+    # an exploring list draws its last slot from deeper in the same ranking (cached like any list)
+    ranked_k = exploration.depth(settings.exploration, arm, k)
+    view = await live.fetch(user_id, model.version, ranked_k, category, exclude_seen)
     metrics = get_metrics()
     if view.cached is not None:
         cold, items = CACHED_DECODER.decode(view.cached)
         metrics.cache.labels("hit").inc()
     else:
         history = build_history(model, user_id, view.events, settings.event_weights)
-        items = recommend(model, history, k, category, exclude_seen)
+        items = recommend(model, history, ranked_k, category, exclude_seen)
         cold = history.cold
         if view.cache_key is not None:
             metrics.cache.labels("miss").inc()
             await live.store(view.cache_key, LIVE_ENCODER.encode((cold, items)))
         else:
             metrics.cache.labels("bypass").inc()
+    items, policy = exploration.explore(items, k, arm, model.version, settings.exploration)
     rec_id = uuid.uuid4().hex
     served_at = iso(time.time())
+    serving = (model.version, arm, policy)
     event_log.add_impressions(
         [
-            (user_id, it.item_id, IMPRESSION, served_at, it.rank, f"{rec_id}:{it.rank}", rec_id, model.version, arm)
+            (
+                user_id,
+                it.item_id,
+                IMPRESSION,
+                served_at,
+                it.rank,
+                f"{rec_id}:{it.rank}",
+                rec_id,
+                *serving,
+                it.propensity,
+            )
             for it in items
         ]
     )
@@ -81,6 +96,7 @@ async def serve_recommendations(
         arm=arm,  # type: ignore[arg-type]
         cold_start=cold,
         items=items,
+        policy=policy,
     )
 
 
@@ -107,6 +123,8 @@ class _Event:
             self.value,
             self.event_id,
             self.recommendation_id,
+            None,
+            None,
             None,
             None,
         )

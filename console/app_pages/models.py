@@ -1,5 +1,6 @@
 """Models: the evaluation report (model × metric × K, both protocols, cold-start slices) as tables and
-charts, and the champion/challenger history of the MLflow registry."""
+charts, the candidates' off-policy estimates on the champion's logged lists, and the champion/challenger history
+of the MLflow registry."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 
 from console import data, ui
+from recsys_assets.contract.events import ONLINE_ESTIMATES
 from recsys_assets.contract.settings import Settings
 
 ACCURACY = ["ndcg", "map", "precision", "recall", "hit", "mrr"]
@@ -210,6 +212,39 @@ def render_changes(settings: Settings) -> None:
     )
 
 
+def render_online_estimates(settings: Settings) -> None:
+    st.subheader("Online estimates on the champion's logged lists")
+    table = data.table(settings, ONLINE_ESTIMATES)
+    if table is None or table.empty:
+        ui.no_data(
+            "no online estimate",
+            "The retrain's `online_estimates` judges each candidate on the lists the champion served, once the "
+            "live windows hold enough of them; exploration (`RECSYS_EXPLORATION`) lets it judge items the "
+            "champion did not show.",
+        )
+        return
+    st.caption(
+        "Clicks per list each candidate would get on the champion's lists (its list CTR when a list gets one "
+        "click at most), estimated off-policy from the logged propensities, with bootstrap intervals. `ips` and "
+        "`dr` judge the candidate's own lists; `ips_position` and `rips` count only the champion's positions."
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "model": "Candidate",
+            "estimator": "Estimator",
+            "value": st.column_config.NumberColumn("Clicks per list", format="%.4f"),
+            "ci_low": st.column_config.NumberColumn("Low", format="%.4f"),
+            "ci_high": st.column_config.NumberColumn("High", format="%.4f"),
+            "lists": st.column_config.NumberColumn("Lists", format="%d"),
+            "matched_per_list": st.column_config.NumberColumn("Shown items per list", format="%.2f"),
+            "logged_value": st.column_config.NumberColumn("Champion's clicks per list", format="%.4f"),
+            "logged_ctr": st.column_config.NumberColumn("Champion's list CTR", format="%.4f"),
+        },
+    )
+
+
 def render(settings: Settings) -> None:
     st.title("Models")
     report = data.evaluation_report(settings)
@@ -221,6 +256,7 @@ def render(settings: Settings) -> None:
         html = data.report_html(settings, "/".join(data.EVALUATION_REPORT_HTML))
         if html and st.toggle("Show the full evaluation report", key="models_html"):
             ui.embed_html(html, height=900, title="Evaluation report")
+    render_online_estimates(settings)
     render_registry(settings)
     render_changes(settings)
 

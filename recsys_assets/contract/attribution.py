@@ -8,8 +8,10 @@ then moves with the log as the API writes it (not one finished window later), an
 functions on the same rows its numbers equal the drift report's by construction.
 
 A *served list* is the set of impressions (rows with event_type `impression`, `value` = position)
-sharing one `recommendation_id`; it belongs to the model version and A/B arm written on its
-impressions and to the period of its first impression. Feedback (click, add_to_cart, purchase,
+sharing one `recommendation_id`; it belongs to the model version, A/B arm and policy written on its
+impressions and to the period of its first impression, and its `propensity` is the probability that its
+policy served exactly that list (the product of its impressions' propensities, `contract/exploration.py`).
+Feedback (click, add_to_cart, purchase,
 rating) is attributed to a list through its `recommendation_id`; feedback without one, or naming a
 list never served, is organic and not counted.
 
@@ -27,10 +29,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from recsys_assets.contract.events import EVENT_COLUMNS, IMPRESSION, parse_timestamps
+from recsys_assets.contract.events import EVENT_COLUMNS, IMPRESSION, SERVING_COLUMNS, parse_timestamps
 
 # Columns of the API's durable event log (the event-log schema plus the serving fields).
-EVENT_LOG_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "model_version", "arm")
+EVENT_LOG_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, *SERVING_COLUMNS)
 CLICK = "click"
 PURCHASE = "purchase"
 RATING = "rating"
@@ -48,6 +50,22 @@ LIST_COLUMNS: tuple[str, ...] = (
     "clicked_impressions",
     "clicked",
     "converted",
+    "policy",
+    "propensity",
+)
+# One row per impression (`impressions`): the list, the position (1-based), the item, the policy and the
+# probability with which it showed that item there, and whether the item was clicked from that list.
+IMPRESSION_COLUMNS: tuple[str, ...] = (
+    "recommendation_id",
+    "served_at",
+    "user_id",
+    "model_version",
+    "arm",
+    "policy",
+    "position",
+    "item_id",
+    "propensity",
+    "clicked",
 )
 
 
@@ -63,13 +81,16 @@ def prepare_events(raw: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = pd.NA
     df = df[list(EVENT_LOG_COLUMNS)]
-    for col in ("user_id", "item_id", "event_type", "event_id", "recommendation_id", "model_version", "arm"):
+    for col in ("user_id", "item_id", "event_type", "event_id", "recommendation_id", "model_version", "arm", "policy"):
         text = df[col].astype("string").str.strip()
         df[col] = text.mask(text == "")
     df["event_type"] = df["event_type"].str.lower()
     df["timestamp"] = parse_timestamps(df["timestamp"].astype("string"))
     # float whatever the source's dtype (a log without ratings may hold nullable integers)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
+    # a log written before propensities were logged served top-k lists: propensity 1
+    propensity = pd.to_numeric(df["propensity"], errors="coerce").astype("float64")
+    df["propensity"] = propensity.where(~(df["event_type"] == IMPRESSION) | propensity.notna(), 1.0)
     df = df[df["timestamp"].notna() & df["event_type"].notna()]
     with_id = df[df["event_id"].notna()].drop_duplicates("event_id")
     return (
@@ -88,7 +109,10 @@ def served_lists(events: pd.DataFrame) -> pd.DataFrame:
         user_id=("user_id", "first"),
         model_version=("model_version", "first"),
         arm=("arm", "first"),
+        policy=("policy", "first"),
         impressions=("item_id", "size"),
+        # the list's own probability: its positions are drawn independently (`contract/exploration.py`)
+        propensity=("propensity", "prod"),
     )
     fb = events[(events["event_type"] != IMPRESSION) & events["recommendation_id"].isin(lists.index)]
     clicks = fb[fb["event_type"] == CLICK]
@@ -104,11 +128,37 @@ def served_lists(events: pd.DataFrame) -> pd.DataFrame:
     lists["clicked_impressions"] = lists["clicked_impressions"].astype("int64")
     lists["clicked"] = lists.index.isin(list(clicked_lists))
     lists["converted"] = lists.index.isin(list(converted_lists))
-    for col in ("model_version", "arm"):
+    for col in ("model_version", "arm", "policy"):
         lists[col] = lists[col].fillna(UNKNOWN).astype(str)
     lists["impressions"] = lists["impressions"].astype("int64")
     out = lists.reset_index().sort_values("served_at", kind="stable").reset_index(drop=True)
     return out[list(LIST_COLUMNS)]
+
+
+def impressions(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per impression (columns `IMPRESSION_COLUMNS`) from typed events (`prepare_events`), oldest
+    list first; `clicked` when the item got a click naming the list."""
+    imp = events[(events["event_type"] == IMPRESSION) & events["recommendation_id"].notna()]
+    imp = imp.drop_duplicates(["recommendation_id", "item_id"])
+    clicks = events[(events["event_type"] == CLICK) & events["recommendation_id"].notna()]
+    pairs = set(zip(clicks["recommendation_id"], clicks["item_id"], strict=True))
+    out = pd.DataFrame(
+        {
+            "recommendation_id": imp["recommendation_id"].astype(str),
+            "served_at": imp["timestamp"],
+            "user_id": imp["user_id"].astype(str),
+            "model_version": imp["model_version"].fillna(UNKNOWN).astype(str),
+            "arm": imp["arm"].fillna(UNKNOWN).astype(str),
+            "policy": imp["policy"].fillna(UNKNOWN).astype(str),
+            "position": imp["value"].fillna(0).astype("int64"),
+            "item_id": imp["item_id"].astype(str),
+            "propensity": imp["propensity"].astype("float64"),
+            "clicked": [(r, i) in pairs for r, i in zip(imp["recommendation_id"], imp["item_id"], strict=True)],
+        }
+    )
+    first = out.groupby("recommendation_id", sort=False)["served_at"].transform("min")
+    out = out.assign(_first=first).sort_values(["_first", "recommendation_id", "position"], kind="stable")
+    return out.drop(columns="_first").reset_index(drop=True)[list(IMPRESSION_COLUMNS)]
 
 
 def _summarise(lists: pd.DataFrame) -> dict[str, float]:

@@ -27,6 +27,10 @@ IMPRESSION = "impression"
 REQUIRED_EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "timestamp")
 OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("value", "event_id", "recommendation_id")
 EVENT_COLUMNS: tuple[str, ...] = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
+# What the API adds to each row of its log (empty on feedback rows): the model version and A/B arm that
+# served the list, the policy (`contract.exploration.policy_id`) and the probability with which that
+# policy showed the item at its position (`value`); see `contract/exploration.py`.
+SERVING_COLUMNS: tuple[str, ...] = ("model_version", "arm", "policy", "propensity")
 
 # Columns the interactions carry for a log without real time (`RECSYS_EVENT_LOG` `time` /
 # `sequence_column`): the time mode ("sequence" or "none"; absent for real timestamps), and each
@@ -77,6 +81,9 @@ REJECT_COUNTS = "reject_counts"
 # one row per replay run x A/B arm, and per run x arm x phase of its drift scenario (`tools/replay`)
 REPLAY_RUNS = "replay_runs"
 REPLAY_PHASES = "replay_phases"
+# each retrain candidate's clicks per list estimated off-policy on the champion's logged lists
+# (`lib/off_policy.py`, `lib/off_policy.ESTIMATE_COLUMNS`)
+ONLINE_ESTIMATES = "online_estimates"
 
 # The EDA report and its key numbers (`lib/reports/eda.eda_summary` as JSON), keys under the storage root.
 EDA_REPORT = ("reports", "eda_report.html")

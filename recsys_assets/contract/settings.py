@@ -17,18 +17,17 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys_assets.contract.configs import (
+from recsys_assets.contract.configs import (  # re-exported: callers import the small configs from here
     DEFAULT_EVENT_WEIGHTS,
     CleaningConfig,
     DriftConfig,
     MlflowStore,
     latest_valid_time,
 )
+from recsys_assets.contract.exploration import ExplorationConfig
 from recsys_assets.contract.ingestion import IngestionConfig
-
-# the small configs and TableSource are re-exported: callers import them from here
 from recsys_assets.contract.limits import TrainingLimits
-from recsys_assets.contract.sources import EventLogSource, TableSource  # noqa: F401
+from recsys_assets.contract.sources import EventLogSource, TableSource  # noqa: F401 (re-exported)
 
 # `RECSYS_*` names that are not settings: the env file's own variable, and deployment parameters
 # (compose and Azure) that never reach `Settings`
@@ -114,9 +113,9 @@ class Settings(BaseSettings):
 
     # --- tracking ---
     mlflow_tracking_uri: str | None = Field(
-        default=None,
-        description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite "
-        "store with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
+        None,
+        description="MLflow tracking server or store (e.g. http://127.0.0.1:5000); default: a SQLite store "
+        "with its artifacts under `<storage>/mlflow` (under `<dagster_home>/mlflow` for Azure storage).",
     )
     registry_url: str | None = Field(None, description="MLflow server the API asks for the champion alias each poll.")
 
@@ -176,6 +175,7 @@ class Settings(BaseSettings):
         description="Challenger artifact folder under the storage root (e.g. `candidates/EASE`); default: the one "
         "named by `artifacts/CHALLENGER.json` when that pointer exists.",
     )
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)  # contract/exploration.py
     candidate_threshold_items: int = Field(
         default=20_000,
         ge=0,

@@ -1,4 +1,5 @@
-"""The evaluation report: every candidate compared on one table and an offline HTML report."""
+"""The evaluation report: every candidate compared on one table and an offline HTML report, and each
+candidate's clicks per list estimated off-policy on the champion's logged lists."""
 
 import json
 import tempfile
@@ -7,10 +8,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from recsys_assets.contract.artifact import MANIFEST, read_from_storage
+from recsys_assets.contract.events import ONLINE_ESTIMATES
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.defs.training import FAILED_CANDIDATES, SKIPPED, skipped_table
+from recsys_assets.lib import live_windows as live
+from recsys_assets.lib import off_policy
 from recsys_assets.lib.models.fitting import DISCOVERY, effective_target, rank_models
 from recsys_assets.lib.reports.evaluation_report import render_evaluation_report
 
@@ -31,7 +36,52 @@ def skipped_candidates(store: Storage, results: pd.DataFrame) -> pd.DataFrame:
     return skipped_table(rows)
 
 
-@dg.asset(group_name=EVALUATION, kinds={"html", "parquet", "mlflow"})
+@dg.asset(group_name=EVALUATION, deps=[dg.AssetKey(live.LIVE_EVENTS)], kinds={"obp", "parquet"})
+def online_estimates(
+    context: dg.AssetExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    model_candidates: pd.DataFrame,
+    interactions: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    """Each candidate's clicks per list (its list CTR when a list gets one click at most) estimated on the
+    lists the champion served, from the stored live windows: the candidate ranks its own list for each logged
+    one (the user's interactions before it was served), and Open Bandit Pipeline's estimators weight the
+    logged clicks by the propensities the API logged (`ips`, `dr`; `ips_position` and `rips` for a candidate
+    that keeps the champion's order). Intervals: bootstrap over lists. Without exploration
+    (`RECSYS_EXPLORATION`) only items the champion itself showed can be judged. Empty when the log holds fewer
+    than `exploration.estimates.min_lists` champion lists."""
+    store = storage.get()
+    config = settings.exploration.estimates
+    imps = off_policy.champion_impressions(live.read_windows(store, live.stored_windows(store)), config.max_lists)
+    lists = off_policy.list_frame(imps)
+    empty = pd.DataFrame(columns=list(off_policy.ESTIMATE_COLUMNS))
+    if len(lists) < config.min_lists:
+        context.log.info(f"{len(lists)} champion lists in the live windows (< {config.min_lists}): no estimate")
+        return dg.Output(empty, metadata={"lists": len(lists), "estimated": 0})
+    candidates = {}
+    for model in sorted(model_candidates["model"].unique()) if len(model_candidates) else []:
+        if not store.exists("candidates", model, MANIFEST):
+            continue
+        art = read_from_storage(store, "candidates", model)
+        rank = off_policy.artifact_ranker(art, config.exclude_seen)
+        candidates[model] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, interactions)
+    table = off_policy.estimate_table(
+        imps, candidates, config.alpha, config.bootstrap, config.seed, once_per_user=config.once_per_user
+    )
+    ips = table[table["estimator"] == "ips"][["model", "value", "ci_low", "ci_high", "logged_value"]]
+    return dg.Output(
+        table if len(table) else empty,
+        metadata={
+            "lists": len(lists),
+            "policies": dg.MetadataValue.json(sorted(imps["policy"].unique().tolist())),
+            "estimated": len(candidates),
+            "ips": dg.MetadataValue.md(ips.to_markdown(index=False, floatfmt=".4f")),
+        },
+    )
+
+
+@dg.asset(group_name=EVALUATION, deps=[online_estimates], kinds={"html", "parquet", "mlflow"})
 def evaluation_report(
     context: dg.AssetExecutionContext,
     settings: dg.ResourceParam[Settings],
@@ -47,7 +97,9 @@ def evaluation_report(
     skipped = skipped_candidates(store, model_candidates)
     target = effective_target(model_candidates, settings.evaluation_target)
     failed = json.loads(store.read_bytes(*FAILED_CANDIDATES)) if store.exists(*FAILED_CANDIDATES) else []
-    html = render_evaluation_report(model_candidates, target=target, failed=failed, skipped=skipped)
+    # a dependency rather than an input: a run of the candidates and the report alone still renders it
+    online = store.read_table(f"{ONLINE_ESTIMATES}.parquet") if store.exists(f"{ONLINE_ESTIMATES}.parquet") else None
+    html = render_evaluation_report(model_candidates, target=target, failed=failed, skipped=skipped, online=online)
     store.write_text(html, "reports", "evaluation_report.html")
     uri = store.uri("reports", "evaluation_report.html")
     context.log.info(f"evaluation report written to {uri}")

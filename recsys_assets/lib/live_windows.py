@@ -23,12 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from recsys_assets.contract.events import parse_timestamps
+from recsys_assets.contract.events import SERVING_COLUMNS, parse_timestamps
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib.ingest import readers
 
 # Raw columns of a live window: the ingestion's raw schema plus the serving fields.
-SERVING_COLUMNS: tuple[str, ...] = ("model_version", "arm")
 LIVE_COLUMNS: tuple[str, ...] = (*readers.RAW_COLUMNS, *SERVING_COLUMNS)
 LIVE_EVENTS = "live_events"  # the stored windows: `live_events/<window>.parquet`
 KEY_FORMAT = "%Y-%m-%dT%H:%M"

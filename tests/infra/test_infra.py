@@ -98,6 +98,8 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         **SERVING_TUNING,
         "ab_challenger_share": "0: no A/B split until an operator opens one",
         "ab_challenger_path": "default: artifacts/CHALLENGER.json when the pipeline writes it",
+        "exploration": "off (share 0): a deployment opens it on a share of the champion's lists for off-policy "
+        "estimates",
         "log_format": LOG_FORMAT,
         "mlflow_tracking_uri": "only the fallback for registry_url, which compose and Azure set",
         **{
@@ -132,6 +134,7 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "event_log": "only with source=event_log",
         "registry_url": "read by the demo alone (whether to point its API at the MLflow UI); the pipeline writes "
         "the registry through mlflow_tracking_uri",
+        "exploration": "the off-policy estimates' defaults (the latest 20k champion lists, 95% intervals)",
         **{
             name: "evaluation at scale: the defaults (10k users, 256 MB batches) bound memory at every size"
             for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")

@@ -86,7 +86,7 @@ def post(client: TestClient, body: object, headers: dict[str, str] = EVENTS):
 
 def test_recommendations_shape_reasons_and_offline_equality(client: TestClient, artifact) -> None:
     body = recs(client, "1", k=5)
-    assert set(body) == {"recommendation_id", "user_id", "model_version", "arm", "cold_start", "items"}
+    assert set(body) == {"recommendation_id", "user_id", "model_version", "arm", "cold_start", "items", "policy"}
     assert re.fullmatch(r"[0-9a-f]{32}", body["recommendation_id"])
     assert (body["user_id"], body["model_version"], body["arm"], body["cold_start"]) == (
         "1",
@@ -323,7 +323,23 @@ def test_event_log_rotates_segments(tmp_path: Path) -> None:
     log = EventLog(tmp_path, max_bytes=1024, max_seconds=3600)
     for i in range(40):
         log.append([("u", str(i), "view", "2026-01-01T00:00:00+00:00", None, f"e{i}", None, None, None)])
-    log.add_impressions([("u", "x", "impression", "2026-01-01T00:00:00+00:00", 1, "r:1", "r", "v", "champion")])
+    log.add_impressions(
+        [
+            (
+                "u",
+                "x",
+                "impression",
+                "2026-01-01T00:00:00+00:00",
+                1,
+                "r:1",
+                "r",
+                "v",
+                "champion",
+                "champion:v:greedy",
+                1.0,
+            )
+        ]
+    )
     log.close()
     segments = log.segments()
     assert len(segments) > 1

@@ -106,10 +106,11 @@ def render_evaluation_report(
     target: str = "discovery",
     failed: list[dict[str, str]] | None = None,
     skipped: pd.DataFrame | None = None,
+    online: pd.DataFrame | None = None,
 ) -> str:
     """The report as one HTML page; `target` is the setting the champion is chosen on, `failed` the
     candidates that could not be trained (model, protocol, error), `skipped` (model, protocol, reason) those
-    refused before training (over the size limits)."""
+    refused before training (over the size limits), `online` the off-policy estimates (`lib/off_policy.py`)."""
     results = _with_setting(results)
     parts = []
     for n, (name, fig) in enumerate(_figures(results)):
@@ -149,6 +150,7 @@ fixed sample.</p>
 {"".join(parts)}
 <section><h2>All metrics at K=10</h2>{_table(wide)}</section>
 {_skipped(skipped)}
+{_online(online)}
 </body></html>
 """
 
@@ -157,3 +159,16 @@ def _skipped(skipped: pd.DataFrame | None) -> str:
     if skipped is None or skipped.empty:
         return ""
     return f"<section><h2>Models not trained (over the size limits)</h2>{_table(skipped)}</section>"
+
+
+def _online(online: pd.DataFrame | None) -> str:
+    if online is None or online.empty:
+        return ""
+    return (
+        "<section><h2>Online estimates on the champion's logged lists</h2><p>Clicks per list each candidate would "
+        "get on the lists the champion served (its list CTR when a list gets one click at most), estimated "
+        "off-policy from the logged propensities; <code>ci_low</code>-<code>ci_high</code>: bootstrap interval; "
+        "<code>logged_value</code>: the champion's own on the same lists. <code>ips</code> and <code>dr</code> "
+        "judge the candidate's own lists; <code>ips_position</code> and <code>rips</code> only count items at "
+        f"the champion's positions.</p>{_table(online)}</section>"
+    )
