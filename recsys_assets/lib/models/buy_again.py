@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import Component, Scorer, topk_from_scores
+from recsys_assets.contract.scoring import Component, Scorer
+from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, ranked_lists, sample_users
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
 
@@ -87,11 +88,21 @@ class BuyAgainModel:
         return {"half_life_days": self.half_life_days}
 
     def _best_half_life(self, train: TrainData, valid: sp.csr_matrix) -> float | None:
-        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        # the evaluation's user sample, scored a batch at a time: all users' dense scores at once would
+        # be users x items (40k x 100k float64 = 32 GB on a 1M-event shop log)
+        conf = DEFAULT_EVALUATION
+        users = sample_users(np.flatnonzero(np.diff(valid.indptr) > 0), conf.users, conf.seed)
         best: tuple[float, float | None] = (-1.0, self.half_life_days)
         for half_life in self.half_lives:
-            scores = buy_again_component(train, half_life).raw_scores(train.matrix[users], users)
-            res = evaluate_topk(topk_from_scores(scores, 10), valid[users], ks=(10,))
+            component = buy_again_component(train, half_life)
+            lists = ranked_lists(
+                lambda batch, c=component: c.raw_scores(train.matrix[batch], batch),
+                users,
+                10,
+                train.n_items,
+                memory_mb=conf.batch_memory_mb // 2,  # raw scores are float64
+            )
+            res = evaluate_topk(lists, valid[users], ks=(10,))
             value = float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])
             if value > best[0]:
                 best = (value, half_life)

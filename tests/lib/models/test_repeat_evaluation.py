@@ -188,3 +188,26 @@ def test_a_split_where_every_test_positive_is_a_repeat_is_judged_on_repeat() -> 
     assert set(res["setting"]) == {REPEAT}
     assert effective_target(res, DISCOVERY) == REPEAT
     assert metric_value(res, "BuyAgain", "ndcg", 10, S.TEMPORAL, setting=REPEAT) > 0.5
+
+
+def test_the_half_life_search_scores_a_batch_of_users_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys_assets.lib.models.buy_again as buy_again
+    from recsys_assets.contract.scoring import Component
+    from recsys_assets.lib.evaluation.batched import EvaluationConfig
+
+    pdata = baskets()
+    whole = BuyAgainModel().fit(pdata).half_life_days
+    rows: list[int] = []
+    raw_scores = Component.raw_scores
+
+    def recorded(self: Component, history, user_idx):  # type: ignore[no-untyped-def]
+        rows.append(history.shape[0])
+        return raw_scores(self, history, user_idx)
+
+    monkeypatch.setattr(Component, "raw_scores", recorded)
+    # half of 1 MB for float64 scores rounds to 0: one user a batch
+    monkeypatch.setattr(buy_again, "DEFAULT_EVALUATION", EvaluationConfig(batch_memory_mb=1))
+    assert BuyAgainModel().fit(pdata).half_life_days == whole
+    validated = int((np.diff(pdata.valid_truth.indptr) > 0).sum())
+    assert validated > 1 and max(rows) == 1
+    assert len(rows) == validated * len(BuyAgainModel().half_lives)
