@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_buckets, standardise, topk_from_scores
-from recsys_assets.lib.evaluation.batched import ranked_lists, sample_users, users_with_truth
+from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
 from recsys_assets.lib.models.blend_search import blend_candidates
@@ -149,6 +150,7 @@ class HybridModel(ComponentModel):
     bucket_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     half_life_days: float | None = None
     tuning: pd.DataFrame | None = None
+    search_seconds: float = 0.0  # the last fit's half-life and blend searches (the log's "search" time)
 
     def fit(self, data: TrainData | ProtocolData, valid: sp.csr_matrix | None = None) -> HybridModel:
         """Tune on `valid` (by default a protocol's validation part; none: equal weights), then blend."""
@@ -157,14 +159,19 @@ class HybridModel(ComponentModel):
         data = _train_part(data)
         self.history = data.matrix
         have_valid = valid is not None and valid.nnz > 0
+        started = time.perf_counter()
         if have_valid:
             self.half_life_days = self._best_half_life(data, valid)
+        searched = time.perf_counter() - started
         comps = self.components = _blend_parts(data, self.collaborative, self.half_life_days, self.repeat)
         names = list(comps)
         if not have_valid:
             self.weights = {n: 1.0 / len(names) for n in names}
         else:
+            started = time.perf_counter()
             self._tune(names, data.matrix, valid)
+            searched += time.perf_counter() - started
+        self.search_seconds = searched
         self.scorer = Scorer(comps, self.weights, self.bucket_weights)
         return self
 
@@ -207,11 +214,7 @@ class HybridModel(ComponentModel):
         seen = None if self.repeat else data.matrix[users]
         for half_life in self.half_lives:
             comp = PopularityModel(half_life_days=half_life).fit(data).component
-
-            def score(rows: np.ndarray, comp: Component = comp) -> np.ndarray:
-                return comp.raw_scores(data.matrix[rows], rows)
-
-            topk = ranked_lists(score, users, self.k, data.n_items, seen)  # in batches of users
+            topk = popularity_lists(comp.arrays["popularity"], seen, self.k, len(users))
             value = _ndcg_of(topk, valid[users], self.k)
             if value > best[0]:
                 best = (value, half_life)
@@ -257,6 +260,24 @@ class HybridModel(ComponentModel):
             return _ndcg_at(total, None if self.repeat else hist[mask], truth[mask], self.k)
 
         return exact
+
+
+def popularity_lists(popularity: np.ndarray, seen: sp.csr_matrix | None, k: int, n_users: int) -> np.ndarray:
+    """Top-`k` lists (n_users x k, -1 padded) of one score for everyone, `seen` items left out: what
+    `ranked_lists` gives for a popularity score (ties by item index), without n_users x n_items scores
+    (5,000 users x 1M items is 5e9 cells a half-life)."""
+    order = np.lexsort((np.arange(len(popularity)), -np.asarray(popularity, dtype=np.float64)))
+    out = np.full((n_users, k), -1, dtype=np.int64)
+    if seen is None:
+        out[:, : min(k, len(order))] = order[:k]
+        return out
+    seen = sp.csr_matrix(seen)
+    for row in range(n_users):
+        had = seen.indices[seen.indptr[row] : seen.indptr[row + 1]]
+        head = order[: k + len(had)]
+        kept = head[~np.isin(head, had)][:k]
+        out[row, : len(kept)] = kept
+    return out
 
 
 def grid_steps(n_parts: int, steps: int, budget: int) -> int:

@@ -73,3 +73,24 @@ def test_the_hybrid_chooses_the_same_blend_through_candidates_when_they_cover_th
     through = HybridModel(collaborative=cf, collaborative_name="cooc", candidates_above=0).fit(build)
     assert through.params() == exact.params()
     pd.testing.assert_frame_equal(through.tuning, exact.tuning, check_exact=False, atol=1e-6)
+
+
+def test_popularity_lists_equal_the_dense_ranking_with_ties_and_seen_items() -> None:
+    from recsys_assets.lib.evaluation.batched import ranked_lists
+    from recsys_assets.lib.models.native import popularity_lists
+
+    rng = np.random.default_rng(3)
+    n_users, n_items, k = 40, 30, 10
+    pop = rng.integers(0, 5, n_items).astype(np.float32)  # many ties
+    seen = sp.random(n_users, n_items, density=0.3, format="csr", random_state=4)
+    seen[0] = 1.0  # a user who had every item: an all-padding list
+    seen = sp.csr_matrix(seen)
+    comp = Component("popularity", {"popularity": pop})
+    users = np.arange(n_users)
+
+    def dense(rows: np.ndarray) -> np.ndarray:
+        return comp.raw_scores(seen[rows], rows)
+
+    np.testing.assert_array_equal(popularity_lists(pop, seen, k, n_users), ranked_lists(dense, users, k, n_items, seen))
+    np.testing.assert_array_equal(popularity_lists(pop, None, k, n_users), ranked_lists(dense, users, k, n_items))
+    assert (popularity_lists(pop, seen, k, n_users)[0] == -1).all()
