@@ -35,6 +35,7 @@ from recsys_assets.lib.evaluation.batched import (
     DEFAULT_EVALUATION,
     EvaluationConfig,
     ScoreFn,
+    batch_size,
     ranked_lists,
     sample_users,
     users_with_truth,
@@ -208,9 +209,39 @@ def evaluate_settings(
     users: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """`evaluate_model` in the discovery setting and, when the test part has re-consumed items, the
-    repeat setting; `repeat_share` says how many test positives are re-consumed."""
+    repeat setting; `repeat_share` says how many test positives are re-consumed.
+
+    The settings share one scoring pass: one sample (`evaluation.users`) of the users with test positives
+    in any setting (or of `users`), each setting judged on those of them with positives in it, so a user is
+    scored once however many settings count them. Without sampling, each setting's users are exactly
+    `evaluate_model`'s."""
     settings = SETTINGS if has_repeats(pdata) else (DISCOVERY,)
-    frames = [evaluate_model(score_fn, pdata, model, evaluation, users, s) for s in settings]
+    truths = {s: setting_truth(pdata, s) for s in settings}
+    if users is None:
+        pools = {s: users_with_truth(truths[s][0]) for s in settings}
+        pool = np.unique(np.concatenate(list(pools.values())))
+    else:
+        pool = np.unique(np.asarray(users, dtype=np.int64))
+        pools = dict.fromkeys(settings, pool)
+    sample = sample_users(pool, evaluation.users, evaluation.seed)
+    member = {s: np.isin(sample, pools[s]) for s in settings}
+    k, n_items = max(KS), pdata.data.n_items
+    lists = {s: np.full((len(sample), k), -1, dtype=np.int64) for s in settings}
+    step = batch_size(n_items, evaluation.batch_memory_mb)
+    for start in range(0, len(sample), step):
+        rows = sample[start : start + step]
+        scores = score_fn(rows)
+        if scores.shape != (len(rows), n_items):
+            raise ValueError(f"the score function returned shape {scores.shape}, expected {(len(rows), n_items)}")
+        for s in settings:
+            at = np.flatnonzero(member[s][start : start + step])
+            if len(at):
+                hide = truths[s][1]
+                hidden = None if hide is None else hide[rows[at]]
+                lists[s][start + at] = topk_from_scores(scores[at], k, hidden)
+    frames = [
+        evaluate_lists(lists[s][member[s]], pdata, model, sample[member[s]], evaluation.ci_level, s) for s in settings
+    ]
     out = pd.concat(frames, ignore_index=True)
     out["repeat_share"] = repeat_share(pdata)
     return out

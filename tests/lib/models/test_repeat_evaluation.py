@@ -211,3 +211,23 @@ def test_the_half_life_search_scores_a_batch_of_users_at_a_time(monkeypatch: pyt
     validated = int((np.diff(pdata.valid_truth.indptr) > 0).sum())
     assert validated > 1 and max(rows) == 1
     assert len(rows) == validated * len(BuyAgainModel().half_lives)
+
+
+def test_the_settings_share_one_scoring_pass_and_equal_separate_evaluations() -> None:
+    from recsys_assets.lib.models.fitting import evaluate_model
+
+    pdata = baskets()
+    cand = fit_candidate(BuyAgainModel(), pdata)
+    scored: list[int] = []
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        scored.extend(rows.tolist())
+        return cand.scores(rows)
+
+    together = evaluate_settings(score, pdata, "BuyAgain")
+    # every user with a test positive in either setting is scored once
+    assert sorted(scored) == sorted(set(scored)) and len(scored) == int((np.diff(pdata.test_truth.indptr) > 0).sum())
+    for setting in (DISCOVERY, REPEAT):
+        alone = evaluate_model(cand.scores, pdata, "BuyAgain", setting=setting)
+        got = together[together["setting"] == setting].drop(columns="repeat_share").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, alone.reset_index(drop=True))
