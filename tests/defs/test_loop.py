@@ -49,7 +49,7 @@ def write_segment(directory: Path, name: str, rows: list[tuple]) -> Path:
 
 
 def row(user: str, item: str, ts: dt.datetime, event_type: str = "view") -> tuple:
-    return (user, item, event_type, ts.isoformat(), None, None, None, None, None)
+    return (user, item, event_type, ts.isoformat(), *[None] * (len(LOG_COLUMNS) - 4))
 
 
 # ---------------------------------------------------------------------------------------------
