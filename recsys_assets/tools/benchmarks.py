@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--guard-gb", type=float, default=20.0, help="scale: stop a run past this RSS")
     parser.add_argument("--timeout-minutes", type=float, default=0.0, help="scale: stop a run after this (0: never)")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="scale: steps at once, multiprocess executor (0: in process)"
+    )
     parser.add_argument("--log-events", type=float, default=1e6, help="incremental: events of the 10-day log")
     parser.add_argument("--repeats", type=int, default=3, help="incremental: runs of each ingestion (median)")
     args = parser.parse_args(argv)
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         from recsys_assets.tools.scale_bench import bench_scale
 
         sizes = tuple(tuple(int(float(v)) for v in size.split("x")) for size in args.sizes.split(","))
-        out = bench_scale(args.storage, sizes, args.guard_gb, args.timeout_minutes)  # type: ignore[arg-type]
+        out = bench_scale(args.storage, sizes, args.guard_gb, args.timeout_minutes, args.processes)  # type: ignore[arg-type]
     elif args.which == "incremental":
         from recsys_assets.tools.ingest_bench import bench_incremental
 

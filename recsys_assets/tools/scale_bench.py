@@ -2,7 +2,9 @@
 pipeline, default configuration, on synthetic shop logs (`tools.synthetic`) of growing size, with the wall
 time and peak RSS of every stage (each Dagster step, and each candidate inside `model_candidates`).
 
-The pipeline runs in a child process; this one samples the resident memory of the child's process tree
+The pipeline runs in a child process, in process (one step at a time) or, with `--processes N`, through
+the multiprocess executor with N steps at once (as a launched run with `RECSYS_EXECUTOR_MAX_CONCURRENT=N`);
+this one samples the resident memory of the child's process tree
 (psutil, every `SAMPLE_SECONDS`) and stops it when it passes `guard_gb`, so a run that would exhaust the
 shared machine is ended, with the stage it was in, instead of being OOM-killed with everyone else's work.
 """
@@ -35,22 +37,22 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def child(timeline: str) -> int:
-    """Run the pipeline job once in this process (settings from the environment), on a Dagster instance
-    stored next to `timeline` (so its log survives this process being stopped); write the log records to
-    `timeline` at the end."""
+def child(timeline: str, processes: int = 0) -> int:
+    """Run the pipeline job once (settings from the environment), on a Dagster instance stored next to
+    `timeline` (so its log survives this process being stopped): in this process, or with `processes`
+    through the job's own (multiprocess) executor; write the log records to `timeline` at the end."""
+    import dagster as dg
 
-    from recsys_assets.contract.settings import get_settings
-    from recsys_assets.defs.definitions import PIPELINE_JOB, build_definitions
+    from recsys_assets.tools.steps_bench import pipeline_job
 
-    settings = get_settings()
-    job = build_definitions(settings).resolve_job_def(PIPELINE_JOB)
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with _open_instance(timeline) as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        )
+        if processes:
+            result = dg.execute_job(
+                dg.reconstructable(pipeline_job), instance=instance, run_config=run_config, raise_on_error=False
+            )
+        else:
+            result = pipeline_job().execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
         Path(timeline).write_text(json.dumps({"success": result.success, "log": _log_rows(instance)}))
     return 0 if result.success else 1
 
@@ -102,9 +104,10 @@ def _read_timeline(timeline: Path) -> dict:
 def _stages(log: list[dict], end: float) -> list[dict]:
     """(stage, start, stop, status): every step, and every candidate's training + evaluation inside its step."""
     stages: dict[str, dict] = {}
-    cand: dict | None = None
+    cands: dict[str, dict] = {}  # the candidate each step is on (steps may run side by side)
     for row in log:
         step, event, t = row["step"], row["event"], row["t"]
+        cand = cands.get(step)
         if event == "STEP_START":
             stages[step] = {"stage": step, "start": t, "stop": None, "status": "running"}
         elif event in ("STEP_SUCCESS", "STEP_FAILURE") and step in stages:
@@ -123,7 +126,7 @@ def _stages(log: list[dict], end: float) -> list[dict]:
                     cand.update(stop=t, status="ok")
                 if m:
                     cand = {"stage": f"  {m.group(1)} ({m.group(2)})", "start": t, "stop": None, "status": "running"}
-                    stages[cand["stage"]] = cand
+                    stages[cand["stage"]] = cands[step] = cand
                 else:
                     name = f"  {skip.group(1)} ({skip.group(2)})"
                     stages[name] = {"stage": name, "start": t, "stop": t, "status": "skipped: " + skip.group(3)}
@@ -133,7 +136,9 @@ def _stages(log: list[dict], end: float) -> list[dict]:
     return sorted(stages.values(), key=lambda s: (s["start"], not s["stage"].startswith(" ")))
 
 
-def run_size(events: int, items: int, work: Path, guard_gb: float, timeout_minutes: float = 0.0) -> dict:
+def run_size(
+    events: int, items: int, work: Path, guard_gb: float, timeout_minutes: float = 0.0, processes: int = 0
+) -> dict:
     """Generate the log, run the pipeline in a child process, and time and size every stage. The child is
     stopped past `guard_gb` of RSS, after `timeout_minutes` (0: never) or on Ctrl-C; the stages it finished
     are reported all the same, from its instance's log."""
@@ -152,12 +157,14 @@ def run_size(events: int, items: int, work: Path, guard_gb: float, timeout_minut
         "RECSYS_DAGSTER_HOME": str(root / "dagster"),
         "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
     }
+    if processes:
+        env |= {"RECSYS_EXECUTOR": "multiprocess", "RECSYS_EXECUTOR_MAX_CONCURRENT": str(processes)}
     samples: list[tuple[float, int]] = []
     guard = None
     with open(root / "pipeline.log", "w") as out:
         start = time.time()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "recsys_assets.tools.scale_bench", "child", str(timeline)],
+            [sys.executable, "-m", "recsys_assets.tools.scale_bench", "child", str(timeline), str(processes)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -200,6 +207,7 @@ def run_size(events: int, items: int, work: Path, guard_gb: float, timeout_minut
         "generate_seconds": round(generate_seconds, 1),
         "pipeline_seconds": round(end - start, 1),
         "peak_rss_gb": round(max((r for _, r in samples), default=0) / 1e9, 2),
+        "processes": processes,
         "success": bool(doc["success"]) and guard is None,
         "exit_code": proc.returncode,
         "stages": rows,
@@ -213,13 +221,17 @@ def _kill_tree(ps: psutil.Process) -> None:
 
 
 def bench_scale(
-    work: str, sizes: tuple[tuple[int, int], ...] = SIZES, guard_gb: float = 20.0, timeout_minutes: float = 0.0
+    work: str,
+    sizes: tuple[tuple[int, int], ...] = SIZES,
+    guard_gb: float = 20.0,
+    timeout_minutes: float = 0.0,
+    processes: int = 0,
 ) -> dict:
     """Every size in turn (stopping after the first that fails); the growth factor of time and peak RSS per
     10x events between consecutive sizes."""
     out = []
     for events, items in sizes:
-        res = run_size(events, items, Path(work), guard_gb, timeout_minutes)
+        res = run_size(events, items, Path(work), guard_gb, timeout_minutes, processes)
         out.append(res)
         print(markdown(res), file=sys.stderr)
         if not res["success"]:
@@ -251,6 +263,6 @@ def markdown(res: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "child":
-        sys.exit(child(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "child":
+        sys.exit(child(sys.argv[2], int(sys.argv[3])))
     sys.exit("usage: python -m recsys_assets.tools.benchmarks scale (this module's `child` is its own subprocess)")

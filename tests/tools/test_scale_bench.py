@@ -26,6 +26,26 @@ def test_stages_split_the_candidates_step_by_candidate_and_keep_skips_with_their
     assert stages["model_candidates"]["status"] == "FAILED: MemoryError"
 
 
+def test_candidates_of_steps_side_by_side_keep_their_own_times() -> None:
+    def row(t: float, step: str, event: str | None, message: str = "") -> dict:
+        return {"t": t, "step": step, "event": event, "message": message}
+
+    a, b = "model_candidates.candidate[ALS]", "model_candidates.candidate[Content]"
+    log = [
+        row(0, a, "STEP_START"),
+        row(1, b, "STEP_START"),
+        row(2, a, None, "[1/2] training ALS on the random split"),
+        row(3, b, None, "[2/2] training Content on the random split"),
+        row(10, a, None, "[1/2] training ALS on the temporal split"),
+        row(12, b, "STEP_SUCCESS"),
+        row(15, a, "STEP_SUCCESS"),
+    ]
+    stages = {s["stage"].strip(): s for s in _stages(log, end=20)}
+    assert (stages["ALS (random)"]["start"], stages["ALS (random)"]["stop"]) == (2, 10)
+    assert (stages["Content (random)"]["start"], stages["Content (random)"]["stop"]) == (3, 12)
+    assert (stages["ALS (temporal)"]["start"], stages["ALS (temporal)"]["stop"]) == (10, 15)
+
+
 def test_a_stopped_run_still_reports_the_steps_it_finished_from_its_instance(tmp_path) -> None:
     import dagster as dg
 
