@@ -433,8 +433,39 @@ def topk_from_scores(
         if exclude is not None:
             part = exclude[start:stop]
             block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
-        for r in range(stop - start):
-            out[start + r] = top_k(block[r], k)
+        if n_items <= ROWS_AT_ONCE_BELOW:
+            out[start:stop] = top_k_rows(block, k)
+        else:
+            for r in range(stop - start):
+                out[start + r] = top_k(block[r], k)
+    return out
+
+
+# Up to this many items a block is ranked at once (`top_k_rows`: 2x faster at 800 columns); above, row by
+# row (at 100k items the whole-block comparisons cost more than the per-row calls they save).
+ROWS_AT_ONCE_BELOW = 4096
+
+
+def top_k_rows(block: np.ndarray, k: int) -> np.ndarray:
+    """`top_k` of every row of a 2-D block (NaN-free), vectorised: one partition of the whole block;
+    the rows whose k-th place ties with scores left outside it go through `top_k` one by one."""
+    n_rows, n = block.shape
+    kk = min(k, n)
+    if kk < n:
+        cand = np.argpartition(block, n - kk, axis=1)[:, n - kk :]
+        vals = np.take_along_axis(block, cand, axis=1)
+        kth = vals.min(axis=1, keepdims=True)
+        tied = np.flatnonzero((block == kth).sum(axis=1) > (vals == kth).sum(axis=1))
+    else:
+        cand = np.broadcast_to(np.arange(n), (n_rows, n))
+        vals, tied = block, np.empty(0, dtype=np.int64)
+    order = np.lexsort((cand, -vals), axis=1)
+    chosen = np.take_along_axis(cand, order, axis=1).astype(np.int64)
+    chosen[~np.isfinite(np.take_along_axis(vals, order, axis=1))] = PAD
+    out = np.full((n_rows, k), PAD, dtype=np.int64)
+    out[:, :kk] = chosen
+    for r in tied:
+        out[r] = top_k(block[r], k)
     return out
 
 

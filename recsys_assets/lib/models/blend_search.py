@@ -35,15 +35,21 @@ class BlendCandidates:
     parts: dict[str, np.ndarray]  # float32, users x columns
     keep: np.ndarray  # bool, users x columns
 
-    def topk(self, weights: Mapping[str, float], rows: np.ndarray, k: int) -> np.ndarray:
-        """Top-`k` item indices (-1 padded) of the blend `weights` for the users of `rows` (a mask or indices)."""
-        total = np.zeros(self.items[rows].shape, dtype=np.float64)
+    def subset(self, rows: np.ndarray) -> BlendCandidates:
+        """The candidates of the users of `rows` (a mask or indices): slice once, rank many blends."""
+        return BlendCandidates(self.items[rows], {n: p[rows] for n, p in self.parts.items()}, self.keep[rows])
+
+    def topk(self, weights: Mapping[str, float], rows: np.ndarray | None, k: int) -> np.ndarray:
+        """Top-`k` item indices (-1 padded) of the blend `weights` for the users of `rows` (a mask or
+        indices; None: every user)."""
+        if rows is not None:
+            return self.subset(rows).topk(weights, None, k)
+        total = np.where(self.keep, 0.0, -np.inf)
         for name, w in weights.items():
             if w:
-                total += w * self.parts[name][rows]
-        total[~self.keep[rows]] = -np.inf
+                total += w * self.parts[name]
         cols = topk_from_scores(total, k)  # ties by column, i.e. by item index, as over the whole catalog
-        out = np.take_along_axis(self.items[rows], np.maximum(cols, 0), axis=1)
+        out = np.take_along_axis(self.items, np.maximum(cols, 0), axis=1)
         out[cols < 0] = -1
         return out
 

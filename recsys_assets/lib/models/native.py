@@ -27,7 +27,7 @@ from recsys_assets.contract.scoring import BUCKETS, Component, Scorer, history_b
 from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
-from recsys_assets.lib.models.blend_search import blend_candidates
+from recsys_assets.lib.models.blend_search import BlendCandidates, blend_candidates
 from recsys_assets.lib.models.buy_again import buy_again_component
 
 
@@ -252,7 +252,17 @@ class HybridModel(ComponentModel):
         truth = valid[users]
         if hist.shape[1] > self.candidates_above:
             cands = blend_candidates(self.components, names, hist, users, exclude_seen=not self.repeat)
-            return lambda w, mask: _ndcg_of(cands.topk(w, mask, self.k), truth[mask], self.k)
+            sliced: dict[bytes, tuple[BlendCandidates, sp.csr_matrix]] = {}  # each search's users, sliced once
+
+            def among_candidates(w: dict[str, float], mask: np.ndarray) -> float:
+                key = mask.tobytes()
+                if key not in sliced:
+                    sliced.clear()
+                    sliced[key] = (cands.subset(mask), truth[mask])
+                sub, sub_truth = sliced[key]
+                return _ndcg_of(sub.topk(w, None, self.k), sub_truth, self.k)
+
+            return among_candidates
         parts = {n: standardise(self.components[n].raw_scores(hist, users)) for n in names}
 
         def exact(w: dict[str, float], mask: np.ndarray) -> float:

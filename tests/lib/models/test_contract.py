@@ -266,3 +266,17 @@ def _as_matrix(top: np.ndarray, n_items: int) -> sp.csr_matrix:
     rows = np.repeat(np.arange(top.shape[0]), top.shape[1])
     keep = top.ravel() >= 0
     return sp.csr_matrix((np.ones(keep.sum()), (rows[keep], top.ravel()[keep])), shape=(top.shape[0], n_items))
+
+
+def test_a_block_ranked_at_once_equals_each_row_ranked_alone() -> None:
+    from recsys_assets.contract.scoring import top_k, top_k_rows
+
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        n, rows, k = int(rng.integers(1, 60)), int(rng.integers(1, 20)), int(rng.integers(1, 15))
+        block = rng.integers(0, 6, (rows, n)).astype(np.float64)  # many ties, at the k-th place too
+        block[rng.random((rows, n)) < 0.2] = -np.inf
+        if case % 7 == 0:
+            block[:] = -np.inf  # nothing recommendable: all padding
+        want = np.stack([top_k(row, k) for row in block])
+        np.testing.assert_array_equal(top_k_rows(block, k), want, err_msg=f"case {case}: n={n} k={k}")
