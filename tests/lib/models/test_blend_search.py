@@ -94,3 +94,15 @@ def test_popularity_lists_equal_the_dense_ranking_with_ties_and_seen_items() -> 
     np.testing.assert_array_equal(popularity_lists(pop, seen, k, n_users), ranked_lists(dense, users, k, n_items, seen))
     np.testing.assert_array_equal(popularity_lists(pop, None, k, n_users), ranked_lists(dense, users, k, n_items))
     assert (popularity_lists(pop, seen, k, n_users)[0] == -1).all()
+
+
+def test_the_tuning_sample_shrinks_with_the_catalog_so_the_search_cost_is_bounded() -> None:
+    def valid(n_items: int, n_users: int = 6_000) -> sp.csr_matrix:
+        rows = np.arange(n_users)
+        return sp.csr_matrix((np.ones(n_users), (rows, rows % n_items)), shape=(n_users, n_items))
+
+    hybrid = HybridModel()
+    # exact path: users x items per component up to tune_cells; candidates: up to candidate_cells
+    assert len(hybrid._tuning_users(valid(10_000))) == hybrid.tune_cells // 10_000 == 1_000
+    assert len(hybrid._tuning_users(valid(100_000))) == hybrid.tune_users == 5_000
+    assert len(hybrid._tuning_users(valid(1_000_000))) == hybrid.candidate_cells // 1_000_000 == 2_000
