@@ -88,6 +88,20 @@ def test_a_torn_last_line_stays_in_its_window_and_is_rejected_by_cleaning(tmp_pa
     assert len(result.interactions) == 1 and result.reject_counts["malformed_row"] == 1
 
 
+def test_a_segment_written_before_the_policy_columns_still_reads(tmp_path: Path) -> None:
+    # an API upgraded mid-window: its old process's segment has the 9 columns of before, the new one 11
+    d = tmp_path / "events"
+    old = LOG_COLUMNS[: LOG_COLUMNS.index("policy")]
+    d.mkdir()
+    when = (NOW - dt.timedelta(minutes=6)).isoformat()
+    (d / "events-old.csv").write_bytes(encode_rows([old]) + encode_rows([("u1", "i1", "view", when, *[None] * 5)]))
+    write_segment(d, "new", [row("u2", "i2", NOW - dt.timedelta(minutes=6))])
+    scanned = live.scan(d, live.ScanState(), NOW, MINUTES, grace_seconds=5)
+    assert scanned.ready == ["2026-11-27T12:00"]
+    rows = live.read_window(d, "2026-11-27T12:00", MINUTES)
+    assert sorted(rows["user_id"]) == ["u1", "u2"] and rows["policy"].isna().all()
+
+
 def loop_settings(settings: Settings, tmp_path: Path, **extra) -> Settings:
     return settings.model_copy(
         update={"events_dir": str(tmp_path / "events"), "drift_window_minutes": MINUTES, **extra}
