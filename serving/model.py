@@ -19,44 +19,27 @@ The challenger is `RECSYS_AB_CHALLENGER_PATH` (a folder under the storage root, 
 `candidates/EASE`) or, when unset, the folder named by an optional `artifacts/CHALLENGER.json`
 (same format as the champion pointer). A share `RECSYS_AB_CHALLENGER_SHARE` of users, chosen by a
 stable hash of the user id, is served by it; every impression records its arm. With a share of 0 (the
-default) no challenger is loaded.
+default) no challenger is loaded. A pointer with a `share` of its own (the pipeline's canary or holdout,
+`contract/canary.py`) sets the split itself, with its `salt`: the split opens, moves and closes (share 0)
+with the pointer, read every poll, and no restart or setting is needed.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import numpy as np
-import scipy.sparse as sp
 
 from recsys_assets.contract import registry_alias
-from recsys_assets.contract.artifact import (
-    CHALLENGER_POINTER,
-    CHAMPION_POINTER,
-    MANIFEST,
-    ArtifactError,
-    ServingArtifact,
-)
-from recsys_assets.contract.lookup import (
-    SIMILARITY_T,
-    Categories,
-    CategoryIndex,
-    CategorySpelling,
-    IdIndex,
-    LookupTableError,
-    Titles,
-    lookup_arrays,
-)
-from recsys_assets.contract.retrieval import Retriever, use_candidates
+from recsys_assets.contract.artifact import CHALLENGER_POINTER, CHAMPION_POINTER, MANIFEST, ArtifactError
+from recsys_assets.contract.canary import in_challenger_arm
 from recsys_assets.contract.storage import Storage
 from serving.errors import ArtifactRejectedError, ModelNotReadyError
-from serving.schemas import ArtifactInfo, RejectedArtifact
+from serving.loaded import LoadedModel, now
+from serving.schemas import RejectedArtifact
 from serving.telemetry import get_metrics
 from serving.verify import load_verified
 
@@ -69,120 +52,6 @@ LAST_GOOD = ("artifacts", "LAST_GOOD.json")
 MAX_FALLBACK_TRIES = 3
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class LoadedModel:
-    """An artifact plus the look-up tables a request needs, built once at load.
-
-    The tables are views of the artifact's own arrays (`recsys_assets.contract.lookup`): with a
-    memory-mapped artifact, N workers share them rather than each holding Python dicts and lists of
-    every id and title. An artifact made before its look-up tables were stored gets them computed here.
-    """
-
-    artifact: ServingArtifact
-    path: str
-    loaded_at: str
-    user_index: IdIndex
-    item_index: IdIndex
-    titles: Titles
-    categories: Categories
-    # casefolded category -> item indices, and -> the catalog's spelling
-    category_items: CategoryIndex
-    category_names: CategorySpelling
-    components: dict[str, Any] = field(default_factory=dict)
-    # item-item matrices transposed (CSR): a recommended item's column is then a cheap row, for reasons
-    similarity_t: dict[str, sp.csr_matrix] = field(default_factory=dict)
-    # the candidate path, for a catalog above the threshold; None: every item is scored
-    retriever: Retriever | None = None
-
-    @property
-    def version(self) -> str:
-        return self.artifact.model_version
-
-    @property
-    def n_items(self) -> int:
-        return len(self.artifact.item_ids)
-
-    @classmethod
-    def build(cls, art: ServingArtifact, path: str, candidate_threshold: int = 20_000) -> LoadedModel:
-        tables = art.lookup
-        n_items = len(art.item_ids)
-        if not tables:  # an artifact made before the look-up tables were stored
-            tables = lookup_arrays(art.user_ids, art.item_ids, art.item_categories, art.scorer.components)
-        try:
-            categories = CategoryIndex(
-                tables["category_keys"], tables["category_names"], tables["category_items"], n_items
-            )
-            similarity_t = {
-                name: tables[f"{name}.{SIMILARITY_T}"]
-                for name, c in art.scorer.components.items()
-                if c.kind == "item_item"
-            }
-            for name, sim_t in similarity_t.items():
-                if sim_t.shape != (n_items, n_items):
-                    raise LookupTableError(f"{name}.{SIMILARITY_T} has shape {sim_t.shape}, expected {n_items} items")
-            model = cls(
-                artifact=art,
-                path=path,
-                loaded_at=_now(),
-                user_index=IdIndex(art.user_ids, tables["user_order"]),
-                item_index=IdIndex(art.item_ids, tables["item_order"]),
-                titles=Titles(art.item_titles, art.item_ids),
-                categories=Categories(art.item_categories),
-                category_items=categories,
-                category_names=categories.spelling,
-                components=dict(art.scorer.components),
-                similarity_t=similarity_t,
-                retriever=(
-                    Retriever(art.scorer, art.retrieval) if use_candidates(n_items, candidate_threshold) else None
-                ),
-            )
-        except (KeyError, LookupTableError) as exc:
-            raise ArtifactError(f"artifact look-up tables do not fit its arrays: {exc}") from exc
-        model.smoke_test()
-        return model
-
-    def smoke_test(self) -> None:
-        """Score an empty and a one-item history with every component: an artifact that cannot score is
-        not served, and each component builds its look-up caches here rather than in the first request."""
-        scorer = self.artifact.scorer
-        one = (np.array([0], dtype=np.int64), np.ones(1, dtype=np.float32))
-        empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
-        try:
-            for component in scorer.components.values():
-                component.score_one(*one, -1)
-            results = [scorer.score_one(*one, -1), scorer.score_one(*empty, -1)]
-        except Exception as exc:
-            raise ArtifactError(f"artifact cannot score: {type(exc).__name__}: {exc}") from exc
-        for scores in results:
-            if scores.shape != (self.n_items,):
-                raise ArtifactError(f"artifact scores have shape {scores.shape}, expected ({self.n_items},)")
-        if self.retriever is not None:
-            try:  # maps the ANN indexes now rather than in the first request
-                self.retriever.topk_one(*one, 10)
-            except Exception as exc:
-                raise ArtifactError(f"artifact cannot score candidates: {type(exc).__name__}: {exc}") from exc
-
-    def info(self) -> ArtifactInfo:
-        art = self.artifact
-        return ArtifactInfo(
-            model_name=art.model_name,
-            model_version=art.model_version,
-            path=self.path,
-            created_at=art.created_at,
-            loaded_at=self.loaded_at,
-            checksum=art.checksum,
-            n_users=len(art.user_ids),
-            n_items=len(art.item_ids),
-            components={name: c.kind for name, c in art.scorer.components.items()},
-            weights={k: float(v) for k, v in art.scorer.weights.items()},
-            metrics={k: float(v) for k, v in art.metrics.items()},
-        )
-
-
 def _parts(path: Any) -> tuple[str, ...]:
     if isinstance(path, list | tuple) and path and all(isinstance(p, str) for p in path):
         return tuple(path)
@@ -191,12 +60,18 @@ def _parts(path: Any) -> tuple[str, ...]:
     raise ArtifactError(f"pointer `path` must be a folder under the storage root, got {path!r}")
 
 
-def challenger_arm(user_id: str, share: float) -> bool:
-    """Stable assignment: the same user always lands in the same arm for a given share."""
-    if share <= 0:
-        return False
-    digest = hashlib.sha256(f"ab:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+def challenger_arm(user_id: str, share: float, salt: str = "") -> bool:
+    """Stable assignment: the same user always lands in the same arm for a given share (and salt)."""
+    return in_challenger_arm(user_id, share, salt)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Who the challenger serves: a `share` of users by a stable hash salted with `salt`, in a `role`."""
+
+    share: float
+    salt: str = ""
+    role: str = "ab"
 
 
 @dataclass
@@ -204,6 +79,8 @@ class _Loaded:
     model: LoadedModel | None = None
     rejected: RejectedArtifact | None = None
     marker: bytes | None = None
+    split: Split | None = None
+    close: bool = False
 
 
 class ModelHolder:
@@ -222,23 +99,40 @@ class ModelHolder:
         self.registry_url = registry_url
         self._registry_down = False
         self.candidate_threshold = candidate_threshold
-        self.challenger_share = challenger_share
+        self.configured_split = Split(challenger_share)
         self.challenger_path = challenger_path
         self.champion: LoadedModel | None = None
-        self.challenger: LoadedModel | None = None
+        # the challenger and its split, swapped together so a request never pairs one with the other's split
+        self._challenger: tuple[LoadedModel, Split] | None = None
         self.last_rejected: RejectedArtifact | None = None
         self._champion_marker: bytes | None = None
         self._challenger_marker: bytes | None = None
         self._last_good_warned = False
         self._lock = anyio.Lock()
 
+    @property
+    def challenger(self) -> LoadedModel | None:
+        slot = self._challenger
+        return slot[0] if slot is not None else None
+
+    @property
+    def challenger_share(self) -> float:
+        """The share of users the challenger serves now (0 without one)."""
+        slot = self._challenger
+        return slot[1].share if slot is not None else 0.0
+
+    @property
+    def challenger_role(self) -> str | None:
+        slot = self._challenger
+        return slot[1].role if slot is not None else None
+
     def pick(self, user_id: str) -> tuple[LoadedModel, str]:
         """The model and arm serving this user."""
-        champion, challenger = self.champion, self.challenger
+        champion, slot = self.champion, self._challenger
         if champion is None:
             raise ModelNotReadyError("no model loaded yet: no champion published, or its artifact was rejected")
-        if challenger is not None and challenger_arm(user_id, self.challenger_share):
-            return challenger, "challenger"
+        if slot is not None and in_challenger_arm(user_id, slot[1].share, slot[1].salt):
+            return slot[0], "challenger"
         return champion, "champion"
 
     def require_champion(self) -> LoadedModel:
@@ -264,7 +158,13 @@ class ModelHolder:
                     get_metrics().model_reloads.labels("rejected").inc()
                     refused.append(f"{arm} artifact {loaded.rejected.path} rejected: {loaded.rejected.error}")
                 if loaded.model is not None:
-                    self._swap(arm, loaded.model)
+                    self._swap(arm, loaded.model, loaded.split)
+                    changed = True
+                elif loaded.close and self._challenger is not None:
+                    self._close_challenger()
+                    changed = True
+                elif loaded.split is not None and self._challenger is not None:
+                    self._challenger = (self._challenger[0], loaded.split)  # the same artifact, a new split
                     changed = True
                 if loaded.marker is not None:
                     if arm == "champion":
@@ -277,13 +177,21 @@ class ModelHolder:
                 raise ArtifactRejectedError("; ".join(refused))
             return changed
 
-    def _swap(self, arm: str, model: LoadedModel) -> None:
+    def _close_challenger(self) -> None:
+        old = self.challenger
+        self._challenger = None
+        self._challenger_marker = None  # the same artifact in a later split is loaded again
+        if old is not None:
+            get_metrics().model_info.labels("challenger", old.artifact.model_name, old.version).set(0)
+            log.info("the challenger split is closed: %s (%s) no longer serves", old.version, old.artifact.model_name)
+
+    def _swap(self, arm: str, model: LoadedModel, split: Split | None = None) -> None:
         old = self.champion if arm == "champion" else self.challenger
         # one attribute assignment: requests hold the reference they took at their start
         if arm == "champion":
             self.champion = model
         else:
-            self.challenger = model
+            self._challenger = (model, split or self.configured_split)
         metrics = get_metrics()
         if old is not None:
             metrics.model_info.labels(arm, old.artifact.model_name, old.version).set(0)
@@ -315,7 +223,7 @@ class ModelHolder:
         try:
             model = self._build(parts)
         except ArtifactError as exc:
-            rejected = RejectedArtifact(path=path, error=str(exc), at=_now())
+            rejected = RejectedArtifact(path=path, error=str(exc), at=now())
             current = self.champion if arm == "champion" else self.challenger
             if current is not None or arm != "champion":
                 log.error(
@@ -431,7 +339,7 @@ class ModelHolder:
             pointer = json.loads(raw)
             parts = _parts(pointer.get("path") if isinstance(pointer, dict) else None)
         except (ValueError, ArtifactError) as exc:
-            bad = RejectedArtifact(path="/".join(CHAMPION_POINTER), error=str(exc), at=_now())
+            bad = RejectedArtifact(path="/".join(CHAMPION_POINTER), error=str(exc), at=now())
             fallback, source = self._last_good(exclude="") if self.champion is None else (None, "")
             if fallback is not None:
                 log.error(
@@ -451,28 +359,40 @@ class ModelHolder:
             return _Loaded(marker=raw)
         return self._load(parts, "champion", raw)
 
-    def _challenger_parts(self) -> tuple[str, ...] | None:
-        if self.challenger_share <= 0:
-            # no A/B split: the challenger the pipeline names is not loaded (nor its memory spent)
-            return None
+    def _challenger_parts(self) -> tuple[tuple[str, ...], Split] | Split | None:
+        """The challenger's folder and split; a `Split` alone when the pointer closed the split (share 0);
+        None when there is no challenger to serve."""
+        configured = self.configured_split
         if self.challenger_path:
-            return _parts(self.challenger_path)
+            return (_parts(self.challenger_path), configured) if configured.share > 0 else None
         if not self.storage.exists(*CHALLENGER_POINTER):
             return None
         try:
-            return _parts(json.loads(self.storage.read_bytes(*CHALLENGER_POINTER)).get("path"))
-        except (ValueError, AttributeError, ArtifactError) as exc:
+            doc = json.loads(self.storage.read_bytes(*CHALLENGER_POINTER))
+            if "share" in doc and doc.get("role") != "ab":
+                split = Split(float(doc["share"]), str(doc.get("salt") or ""), str(doc.get("role") or "ab"))
+            elif configured.share > 0:
+                split = configured
+            else:
+                return None  # no A/B split: the challenger the pipeline names is not loaded (nor its memory spent)
+            return (_parts(doc.get("path")), split) if split.share > 0 else split
+        except (ValueError, TypeError, AttributeError, ArtifactError) as exc:
             log.error("ignoring %s: %s", "/".join(CHALLENGER_POINTER), exc)
             return None
 
     def _check_challenger(self, force: bool) -> _Loaded:
-        parts = self._challenger_parts()
-        if parts is None:
+        found = self._challenger_parts()
+        if found is None:
             return _Loaded()
+        if isinstance(found, Split):
+            return _Loaded(close=True)
+        parts, split = found
         if not self.storage.exists(*parts, MANIFEST):
             return _Loaded()
         # the manifest holds the arrays' checksum: a changed manifest is a changed artifact
         marker = "/".join(parts).encode() + b"\n" + self.storage.read_bytes(*parts, MANIFEST)
         if marker == self._challenger_marker and not force:
-            return _Loaded()
-        return self._load(parts, "challenger", marker)
+            slot = self._challenger
+            return _Loaded(split=split) if slot is not None and slot[1] != split else _Loaded()
+        loaded = self._load(parts, "challenger", marker)
+        return _Loaded(model=loaded.model, rejected=loaded.rejected, marker=loaded.marker, split=split)

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
 from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer, topk_from_scores
 from serving.errors import UnknownItemError
-from serving.model import LoadedModel
+from serving.loaded import LoadedModel
 from serving.schemas import LiveEvent, ReasonKind, RecommendedItem, SimilarItem
 
 VERBS = {

@@ -145,6 +145,8 @@ class ModelInfo(Struct):
     challenger: ArtifactInfo | None
     challenger_share: float
     last_rejected: RejectedArtifact | None
+    # `canary` or `holdout` when the pipeline's canary gate opened the split, `ab` for an operator's A/B test
+    challenger_role: str | None = None
 
 
 class Health(Struct):

@@ -75,6 +75,8 @@ MODEL_REGISTRY = "model_registry"
 # every change of the serving champion: when, who or what, from and to which registry version, why
 # (`lib/champion.py`: the promotion, `champion promote|rollback`, and the sync that follows the alias)
 CHAMPION_CHANGES = "champion_changes"
+# every start and verdict of the canary gate with its evidence (`lib/canary.py`, `lib/canary.DECISION_COLUMNS`)
+PROMOTION_DECISIONS = "promotion_decisions"
 # rows the latest cleaning run rejected, per reason (`reason`, `rows`): full counts, where
 # `rejected_events` keeps a sample
 REJECT_COUNTS = "reject_counts"

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys_assets.contract.canary import CanaryConfig
 from recsys_assets.contract.configs import (  # re-exported: callers import the small configs from here
     DEFAULT_EVENT_WEIGHTS,
     CleaningConfig,
@@ -168,7 +169,8 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0.0,
         le=1.0,
-        description="Share of users (by a stable hash of the user id) served by the challenger.",
+        description="Share of users (a stable hash of the user id) the challenger serves "
+        "when its pointer sets no share of its own (a canary or holdout does: `contract/canary.py`).",
     )
     ab_challenger_path: str | None = Field(
         default=None,
@@ -176,6 +178,7 @@ class Settings(BaseSettings):
         "named by `artifacts/CHALLENGER.json` when that pointer exists.",
     )
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)  # contract/exploration.py
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)  # contract/canary.py
     candidate_threshold_items: int = Field(
         default=20_000,
         ge=0,
@@ -398,12 +401,8 @@ class Settings(BaseSettings):
         )
 
     def mlflow_root(self) -> Path:
-        """Local folder of the default MLflow store: `<local_root>/mlflow`, or `<dagster_home>/mlflow` on Azure.
-
-        With Azure storage there is no local data folder and MLflow cannot use Blob as a SQLite backend,
-        so the default store goes next to the Dagster instance instead; set `RECSYS_MLFLOW_TRACKING_URI`
-        to a tracking server to share runs between machines.
-        """
+        """Local folder of the default MLflow store: `<local_root>/mlflow`, or `<dagster_home>/mlflow` on Azure
+        (no local data folder, and Blob is no SQLite backend); `RECSYS_MLFLOW_TRACKING_URI` shares a server."""
         base = Path(self.dagster_home).resolve() if self.is_azure else self.local_root()
         return base / "mlflow"
 

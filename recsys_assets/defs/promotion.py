@@ -5,20 +5,30 @@ import datetime as dt
 import json
 import tempfile
 import time
+from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from recsys_assets.contract.artifact import CHALLENGER_POINTER, read_from_storage, save_artifact, write_to_storage
+from recsys_assets.contract.artifact import (
+    CHALLENGER_POINTER,
+    ServingArtifact,
+    read_from_storage,
+    save_artifact,
+    write_to_storage,
+)
 from recsys_assets.contract.settings import Settings
+from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
 from recsys_assets.defs.evaluation import champion_ranking
 from recsys_assets.defs.resources import STORAGE_RETRY, MlflowResource, StorageResource
 from recsys_assets.defs.training import SEED, tuned_params
+from recsys_assets.lib import canary as gate
 from recsys_assets.lib import champion as registry
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.models.fitting import effective_target, metric_value, target_value
+from recsys_assets.lib.tracking import CHAMPION, TAG_MODEL, MlflowTracking
 
 SERVING = "serving_artifacts"
 # the popularity baselines every candidate must beat (the offline gate, with the blocking check)
@@ -101,100 +111,142 @@ def champion_model(
     """Promotes the challenger (it passed the blocking check). Its model is refitted with the same
     hyper-parameters on every event, the newest included (a hybrid's blend is tuned on the newest
     5% first), so new items and the latest behaviour are served, and every event is its history;
-    the artifact goes to `artifacts/<version>/`, MLflow registers it with alias `champion`, and
-    `artifacts/CHAMPION.json` follows the alias (the API hot-reloads from there; the change is
-    recorded in `champion_changes`). The runner-up (as evaluated) gets alias `challenger`, and
-    `artifacts/CHALLENGER.json` when it beats the popularity baseline (the API serves it to
-    `RECSYS_AB_CHALLENGER_SHARE` of users)."""
+    the artifact goes to `artifacts/<version>/` and MLflow registers it.
+
+    With the canary gate on (`RECSYS_CANARY__SHARE` > 0, the default) and a champion already serving, a
+    challenger that is another model than the champion's is registered with alias `challenger` and opens a
+    canary (`lib/canary.py`): the API serves it to that share of users, and `canary_sensor` promotes or
+    withdraws it on what users do. Otherwise (the first champion, a refit of the champion's own model with
+    `canary.refresh: direct`, or the gate off) it gets alias `champion` at once and `artifacts/CHAMPION.json`
+    follows the alias (the API hot-reloads from there; the change is recorded in `champion_changes`); the
+    previous champion then keeps `canary.holdout_share` of users as a holdout, watched the same way. Without
+    a holdout the runner-up (as evaluated) gets alias `challenger`, and `artifacts/CHALLENGER.json` when it
+    beats the popularity baseline (the API serves it to `RECSYS_AB_CHALLENGER_SHARE` of users)."""
     # the training stack loads in the step that refits, not with the code location
     from recsys_assets.lib.models.refit import refit_artifact
 
     store = storage.get()
-    tuned = tuned_params(store)
+    tracker = mlflow.tracker()
+    gate_config = settings.canary
+    serving = tracker.alias_version(CHAMPION)
+    winner = challenger_model.iloc[0]
+    evaluated = read_from_storage(store, "candidates", winner["model"])
+    started = time.perf_counter()
+    art = refit_artifact(
+        str(winner["model"]),
+        interactions,
+        items,
+        users,
+        tuned=tuned_params(store),
+        budget=str(winner.get("budget", "standard")),
+        seed=SEED,
+        reference=evaluated,
+        hybrid_cf=str(winner.get("collaborative", "")) or None,
+        hybrid_repeat="buy_again" in evaluated.scorer.components,
+        threads=settings.limits.training_threads(),
+    )
+    refit_seconds = time.perf_counter() - started
+    context.log.info(
+        f"refitted {winner['model']} on {len(interactions)} events in {refit_seconds:.1f}s "
+        f"(trained until {art.trained_until})"
+    )
+    same_model = serving is not None and serving["tags"].get(TAG_MODEL) == art.model_name
+    canary = gate_config.share > 0 and serving is not None and not (same_model and gate_config.refresh == "direct")
+    data_until = str(pd.to_datetime(interactions["timestamp"], utc=True).max().isoformat())
     aliases = {}
-    for rank, (_, row) in enumerate(challenger_model.head(2).iterrows()):
-        alias = "champion" if rank == 0 else "challenger"
-        evaluated = read_from_storage(store, "candidates", row["model"])
+    published = [(winner, art, "challenger" if canary else "champion")]
+    if not canary and not (serving is not None and gate_config.holdout_share > 0) and len(challenger_model) > 1:
+        runner_up = challenger_model.iloc[1]
+        published.append((runner_up, read_from_storage(store, "candidates", runner_up["model"]), "challenger"))
+    for rank, (row, artifact, alias) in enumerate(published):
+        version = _register(store, tracker, row, artifact, alias, interactions)
+        aliases[alias] = {"model": row["model"], "model_version": artifact.model_version, "registry_version": version}
         if rank == 0:
-            started = time.perf_counter()
-            art = refit_artifact(
-                str(row["model"]),
-                interactions,
-                items,
-                users,
-                tuned=tuned,
-                budget=str(row.get("budget", "standard")),
-                seed=SEED,
-                reference=evaluated,
-                hybrid_cf=str(row.get("collaborative", "")) or None,
-                hybrid_repeat="buy_again" in evaluated.scorer.components,
-                threads=settings.limits.training_threads(),
-            )
-            refit_seconds = time.perf_counter() - started
-            context.log.info(
-                f"refitted {row['model']} on {len(interactions)} events in {refit_seconds:.1f}s "
-                f"(trained until {art.trained_until})"
-            )
+            pointer = _pointer(row, artifact, version, data_until, refit_seconds)
         else:
-            art = evaluated
-        write_to_storage(art, store, "artifacts", art.model_version)
-        run_id = mlflow.tracker().log_training_run(
-            model_name=f"{row['model']} ({alias})",
-            params={"model_version": art.model_version, "trained_until": art.trained_until},
-            metrics=pd.DataFrame(
-                [
-                    {
-                        "model": row["model"],
-                        "metric": m,
-                        "k": 10,
-                        "protocol": S.deciding_protocol(interactions),
-                        "slice": "all",
-                        "setting": row.get("evaluation_target", "discovery"),
-                        "value": row[f"{m}@10"],
-                    }
-                    for m in ("ndcg", "map")
-                ]
-            ),
-            dataset_fingerprint=art.dataset_fingerprint,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            save_artifact(art, tmp)
-            version = mlflow.tracker().register_artifact(tmp, run_id, alias)
-        aliases[alias] = {"model": row["model"], "model_version": art.model_version, "registry_version": version}
-        pointer = {
-            "model": row["model"],
-            "model_version": art.model_version,
-            "path": ["artifacts", art.model_version],
-            "registry_version": version,
-            "ndcg@10": float(row["ndcg@10"]),
-            "trained_until": art.trained_until,
-            "data_until": str(pd.to_datetime(interactions["timestamp"], utc=True).max().isoformat())
-            if rank == 0
-            else art.trained_until,
-        }
-        if rank == 0:
-            pointer["refit_seconds"] = round(refit_seconds, 1)
+            pointer = _pointer(row, artifact, version, artifact.trained_until, None)
         # kept with the version, so a later promotion or rollback of it writes the same pointer
-        mlflow.tracker().set_version_tag(version, registry.TAG_POINTER, json.dumps(pointer))
+        tracker.set_version_tag(version, registry.TAG_POINTER, json.dumps(pointer))
         if rank == 1 and bool(row.get("beats_baseline", False)):
             registry.write_pointer(
                 store, {**pointer, "promoted_at": dt.datetime.now(dt.UTC).isoformat()}, CHALLENGER_POINTER
             )
-    change = registry.sync_champion(
-        mlflow.tracker(),
-        store,
-        actor=f"dagster run {context.run_id}",
-        action=registry.PIPELINE,
-        reason=f"{aliases['champion']['model']} passed the promotion check",
-    )
-    context.log.info(f"champion pointer: {change or 'already at the alias'}")
-    runs.write_model_registry(store, mlflow.tracker())
-    context.log.info(f"promoted {aliases}")
-    champion = aliases["champion"]
+    reason = f"{winner['model']} passed the promotion check (NDCG@10 {float(winner['ndcg@10']):.4f})"
+    if canary:
+        assert serving is not None
+        state = gate.start_canary(tracker, store, gate_config, aliases["challenger"]["registry_version"], reason)
+        context.log.info(
+            f"canary opened: {winner['model']} (version {state.challenger['registry_version']}) serves "
+            f"{gate_config.share:.0%} of users beside champion version {serving['version']}; canary_sensor decides"
+        )
+    else:
+        change = registry.sync_champion(
+            tracker, store, actor=f"dagster run {context.run_id}", action=registry.PIPELINE, reason=reason
+        )
+        context.log.info(f"champion pointer: {change or 'already at the alias'}")
+        if change is not None and serving is not None and change["from_version"]:
+            held = gate.start_holdout(tracker, store, gate_config, str(change["from_version"]), reason)
+            if held is not None:
+                context.log.info(f"holdout: version {change['from_version']} keeps {gate_config.holdout_share:.0%}")
+    runs.write_model_registry(store, tracker)
+    context.log.info(f"published {aliases}")
     return dg.MaterializeResult(
         metadata={
             "aliases": dg.MetadataValue.json(aliases),
-            "model_version": champion["model_version"],
+            "model_version": art.model_version,
             "refit_seconds": round(refit_seconds, 1),
+            "canary": canary,
         }
     )
+
+
+def _register(
+    store: Storage,
+    tracker: MlflowTracking,
+    row: pd.Series,
+    art: ServingArtifact,
+    alias: str,
+    interactions: pd.DataFrame,
+) -> str:
+    """Write `art` under `artifacts/<version>/`, log its run and register it with `alias`; the registry version."""
+    write_to_storage(art, store, "artifacts", art.model_version)
+    run_id = tracker.log_training_run(
+        model_name=f"{row['model']} ({alias})",
+        params={"model_version": art.model_version, "trained_until": art.trained_until},
+        metrics=pd.DataFrame(
+            [
+                {
+                    "model": row["model"],
+                    "metric": m,
+                    "k": 10,
+                    "protocol": S.deciding_protocol(interactions),
+                    "slice": "all",
+                    "setting": row.get("evaluation_target", "discovery"),
+                    "value": row[f"{m}@10"],
+                }
+                for m in ("ndcg", "map")
+            ]
+        ),
+        dataset_fingerprint=art.dataset_fingerprint,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        save_artifact(art, tmp)
+        return tracker.register_artifact(tmp, run_id, alias)
+
+
+def _pointer(
+    row: pd.Series, art: ServingArtifact, version: str, data_until: str, refit_seconds: float | None
+) -> dict[str, Any]:
+    """The pointer kept with a registry version, so a later promotion or rollback of it writes the same one."""
+    pointer: dict[str, Any] = {
+        "model": row["model"],
+        "model_version": art.model_version,
+        "path": ["artifacts", art.model_version],
+        "registry_version": version,
+        "ndcg@10": float(row["ndcg@10"]),
+        "trained_until": art.trained_until,
+        "data_until": data_until,
+    }
+    if refit_seconds is not None:
+        pointer["refit_seconds"] = round(refit_seconds, 1)
+    return pointer

@@ -139,9 +139,12 @@ def _promotion(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
         elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             mat = record.asset_materialization
             if mat is not None and mat.asset_key == dg.AssetKey(CHAMPION_ASSET):
-                out["promoted"] = True
                 md = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
-                out["champion_version"] = str(md.get("model_version", ""))
+                if md.get("canary"):  # served to the canary share; `canary_sensor` decides the promotion
+                    out["reason"] = f"canary opened for {md.get('model_version', '')}: promotion awaits users"
+                else:
+                    out["promoted"] = True
+                    out["champion_version"] = str(md.get("model_version", ""))
     return out
 
 

@@ -7,6 +7,9 @@
   While a retrain is queued or running, a new verdict is noted and left to that run.
 - `champion_alias_sensor`: when the MLflow registry's `champion` alias was moved outside the pipeline
   (the MLflow UI), rewrites `artifacts/CHAMPION.json`, the API's cache of it, and records the change.
+- `canary_sensor`: looks at the open canary or holdout (`lib/canary.py`) in the API's event log, with the
+  always-valid sequential test, and promotes, withdraws, rolls back or ends it; each verdict is recorded in
+  `promotion_decisions`.
 - `pipeline_failure_sensor` / `pipeline_success_sensor`: after every run, rewrite the
   `pipeline_health` and `retrain_runs` tables the console reads; a failure is also logged with its
   step and message.
@@ -26,6 +29,7 @@ from recsys_assets.defs import runs
 from recsys_assets.defs.jobs import LIVE_WINDOW_JOB, PIPELINE_JOB
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
 from recsys_assets.defs.resources import MlflowResource, StorageResource
+from recsys_assets.lib import canary as gate
 from recsys_assets.lib import champion as registry
 from recsys_assets.lib import live_windows as live
 
@@ -101,6 +105,28 @@ def champion_alias_sensor(
     return dg.SkipReason(f"pointer now at registry version {change['to_version']} ({change['to_model']})")
 
 
+def canary_sensor(
+    context: dg.SensorEvaluationContext,
+    settings: dg.ResourceParam[Settings],
+    storage: StorageResource,
+    mlflow: MlflowResource,
+) -> dg.SkipReason:
+    store = storage.get()
+    if gate.read_state(store) is None:
+        return dg.SkipReason("no canary or holdout is open")
+    for job in (PIPELINE_JOB, runs.RETRAIN_JOB):
+        # a promotion in progress may open another canary: its run decides first
+        if context.instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=runs.ACTIVE), limit=1):
+            return dg.SkipReason(f"a {job} run is in progress; the gate looks again after it")
+    outcome = gate.step(mlflow.tracker(), store, settings.canary, settings.events_path())
+    if outcome is None:
+        return dg.SkipReason("no canary or holdout is open")
+    if outcome.verdict != "continue":
+        runs.write_model_registry(store, mlflow.tracker())
+        context.log.info(f"canary gate: {outcome.action}; {outcome.reason}")
+    return dg.SkipReason(f"{outcome.verdict}: {outcome.action}; {outcome.reason}"[:1000])
+
+
 def pipeline_failure_sensor(context: dg.RunFailureSensorContext, settings: dg.ResourceParam[Settings]) -> None:
     run = context.dagster_run
     message = context.failure_event.message or ""
@@ -137,6 +163,12 @@ def build_sensors(interval: int) -> list[dg.SensorDefinition]:
             description="Follows the MLflow registry's `champion` alias: when it was moved outside the pipeline "
             "(the MLflow UI), rewrites `artifacts/CHAMPION.json`, which the API serves from, and records the change.",
         )(champion_alias_sensor),
+        dg.sensor(
+            minimum_interval_seconds=interval,
+            default_status=running,
+            description="The canary gate: promotes a canary, withdraws it, or rolls back a new champion during "
+            "its holdout, on an always-valid sequential test of both arms' CTR and conversion in the event log.",
+        )(canary_sensor),
         dg.run_failure_sensor(
             minimum_interval_seconds=interval,
             default_status=running,

@@ -1,6 +1,6 @@
 """An always-valid sequential test of a challenger's list CTR against the champion's, for a canary promotion.
 
-Public: `SequentialTest` (`update(...) -> Decision`), `Decision`, `mixture_log_likelihood_ratio`,
+Public: `SequentialTest` (`update(...) -> Decision`, `snapshot`/`resume`), `Decision`, `mixture_log_likelihood_ratio`,
 `mixture_half_width`.
 
 The test is the mixture sequential probability ratio test (mSPRT) of Johari, Koomen, Pekelis and Walsh,
@@ -143,6 +143,18 @@ class SequentialTest:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.min_lists < 1 or self.max_lists < self.min_lists:
             raise ValueError(f"need 1 <= min_lists <= max_lists, got {self.min_lists} and {self.max_lists}")
+
+    def snapshot(self) -> dict[str, float]:
+        """The running interval and p-value, to carry the test over to another process (`resume`)."""
+        return {"low": self._low, "high": self._high, "p_value": self._p_value}
+
+    def resume(self, snapshot: dict[str, float] | None) -> SequentialTest:
+        """Continue a test from its `snapshot`: the interval keeps narrowing from where it was, as if the
+        earlier looks had been taken by this object. Returns self."""
+        if snapshot:
+            self._low, self._high = float(snapshot["low"]), float(snapshot["high"])
+            self._p_value = float(snapshot["p_value"])
+        return self
 
     def update(
         self, champion_lists: int, champion_clicks: int, challenger_lists: int, challenger_clicks: int

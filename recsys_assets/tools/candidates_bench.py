@@ -154,7 +154,7 @@ def bench_paths(directory: str, n_users: int = 300, k: int = 10) -> dict[str, ob
     from threadpoolctl import threadpool_limits
 
     from recsys_assets.contract.artifact import load_artifact
-    from serving.model import LoadedModel
+    from serving.loaded import LoadedModel
     from serving.recommend import build_history, recommend
 
     art = load_artifact(directory, mmap=True)
@@ -244,7 +244,7 @@ def bench_memory(artifact: str, workers: int) -> dict[str, object]:
     """N processes that each load `artifact` as the API does (mapped, `LoadedModel.build`) and score."""
     code = (
         "import sys,time;from recsys_assets.contract.artifact import load_artifact;"
-        "from serving.model import LoadedModel;"
+        "from serving.loaded import LoadedModel;"
         "m=LoadedModel.build(load_artifact(sys.argv[1],mmap=True),'x',0);"
         "import numpy as np;r=m.retriever;h=m.artifact.history;"
         "[r.topk_one(h.indices[h.indptr[u]:h.indptr[u+1]],h.data[h.indptr[u]:h.indptr[u+1]],10,u) for u in range(200)];"

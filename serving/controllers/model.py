@@ -17,6 +17,7 @@ def model_info(holder: ModelHolder) -> ModelInfo:
         champion=champion.info() if champion is not None else None,
         challenger=challenger.info() if challenger is not None else None,
         challenger_share=holder.challenger_share,
+        challenger_role=holder.challenger_role,
         last_rejected=holder.last_rejected,
     )
 

@@ -22,7 +22,8 @@ from recsys_assets.contract.storage import Storage
 from recsys_assets.lib.ingest import cleaning, readers
 from serving.app import create_app
 from serving.eventlog import LOG_COLUMNS, EventLog
-from serving.model import LoadedModel, challenger_arm
+from serving.loaded import LoadedModel
+from serving.model import challenger_arm
 from serving.recommend import blend, build_history
 from serving.schemas import LiveEvent
 from serving.security import ApiKeys

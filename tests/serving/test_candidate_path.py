@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.model import LoadedModel
+from serving.loaded import LoadedModel
 from serving.recommend import UserHistory, recommend
 from tests.contract.test_retrieval import N_ITEMS, _artifact, _scorer
 

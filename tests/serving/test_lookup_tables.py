@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from recsys_assets.contract.artifact import MANIFEST, ArtifactError, ServingArtifact, load_artifact, save_artifact
 from recsys_assets.contract.lookup import IdIndex
 from recsys_assets.contract.scoring import Component, Scorer
-from serving.model import LoadedModel
+from serving.loaded import LoadedModel
 from serving.recommend import UserHistory, build_history, recommend, similar_items
 
 CATEGORIES = ["Drama|Comedy", "", "drama", "Sci-Fi", "Comedy|Sci-Fi|Horror"]

@@ -446,7 +446,8 @@ def redis_server() -> Iterator[RedisServer]:
 def test_replay_through_the_api_counts_exactly_what_the_log_attributes(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    from serving.model import LoadedModel, challenger_arm
+    from serving.loaded import LoadedModel
+    from serving.model import challenger_arm
     from serving.recommend import build_history, recommend
     from serving.schemas import LiveEvent
 

@@ -46,7 +46,7 @@ def load_champion(storage: Path) -> Any:
     """The champion artifact of `storage` as the API loads it (`serving.model.LoadedModel`, memory-mapped)."""
     from recsys_assets.contract.artifact import load_artifact, read_pointer
     from recsys_assets.contract.storage import Storage
-    from serving.model import LoadedModel
+    from serving.loaded import LoadedModel
 
     store = Storage.from_uri(str(storage))
     parts = tuple(read_pointer(store)["path"])
