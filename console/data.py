@@ -38,6 +38,7 @@ from recsys_assets.contract.events import (
     MODEL_REGISTRY,
     ONLINE_ESTIMATES,
     PIPELINE_HEALTH,
+    PROMOTION_DECISIONS,
     REJECT_COUNTS,
     REPLAY_PHASES,
     REPLAY_RUNS,
@@ -52,7 +53,7 @@ from recsys_assets.contract.warehouse import TABLES
 ALL_TABLES = (
     *TABLES,
     *(EVALUATION_REPORT, DRIFT_RESULTS, RETRAIN_RUNS, PIPELINE_HEALTH, MODEL_REGISTRY, REJECT_COUNTS),
-    *(REPLAY_RUNS, REPLAY_PHASES, CHAMPION_CHANGES, ONLINE_ESTIMATES),
+    *(REPLAY_RUNS, REPLAY_PHASES, CHAMPION_CHANGES, ONLINE_ESTIMATES, PROMOTION_DECISIONS),
 )
 EVENTS_DIR = "events"
 EVALUATION_REPORT_HTML = ("reports", "evaluation_report.html")
@@ -302,6 +303,26 @@ def champion_changes(settings: Settings) -> pd.DataFrame | None:
     if changes is None or changes.empty:
         return None
     return changes.sort_values("at", ascending=False).reset_index(drop=True)
+
+
+def promotion_decisions(settings: Settings) -> pd.DataFrame | None:
+    """Every start and verdict of the canary gate with its evidence, newest first (`promotion_decisions`)."""
+    decisions = table(settings, PROMOTION_DECISIONS)
+    if decisions is None or decisions.empty:
+        return None
+    return decisions.sort_values("at", ascending=False).reset_index(drop=True)
+
+
+@st.cache_data(ttl=TABLE_TTL, show_spinner=False)
+def canary_state(settings: Settings) -> dict[str, Any] | None:
+    """The open canary or holdout and its last look (`artifacts/CANARY.json`), or None when none is open."""
+    from recsys_assets.contract.canary import CANARY_STATE
+
+    store = storage(settings)
+    if not store.exists(*CANARY_STATE):
+        return None
+    doc = json.loads(store.read_bytes(*CANARY_STATE))
+    return doc if doc.get("phase") in ("canary", "holdout") else None
 
 
 def latest_reject_counts(settings: Settings) -> dict[str, int] | None:

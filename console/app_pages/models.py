@@ -212,6 +212,56 @@ def render_changes(settings: Settings) -> None:
     )
 
 
+def render_canary(settings: Settings) -> None:
+    st.subheader("Canary gate")
+    state = data.canary_state(settings)
+    decisions = data.promotion_decisions(settings)
+    if state is None and decisions is None:
+        st.caption(
+            "No canary yet. A retrain's winner that is another model than the champion's serves a share of users "
+            "(`RECSYS_CANARY__SHARE`) before it may become champion; after a promotion the previous champion keeps "
+            "a holdout share. Each verdict of the sequential test on online CTR and conversion shows here."
+        )
+        return
+    if state is not None:
+        last = state.get("last") or {}
+        under = state["challenger"] if state["phase"] == "canary" else state["champion"]
+        other = state["champion"] if state["phase"] == "canary" else state["challenger"]
+        st.markdown(
+            f"**Open {state['phase']}** since {state['started_at'][:19]} UTC: "
+            f"`{under.get('model_version', '')}` under test against `{other.get('model_version', '')}`, "
+            f"{float(state['share']):.0%} of users on the API's challenger arm, {state.get('looks', 0)} looks."
+        )
+        if last:
+            st.caption(f"Last look: {last.get('reason', '')}")
+    if decisions is not None:
+        st.dataframe(
+            decisions,
+            hide_index=True,
+            column_config={
+                "at": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                "phase": "Phase",
+                "verdict": "Verdict",
+                "action": "Action",
+                "champion_model": "Champion",
+                "champion_version": "Champion version",
+                "challenger_model": "Challenger",
+                "challenger_version": "Challenger version",
+                "champion_lists": st.column_config.NumberColumn("Champion lists", format="%d"),
+                "champion_clicks": st.column_config.NumberColumn("Champion clicked lists", format="%d"),
+                "challenger_lists": st.column_config.NumberColumn("Challenger lists", format="%d"),
+                "challenger_clicks": st.column_config.NumberColumn("Challenger clicked lists", format="%d"),
+                "champion_ctr": st.column_config.NumberColumn("Champion CTR", format="%.4f"),
+                "challenger_ctr": st.column_config.NumberColumn("Challenger CTR", format="%.4f"),
+                "estimate": st.column_config.NumberColumn("CTR difference (under test - other)", format="%.4f"),
+                "low": st.column_config.NumberColumn("Low", format="%.4f"),
+                "high": st.column_config.NumberColumn("High", format="%.4f"),
+                "p_value": st.column_config.NumberColumn("p (always valid)", format="%.4f"),
+                "reason": "Evidence",
+            },
+        )
+
+
 def render_online_estimates(settings: Settings) -> None:
     st.subheader("Online estimates on the champion's logged lists")
     table = data.table(settings, ONLINE_ESTIMATES)
@@ -257,6 +307,7 @@ def render(settings: Settings) -> None:
         if html and st.toggle("Show the full evaluation report", key="models_html"):
             ui.embed_html(html, height=900, title="Evaluation report")
     render_online_estimates(settings)
+    render_canary(settings)
     render_registry(settings)
     render_changes(settings)
 

@@ -196,6 +196,7 @@ def _open(
     serving: str,
     other: str,
     reason: str,
+    salt: str = "",
 ) -> GateState:
     """Point the API's split at registry version `other` (`share` of users) beside champion `serving`."""
     champion = registry.pointer_for(tracking, store, _version(tracking, serving))
@@ -204,7 +205,7 @@ def _open(
     if earlier is not None:
         _record(store, _base_row(earlier, "superseded", f"{earlier.phase} closed", f"superseded: {reason}"))
     now = dt.datetime.now(dt.UTC).isoformat()
-    salt = uuid.uuid4().hex[:12]
+    salt = salt or uuid.uuid4().hex[:12]
     state = GateState(phase, now, salt, share, _arm(champion), _arm(pointer))
     registry.write_pointer(store, {**pointer, "role": phase, "share": share, "salt": salt}, CHALLENGER_POINTER)
     _write_state(store, state)
@@ -227,12 +228,12 @@ def _champion_version(tracking: MlflowTracking) -> str:
 
 
 def start_canary(
-    tracking: MlflowTracking, store: Storage, config: CanaryConfig, version: str, reason: str = ""
+    tracking: MlflowTracking, store: Storage, config: CanaryConfig, version: str, reason: str = "", salt: str = ""
 ) -> GateState:
-    """Serve registry `version` to `config.share` of users as a canary of the current champion."""
-    return _open(
-        store, tracking, "canary", config.share, _champion_version(tracking), version, reason or "passed offline"
-    )
+    """Serve registry `version` to `config.share` of users as a canary of the current champion; `salt` (default:
+    random) chooses which users."""
+    champion = _champion_version(tracking)
+    return _open(store, tracking, "canary", config.share, champion, version, reason or "passed offline", salt)
 
 
 def start_holdout(

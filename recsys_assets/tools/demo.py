@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.tools import services as svcs
 from recsys_assets.tools.pipeline import run_pipeline
-from recsys_assets.tools.replay.scenario import REPLAY_DRIFT
+from recsys_assets.tools.replay.scenario import FIXED_ARM_GATE, REPLAY_DRIFT
 from recsys_assets.tools.services import Service
 
 # The demo's API key when RECSYS_API_KEYS is unset (printed at start; local use only).
@@ -35,7 +35,13 @@ DEMO_EVENTS_PER_VISIT = 3
 # the demo's minutes. A replayed minute holds days of ml-100k and different users, so the verdict takes
 # the replay's drift settings (`replay.scenario.REPLAY_DRIFT`, as `replay simulate` does).
 # Each applies unless set (RECSYS_DRIFT_WINDOW_MINUTES, ...).
-DEMO_LOOP_DEFAULTS: dict[str, object] = {"drift_window_minutes": 1, "drift_sensor_seconds": 10, **REPLAY_DRIFT}
+# The popularity arm holds the challenger slot: the canary gate is off (`replay.scenario.FIXED_ARM_GATE`).
+DEMO_LOOP_DEFAULTS: dict[str, object] = {
+    "drift_window_minutes": 1,
+    "drift_sensor_seconds": 10,
+    **REPLAY_DRIFT,
+    **FIXED_ARM_GATE,
+}
 
 
 def _api_base(settings: Settings) -> str:

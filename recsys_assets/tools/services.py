@@ -346,6 +346,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["RECSYS_RETRAIN_MODELS"] = json.dumps(settings.retrain_models)
     env["RECSYS_DRIFT_FEATURES"] = json.dumps(settings.drift_features)
     env["RECSYS_RETRAIN_PROTOCOLS"] = json.dumps(settings.retrain_protocols)
+    env["RECSYS_CANARY"] = settings.canary.model_dump_json()
     return env
 
 

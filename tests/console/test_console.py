@@ -431,3 +431,48 @@ def test_models_page_shows_the_online_estimates(fixture_storage: Settings) -> No
     shown = next(df.value for df in at.dataframe if "estimator" in df.value.columns)
     assert shown.set_index("estimator").loc["ips", "value"] == pytest.approx(0.081)
     assert shown.set_index("estimator").loc["dr", "ci_high"] == pytest.approx(0.088)
+
+
+def test_models_page_shows_the_canary_gate_and_its_decisions(fixture_storage: Settings) -> None:
+    from recsys_assets.lib.canary import DECISION_COLUMNS
+
+    store = Storage.from_settings(fixture_storage)
+    rows = [
+        {"at": "2026-01-02T00:00:00Z", "phase": "canary", "verdict": "start", "action": "canary opened at 10% of users"},
+        {
+            "at": "2026-01-02T06:00:00Z",
+            "phase": "canary",
+            "verdict": "withdraw",
+            "action": "withdrew MultiVAE-x (Hybrid, registry version 4)",
+            "champion_lists": 9000,
+            "champion_clicks": 740,
+            "challenger_lists": 1000,
+            "challenger_clicks": 45,
+            "estimate": -0.037,
+            "low": -0.055,
+            "high": -0.012,
+        },
+    ]
+    table = pd.DataFrame([{c: r.get(c) for c in DECISION_COLUMNS} for r in rows])
+    table["at"] = pd.to_datetime(table["at"], utc=True)
+    store.write_table(table, "promotion_decisions.parquet")
+    state = {
+        "phase": "holdout",
+        "started_at": "2026-01-03T00:00:00+00:00",
+        "salt": "s",
+        "share": 0.05,
+        "champion": {"model": "Hybrid", "model_version": "EASE-fixture-20260101000000", "registry_version": "3"},
+        "challenger": {"model": "Popularity", "model_version": "Pop-1", "registry_version": "1"},
+        "tests": {},
+        "looks": 12,
+        "last": {"verdict": "continue", "reason": "ctr: continue: fewer than 500 lists per arm"},
+    }
+    store.write_text(json.dumps(state), "artifacts", "CANARY.json")
+    at = start(fixture_storage)
+    goto(at, "models")
+    assert_clean(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Open holdout" in text and "EASE-fixture-20260101000000" in text and "12 looks" in text
+    shown = next(df.value for df in at.dataframe if "verdict" in df.value.columns)
+    assert shown["verdict"].tolist() == ["withdraw", "start"]  # newest first
+    assert shown.loc[0, "high"] == pytest.approx(-0.012)

@@ -210,10 +210,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     sim.add_argument("--no-train", action="store_true", help="reuse the past already trained in --workdir")
 
+    g = sub.add_parser(
+        "gate",
+        help="the canary gate on replayed traffic: scenarios x seeds, and each model's realised CTR",
+        description="Each scenario NAME=CHAMPION,CHALLENGER names two artifact folders under the work folder's "
+        "storage (e.g. artifacts/Hybrid-...). Per seed: the champion serves, the challenger opens a canary, the "
+        "future is replayed through a fresh API, and the gate looks every --look-seconds (<workdir>/gate/gate.json).",
+    )
+    g.add_argument("--workdir", type=Path, required=True, help="a folder written by `prepare` and trained")
+    g.add_argument("--scenario", action="append", required=True, help="NAME=CHAMPION_FOLDER,CHALLENGER_FOLDER")
+    g.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (each a new split of the users)")
+    g.add_argument("--share", type=float, default=0.1, help="the canary's share of users (0.1)")
+    g.add_argument("--holdout-share", type=float, default=0.05, help="the previous champion's holdout share (0.05)")
+    g.add_argument("--look-seconds", type=float, default=2.0, help="seconds between the gate's looks (2)")
+    g.add_argument("--no-reference", action="store_true", help="skip the runs of each model on every user")
+
     args = parser.parse_args(argv)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "gate":
+        return _gate(args)
     return _prepare(args) if args.command == "prepare" else _run(args)
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from recsys_assets.contract.canary import CanaryConfig
+    from recsys_assets.tools.replay.gate import GateConfig, run
+
+    scenarios = {}
+    for spec in args.scenario:
+        name, _, pair = spec.partition("=")
+        champion, _, challenger = pair.partition(",")
+        if not (name and champion and challenger):
+            raise SystemExit(f"--scenario {spec!r}: expected NAME=CHAMPION_FOLDER,CHALLENGER_FOLDER")
+        scenarios[name] = (champion.strip("/"), challenger.strip("/"))
+    report = run(
+        GateConfig(
+            workdir=args.workdir.resolve(),
+            scenarios=scenarios,
+            seeds=[int(s) for s in args.seeds.split(",")],
+            canary=CanaryConfig(share=args.share, holdout_share=args.holdout_share),
+            look_seconds=args.look_seconds,
+            reference=not args.no_reference,
+        )
+    )
+    return 0 if report["runs"] else 1
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer
+from recsys_assets.contract.canary import CanaryConfig
 from recsys_assets.tools import closed_loop
 from recsys_assets.tools.pipeline import run_pipeline
 from recsys_assets.tools.replay.data import Shift
@@ -44,6 +45,10 @@ REPLAY_DRIFT: dict[str, Any] = {
     "drift_features": ["item_popularity", "new_item", "new_user"],
     "drift_reference_windows": 2,
 }
+# The replay's popularity arm holds the API's one challenger slot (`RECSYS_AB_CHALLENGER_PATH`), so the
+# canary gate would have no arm to serve a canary or a holdout on: a retrain's winner is promoted at once.
+# `replay gate` (`tools/replay/gate.py`) is the replay of the gate itself.
+FIXED_ARM_GATE: dict[str, Any] = {"canary": CanaryConfig(share=0.0, holdout_share=0.0)}
 
 
 @dataclass
@@ -90,6 +95,7 @@ def _settings(cfg: SimulateConfig, env_file: Path):
         "drift_sensor_seconds": 5,
         "drift_min_rows": cfg.drift_min_rows,
         **REPLAY_DRIFT,
+        **FIXED_ARM_GATE,
         "model_poll_seconds": 1.0,
         "retrain_budget": cfg.budget,
         **cfg.extra,
