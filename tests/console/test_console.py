@@ -438,7 +438,7 @@ def test_models_page_shows_the_canary_gate_and_its_decisions(fixture_storage: Se
 
     store = Storage.from_settings(fixture_storage)
     rows = [
-        {"at": "2026-01-02T00:00:00Z", "phase": "canary", "verdict": "start", "action": "canary opened at 10% of users"},
+        {"at": "2026-01-02T00:00:00Z", "phase": "canary", "verdict": "start", "action": "canary opened"},
         {
             "at": "2026-01-02T06:00:00Z",
             "phase": "canary",
