@@ -1,7 +1,7 @@
 """The canary gate: a challenger earns the champion's place on what users do, and a drop after it rolls back.
 
-Public: `GateState`, `Outcome`, `start_canary`, `start_holdout`, `look`, `apply`, `step`, `read_state`,
-`read_decisions`, `lists_since`, `DECISION_COLUMNS`.
+Public: `GateState`, `Outcome`, `start_canary`, `start_holdout`, `look`, `apply`, `step`, `stop`,
+`close_split`, `read_state`, `read_decisions`, `lists_since`, `DECISION_COLUMNS`.
 
 The states, kept in `artifacts/CANARY.json` (`contract.canary.CANARY_STATE`) beside the pointer the API
 follows (`artifacts/CHALLENGER.json`, whose `role`, `share` and `salt` set the API's split):
@@ -255,6 +255,17 @@ def close_split(store: Storage, role: str, state: GateState | None = None, last:
         registry.write_pointer(store, {**pointer, "role": role, "share": 0.0}, CHALLENGER_POINTER)
     if state is not None or store.exists(*CANARY_STATE):
         _write_state(store, None, last)
+
+
+def stop(store: Storage, actor: str, reason: str = "") -> GateState | None:
+    """Close the open canary or holdout now (an operator's call): the champion serves every user, nothing is
+    promoted or rolled back. None when none is open."""
+    state = read_state(store)
+    if state is None:
+        return None
+    _record(store, _base_row(state, "stopped", f"{state.phase} closed by {actor}", reason or f"stopped by {actor}"))
+    close_split(store, "withdrawn", state, state.last)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

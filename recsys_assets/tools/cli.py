@@ -10,7 +10,8 @@ replays the future through the API as live traffic, and serves until Ctrl-C (`--
 
 `champion promote VERSION | rollback | status` moves the MLflow registry's `champion` alias and the
 pointer the API serves from together (every API worker serves the new champion within
-`model_poll_seconds`), records who did it in `champion_changes`, or shows where both stand.
+`model_poll_seconds`), records who did it in `champion_changes`, or shows where both stand;
+`champion canary` shows the open canary or holdout and the gate's decisions, `stop-canary` closes it.
 
 `report --out DIR` writes the stakeholder report (`report.html`, self-contained) and slide deck
 (`report.pptx`) from the stored tables, the API's event log and `/metrics` (`tools/report/`); `query SQL`
@@ -20,6 +21,7 @@ prints one SQL query over the stored tables (DuckDB views: `drift_results`, `ret
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -54,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     promote = moves.add_parser("promote", help="make a registered model version the champion")
     promote.add_argument("version", help="registry version (`champion status` lists the recent ones)")
     rollback = moves.add_parser("rollback", help="serve the champion before the current one again")
-    for p in (promote, rollback):
+    moves.add_parser("canary", help="the open canary or holdout (its last look) and the gate's recent decisions")
+    stop = moves.add_parser(
+        "stop-canary", help="close the open canary or holdout now: the champion serves every user, nothing moves"
+    )
+    for p in (promote, rollback, stop):
         p.add_argument("--reason", default="", help="why, for the change log")
         p.add_argument("--actor", default="", help="who (default: RECSYS_ACTOR, else user@host)")
     moves.add_parser("status", help="the alias, the pointer the API follows, the rollback target, recent changes")
@@ -114,8 +120,10 @@ def champion_command(settings: Settings, args: argparse.Namespace) -> int:
     from recsys_assets.lib import champion
     from recsys_assets.lib.tracking import MlflowTracking
 
-    tracking = MlflowTracking.for_store(settings.mlflow_store())
     store = Storage.from_settings(settings)
+    if args.action in ("canary", "stop-canary"):
+        return canary_command(store, args)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     try:
         if args.action == "status":
             state = champion.status(tracking, store)
@@ -142,6 +150,25 @@ def champion_command(settings: Settings, args: argparse.Namespace) -> int:
         f"{change['to_version']} ({change['to_model']}); every API worker serves it at its next model poll "
         "(`RECSYS_MODEL_POLL_SECONDS`)"
     )
+    return 0
+
+
+def canary_command(store, args: argparse.Namespace) -> int:
+    """`champion canary` (what is open, the last decisions) and `champion stop-canary`."""
+    import pandas as pd
+
+    from recsys_assets.lib import canary, champion
+
+    if args.action == "stop-canary":
+        stopped = canary.stop(store, args.actor or champion.default_actor(), args.reason)
+        print(f"closed the {stopped.phase}: the champion serves every user" if stopped else "no canary or holdout open")
+        return 0
+    state = canary.read_state(store)
+    print(json.dumps(dataclasses.asdict(state), indent=2, default=str) if state else "no canary or holdout open")
+    decisions = canary.read_decisions(store).tail(10)
+    columns = ["at", "phase", "verdict", "action", "champion_lists", "challenger_lists", "estimate", "low", "high"]
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(decisions[columns].to_string(index=False) if len(decisions) else "no recorded decisions")
     return 0
 
 

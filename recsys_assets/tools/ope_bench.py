@@ -61,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage-uri", required=True, help="the pipeline's storage (candidates/, interactions)")
     parser.add_argument("--events-dir", required=True, type=Path, help="the API's event-log folder")
-    parser.add_argument("--models", default="", help="candidates to estimate (default: every one under candidates/)")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="candidates to estimate: names under candidates/, `champion`, or artifact folders under the storage "
+        "root (e.g. artifacts/<model version>); default: every one under candidates/",
+    )
     parser.add_argument("--max-lists", type=int, default=20_000)
     parser.add_argument("--include-seen", action="store_true", help="the replay asked for lists with seen items")
     parser.add_argument("--bootstrap", type=int, default=2000)
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         # `champion`: the serving champion's artifact (the logging policy's own model: the estimate's A/A check)
         pointer = read_pointer(store) if name == "champion" else None
-        parts = tuple(pointer["path"]) if pointer else ("candidates", name)
+        parts = tuple(pointer["path"]) if pointer else tuple(name.split("/")) if "/" in name else ("candidates", name)
         if not store.exists(*parts, MANIFEST):
             raise SystemExit(f"no candidate artifact {'/'.join(parts)} under {args.storage_uri}: check --models")
         art = read_from_storage(store, *parts)

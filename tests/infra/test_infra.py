@@ -135,6 +135,8 @@ ALLOWED_DEFAULTS: dict[str, dict[str, str]] = {
         "registry_url": "read by the demo alone (whether to point its API at the MLflow UI); the pipeline writes "
         "the registry through mlflow_tracking_uri",
         "exploration": "the off-policy estimates' defaults (the latest 20k champion lists, 95% intervals)",
+        "canary": "the canary gate's defaults (10% canary, 5% holdout, 5% margin, alpha 0.05) are a deployment's "
+        "starting point",
         **{
             name: "evaluation at scale: the defaults (10k users, 256 MB batches) bound memory at every size"
             for name in ("eval_users", "eval_batch_memory_mb", "eval_recbole_collector_cells")

@@ -5,7 +5,10 @@ holdout is rolled back."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,6 +146,16 @@ def test_the_gate_withdraws_promotes_and_rolls_back_what_the_api_serves(
     assert (decided["low"] <= decided["estimate"]).all() and (decided["estimate"] <= decided["high"]).all()
     assert (decided.loc[decided["verdict"] == "withdraw", "high"] < 0).all()
     assert decided["challenger_clicks"].notna().all()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    shown = subprocess.run(
+        [sys.executable, "-m", "recsys_assets", "champion", "canary"],
+        env={**env, "RECSYS_STORAGE_URI": str(storage), "RECSYS_MLFLOW_TRACKING_URI": mlflow_server},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "no canary or holdout open" in shown.stdout and "rolled back to gate-A" in shown.stdout
     changes = champion.read_changes(store)
     assert changes["action"].tolist()[-2:] == ["promote", "rollback"]
     assert changes["actor"].tolist()[-1] == gate.ACTOR

@@ -41,7 +41,6 @@ from recsys_assets.lib.tracking import MlflowTracking
 from recsys_assets.tools import services as svcs
 
 API_KEY = "gate-key"
-VERSIONS = "gate_versions.json"  # artifact folder -> registry version, in the work folder
 
 
 @dataclass
@@ -65,30 +64,32 @@ class GateRun:
 
 
 def _versions(settings: Settings, tracking: MlflowTracking, folders: list[str]) -> dict[str, str]:
-    """The registry version of each artifact folder, registered on first use."""
+    """The registry version of each artifact folder (`artifacts/<model_version>`): the version registered with
+    that model version (the promotion registers every artifact it publishes), else registered here."""
     from recsys_assets.contract.artifact import read_from_storage, save_artifact
 
     store = Storage.from_settings(settings)
-    path = Path(settings.local_root()) / VERSIONS
-    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    history = tracking.champion_history()
+    known = {
+        str(mv): str(v) for mv, v in zip(history.get("model_version", []), history.get("version", []), strict=True)
+    }
+    versions = {}
     for folder in folders:
-        if folder in known and tracking.version_info(known[folder]) is not None:
-            continue
         art = read_from_storage(store, *folder.split("/"))
-        metrics = pd.DataFrame(
-            [{"model": art.model_name, "metric": "ndcg", "k": 10, "protocol": "temporal", "value": 0}]
-        )
+        if art.model_version in known:
+            versions[folder] = known[art.model_version]
+            continue
+        row = {"model": art.model_name, "metric": "ndcg", "k": 10, "protocol": "temporal", "slice": "all", "value": 0}
         run_id = tracking.log_training_run(
-            f"{art.model_name} (gate replay)", {"model_version": art.model_version}, metrics, art.dataset_fingerprint
+            f"{art.model_name} (gate replay)",
+            {"model_version": art.model_version},
+            pd.DataFrame([row]),
+            art.dataset_fingerprint,
         )
         with tempfile.TemporaryDirectory() as tmp:
             save_artifact(art, tmp)
-            known[folder] = tracking.register_artifact(tmp, run_id, "challenger")
-        version = known[folder]
-        pointer = {"model": art.model_name, "trained_until": art.trained_until, "data_until": art.trained_until}
-        tracking.set_version_tag(version, registry.TAG_POINTER, json.dumps(pointer))
-    path.write_text(json.dumps(known, indent=2))
-    return known
+            versions[folder] = tracking.register_artifact(tmp, run_id, "challenger")
+    return versions
 
 
 class _Api:
