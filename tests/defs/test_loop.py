@@ -167,7 +167,7 @@ def test_weekly_schedule_and_sensors_start_with_the_daemon(settings: Settings) -
     assert schedule.cron_schedule == settings.retrain_cron and schedule.job_name == runs.RETRAIN_JOB
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     names = {"live_events_sensor", "drift_retrain_sensor", "pipeline_failure_sensor", "pipeline_success_sensor"}
-    names.add("champion_alias_sensor")
+    names |= {"champion_alias_sensor", "canary_sensor"}
     for name in names:
         assert defs.get_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 

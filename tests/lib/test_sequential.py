@@ -66,6 +66,16 @@ def test_equal_arms_are_rarely_withdrawn() -> None:
     assert share(verdicts, "continue") == 0.0
 
 
+def test_a_challenger_worse_by_the_margin_is_rarely_promoted() -> None:
+    """The false promotion the gate bounds: a challenger exactly `margin` worse than the champion (the edge of
+    "not worse") promoted over any of the 200 looks, in under alpha of the runs."""
+    margin = 0.05
+    verdicts, _ = simulate(CTR, CTR * (1 - margin), seed=5, margin=margin)
+    promoted = share(verdicts, "promote")
+    print(f"\nchallenger {margin:.0%} worse (the margin): promoted {promoted:.2%} of {RUNS} runs")
+    assert promoted < ALPHA, f"false-promotion rate {promoted:.2%} over {RUNS} runs"
+
+
 def test_equal_arms_rarely_shown_different_whichever_way() -> None:
     # with no margin, promote means "shown better" and withdraw "shown worse": both wrong on A/A traffic,
     # so their sum is how often the confidence sequence ever left out the true difference 0
