@@ -172,3 +172,25 @@ def api_env(storage: Path, redis_url: str, **extra: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         **extra,
     }
+
+
+def register_versions(tracking, folder: Path, aliases: dict[str, str], store: Storage | None = None) -> dict[str, str]:
+    """Register a MovieLens hybrid per `aliases` entry (artifact version name -> registry alias) in the MLflow
+    registry of `tracking`, the name as its model version; with `store`, also under its `artifacts/`, as a
+    promotion writes them. Name -> registry version."""
+    import pandas as pd
+
+    from recsys_assets.contract.artifact import save_artifact
+
+    versions = {}
+    for name, alias in aliases.items():
+        art = with_version(movielens_artifact(), name)
+        save_artifact(art, str(folder / name))
+        if store is not None:
+            write_to_storage(art, store, "artifacts", name)
+        row = {"model": name, "metric": "ndcg", "k": 10, "protocol": "temporal", "slice": "all", "value": 0.1}
+        run_id = tracking.log_training_run(
+            name, params={}, metrics=pd.DataFrame([row]), dataset_fingerprint=art.dataset_fingerprint
+        )
+        versions[name] = tracking.register_artifact(str(folder / name), run_id, alias)
+    return versions

@@ -242,7 +242,10 @@ def start_holdout(
     """Keep registry version `previous` (the champion before this one) on `config.holdout_share` of users;
     None (and the split closed) when the holdout share is 0."""
     if config.holdout_share <= 0:
-        close_split(store, "ended")
+        earlier = read_state(store)
+        if earlier is not None:  # a canary that was open when the champion moved
+            _record(store, _base_row(earlier, "superseded", f"{earlier.phase} closed", f"superseded: {reason}"))
+        close_split(store, "ended", earlier)
         return None
     current = _champion_version(tracking)
     return _open(store, tracking, "holdout", config.holdout_share, current, previous, reason or "new champion")

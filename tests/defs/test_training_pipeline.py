@@ -14,6 +14,7 @@ from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.definitions import PIPELINE_JOB, TUNE_JOB, build_definitions
 from recsys_assets.defs.training import TUNED_PARAMS
+from recsys_assets.lib import canary as gate
 from recsys_assets.lib import champion as champion_log
 from recsys_assets.lib.tracking import MlflowTracking
 
@@ -180,3 +181,31 @@ def test_the_comparison_budget_skips_candidates_in_the_plan_with_the_reason(
     skipped = json.loads(store.read_bytes("reports", "skipped_candidates.json"))["skipped"]
     assert [s["model"] for s in skipped] == ["ALS", "ItemItemCosine", "Content"]
     assert all("over the comparison's time budget" in s["reason"] for s in skipped)
+
+
+def test_a_challenger_of_another_model_opens_a_canary_and_the_champion_stays(first) -> None:
+    """With a champion serving, a winner that is another model goes to the canary share of users
+    (`lib/canary.py`); the `champion` alias and the pointer do not move."""
+    settings, _ = first
+    lenient = settings.model_copy(update={"promotion_margin": 0.99})
+    store = Storage.from_settings(settings)
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
+    before, alias_before = read_pointer(store), tracking.alias_version("champion")
+    result = run(lenient, models=["Pop"], native_models=["Content"])
+    assert result.success
+    mat = next(
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key.to_user_string() == "champion_model"
+    )
+    assert mat.metadata["canary"].value is True
+    assert read_pointer(store) == before and tracking.alias_version("champion")["version"] == alias_before["version"]
+    canary = read_pointer(store, CHALLENGER_POINTER)
+    assert canary["role"] == "canary" and canary["share"] == settings.canary.share and canary["salt"]
+    assert canary["registry_version"] == tracking.alias_version("challenger")["version"]
+    assert store.exists(*canary["path"], "manifest.json")
+    state = gate.read_state(store)
+    assert state is not None and state.phase == "canary"
+    assert state.champion["registry_version"] == alias_before["version"]
+    decisions = gate.read_decisions(store)
+    assert decisions[["phase", "verdict"]].values.tolist()[-1] == ["canary", "start"]

@@ -16,7 +16,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from recsys_assets.contract.artifact import CHALLENGER_POINTER, read_pointer, save_artifact
+from recsys_assets.contract.artifact import CHALLENGER_POINTER, read_pointer
 from recsys_assets.contract.canary import CanaryConfig
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.contract.storage import Storage
@@ -25,8 +25,7 @@ from recsys_assets.defs.sensors import canary_sensor
 from recsys_assets.lib import canary as gate
 from recsys_assets.lib import champion
 from recsys_assets.lib.tracking import CHALLENGER, CHAMPION, MlflowTracking
-from tests.api_support import API_KEY, api_env, movielens_artifact, with_version
-from tests.serving.test_champion_registry import _metrics
+from tests.api_support import API_KEY, api_env, register_versions
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +83,7 @@ def test_the_gate_withdraws_promotes_and_rolls_back_what_the_api_serves(
     storage = tmp_path / "data"
     store = Storage.from_uri(str(storage))
     tracking = MlflowTracking(tracking_uri=mlflow_server)
-    versions = {}
-    for alias, name in ((CHAMPION, "gate-A"), (CHALLENGER, "gate-B")):
-        art = with_version(movielens_artifact(), name)
-        save_artifact(art, str(tmp_path / name))
-        run_id = tracking.log_training_run(
-            name, params={}, metrics=_metrics(name), dataset_fingerprint=art.dataset_fingerprint
-        )
-        versions[name] = tracking.register_artifact(str(tmp_path / name), run_id, alias)
+    versions = register_versions(tracking, tmp_path, {"gate-A": CHAMPION, "gate-B": CHALLENGER})
     assert champion.sync_champion(tracking, store, actor="test setup") is not None
     api = start_api(api_env(storage, redis_server.url), workers=1)
     resources = {

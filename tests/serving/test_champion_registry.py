@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from recsys_assets.contract import registry_alias
-from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer, save_artifact, write_to_storage
+from recsys_assets.contract.artifact import CHAMPION_POINTER, read_pointer
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.resources import MlflowResource, StorageResource
 from recsys_assets.defs.sensors import champion_alias_sensor
 from recsys_assets.lib import champion
 from recsys_assets.lib.tracking import CHALLENGER, CHAMPION, MlflowTracking
-from tests.api_support import api_env, movielens_artifact, with_version
+from tests.api_support import api_env, register_versions
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -55,15 +55,7 @@ def test_registry_moves_what_the_api_serves(mlflow_server: str, tmp_path: Path, 
     storage = tmp_path / "data"
     store = Storage.from_uri(str(storage))
     tracking = MlflowTracking(tracking_uri=mlflow_server)
-    versions = {}
-    for alias, name in ((CHAMPION, "hyb-A"), (CHALLENGER, "hyb-B")):
-        art = with_version(movielens_artifact(), name)
-        folder = tmp_path / name
-        save_artifact(art, str(folder))
-        run_id = tracking.log_training_run(
-            name, params={}, metrics=_metrics(name), dataset_fingerprint=art.dataset_fingerprint
-        )
-        versions[name] = tracking.register_artifact(str(folder), run_id, alias)
+    versions = register_versions(tracking, tmp_path, {"hyb-A": CHAMPION, "hyb-B": CHALLENGER})
     assert versions == {"hyb-A": "1", "hyb-B": "2"}
 
     # the first sync copies the artifact out of MLflow (storage has none) and writes the pointer
@@ -123,14 +115,6 @@ def test_registry_moves_what_the_api_serves(mlflow_server: str, tmp_path: Path, 
     assert Storage.from_uri(str(storage)).exists(*CHAMPION_POINTER)
 
 
-def _metrics(name: str):
-    import pandas as pd
-
-    return pd.DataFrame(
-        [{"model": name, "metric": "ndcg", "k": 10, "protocol": "temporal", "slice": "all", "value": 0.1}]
-    )
-
-
 def test_an_alias_moved_in_the_registry_is_served_within_the_poll(
     mlflow_server: str, tmp_path: Path, redis_server, start_api
 ) -> None:
@@ -140,15 +124,7 @@ def test_an_alias_moved_in_the_registry_is_served_within_the_poll(
     storage = tmp_path / "data"
     store = Storage.from_uri(str(storage))
     tracking = MlflowTracking(tracking_uri=mlflow_server)
-    versions = {}
-    for alias, name in ((CHAMPION, "reg-C"), (CHALLENGER, "reg-D")):
-        art = with_version(movielens_artifact(), name)
-        save_artifact(art, str(tmp_path / name))
-        write_to_storage(art, store, "artifacts", name)  # the promotion writes both artifacts to storage
-        run_id = tracking.log_training_run(
-            name, params={}, metrics=_metrics(name), dataset_fingerprint=art.dataset_fingerprint
-        )
-        versions[name] = tracking.register_artifact(str(tmp_path / name), run_id, alias)
+    versions = register_versions(tracking, tmp_path, {"reg-C": CHAMPION, "reg-D": CHALLENGER}, store)
     assert champion.sync_champion(tracking, store, actor="test setup") is not None
     # what the API builds from the registry names what the sync wrote (these versions carry no promotion
     # pointer tag, so the sync added the manifest's model and times, which the API does not read)
