@@ -139,6 +139,7 @@ def bench_loop(work: str, budget: str = "standard", n_events: int = 2000, window
     as processes and nothing but the shifted events posted (`recsys_assets.tools.closed_loop`)."""
     import shutil
 
+    from recsys_assets.contract.canary import CanaryConfig
     from recsys_assets.contract.settings import get_settings
     from recsys_assets.tools import closed_loop
     from recsys_assets.tools.pipeline import run_pipeline
@@ -155,6 +156,8 @@ def bench_loop(work: str, budget: str = "standard", n_events: int = 2000, window
         drift_sensor_seconds=5,
         model_poll_seconds=1,
         retrain_budget=budget,
+        # the drift -> retrain -> serve latency: the winner is promoted at once, not put to a canary first
+        canary=CanaryConfig(share=0.0, holdout_share=0.0),
     )
     t0 = time.perf_counter()
     candidates = {"budget": budget, "models": settings.retrain_models, "protocols": settings.retrain_protocols}

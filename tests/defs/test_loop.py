@@ -286,9 +286,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _served_version(api: ApiProcess) -> str:
+    """The champion the API serves (after a promotion the previous one keeps a holdout share of users, so a
+    given user's list may come from either)."""
     resp = httpx.get(f"{api.url}/v1/users/1/recommendations?k=5", timeout=10)
     assert resp.status_code == 200, resp.text
-    return resp.json()["model_version"]
+    ready = httpx.get(f"{api.url}/ready", timeout=10)
+    assert ready.status_code == 200, ready.text
+    return ready.json()["model_version"]
 
 
 @pytest.mark.integration
