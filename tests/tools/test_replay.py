@@ -548,3 +548,15 @@ def test_replay_through_the_api_counts_exactly_what_the_log_attributes(
         assert "event log agrees with the simulator" in summary_text(result)
     finally:
         api.stop()
+
+
+def test_the_gate_replay_refuses_a_scenario_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recsys_assets.tools.replay.__main__ import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["gate", "--workdir", str(tmp_path), "--scenario", "no-challenger=artifacts/A"])
+    assert "expected NAME=CHAMPION_FOLDER,CHALLENGER_FOLDER" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:
+        main(["gate", "--workdir", str(tmp_path), "--scenario", "s=artifacts/A,artifacts/B"])
+    assert "run `replay prepare` there first" in str(refused.value)
+    assert not (tmp_path / "gate").exists()  # refused before anything was written

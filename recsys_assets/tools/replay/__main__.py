@@ -234,9 +234,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from recsys_assets.contract.canary import CanaryConfig
-    from recsys_assets.tools.replay.gate import GateConfig, run
-
     scenarios = {}
     for spec in args.scenario:
         name, _, pair = spec.partition("=")
@@ -244,7 +241,18 @@ def _gate(args: argparse.Namespace) -> int:
         if not (name and champion and challenger):
             raise SystemExit(f"--scenario {spec!r}: expected NAME=CHAMPION_FOLDER,CHALLENGER_FOLDER")
         scenarios[name] = (champion.strip("/"), challenger.strip("/"))
-    report = run(
+    try:
+        report = _run_gate(args, scenarios)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    return 0 if report["runs"] else 1
+
+
+def _run_gate(args: argparse.Namespace, scenarios: dict[str, tuple[str, str]]) -> dict:
+    from recsys_assets.contract.canary import CanaryConfig
+    from recsys_assets.tools.replay.gate import GateConfig, run
+
+    return run(
         GateConfig(
             workdir=args.workdir.resolve(),
             scenarios=scenarios,
@@ -254,7 +262,6 @@ def _gate(args: argparse.Namespace) -> int:
             reference=not args.no_reference,
         )
     )
-    return 0 if report["runs"] else 1
 
 
 def _simulate(args: argparse.Namespace) -> int:

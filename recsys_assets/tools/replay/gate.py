@@ -32,6 +32,7 @@ import httpx
 import pandas as pd
 
 from recsys_assets.contract import attribution
+from recsys_assets.contract.artifact import MANIFEST
 from recsys_assets.contract.canary import CanaryConfig
 from recsys_assets.contract.settings import Settings, get_settings
 from recsys_assets.contract.storage import Storage
@@ -237,9 +238,19 @@ def reference(cfg: GateConfig, settings: Settings, versions: dict[str, str], fol
 
 def run(cfg: GateConfig) -> dict[str, Any]:
     """Every scenario x seed, and the reference runs; the summary (also written to `out`)."""
-    settings = get_settings(env_file=cfg.workdir / "replay.env")
-    tracking = MlflowTracking.for_store(settings.mlflow_store())
+    env_file = cfg.workdir / "replay.env"
+    if not env_file.is_file() or not (cfg.workdir / "future" / "events.csv").is_file():
+        raise ValueError(f"{cfg.workdir} has no replay.env or future/events.csv: run `replay prepare` there first")
+    settings = get_settings(env_file=env_file)
     folders = sorted({f for pair in cfg.scenarios.values() for f in pair})
+    store = Storage.from_settings(settings)
+    missing = [f for f in folders if not store.exists(*f.split("/"), MANIFEST)]
+    if missing:
+        raise ValueError(
+            f"no serving artifact at {missing} under {settings.storage_uri}: name folders such as "
+            "artifacts/<model version> (the pipeline's promotions) or candidates/<model>"
+        )
+    tracking = MlflowTracking.for_store(settings.mlflow_store())
     versions = _versions(settings, tracking, folders)
     report: dict[str, Any] = {"canary": cfg.canary.model_dump(), "versions": versions, "runs": [], "reference": {}}
     out = cfg.out or cfg.workdir / "gate" / "gate.json"
