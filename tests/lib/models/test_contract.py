@@ -280,3 +280,30 @@ def test_a_block_ranked_at_once_equals_each_row_ranked_alone() -> None:
             block[:] = -np.inf  # nothing recommendable: all padding
         want = np.stack([top_k(row, k) for row in block])
         np.testing.assert_array_equal(top_k_rows(block, k), want, err_msg=f"case {case}: n={n} k={k}")
+
+
+def test_a_wide_block_ranked_from_a_threshold_equals_each_row_ranked_alone() -> None:
+    from recsys_assets.contract.topk import top_k, top_k_wide
+
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n, rows, k = int(rng.integers(1, 5_000)), int(rng.integers(1, 8)), int(rng.integers(1, 25))
+        kind = case % 6
+        if kind == 0:  # mostly zeros (item-item scores), ties at the k-th place
+            block = np.where(rng.random((rows, n)) < 0.01, rng.integers(1, 4, (rows, n)), 0).astype(np.float32)
+        elif kind == 1:  # few distinct values
+            block = rng.integers(0, 6, (rows, n)).astype(np.float64)
+        elif kind == 2:  # continuous
+            block = rng.standard_normal((rows, n)).astype(np.float32)
+        elif kind == 3:  # sorted by index (popularity-like), many items hidden
+            block = np.tile(-np.arange(n, dtype=np.float32), (rows, 1))
+        elif kind == 4:  # almost everything hidden: fewer finite scores than k
+            block = np.full((rows, n), -np.inf)
+            block[rng.random((rows, n)) < 0.001] = 1.0
+        else:  # one +inf
+            block = rng.standard_normal((rows, n))
+            block[0, rng.integers(0, n)] = np.inf
+        if kind in (0, 1, 3):
+            block[rng.random((rows, n)) < 0.3] = -np.inf
+        want = np.stack([top_k(row, k) for row in block])
+        np.testing.assert_array_equal(top_k_wide(block, k), want, err_msg=f"case {case}: n={n} k={k} kind={kind}")
