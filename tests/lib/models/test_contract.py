@@ -307,3 +307,41 @@ def test_a_wide_block_ranked_from_a_threshold_equals_each_row_ranked_alone() -> 
             block[rng.random((rows, n)) < 0.3] = -np.inf
         want = np.stack([top_k(row, k) for row in block])
         np.testing.assert_array_equal(top_k_wide(block, k), want, err_msg=f"case {case}: n={n} k={k} kind={kind}")
+
+
+@pytest.mark.parametrize("name", ["ItemItemCosine", "ItemItemBM25", "Content"])
+def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
+    """Above `DENSE_LIMIT` items the neighbour models and Content score a batch of users in sparse products; they
+    must equal the scorer's one-user path exactly (the evaluation's lists, ties included, come from them)."""
+    import pandas as pd
+
+    from recsys_assets.contract.scoring import DENSE_LIMIT
+    from recsys_assets.lib.models.base import TrainData
+    from recsys_assets.lib.models.native import ComponentModel
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, n_events = 300, DENSE_LIMIT + 1_000, 6_000
+    events = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users - 10, n_events).astype(str),  # the last 10 users have no history
+            "item_id": (rng.zipf(1.3, n_events) % n_items).astype(str),
+            "weight": rng.choice([1.0, 2.0, 3.0], n_events),
+            "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 10**6, n_events), "s"),
+        }
+    )
+    words = np.array([f"w{i}" for i in range(400)])
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(n_items).astype(str),
+            "categories": [f"c{a}|c{a}-{a * b}" for a, b in rng.integers(0, 30, (n_items, 2))],
+            "title": [" ".join(rng.choice(words, 3)) for _ in range(n_items)],
+        }
+    )
+    users = pd.DataFrame({"user_id": np.arange(n_users).astype(str)})
+    model = (native_model(name) if name in NATIVE else implicit_model(name)).fit(TrainData.build(events, items, users))
+    batch = np.r_[rng.permutation(n_users)[:120], n_users - 1]
+    got = model.score(batch)
+    want = ComponentModel.score(model, batch)
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert (got > 0).sum(axis=1).max() > 0
