@@ -31,6 +31,7 @@ from recsys_assets.contract.scoring import (
     history_buckets,
     standardise,
     topk_from_scores,
+    truth_to_csr,
 )
 from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
@@ -80,6 +81,11 @@ class PopularityModel(ComponentModel):
         self.scorer = Scorer({"popularity": self.component}, {"popularity": 1.0})
         self.history = data.matrix
         return self
+
+    def lists(self, user_idx: np.ndarray, k: int, hide: sp.csr_matrix | None) -> np.ndarray:
+        """Top-`k` lists of `user_idx`, each one's row of `hide` left out: ranking `score`'s rows, from one order."""
+        hide = None if hide is None else truth_to_csr(hide, self.history.shape[1])
+        return popularity_lists(self.component.arrays["popularity"], hide, k, len(user_idx))
 
 
 def item_documents(items: pd.DataFrame) -> list[str]:

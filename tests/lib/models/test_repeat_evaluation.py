@@ -231,3 +231,11 @@ def test_the_settings_share_one_scoring_pass_and_equal_separate_evaluations() ->
         alone = evaluate_model(cand.scores, pdata, "BuyAgain", setting=setting)
         got = together[together["setting"] == setting].drop(columns="repeat_share").reset_index(drop=True)
         pd.testing.assert_frame_equal(got, alone.reset_index(drop=True))
+
+
+def test_popularity_lists_equal_its_ranked_scores_in_both_settings() -> None:
+    pdata = baskets()
+    cand = fit_candidate(native_model("Popularity"), pdata)
+    listed = evaluate_settings(cand.scores, pdata, cand.name, lists_fn=cand.lists_fn)
+    assert set(listed["setting"]) == {"discovery", "repeat"}
+    pd.testing.assert_frame_equal(listed, evaluate_settings(cand.scores, pdata, cand.name), check_exact=True)
