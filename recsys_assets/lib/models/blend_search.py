@@ -69,17 +69,23 @@ def blend_candidates(
     history = sp.csr_matrix(history)
     n_users, n_items = history.shape
     per_part = min(per_part, n_items)
-    # float64 standardised scores of every component at once, and the seen mask
-    step = batch_size(n_items, max(1, memory_mb // (2 * max(len(names), 1))))
+    # a popularity component scores everyone alike: its standardised row and its order, once
+    alike = {n: _one_order(components[n]) for n in names if components[n].kind == "popularity"}
+    dense = [n for n in names if n not in alike]
+    # float64 standardised scores of every other component at once, and the seen mask
+    step = batch_size(n_items, max(1, memory_mb // (2 * max(len(dense), 1))))
     items, keep = [], []
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for start in range(0, n_users, step):
         stop = min(start + step, n_users)
         hist = history[start:stop]
-        std = {n: standardise(components[n].raw_scores(hist, users[start:stop])) for n in names}
+        std = {n: standardise(components[n].raw_scores(hist, users[start:stop])) for n in dense}
         seen = hist.toarray() != 0 if exclude_seen else None
         proposals = []
         for n in names:
+            if n in alike:
+                proposals.append(_first_unseen(alike[n][1], hist, exclude_seen, per_part))
+                continue
             s = std[n] if seen is None else np.where(seen, -np.inf, std[n])
             proposals.append(np.argpartition(-s, per_part - 1, axis=1)[:, :per_part])
         cand = np.sort(np.concatenate(proposals, axis=1), axis=1)
@@ -90,7 +96,8 @@ def blend_candidates(
         items.append(cand)
         keep.append(ok)
         for n in names:
-            parts[n].append(np.take_along_axis(std[n], cand, axis=1).astype(np.float32))
+            part = alike[n][0][cand] if n in alike else np.take_along_axis(std[n], cand, axis=1)
+            parts[n].append(part.astype(np.float32))
     width = per_part * len(names)
     empty_i, empty_b = np.empty((0, width), dtype=np.int64), np.empty((0, width), dtype=bool)
     return BlendCandidates(
@@ -98,3 +105,28 @@ def blend_candidates(
         parts={n: np.concatenate(p) if p else np.empty((0, width), dtype=np.float32) for n, p in parts.items()},
         keep=np.concatenate(keep) if keep else empty_b,
     )
+
+
+def _one_order(component: Component) -> tuple[np.ndarray, np.ndarray]:
+    """A component that scores every user alike (popularity): its standardised scores, as `standardise` gives
+    each user's row, and its items best first (ties by item index), without a users x items block."""
+    row = standardise(component.raw_scores(sp.csr_matrix((1, component.n_items), dtype=np.float32), None))[0]
+    return row, np.lexsort((np.arange(len(row)), -row))
+
+
+def _first_unseen(order: np.ndarray, history: sp.csr_matrix, exclude_seen: bool, count: int) -> np.ndarray:
+    """Each history row's first `count` items of `order`, those the row holds (seen) left out with
+    `exclude_seen`; when fewer are left, the row is filled up with seen ones, which `keep` leaves out."""
+    out = np.empty((history.shape[0], count), dtype=np.int64)
+    if not exclude_seen:
+        out[:] = order[:count]
+        return out
+    for r in range(history.shape[0]):
+        lo, hi = history.indptr[r], history.indptr[r + 1]
+        had = history.indices[lo:hi][history.data[lo:hi] != 0]
+        head = order[: count + len(had)]
+        unseen = ~np.isin(head, had)
+        kept = head[unseen][:count]
+        out[r, : len(kept)] = kept
+        out[r, len(kept) :] = head[~unseen][: count - len(kept)]
+    return out

@@ -106,3 +106,39 @@ def test_the_tuning_sample_shrinks_with_the_catalog_so_the_search_cost_is_bounde
     assert len(hybrid._tuning_users(valid(10_000))) == hybrid.tune_cells // 10_000 == 1_000
     assert len(hybrid._tuning_users(valid(100_000))) == hybrid.tune_users == 5_000
     assert len(hybrid._tuning_users(valid(1_000_000))) == hybrid.candidate_cells // 1_000_000 == 2_000
+
+
+def _dense_candidates(comps: dict[str, Component], names: list[str], history: sp.csr_matrix, per_part: int):
+    """The candidates as every component's dense, standardised rows give them (seen items left out)."""
+    users = np.arange(history.shape[0])
+    std = {n: standardise(comps[n].raw_scores(history, users)) for n in names}
+    seen = history.toarray() != 0
+    cand = np.sort(
+        np.concatenate([np.argsort(-np.where(seen, -np.inf, std[n]), axis=1)[:, :per_part] for n in names], axis=1),
+        axis=1,
+    )
+    keep = np.ones(cand.shape, dtype=bool)
+    keep[:, 1:] = cand[:, 1:] != cand[:, :-1]
+    keep &= ~np.take_along_axis(seen, cand, axis=1)
+    return cand, keep, {n: np.take_along_axis(std[n], cand, axis=1).astype(np.float32) for n in names}
+
+
+def test_popularity_proposes_from_one_order_what_its_dense_rows_would() -> None:
+    """A popularity component's candidates come from one global order (no users x items block): the same
+    items, scores and kept columns as its standardised dense rows, seen items skipped (one user has seen
+    its whole head)."""
+    n_users, n_items, per_part = 50, 3_000, 40
+    comps = _components(n_users, n_items, seed=3)
+    rng = np.random.default_rng(4)
+    history = sp.random(n_users, n_items, density=0.01, format="csr", random_state=rng, dtype=np.float32)
+    history = sp.lil_matrix(history)
+    history[0, np.argsort(-comps["popularity"].arrays["popularity"])[: per_part + 5]] = 1.0  # the head seen
+    history = sp.csr_matrix(history)
+    got = blend_candidates(
+        comps, ["a", "popularity"], history, np.arange(n_users), exclude_seen=True, per_part=per_part
+    )
+    items, keep, parts = _dense_candidates(comps, ["a", "popularity"], history, per_part)
+    np.testing.assert_array_equal(got.items, items)
+    np.testing.assert_array_equal(got.keep, keep)
+    for n in parts:
+        np.testing.assert_array_equal(got.parts[n], parts[n])
