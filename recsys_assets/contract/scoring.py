@@ -313,7 +313,7 @@ class Scorer:
             return self.components[name].score_one(idx, weights, user)
         total = np.zeros(self.n_items, dtype=np.float32)
         for name, w in active.items():
-            total += np.float32(w) * _standardise_one(self.components[name].score_one(idx, weights, user))
+            total += np.float32(w) * standardise_one(self.components[name].score_one(idx, weights, user))
         return total
 
     def topk_one(
@@ -365,7 +365,8 @@ class Scorer:
         return out
 
 
-def _standardise_one(scores: np.ndarray) -> np.ndarray:
+def standardise_one(scores: np.ndarray) -> np.ndarray:
+    """One user's scores standardised as `Scorer.score_one` blends them (float32; a constant row to zeros)."""
     std = float(scores.std())
     if std <= 1e-12:
         return np.zeros_like(scores, dtype=np.float32)

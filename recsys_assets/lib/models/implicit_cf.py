@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import DENSE_LIMIT, Component, Scorer
+from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.lib.models.base import ProtocolData, TrainData
 from recsys_assets.lib.models.native import ComponentModel
 
@@ -162,16 +162,6 @@ class ItemItemModel(ComponentModel):
         self.scorer = Scorer({"collaborative": self.component}, {"collaborative": 1.0})
         self.history = data.matrix
         return self
-
-    def score(self, user_idx: np.ndarray) -> np.ndarray:
-        """The scorer's scores for `user_idx`, a batch at once above `DENSE_LIMIT` items: the users' 0/1
-        histories times the sparse neighbour matrix, summed in the same order as the one-user path (each
-        history item's row in index order, in float32), so equal to it bit for bit."""
-        if self.history.shape[1] <= DENSE_LIMIT:  # the one-user path keeps a dense matrix: its own sums
-            return super().score(user_idx)
-        hist = sp.csr_matrix(self.history[user_idx], dtype=np.float32, copy=True)
-        hist.data[:] = 1.0
-        return (hist @ self.component.arrays["similarity"]).toarray()
 
     def params(self) -> dict[str, object]:
         out: dict[str, object] = {"measure": self.measure, "neighbours": self.neighbours, "threads": self.threads}

@@ -25,7 +25,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from recsys_assets.contract.scoring import (
     BUCKETS,
-    DENSE_LIMIT,
     Component,
     Scorer,
     history_buckets,
@@ -36,6 +35,7 @@ from recsys_assets.contract.scoring import (
 from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
+from recsys_assets.lib.models.batch_scores import scorer_scores
 from recsys_assets.lib.models.blend_search import BlendCandidates, blend_candidates
 from recsys_assets.lib.models.buy_again import buy_again_component
 
@@ -52,7 +52,10 @@ class ComponentModel:
     history: sp.csr_matrix
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
-        return self.scorer.score(self.history[user_idx], user_idx=user_idx)
+        """The scorer's scores, a batch of users at once where that is equal to the one-user path (`batch_scores`)."""
+        history = self.history[user_idx]
+        out = scorer_scores(self.scorer, history)
+        return self.scorer.score(history, user_idx=user_idx) if out is None else out
 
     def params(self) -> dict[str, object]:
         return {}
@@ -126,24 +129,6 @@ class ContentModel(ComponentModel):
         self.scorer = Scorer({"content": self.component}, {"content": 1.0})
         self.history = data.matrix
         return self
-
-    def score(self, user_idx: np.ndarray) -> np.ndarray:
-        """The scorer's scores for `user_idx`, a batch at once above `DENSE_LIMIT` items: every profile in one
-        sparse product, every item's cosine in one product with the dense profiles (items x users, so each
-        item's sum runs over its features in the one-user path's order, in float32), each profile's norm as
-        that path takes it: equal to it bit for bit."""
-        if self.history.shape[1] <= DENSE_LIMIT:  # the one-user path uses the items' Gram matrix
-            return super().score(user_idx)
-        feats = self.component._cache()["feats"]
-        hist = sp.csr_matrix(self.history[user_idx], dtype=np.float32, copy=True)
-        hist.eliminate_zeros()  # as the one-user path's row of weights, built from a dense vector
-        profiles = sp.csr_matrix(hist @ feats)
-        raw = np.ascontiguousarray((feats @ profiles.T.toarray()).T)  # dense profiles: items x users at once
-        for r in range(raw.shape[0]):
-            row = profiles[r]
-            norm2 = float(row.multiply(row).sum())
-            raw[r] = raw[r] / np.float32(np.sqrt(norm2)) if norm2 > 0 else 0.0
-        return raw
 
 
 @dataclass

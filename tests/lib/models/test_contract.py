@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact, dump_artifact, parse_artifact
-from recsys_assets.contract.scoring import top_k
+from recsys_assets.contract.scoring import history_buckets, top_k
 from recsys_assets.lib.models.base import ProtocolData, Recommender, recommend
 from recsys_assets.lib.models.candidates import fit_candidate, native_model
 from recsys_assets.lib.models.catalog import IMPLICIT, NATIVE
@@ -309,15 +309,16 @@ def test_a_wide_block_ranked_from_a_threshold_equals_each_row_ranked_alone() -> 
         np.testing.assert_array_equal(top_k_wide(block, k), want, err_msg=f"case {case}: n={n} k={k} kind={kind}")
 
 
-@pytest.mark.parametrize("name", ["ItemItemCosine", "ItemItemBM25", "Content"])
+@pytest.mark.parametrize("name", ["ItemItemCosine", "ItemItemBM25", "Content", "Popularity", "Hybrid", "weighted"])
 def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
-    """Above `DENSE_LIMIT` items the neighbour models and Content score a batch of users in sparse products; they
-    must equal the scorer's one-user path exactly (the evaluation's lists, ties included, come from them)."""
+    """Above `DENSE_LIMIT` items the neighbour models, Content and a Hybrid of them score a batch of users in
+    sparse products (`batch_scores`); they must equal the scorer's one-user path exactly (the evaluation's
+    lists, ties included, come from them). `weighted`: an item-item component on event weights, not 0/1."""
     import pandas as pd
 
-    from recsys_assets.contract.scoring import DENSE_LIMIT
+    from recsys_assets.contract.scoring import DENSE_LIMIT, Component, Scorer
     from recsys_assets.lib.models.base import TrainData
-    from recsys_assets.lib.models.native import ComponentModel
+    from recsys_assets.lib.models.native import HybridModel
 
     rng = np.random.default_rng(5)
     n_users, n_items, n_events = 300, DENSE_LIMIT + 1_000, 6_000
@@ -338,10 +339,28 @@ def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
         }
     )
     users = pd.DataFrame({"user_id": np.arange(n_users).astype(str)})
-    model = (native_model(name) if name in NATIVE else implicit_model(name)).fit(TrainData.build(events, items, users))
+    data = TrainData.build(events, items, users)
+    if name in ("Hybrid", "weighted"):
+        sim = implicit_model("ItemItemBM25").fit(data).component
+        if name == "weighted":
+            sim = Component("item_item", dict(sim.arrays))
+        model = HybridModel(collaborative=sim).fit(data)  # equal weights; then one bucket each way
+        model.bucket_weights = {
+            "0": {"popularity": 1.0},
+            "1-5": {"content": 0.3, "popularity": 0.7},
+            "6-20": {"collaborative": 0.5, "content": 0.25, "popularity": 0.25},
+        }
+        model.scorer = Scorer(model.components, model.weights, model.bucket_weights)
+    else:
+        model = (native_model(name) if name in NATIVE else implicit_model(name)).fit(data)
     batch = np.r_[rng.permutation(n_users)[:120], n_users - 1]
+    from recsys_assets.lib.models.batch_scores import scorer_scores
+
+    assert scorer_scores(model.scorer, model.history[batch[:3]]) is not None  # the batched path, not the fallback
     got = model.score(batch)
-    want = ComponentModel.score(model, batch)
+    want = model.scorer.score(model.history[batch], user_idx=batch)
+    if name in ("Hybrid", "weighted"):
+        assert len(set(model.scorer.components)) == 3 and len(np.unique(history_buckets(model.history[batch]))) > 2
     assert got.dtype == want.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     assert (got > 0).sum(axis=1).max() > 0
