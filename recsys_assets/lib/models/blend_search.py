@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_assets.contract.scoring import Component, standardise, topk_from_scores
+from recsys_assets.contract.topk import PAD, top_k_wide
 from recsys_assets.lib.evaluation.batched import batch_size
 
 PER_PART = 200  # candidates per component and user
@@ -86,8 +87,7 @@ def blend_candidates(
             if n in alike:
                 proposals.append(_first_unseen(alike[n][1], hist, exclude_seen, per_part))
                 continue
-            s = std[n] if seen is None else np.where(seen, -np.inf, std[n])
-            proposals.append(np.argpartition(-s, per_part - 1, axis=1)[:, :per_part])
+            proposals.append(_best(std[n] if seen is None else np.where(seen, -np.inf, std[n]), per_part))
         cand = np.sort(np.concatenate(proposals, axis=1), axis=1)
         ok = np.ones(cand.shape, dtype=bool)
         ok[:, 1:] = cand[:, 1:] != cand[:, :-1]
@@ -130,3 +130,14 @@ def _first_unseen(order: np.ndarray, history: sp.csr_matrix, exclude_seen: bool,
         out[r, : len(kept)] = kept
         out[r, len(kept) :] = head[~unseen][: count - len(kept)]
     return out
+
+
+def _best(scores: np.ndarray, count: int) -> np.ndarray:
+    """Each row's `count` best items (ties by item index, as `top_k`; a threshold, not a partition of the
+    whole row: at 1M items a content row is mostly tied zeros, where `argpartition` is slowest); a row with
+    fewer finite scores is filled up with its -inf (seen) items, which the candidates' `keep` leaves out."""
+    best = top_k_wide(scores, count)
+    for r in np.flatnonzero((best == PAD).any(axis=1)):
+        short = best[r] == PAD
+        best[r, short] = np.flatnonzero(~np.isfinite(scores[r]))[: short.sum()]
+    return best
