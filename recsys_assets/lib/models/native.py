@@ -54,7 +54,7 @@ class ComponentModel:
     def score(self, user_idx: np.ndarray) -> np.ndarray:
         """The scorer's scores, a batch of users at once where that is equal to the one-user path (`batch_scores`)."""
         history = self.history[user_idx]
-        out = scorer_scores(self.scorer, history)
+        out = scorer_scores(self.scorer, history, np.asarray(user_idx))
         return self.scorer.score(history, user_idx=user_idx) if out is None else out
 
     def params(self) -> dict[str, object]:

@@ -309,11 +309,14 @@ def test_a_wide_block_ranked_from_a_threshold_equals_each_row_ranked_alone() -> 
         np.testing.assert_array_equal(top_k_wide(block, k), want, err_msg=f"case {case}: n={n} k={k} kind={kind}")
 
 
-@pytest.mark.parametrize("name", ["ItemItemCosine", "ItemItemBM25", "Content", "Popularity", "Hybrid", "weighted"])
+@pytest.mark.parametrize(
+    "name", ["ItemItemCosine", "ItemItemBM25", "Content", "Popularity", "BuyAgain", "Hybrid", "weighted", "repeat"]
+)
 def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
     """Above `DENSE_LIMIT` items the neighbour models, Content and a Hybrid of them score a batch of users in
     sparse products (`batch_scores`); they must equal the scorer's one-user path exactly (the evaluation's
-    lists, ties included, come from them). `weighted`: an item-item component on event weights, not 0/1."""
+    lists, ties included, come from them). `weighted`: an item-item component on event weights, not 0/1;
+    `repeat`: a Hybrid blending BuyAgain too."""
     import pandas as pd
 
     from recsys_assets.contract.scoring import DENSE_LIMIT, Component, Scorer
@@ -340,17 +343,23 @@ def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
     )
     users = pd.DataFrame({"user_id": np.arange(n_users).astype(str)})
     data = TrainData.build(events, items, users)
-    if name in ("Hybrid", "weighted"):
+    if name in ("Hybrid", "weighted", "repeat"):
         sim = implicit_model("ItemItemBM25").fit(data).component
         if name == "weighted":
             sim = Component("item_item", dict(sim.arrays))
-        model = HybridModel(collaborative=sim).fit(data)  # equal weights; then one bucket each way
+        model = HybridModel(collaborative=sim, repeat=name == "repeat").fit(data)  # equal weights; then buckets
         model.bucket_weights = {
             "0": {"popularity": 1.0},
             "1-5": {"content": 0.3, "popularity": 0.7},
             "6-20": {"collaborative": 0.5, "content": 0.25, "popularity": 0.25},
         }
+        if name == "repeat":
+            model.bucket_weights["20+"] = {"buy_again": 0.6, "collaborative": 0.4}
         model.scorer = Scorer(model.components, model.weights, model.bucket_weights)
+    elif name == "BuyAgain":
+        from recsys_assets.lib.models.buy_again import BuyAgainModel
+
+        model = BuyAgainModel().fit(data)
     else:
         model = (native_model(name) if name in NATIVE else implicit_model(name)).fit(data)
     batch = np.r_[rng.permutation(n_users)[:120], n_users - 1]
@@ -359,6 +368,8 @@ def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
     assert scorer_scores(model.scorer, model.history[batch[:3]]) is not None  # the batched path, not the fallback
     got = model.score(batch)
     want = model.scorer.score(model.history[batch], user_idx=batch)
+    unknown = model.history[batch]  # the same histories, no user index (the API's unknown users)
+    np.testing.assert_array_equal(scorer_scores(model.scorer, unknown), model.scorer.score(unknown))
     if name in ("Hybrid", "weighted"):
         assert len(set(model.scorer.components)) == 3 and len(np.unique(history_buckets(model.history[batch]))) > 2
     assert got.dtype == want.dtype == np.float32
