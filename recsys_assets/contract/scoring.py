@@ -41,8 +41,12 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     """Each row to zero mean and unit variance (a constant row to zeros), as the blend weighs components."""
     mean = scores.mean(axis=1, keepdims=True)
     std = scores.std(axis=1, keepdims=True)
-    out = np.zeros_like(scores)
     ok = std[:, 0] > 1e-12
+    if ok.all():  # the same values, without the masked form's copies of the whole block
+        out = np.subtract(scores, mean)
+        out /= std
+        return out
+    out = np.zeros_like(scores)
     out[ok] = (scores[ok] - mean[ok]) / std[ok]
     return out
 

@@ -375,3 +375,19 @@ def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
     assert got.dtype == want.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     assert (got > 0).sum(axis=1).max() > 0
+
+
+def test_standardise_rows_with_and_without_a_constant_one() -> None:
+    from recsys_assets.contract.scoring import standardise
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float64):
+        block = rng.standard_normal((20, 500)).astype(dtype)
+        with_constant = block.copy()
+        with_constant[3] = 1.0
+        for scores in (block, with_constant):
+            got = standardise(scores)
+            mean, std = scores.mean(axis=1, keepdims=True), scores.std(axis=1, keepdims=True)
+            want = np.where(std > 1e-12, (scores - mean) / np.where(std > 1e-12, std, 1), 0).astype(dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)
