@@ -104,9 +104,11 @@ def test_the_tuning_sample_shrinks_with_the_catalog_so_the_search_cost_is_bounde
         return sp.csr_matrix((np.ones(n_users), (rows, rows % n_items)), shape=(n_users, n_items))
 
     hybrid = HybridModel()
-    # exact path: users x items per component up to tune_cells; candidates: up to candidate_cells
+    # exact path: users x items per component up to tune_cells, at most tune_users; candidates: up to
+    # candidate_users and candidate_cells
+    assert len(hybrid._tuning_users(valid(1_000))) == hybrid.tune_users == 5_000
     assert len(hybrid._tuning_users(valid(10_000))) == hybrid.tune_cells // 10_000 == 1_000
-    assert len(hybrid._tuning_users(valid(100_000))) == hybrid.tune_users == 5_000
+    assert len(hybrid._tuning_users(valid(100_000))) == hybrid.candidate_users == 2_500
     assert len(hybrid._tuning_users(valid(1_000_000))) == hybrid.candidate_cells // 1_000_000 == 2_000
 
 
