@@ -27,19 +27,26 @@ from typing import Any, TypeAlias
 import numpy as np
 import scipy.sparse as sp
 
-PAD = -1  # pads a top-k row that has fewer than k items
+from recsys_assets.contract.topk import PAD, ROWS_AT_ONCE_BELOW, top_k, top_k_rows, top_k_wide
+
 Truth: TypeAlias = sp.spmatrix | sp.sparray | Sequence[Iterable[int]]
 KINDS = ("popularity", "item_item", "embedding", "content", "autoencoder", "repeat")
 # Catalogs up to this size keep item x item matrices dense for the one-user path (5,000 items: 100 MB).
 DENSE_LIMIT = 5_000
+# `topk_from_scores` ranks rows wider than `ROWS_AT_ONCE_BELOW` items this many bytes (float64) at a time
+WIDE_BLOCK_BYTES = 8 << 20
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:
     """Each row to zero mean and unit variance (a constant row to zeros), as the blend weighs components."""
     mean = scores.mean(axis=1, keepdims=True)
     std = scores.std(axis=1, keepdims=True)
-    out = np.zeros_like(scores)
     ok = std[:, 0] > 1e-12
+    if ok.all():  # the same values, without the masked form's copies of the whole block
+        out = np.subtract(scores, mean)
+        out /= std
+        return out
+    out = np.zeros_like(scores)
     out[ok] = (scores[ok] - mean[ok]) / std[ok]
     return out
 
@@ -310,7 +317,7 @@ class Scorer:
             return self.components[name].score_one(idx, weights, user)
         total = np.zeros(self.n_items, dtype=np.float32)
         for name, w in active.items():
-            total += np.float32(w) * _standardise_one(self.components[name].score_one(idx, weights, user))
+            total += np.float32(w) * standardise_one(self.components[name].score_one(idx, weights, user))
         return total
 
     def topk_one(
@@ -362,7 +369,8 @@ class Scorer:
         return out
 
 
-def _standardise_one(scores: np.ndarray) -> np.ndarray:
+def standardise_one(scores: np.ndarray) -> np.ndarray:
+    """One user's scores standardised as `Scorer.score_one` blends them (float32; a constant row to zeros)."""
     std = float(scores.std())
     if std <= 1e-12:
         return np.zeros_like(scores, dtype=np.float32)
@@ -424,6 +432,8 @@ def topk_from_scores(
         if exclude.shape != (n_users, n_items):
             raise ValueError(f"exclude has shape {exclude.shape}, scores have {(n_users, n_items)}")
     out = np.full((n_users, k), PAD, dtype=np.int64)
+    if n_items > ROWS_AT_ONCE_BELOW:  # wide rows: a few MB at a time (copied, masked and ranked while in cache)
+        batch_size = max(1, min(batch_size, WIDE_BLOCK_BYTES // (8 * n_items)))
     for start in range(0, n_users, batch_size):
         stop = min(start + batch_size, n_users)
         part_scores: Any = scores[start:stop]
@@ -433,64 +443,5 @@ def topk_from_scores(
         if exclude is not None:
             part = exclude[start:stop]
             block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
-        if n_items <= ROWS_AT_ONCE_BELOW:
-            out[start:stop] = top_k_rows(block, k)
-        else:
-            for r in range(stop - start):
-                out[start + r] = top_k(block[r], k)
+        out[start:stop] = top_k_rows(block, k) if n_items <= ROWS_AT_ONCE_BELOW else top_k_wide(block, k)
     return out
-
-
-# Up to this many items a block is ranked at once (`top_k_rows`: 2x faster at 800 columns); above, row by
-# row (at 100k items the whole-block comparisons cost more than the per-row calls they save).
-ROWS_AT_ONCE_BELOW = 4096
-
-
-def top_k_rows(block: np.ndarray, k: int) -> np.ndarray:
-    """`top_k` of every row of a 2-D block (NaN-free), vectorised: one partition of the whole block;
-    the rows whose k-th place ties with scores left outside it go through `top_k` one by one."""
-    n_rows, n = block.shape
-    kk = min(k, n)
-    if kk < n:
-        cand = np.argpartition(block, n - kk, axis=1)[:, n - kk :]
-        vals = np.take_along_axis(block, cand, axis=1)
-        kth = vals.min(axis=1, keepdims=True)
-        tied = np.flatnonzero((block == kth).sum(axis=1) > (vals == kth).sum(axis=1))
-    else:
-        cand = np.broadcast_to(np.arange(n), (n_rows, n))
-        vals, tied = block, np.empty(0, dtype=np.int64)
-    order = np.lexsort((cand, -vals), axis=1)
-    chosen = np.take_along_axis(cand, order, axis=1).astype(np.int64)
-    chosen[~np.isfinite(np.take_along_axis(vals, order, axis=1))] = PAD
-    out = np.full((n_rows, k), PAD, dtype=np.int64)
-    out[:, :kk] = chosen
-    for r in tied:
-        out[r] = top_k(block[r], k)
-    return out
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best finite scores, best first; equal scores ordered by index; -1 padded.
-
-    Ties at the k-th place go to the lowest indices too, so the result never depends on how
-    `argpartition` happened to split them.
-    """
-    n = scores.shape[0]
-    kk = min(k, n)
-    if kk < n:
-        cand = np.argpartition(scores, n - kk)[n - kk :]
-        vals = scores[cand]
-        kth = vals.min()
-        if np.count_nonzero(scores == kth) > np.count_nonzero(vals == kth):  # ties left outside: lowest indices
-            above = cand[vals > kth]
-            cand = np.concatenate([above, np.flatnonzero(scores == kth)[: kk - len(above)]])
-            vals = scores[cand]
-    else:
-        cand = np.arange(n)
-        vals = scores
-    chosen = cand[np.lexsort((cand, -vals))]
-    if not np.isfinite(vals).all():
-        chosen = chosen[np.isfinite(scores[chosen])]
-    if len(chosen) < k:
-        chosen = np.concatenate([chosen, np.full(k - len(chosen), PAD, dtype=np.int64)])
-    return chosen.astype(np.int64, copy=False)

@@ -295,7 +295,7 @@ def train_model(
         try:
             cands = [c for c in collaborative if c.protocol == protocol]
             cand = _fit(name, pdata, cands, config, tuned, repeat, evaluation, settings.limits)
-            res = evaluate_settings(cand.scores, pdata, cand.name, evaluation)
+            res = evaluate_settings(cand.scores, pdata, cand.name, evaluation, lists_fn=cand.lists_fn)
         except Exception as exc:  # recorded; the other models and the reports go on
             out.failures.append(_failure(name, protocol, exc))
             context.log.error(f"{step} {name} failed on the {protocol} split: {out.failures[-1]['error']}")

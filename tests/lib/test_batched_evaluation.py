@@ -14,7 +14,7 @@ from recsys_assets.lib.evaluation.batched import EvaluationConfig, batch_size, m
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.models.candidates import native_candidate
-from recsys_assets.lib.models.fitting import evaluate_model, evaluate_scores, prepare, valid_ndcg
+from recsys_assets.lib.models.fitting import evaluate_model, evaluate_scores, evaluate_settings, prepare, valid_ndcg
 from recsys_assets.lib.models.native import HybridModel, PopularityModel
 
 # a budget so small that every batch holds a handful of users (1,682 items x 4 bytes ~ 6.6 kB per user)
@@ -117,3 +117,21 @@ def test_the_report_shows_the_confidence_interval(temporal) -> None:
     row = res[(res["slice"] == "all") & (res["metric"] == "ndcg") & (res["k"] == 10)].iloc[0]
     page = render_evaluation_report(res)
     assert "ndcg_ci" in page and f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in page
+
+
+def test_popularity_evaluated_from_its_own_lists_equals_its_scores_ranked(temporal) -> None:
+    """Popularity ranks everyone from one order (`lists_fn`): the same lists, metrics and validation NDCG@10 as
+    its dense scores ranked, ties among equally popular items included (ml-100k has many)."""
+    cand = native_candidate("Popularity", temporal)
+    assert cand.lists_fn is not None
+    pop = cand.model.component.arrays["popularity"]
+    assert len(np.unique(pop)) < len(pop)  # ties
+    conf = EvaluationConfig(users=100)  # a sample, as at scale
+    for evaluation in (conf, EvaluationConfig()):
+        scored = evaluate_settings(cand.scores, temporal, cand.name, evaluation)
+        listed = evaluate_settings(cand.scores, temporal, cand.name, evaluation, lists_fn=cand.lists_fn)
+        pd.testing.assert_frame_equal(listed, scored, check_exact=True)
+        assert valid_ndcg(cand.scores, temporal, evaluation, cand.lists_fn) == valid_ndcg(
+            cand.scores, temporal, evaluation
+        )
+    assert cand.valid_ndcg10 == valid_ndcg(cand.scores, temporal)

@@ -38,7 +38,7 @@ def fit_candidate(
         train_seconds=t.seconds,
         params=model.params(),
     )
-    cand.valid_ndcg10 = valid_ndcg(model.score, pdata, evaluation)
+    cand.valid_ndcg10 = valid_ndcg(model.score, pdata, evaluation, cand.lists_fn)
     return cand
 
 

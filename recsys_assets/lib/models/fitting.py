@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +51,9 @@ ALL = "all"
 SLICES = (ALL, *S.USER_SLICES, S.NEW_ITEM_SLICE)
 CHAMPION_METRIC = ("ndcg", 10, S.TEMPORAL)
 DISCOVERY, REPEAT, BLENDED = "discovery", "repeat", "blended"
+# A model's own top-k lists of `users` with each one's row of items to hide (or None), equal to ranking its
+# scores (`ranked_lists`): a model that ranks without a dense score row (popularity: one order) offers one.
+ListsFn = Callable[[np.ndarray, int, sp.csr_matrix | None], np.ndarray]
 SETTINGS = (DISCOVERY, REPEAT)  # the evaluation settings (`setting` column; a table without it is discovery)
 TARGETS = (DISCOVERY, REPEAT, BLENDED)  # what the champion can be chosen on
 
@@ -207,9 +210,11 @@ def evaluate_settings(
     model: str,
     evaluation: EvaluationConfig = DEFAULT_EVALUATION,
     users: np.ndarray | None = None,
+    lists_fn: ListsFn | None = None,
 ) -> pd.DataFrame:
     """`evaluate_model` in the discovery setting and, when the test part has re-consumed items, the
-    repeat setting; `repeat_share` says how many test positives are re-consumed.
+    repeat setting; `repeat_share` says how many test positives are re-consumed. With `lists_fn` (the
+    model's own lists, equal to ranking `score_fn`) nothing is scored.
 
     The settings share one scoring pass: one sample (`evaluation.users`) of the users with test positives
     in any setting (or of `users`), each setting judged on those of them with positives in it, so a user is
@@ -228,7 +233,11 @@ def evaluate_settings(
     k, n_items = max(KS), pdata.data.n_items
     lists = {s: np.full((len(sample), k), -1, dtype=np.int64) for s in settings}
     step = batch_size(n_items, evaluation.batch_memory_mb)
-    for start in range(0, len(sample), step):
+    if lists_fn is not None:  # the model ranks without scores
+        for s in settings:
+            hide, rows = truths[s][1], sample[member[s]]
+            lists[s][member[s]] = lists_fn(rows, k, None if hide is None else hide[rows])
+    for start in range(0, len(sample) if lists_fn is None else 0, step):  # scored a batch at a time
         rows = sample[start : start + step]
         scores = score_fn(rows)
         if scores.shape != (len(rows), n_items):
@@ -267,12 +276,25 @@ class Candidate:
         """The model's scores for `user_idx` (see `Recommender.score`)."""
         return self.model.score(user_idx)
 
+    @property
+    def lists_fn(self) -> ListsFn | None:
+        """The model's own top-k lists (`ListsFn`), when it ranks without dense scores."""
+        return getattr(self.model, "lists", None)
 
-def valid_ndcg(score_fn: ScoreFn, pdata: ProtocolData, evaluation: EvaluationConfig = DEFAULT_EVALUATION) -> float:
-    """NDCG@10 on the validation part (training items excluded), ranked in batches of users."""
+
+def valid_ndcg(
+    score_fn: ScoreFn,
+    pdata: ProtocolData,
+    evaluation: EvaluationConfig = DEFAULT_EVALUATION,
+    lists_fn: ListsFn | None = None,
+) -> float:
+    """NDCG@10 on the validation part (training items excluded), ranked in batches of users (or by `lists_fn`)."""
     users = sample_users(users_with_truth(pdata.valid_truth), evaluation.users, evaluation.seed)
     exclude = pdata.data.matrix[users]
-    topk = ranked_lists(score_fn, users, 10, pdata.data.n_items, exclude, evaluation.batch_memory_mb)
+    if lists_fn is not None:
+        topk = lists_fn(users, 10, exclude)
+    else:
+        topk = ranked_lists(score_fn, users, 10, pdata.data.n_items, exclude, evaluation.batch_memory_mb)
     res = evaluate_topk(topk, pdata.valid_truth[users], (10,))
     return float(res.loc[res["metric"] == "ndcg", "value"].iloc[0])
 

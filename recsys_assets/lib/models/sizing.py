@@ -53,6 +53,7 @@ SCORE_SECONDS_PER_CELL = 3e-8
 HYBRID_TUNE_USERS = 5_000
 HYBRID_TUNE_CELLS = 10_000_000
 HYBRID_CANDIDATE_CELLS = HybridModel.candidate_cells  # above the candidates threshold: users x items scored
+HYBRID_CANDIDATE_USERS = min(HYBRID_TUNE_USERS, HybridModel.candidate_users)  # ... and users tuned on
 HYBRID_MAX_TRIALS = 400
 HYBRID_PARTS = 4  # collaborative, content, popularity (and BuyAgain in the repeat setting)
 # above this many items the search ranks each user's candidates (`blend_search`)
@@ -182,7 +183,7 @@ def estimate(
     scoring = float(rows) * shape.n_items * SCORE_BYTES_PER_CELL
     eval_cells = float(evaluated) * shape.n_items
     if model == "Hybrid" and shape.n_items > HYBRID_CANDIDATES_ABOVE:  # the search over each user's candidates
-        tune_rows = min(HYBRID_TUNE_USERS, HYBRID_CANDIDATE_CELLS // max(shape.n_items, 1), evaluated)
+        tune_rows = min(HYBRID_CANDIDATE_USERS, HYBRID_CANDIDATE_CELLS // max(shape.n_items, 1), evaluated)
         tune_cells = float(tune_rows) * HYBRID_PARTS * HYBRID_PER_PART
         scoring += (HYBRID_PARTS + 2) * tune_cells * 8.0 + MEMORY_MB_BLEND * 2**20
         seconds += HYBRID_MAX_TRIALS * tune_cells * SCORE_SECONDS_PER_CELL / 2

@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.contract.artifact import ServingArtifact, dump_artifact, parse_artifact
-from recsys_assets.contract.scoring import top_k
+from recsys_assets.contract.scoring import history_buckets, top_k
 from recsys_assets.lib.models.base import ProtocolData, Recommender, recommend
 from recsys_assets.lib.models.candidates import fit_candidate, native_model
 from recsys_assets.lib.models.catalog import IMPLICIT, NATIVE
@@ -280,3 +280,114 @@ def test_a_block_ranked_at_once_equals_each_row_ranked_alone() -> None:
             block[:] = -np.inf  # nothing recommendable: all padding
         want = np.stack([top_k(row, k) for row in block])
         np.testing.assert_array_equal(top_k_rows(block, k), want, err_msg=f"case {case}: n={n} k={k}")
+
+
+def test_a_wide_block_ranked_from_a_threshold_equals_each_row_ranked_alone() -> None:
+    from recsys_assets.contract.topk import top_k, top_k_wide
+
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n, rows, k = int(rng.integers(1, 5_000)), int(rng.integers(1, 8)), int(rng.integers(1, 25))
+        kind = case % 6
+        if kind == 0:  # mostly zeros (item-item scores), ties at the k-th place
+            block = np.where(rng.random((rows, n)) < 0.01, rng.integers(1, 4, (rows, n)), 0).astype(np.float32)
+        elif kind == 1:  # few distinct values
+            block = rng.integers(0, 6, (rows, n)).astype(np.float64)
+        elif kind == 2:  # continuous
+            block = rng.standard_normal((rows, n)).astype(np.float32)
+        elif kind == 3:  # sorted by index (popularity-like), many items hidden
+            block = np.tile(-np.arange(n, dtype=np.float32), (rows, 1))
+        elif kind == 4:  # almost everything hidden: fewer finite scores than k
+            block = np.full((rows, n), -np.inf)
+            block[rng.random((rows, n)) < 0.001] = 1.0
+        else:  # one +inf
+            block = rng.standard_normal((rows, n))
+            block[0, rng.integers(0, n)] = np.inf
+        if kind in (0, 1, 3):
+            block[rng.random((rows, n)) < 0.3] = -np.inf
+        want = np.stack([top_k(row, k) for row in block])
+        np.testing.assert_array_equal(top_k_wide(block, k), want, err_msg=f"case {case}: n={n} k={k} kind={kind}")
+
+
+@pytest.mark.parametrize(
+    "name", ["ItemItemCosine", "ItemItemBM25", "Content", "Popularity", "BuyAgain", "Hybrid", "weighted", "repeat"]
+)
+def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
+    """Above `DENSE_LIMIT` items the neighbour models, Content and a Hybrid of them score a batch of users in
+    sparse products (`batch_scores`); they must equal the scorer's one-user path exactly (the evaluation's
+    lists, ties included, come from them). `weighted`: an item-item component on event weights, not 0/1;
+    `repeat`: a Hybrid blending BuyAgain too."""
+    import pandas as pd
+
+    from recsys_assets.contract.scoring import DENSE_LIMIT, Component, Scorer
+    from recsys_assets.lib.models.base import TrainData
+    from recsys_assets.lib.models.native import HybridModel
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, n_events = 300, DENSE_LIMIT + 1_000, 6_000
+    events = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, n_users - 10, n_events).astype(str),  # the last 10 users have no history
+            "item_id": (rng.zipf(1.3, n_events) % n_items).astype(str),
+            "weight": rng.choice([1.0, 2.0, 3.0], n_events),
+            "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 10**6, n_events), "s"),
+        }
+    )
+    words = np.array([f"w{i}" for i in range(400)])
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(n_items).astype(str),
+            "categories": [f"c{a}|c{a}-{a * b}" for a, b in rng.integers(0, 30, (n_items, 2))],
+            "title": [" ".join(rng.choice(words, 3)) for _ in range(n_items)],
+        }
+    )
+    users = pd.DataFrame({"user_id": np.arange(n_users).astype(str)})
+    data = TrainData.build(events, items, users)
+    if name in ("Hybrid", "weighted", "repeat"):
+        sim = implicit_model("ItemItemBM25").fit(data).component
+        if name == "weighted":
+            sim = Component("item_item", dict(sim.arrays))
+        model = HybridModel(collaborative=sim, repeat=name == "repeat").fit(data)  # equal weights; then buckets
+        model.bucket_weights = {
+            "0": {"popularity": 1.0},
+            "1-5": {"content": 0.3, "popularity": 0.7},
+            "6-20": {"collaborative": 0.5, "content": 0.25, "popularity": 0.25},
+        }
+        if name == "repeat":
+            model.bucket_weights["20+"] = {"buy_again": 0.6, "collaborative": 0.4}
+        model.scorer = Scorer(model.components, model.weights, model.bucket_weights)
+    elif name == "BuyAgain":
+        from recsys_assets.lib.models.buy_again import BuyAgainModel
+
+        model = BuyAgainModel().fit(data)
+    else:
+        model = (native_model(name) if name in NATIVE else implicit_model(name)).fit(data)
+    batch = np.r_[rng.permutation(n_users)[:120], n_users - 1]
+    from recsys_assets.lib.models.batch_scores import scorer_scores
+
+    assert scorer_scores(model.scorer, model.history[batch[:3]]) is not None  # the batched path, not the fallback
+    got = model.score(batch)
+    want = model.scorer.score(model.history[batch], user_idx=batch)
+    unknown = model.history[batch]  # the same histories, no user index (the API's unknown users)
+    np.testing.assert_array_equal(scorer_scores(model.scorer, unknown), model.scorer.score(unknown))
+    if name in ("Hybrid", "weighted"):
+        assert len(set(model.scorer.components)) == 3 and len(np.unique(history_buckets(model.history[batch]))) > 2
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert (got > 0).sum(axis=1).max() > 0
+
+
+def test_standardise_rows_with_and_without_a_constant_one() -> None:
+    from recsys_assets.contract.scoring import standardise
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float64):
+        block = rng.standard_normal((20, 500)).astype(dtype)
+        with_constant = block.copy()
+        with_constant[3] = 1.0
+        for scores in (block, with_constant):
+            got = standardise(scores)
+            mean, std = scores.mean(axis=1, keepdims=True), scores.std(axis=1, keepdims=True)
+            want = np.where(std > 1e-12, (scores - mean) / np.where(std > 1e-12, std, 1), 0).astype(dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)

@@ -191,26 +191,28 @@ def test_a_split_where_every_test_positive_is_a_repeat_is_judged_on_repeat() -> 
 
 
 def test_the_half_life_search_scores_a_batch_of_users_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys_assets.lib.evaluation.batched as batched
     import recsys_assets.lib.models.buy_again as buy_again
-    from recsys_assets.contract.scoring import Component
-    from recsys_assets.lib.evaluation.batched import EvaluationConfig
+    from recsys_assets.lib.evaluation.batched import EvaluationConfig, batch_size
 
     pdata = baskets()
     whole = BuyAgainModel().fit(pdata).half_life_days
     rows: list[int] = []
-    raw_scores = Component.raw_scores
+    component_scores = buy_again.component_scores
 
-    def recorded(self: Component, history, user_idx):  # type: ignore[no-untyped-def]
+    def recorded(component, history, user_idx):  # type: ignore[no-untyped-def]
         rows.append(history.shape[0])
-        return raw_scores(self, history, user_idx)
+        return component_scores(component, history, user_idx)
 
-    monkeypatch.setattr(Component, "raw_scores", recorded)
-    # half of 1 MB for float64 scores rounds to 0: one user a batch
+    monkeypatch.setattr(buy_again, "component_scores", recorded)
+    # 1 MB of float32 scores holds every user of this small log: 7 users a batch instead
     monkeypatch.setattr(buy_again, "DEFAULT_EVALUATION", EvaluationConfig(batch_memory_mb=1))
+    assert batch_size(pdata.data.n_items, 1) > 7
+    monkeypatch.setattr(batched, "batch_size", lambda n_items, memory_mb: 7 if memory_mb == 1 else 1 << 30)
     assert BuyAgainModel().fit(pdata).half_life_days == whole
     validated = int((np.diff(pdata.valid_truth.indptr) > 0).sum())
-    assert validated > 1 and max(rows) == 1
-    assert len(rows) == validated * len(BuyAgainModel().half_lives)
+    assert validated > 7 and max(rows) == 7
+    assert sum(rows) == validated * len(BuyAgainModel().half_lives)
 
 
 def test_the_settings_share_one_scoring_pass_and_equal_separate_evaluations() -> None:
@@ -231,3 +233,11 @@ def test_the_settings_share_one_scoring_pass_and_equal_separate_evaluations() ->
         alone = evaluate_model(cand.scores, pdata, "BuyAgain", setting=setting)
         got = together[together["setting"] == setting].drop(columns="repeat_share").reset_index(drop=True)
         pd.testing.assert_frame_equal(got, alone.reset_index(drop=True))
+
+
+def test_popularity_lists_equal_its_ranked_scores_in_both_settings() -> None:
+    pdata = baskets()
+    cand = fit_candidate(native_model("Popularity"), pdata)
+    listed = evaluate_settings(cand.scores, pdata, cand.name, lists_fn=cand.lists_fn)
+    assert set(listed["setting"]) == {"discovery", "repeat"}
+    pd.testing.assert_frame_equal(listed, evaluate_settings(cand.scores, pdata, cand.name), check_exact=True)
