@@ -34,8 +34,8 @@ from recsys_assets.contract.scoring import (
     DENSE_LIMIT,
     Component,
     Scorer,
-    top_k,
 )
+from recsys_assets.contract.topk import top_k
 
 VECTOR_KINDS = ("embedding", "autoencoder")
 # content moments are a vocabulary x vocabulary matrix: stored up to this vocabulary (8 MB)
