@@ -19,9 +19,12 @@ clicks an item once, so an item counts in the candidate's first list that shows 
   item model needs. Unbiased when every item of the candidate's list could have been logged.
 * `dr`: doubly robust, written here because obp's `DoublyRobust` takes dense (lists x items x positions)
   arrays and a regression model per action, which a catalogue of items cannot afford. Its reward model
-  is each item's click rate per impression (shrunk to the overall rate), fitted on the other half of the
-  lists (cross-fitting): the model's value of the candidate's list, plus the IPS-weighted residuals of the
-  logged impressions. It stays unbiased where IPS is, and gives an answer (the model's) for items the
+  is each item's click rate (shrunk to the overall rate), fitted on the other half of the lists
+  (cross-fitting): the model's value of the candidate's list, plus the IPS-weighted residuals of the
+  logged impressions. Under the once-per-user rule the rate is learnt from each item's first logged
+  showing to each user (`first_logged_showings`), the question a candidate's first showing asks; a rate
+  over every impression would count the passed-over repeats of the logging policy's own list against
+  every item. It stays unbiased where IPS is, and gives an answer (the model's) for items the
   logging policy could not show, where IPS counts zero.
 * `ips_position` and `rips`: obp's `SlateIndependentIPS` with the candidate's item at the same position,
   and `SlateRewardInteractionIPS` (the cascade: the candidate's first j items equal the logged ones). They
@@ -114,6 +117,18 @@ def first_showings(lists: pd.DataFrame, candidate: Mapping[str, Sequence[str]]) 
     return out
 
 
+def first_logged_showings(logged: pd.DataFrame) -> pd.Series:
+    """Per impression (indexed like `logged`): whether it is the first time the logged lists showed that item to
+    that user. Under the once-per-user rule these are the impressions whose click answers the question a
+    candidate's first showing asks; a repeated impression of an item the user passed over is clicked far less
+    often (on the ml-100k replay 36% against 2.4% over all impressions)."""
+    order = logged.assign(_t=pd.to_datetime(logged["served_at"], utc=True)).sort_values(
+        ["_t", "recommendation_id", "position"], kind="stable"
+    )
+    first = ~order.duplicated(["user_id", "item_id"])
+    return first.reindex(logged.index)
+
+
 def artifact_history(art: ServingArtifact) -> pd.DataFrame:
     """An artifact's own history matrix as history rows, all before any served list (what the API ranks from
     before the user's live events)."""
@@ -139,7 +154,7 @@ def _interval(samples: np.ndarray, alpha: float, n_boot: int, seed: int) -> tupl
 
 
 def _item_rates(item: np.ndarray, reward: np.ndarray, rows: np.ndarray) -> tuple[dict[str, float], float]:
-    """Click rate per impression of each item over `rows`, shrunk to the overall rate."""
+    """Click rate of each item over the impressions `rows`, shrunk to the overall rate."""
     overall = float(reward[rows].mean()) if rows.any() else 0.0
     frame = pd.DataFrame({"item": item[rows], "r": reward[rows]})
     agg = frame.groupby("item")["r"].agg(["sum", "size"])
@@ -154,11 +169,14 @@ def estimate(
     n_bootstrap: int = 2000,
     seed: int = 0,
     eligible: Mapping[str, set[str]] | None = None,
+    first_shown: pd.Series | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every estimator's value and interval for the candidate's lists (`candidate`: recommendation_id ->
     item ids, best first) on the `logged` impressions (`recommendation_id`, `position`, `item_id`,
     `propensity`, `clicked`) of the lists it names. Values are clicks per list. `eligible` (per list, the
-    items that can earn a click there, `first_showings`): default every item of the candidate's list."""
+    items that can earn a click there, `first_showings`): default every item of the candidate's list.
+    `first_shown` (indexed like `logged`): the impressions DR's reward model learns from, when an item earns a
+    click at its first showing to a user only (`first_logged_showings`); default every impression."""
     if eligible is None:
         eligible = {r: set(items) for r, items in candidate.items()}
     logged = logged[logged["recommendation_id"].isin(list(candidate))].sort_values(
@@ -173,6 +191,7 @@ def estimate(
     position = logged["position"].to_numpy(np.int64)
     reward = logged["clicked"].to_numpy(np.float64)
     pscore = np.clip(logged["propensity"].to_numpy(np.float64), 1e-12, 1.0)
+    model_rows = np.ones(len(rec), bool) if first_shown is None else first_shown.loc[logged.index].to_numpy(bool)
     in_list = np.fromiter((it in eligible[r] for r, it in zip(rec, item, strict=True)), bool, len(rec))
     same_place = np.fromiter(
         (
@@ -206,7 +225,7 @@ def estimate(
     row_fold = list_fold[slate]
     dr_rows = np.zeros(n)
     for f in (0, 1):
-        rates, overall = _item_rates(item, reward, row_fold != f)
+        rates, overall = _item_rates(item, reward, (row_fold != f) & model_rows)
         for s in np.flatnonzero(list_fold == f).tolist():
             dr_rows[s] = sum(rates.get(it, overall) for it in eligible[slate_codes[s]])
         rows_f = row_fold == f
@@ -272,11 +291,12 @@ def estimate_table(
     (`first_showings`)."""
     rows = []
     frame = list_frame(logged) if once_per_user and len(logged) else None
+    first = first_logged_showings(logged) if frame is not None else None
     for model, lists in candidates.items():
         sub = logged[logged["recommendation_id"].isin(list(lists))]
         own, ctr = logged_value(sub)
         eligible = first_showings(frame, lists) if frame is not None else None
-        for name, est in estimate(sub, lists, alpha, n_bootstrap, seed, eligible).items():
+        for name, est in estimate(sub, lists, alpha, n_bootstrap, seed, eligible, first).items():
             rows.append({"model": model, "estimator": name, **est, "logged_value": own, "logged_ctr": ctr})
     return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
 

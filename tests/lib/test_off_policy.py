@@ -129,3 +129,35 @@ def test_an_item_earns_a_click_once_per_user() -> None:
     every = off_policy.estimate_table(log, {"m": candidate}, n_bootstrap=100, once_per_user=False)
     assert once.set_index("estimator").loc["ips", "value"] == 0.0
     assert every.set_index("estimator").loc["ips", "value"] == 0.5
+
+
+def test_doubly_robust_learns_its_reward_model_from_first_showings() -> None:
+    """Two groups of users, each shown its own five items in every one of its five lists (propensity 1); a user
+    clicks an item at its first showing with the item's probability, never later. The candidate shows each
+    group three of its own items and two of the other group's, which its log never shows: IPS has nothing for
+    those two, and a reward model over every impression sees each click diluted by four passed-over repeats."""
+    rng = np.random.default_rng(7)
+    prob = {f"i{j}": p for j, p in enumerate([0.4, 0.3, 0.25, 0.2, 0.15, 0.35, 0.3, 0.25, 0.2, 0.1])}
+    shown = {"A": [f"i{j}" for j in range(5)], "B": [f"i{j}" for j in range(5, 10)]}
+    target = {"A": ["i0", "i1", "i2", "i5", "i6"], "B": ["i5", "i6", "i7", "i0", "i1"]}
+    rows, candidate = [], {}
+    for g in ("A", "B"):
+        for u in range(400):
+            user = f"{g}{u}"
+            first = {it: rng.random() < prob[it] for it in shown[g]}
+            for visit in range(5):
+                rec = f"{user}-{visit}"
+                at = pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(hours=visit)
+                rows += [(rec, user, at, pos, it, 1.0, visit == 0 and first[it]) for pos, it in enumerate(shown[g], 1)]
+                candidate[rec] = target[g]
+    columns = ["recommendation_id", "user_id", "served_at", "position", "item_id", "propensity", "clicked"]
+    log = pd.DataFrame(rows, columns=columns)
+    # the candidate's clicks per list: each item once per user, at the first of a user's five lists
+    truth = float(np.mean([sum(prob[it] for it in target[g]) / 5 for g in ("A", "B")]))
+    est = off_policy.estimate_table(log, {"m": candidate}, n_bootstrap=300).set_index("estimator")
+    assert est.loc["dr", "ci_low"] <= truth <= est.loc["dr", "ci_high"], (est.loc["dr"], truth)
+    assert est.loc["ips", "ci_high"] < truth  # the other group's items earn nothing under IPS
+    # the reward model over every impression instead of first showings
+    eligible = off_policy.first_showings(off_policy.list_frame(log), candidate)
+    diluted = off_policy.estimate(log, candidate, n_bootstrap=300, eligible=eligible, first_shown=None)
+    assert diluted["dr"]["ci_high"] < truth

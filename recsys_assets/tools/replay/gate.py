@@ -62,6 +62,8 @@ class GateRun:
     final_champion: str = ""
     lists: int = 0
     ctr_by_model: dict[str, float] = field(default_factory=dict)
+    clicks_per_list_by_model: dict[str, float] = field(default_factory=dict)
+    lists_by_model: dict[str, int] = field(default_factory=dict)
 
 
 def _versions(settings: Settings, tracking: MlflowTracking, folders: list[str]) -> dict[str, str]:
@@ -131,11 +133,18 @@ def _wait_split(api: _Api, role: str | None, within: float = 20.0) -> None:
     raise RuntimeError(f"the API did not open the {role} split within {within}s: {api.model()}")
 
 
-def _ctr_by_model(events_dir: Path, since: str) -> tuple[dict[str, float], int]:
+def _by_model(events_dir: Path, since: str) -> dict[str, dict[str, float]]:
+    """Each model version's lists, list CTR and clicks per list in the run's log."""
     lists = gate.lists_since(events_dir, since)
     table = attribution.kpis_by(lists, "model_version") if len(lists) else pd.DataFrame()
-    ctr = {str(r.model_version): round(float(r.ctr), 5) for r in table.itertuples()} if len(table) else {}
-    return ctr, len(lists)
+    return {
+        str(r.model_version): {
+            "lists": int(r.lists),
+            "ctr": round(float(r.ctr), 5),
+            "clicks_per_list": round(float(r.clicked_impressions / r.lists), 5),
+        }
+        for r in table.itertuples()
+    }
 
 
 def _replay(settings: Settings, workdir: Path, api_url: str, events_dir: Path, seed: int, max_seconds: float):
@@ -201,7 +210,11 @@ def run_one(cfg: GateConfig, settings: Settings, versions: dict[str, str], name:
     finally:
         api.stop()
     result.final_champion = str((tracking.alias_version("champion") or {}).get("tags", {}).get("recsys.model_version"))
-    result.ctr_by_model, result.lists = _ctr_by_model(events_dir, state.started_at)
+    by_model = _by_model(events_dir, state.started_at)
+    result.lists = sum(int(v["lists"]) for v in by_model.values())
+    result.ctr_by_model = {mv: v["ctr"] for mv, v in by_model.items()}
+    result.clicks_per_list_by_model = {mv: v["clicks_per_list"] for mv, v in by_model.items()}
+    result.lists_by_model = {mv: int(v["lists"]) for mv, v in by_model.items()}
     gate.close_split(store, "ended", gate.read_state(store))
     return result
 
@@ -232,8 +245,9 @@ def reference(cfg: GateConfig, settings: Settings, versions: dict[str, str], fol
         _replay(settings, cfg.workdir, api.url, events_dir, 42, cfg.max_seconds)
     finally:
         api.stop()
-    ctr, lists = _ctr_by_model(events_dir, since)
-    return {"folder": folder, "lists": lists, "ctr": ctr}
+    by_model = _by_model(events_dir, since)
+    lists = sum(int(v["lists"]) for v in by_model.values())
+    return {"folder": folder, "lists": lists, "ctr": {mv: v["ctr"] for mv, v in by_model.items()}, "by_model": by_model}
 
 
 def run(cfg: GateConfig) -> dict[str, Any]:
