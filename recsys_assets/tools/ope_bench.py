@@ -57,6 +57,32 @@ def arm_values(events: pd.DataFrame) -> list[dict[str, object]]:
     return out
 
 
+def replay_click_value(
+    events: pd.DataFrame, lists: pd.DataFrame, eligible: dict[str, set[str]], future_csv: Path
+) -> float:
+    """What a perfect per-list estimator would find on this log: the candidate's items that earn a click
+    (`eligible`, its first showings) scored with the replay's own click rule (`replay.behaviour`: the user
+    really takes the item at that visit or later), on the logged users' histories. Against the value the
+    candidate realises when it serves, this separates what the estimators miss from what the logged
+    trajectory itself changes (the candidate's lists ranked on histories the logging policy's clicks made).
+    A replay diagnostic: it reads the held-out future, which no estimator may."""
+    from recsys_assets.tools.replay.data import build_visits, read_events, real_events
+
+    future = read_events(future_csv)
+    start = {(v.user_id, v.index): v.start for v in build_visits(real_events(future))}
+    seconds = (future["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    last = seconds.groupby([future["user_id"].astype(str), future["item_id"].astype(str)]).max().to_dict()
+    # a user's n-th list (over every arm) answers their n-th visit: a user's visits run one after another
+    every = off_policy.list_frame(attribution.impressions(events))
+    every = every.assign(_t=pd.to_datetime(every["served_at"], utc=True)).sort_values("_t", kind="stable")
+    visit = dict(zip(every["recommendation_id"].astype(str), every.groupby("user_id").cumcount(), strict=True))
+    total = 0
+    for rec, user in zip(lists["recommendation_id"].astype(str), lists["user_id"].astype(str), strict=True):
+        at = start[(user, int(visit[rec]))]
+        total += sum(last.get((user, item), -1.0) >= at for item in eligible.get(rec, ()))
+    return total / len(lists) if len(lists) else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage-uri", required=True, help="the pipeline's storage (candidates/, interactions)")
@@ -72,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument(
         "--every-list", action="store_true", help="credit an item in every list that shows it (not once per user)"
+    )
+    parser.add_argument(
+        "--future",
+        type=Path,
+        help="the replay's future events (<workdir>/future/events.csv): also print each candidate's value on the "
+        "logged trajectory under the replay's click rule (`replay_click_value`)",
     )
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
@@ -104,8 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     arms = arm_values(events)
     for row in arms:
         print(row)
+    trajectory = {}
+    if args.future:
+        for name, ranked in candidates.items():
+            eligible = (
+                {r: set(v) for r, v in ranked.items()} if args.every_list else off_policy.first_showings(lists, ranked)
+            )
+            trajectory[name] = replay_click_value(events, lists, eligible, args.future)
+            print(f"{name}: {trajectory[name]:.4f} clicks per list on the logged trajectory (replay click rule)")
     if args.json:
-        args.json.write_text(json.dumps({"estimates": table.to_dict("records"), "logged": arms}, indent=1))
+        body = {"estimates": table.to_dict("records"), "logged": arms, "logged_trajectory_value": trajectory}
+        args.json.write_text(json.dumps(body, indent=1))
     return 0
 
 
