@@ -23,7 +23,6 @@ from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, ranked_lists, sample_users
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
-from recsys_assets.lib.models.batch_scores import component_scores, scorer_scores
 
 NAME = "BuyAgain"
 
@@ -83,9 +82,7 @@ class BuyAgainModel:
         return self
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
-        history, user_idx = self.history[user_idx], np.asarray(user_idx)
-        out = scorer_scores(self.scorer, history, user_idx)  # a batch at once, equal to the one-user path
-        return self.scorer.score(history, user_idx=user_idx) if out is None else out
+        return self.scorer.score_many(self.history[user_idx], np.asarray(user_idx))  # equal to the one-user path
 
     def params(self) -> dict[str, object]:
         return {"half_life_days": self.half_life_days}
@@ -99,7 +96,7 @@ class BuyAgainModel:
         for half_life in self.half_lives:
             component = buy_again_component(train, half_life)
             lists = ranked_lists(
-                lambda batch, c=component: component_scores(c, train.matrix[batch], batch),
+                lambda batch, c=component: c.score_many(train.matrix[batch], batch),
                 users,
                 10,
                 train.n_items,

@@ -35,7 +35,6 @@ from recsys_assets.contract.scoring import (
 from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.models.base import ProtocolData, TrainData
-from recsys_assets.lib.models.batch_scores import scorer_scores
 from recsys_assets.lib.models.blend_search import BlendCandidates, blend_candidates
 from recsys_assets.lib.models.buy_again import buy_again_component
 
@@ -52,10 +51,8 @@ class ComponentModel:
     history: sp.csr_matrix
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
-        """The scorer's scores, a batch of users at once where that is equal to the one-user path (`batch_scores`)."""
-        history = self.history[user_idx]
-        out = scorer_scores(self.scorer, history, np.asarray(user_idx))
-        return self.scorer.score(history, user_idx=user_idx) if out is None else out
+        """The scorer's scores of a batch of users (`Scorer.score_many`: each row as the one-user path gives it)."""
+        return self.scorer.score_many(self.history[user_idx], np.asarray(user_idx))
 
     def params(self) -> dict[str, object]:
         return {}

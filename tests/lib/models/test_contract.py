@@ -314,7 +314,7 @@ def test_a_wide_block_ranked_from_a_threshold_equals_each_row_ranked_alone() -> 
 )
 def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
     """Above `DENSE_LIMIT` items the neighbour models, Content and a Hybrid of them score a batch of users in
-    sparse products (`batch_scores`); they must equal the scorer's one-user path exactly (the evaluation's
+    sparse products (`Scorer.score_many`); they must equal the scorer's one-user path exactly (the evaluation's
     lists, ties included, come from them). `weighted`: an item-item component on event weights, not 0/1;
     `repeat`: a Hybrid blending BuyAgain too."""
     import pandas as pd
@@ -363,13 +363,11 @@ def test_batched_scores_equal_one_user_at_a_time_bit_for_bit(name: str) -> None:
     else:
         model = (native_model(name) if name in NATIVE else implicit_model(name)).fit(data)
     batch = np.r_[rng.permutation(n_users)[:120], n_users - 1]
-    from recsys_assets.lib.models.batch_scores import scorer_scores
-
-    assert scorer_scores(model.scorer, model.history[batch[:3]]) is not None  # the batched path, not the fallback
+    assert all(c.batched for c in model.scorer.components.values())  # the batched path, not row by row
     got = model.score(batch)
     want = model.scorer.score(model.history[batch], user_idx=batch)
     unknown = model.history[batch]  # the same histories, no user index (the API's unknown users)
-    np.testing.assert_array_equal(scorer_scores(model.scorer, unknown), model.scorer.score(unknown))
+    np.testing.assert_array_equal(model.scorer.score_many(unknown), model.scorer.score(unknown))
     if name in ("Hybrid", "weighted"):
         assert len(set(model.scorer.components)) == 3 and len(np.unique(history_buckets(model.history[batch]))) > 2
     assert got.dtype == want.dtype == np.float32

@@ -198,13 +198,13 @@ def test_the_half_life_search_scores_a_batch_of_users_at_a_time(monkeypatch: pyt
     pdata = baskets()
     whole = BuyAgainModel().fit(pdata).half_life_days
     rows: list[int] = []
-    component_scores = buy_again.component_scores
+    score_many = buy_again.Component.score_many
 
     def recorded(component, history, user_idx):  # type: ignore[no-untyped-def]
         rows.append(history.shape[0])
-        return component_scores(component, history, user_idx)
+        return score_many(component, history, user_idx)
 
-    monkeypatch.setattr(buy_again, "component_scores", recorded)
+    monkeypatch.setattr(buy_again.Component, "score_many", recorded)
     # 1 MB of float32 scores holds every user of this small log: 7 users a batch instead
     monkeypatch.setattr(buy_again, "DEFAULT_EVALUATION", EvaluationConfig(batch_memory_mb=1))
     assert batch_size(pdata.data.n_items, 1) > 7
