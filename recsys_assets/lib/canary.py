@@ -156,25 +156,15 @@ def _record(store: Storage, row: dict[str, Any]) -> None:
     store.write_table(table, f"{PROMOTION_DECISIONS}.parquet")
 
 
-def _label(arm: dict[str, str]) -> str:
-    model, version = arm.get("model", ""), arm.get("registry_version", "")
-    return f"{arm.get('model_version', '')} ({model}, registry version {version})"
-
-
-def _who(arm: dict[str, str]) -> tuple[str, str]:
-    return str(arm.get("model", "")), str(arm.get("registry_version", ""))
-
-
 def _base_row(state: GateState, verdict: str, action: str, reason: str) -> dict[str, Any]:
-    (c_model, c_version), (x_model, x_version) = _who(state.champion), _who(state.challenger)
     return {
         "phase": state.phase,
         "verdict": verdict,
         "action": action,
-        "champion_model": c_model,
-        "champion_version": c_version,
-        "challenger_model": x_model,
-        "challenger_version": x_version,
+        "champion_model": state.champion["model"],
+        "champion_version": state.champion["registry_version"],
+        "challenger_model": state.challenger["model"],
+        "challenger_version": state.challenger["registry_version"],
         "reason": reason,
     }
 
@@ -185,7 +175,13 @@ def _base_row(state: GateState, verdict: str, action: str, reason: str) -> dict[
 
 
 def _arm(pointer: dict[str, Any]) -> dict[str, str]:
+    """An arm of the state (`GateState.champion`, `.challenger`) from a serving pointer."""
     return {k: str(pointer.get(k, "")) for k in ("model", "model_version", "registry_version")}
+
+
+def _label(arm: dict[str, str]) -> str:
+    """An arm as a decision's action names it: `model_version (model, registry version N)`."""
+    return f"{arm['model_version']} ({arm['model']}, registry version {arm['registry_version']})"
 
 
 def _open(
