@@ -60,11 +60,6 @@ def _parts(path: Any) -> tuple[str, ...]:
     raise ArtifactError(f"pointer `path` must be a folder under the storage root, got {path!r}")
 
 
-def challenger_arm(user_id: str, share: float, salt: str = "") -> bool:
-    """Stable assignment: the same user always lands in the same arm for a given share (and salt)."""
-    return in_challenger_arm(user_id, share, salt)
-
-
 @dataclass(frozen=True)
 class Split:
     """Who the challenger serves: a `share` of users by a stable hash salted with `salt`, in a `role`."""

@@ -98,6 +98,13 @@ def prepare_events(raw: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def converts(events: pd.DataFrame) -> pd.Series:
+    """Whether each typed event (`prepare_events`) converts the list it names: a purchase, or a rating of
+    `CONVERTING_RATING` or more."""
+    rating = (events["event_type"] == RATING) & (events["value"].fillna(-math.inf) >= CONVERTING_RATING)
+    return (events["event_type"] == PURCHASE) | rating
+
+
 def served_lists(events: pd.DataFrame) -> pd.DataFrame:
     """One row per served list (columns `LIST_COLUMNS`) from typed events (`prepare_events`)."""
     imp = events[(events["event_type"] == IMPRESSION) & events["recommendation_id"].notna()]
@@ -119,10 +126,7 @@ def served_lists(events: pd.DataFrame) -> pd.DataFrame:
     clicked_lists = set(clicks["recommendation_id"])
     # an impression counts as clicked once, however many clicks its item got
     clicked_pairs = imp.merge(clicks[["recommendation_id", "item_id"]].drop_duplicates(), how="inner")
-    converting = (fb["event_type"] == PURCHASE) | (
-        (fb["event_type"] == RATING) & (fb["value"].fillna(-math.inf) >= CONVERTING_RATING)
-    )
-    converted_lists = set(fb.loc[converting, "recommendation_id"])
+    converted_lists = set(fb.loc[converts(fb), "recommendation_id"])
 
     lists["clicked_impressions"] = clicked_pairs.groupby("recommendation_id").size().reindex(lists.index).fillna(0)
     lists["clicked_impressions"] = lists["clicked_impressions"].astype("int64")

@@ -76,6 +76,12 @@ class CanaryConfig(BaseModel):
     holdout_max_lists: int = Field(
         default=20_000, ge=1, description="Holdout lists after which the holdout ends with the new champion kept."
     )
+    attribution_minutes: int = Field(
+        default=120,
+        ge=1,
+        description="How long after a list is served a click or conversion naming it still counts for the gate "
+        "(the gate remembers the lists served in this time, so its state grows with it).",
+    )
     conversion: bool = Field(
         default=True,
         description="Test conversion per list as well as CTR (once either arm has a conversion): the canary must "

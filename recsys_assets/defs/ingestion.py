@@ -140,7 +140,7 @@ def clean(
     live_rows = live.read_live_events(storage.get(), unit=unit)
     if len(live_rows):
         context.log.info(f"adding {len(live_rows)} rows of {len(live.stored_windows(storage.get()))} live windows")
-        raw_events = pd.concat([raw_events, live_rows], ignore_index=True)
+        raw_events = readers.stack(raw_events, live_rows)
     mode = time_mode(settings)
     result = cleaning.clean_events(raw_events, settings.cleaning(), unit=unit, time_mode=mode)
     inter = result.interactions

@@ -17,6 +17,11 @@ follows (`artifacts/CHALLENGER.json`, whose `role`, `share` and `salt` set the A
   worse) rolls back to the previous champion; `promote` or `inconclusive` (after `holdout_max_lists`) ends
   the holdout and the new champion stays.
 
+A look reads only the lines the API appended to its event-log segments since the previous look, and adds them
+to running counts (`lib/list_tally.py`: lists, clicked and converted lists per arm and model version, with each
+segment's byte offset and the lists served within `attribution_minutes`, to which a later click or conversion
+still counts); they are kept in the state, so a restarted sensor goes on where it stopped.
+
 Every start and every verdict other than `continue` is appended to the `promotion_decisions` table with its
 evidence (lists, clicks and conversions per arm, the CTRs, the difference and its always-valid interval, the
 p-value); the console's Models page shows it. The state keeps each test's running interval, so a look taken
@@ -41,6 +46,7 @@ from recsys_assets.contract.events import PROMOTION_DECISIONS
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib import champion as registry
 from recsys_assets.lib import live_windows as live
+from recsys_assets.lib.list_tally import ListCounts, Tally
 from recsys_assets.lib.sequential import Decision, SequentialTest
 from recsys_assets.lib.tracking import CHAMPION, MlflowTracking
 
@@ -82,7 +88,9 @@ _TEXT = (*DECISION_COLUMNS[1:8], "reason")
 class GateState:
     """An open canary or holdout. `champion` is the arm the API calls champion, `challenger` the other one
     (the canary; in a holdout, the previous champion); each a dict with `model`, `model_version` and
-    `registry_version`. `tests` holds each metric's `SequentialTest.snapshot()`."""
+    `registry_version`. `tests` holds each metric's `SequentialTest.snapshot()`, `tally` the running counts of
+    the event log (`list_tally.Tally.to_json`; a state written without them reads the log again from the
+    start)."""
 
     phase: Phase
     started_at: str
@@ -93,6 +101,7 @@ class GateState:
     tests: dict[str, dict[str, float]] = field(default_factory=dict)
     looks: int = 0
     last: dict[str, Any] | None = None
+    tally: dict[str, Any] = field(default_factory=dict)
 
     @property
     def under_test(self) -> dict[str, str]:
@@ -156,25 +165,15 @@ def _record(store: Storage, row: dict[str, Any]) -> None:
     store.write_table(table, f"{PROMOTION_DECISIONS}.parquet")
 
 
-def _label(arm: dict[str, str]) -> str:
-    model, version = arm.get("model", ""), arm.get("registry_version", "")
-    return f"{arm.get('model_version', '')} ({model}, registry version {version})"
-
-
-def _who(arm: dict[str, str]) -> tuple[str, str]:
-    return str(arm.get("model", "")), str(arm.get("registry_version", ""))
-
-
 def _base_row(state: GateState, verdict: str, action: str, reason: str) -> dict[str, Any]:
-    (c_model, c_version), (x_model, x_version) = _who(state.champion), _who(state.challenger)
     return {
         "phase": state.phase,
         "verdict": verdict,
         "action": action,
-        "champion_model": c_model,
-        "champion_version": c_version,
-        "challenger_model": x_model,
-        "challenger_version": x_version,
+        "champion_model": state.champion["model"],
+        "champion_version": state.champion["registry_version"],
+        "challenger_model": state.challenger["model"],
+        "challenger_version": state.challenger["registry_version"],
         "reason": reason,
     }
 
@@ -185,7 +184,13 @@ def _base_row(state: GateState, verdict: str, action: str, reason: str) -> dict[
 
 
 def _arm(pointer: dict[str, Any]) -> dict[str, str]:
+    """An arm of the state (`GateState.champion`, `.challenger`) from a serving pointer."""
     return {k: str(pointer.get(k, "")) for k in ("model", "model_version", "registry_version")}
+
+
+def _label(arm: dict[str, str]) -> str:
+    """An arm as a decision's action names it: `model_version (model, registry version N)`."""
+    return f"{arm['model_version']} ({arm['model']}, registry version {arm['registry_version']})"
 
 
 def _open(
@@ -278,9 +283,9 @@ def stop(store: Storage, actor: str, reason: str = "") -> GateState | None:
 
 def lists_since(events_dir: str | Path, since: str | dt.datetime) -> pd.DataFrame:
     """Served lists (`contract.attribution.served_lists`) of the API's event-log segments, served at or after
-    `since`; segments last written before it are not read."""
-    start = pd.Timestamp(since)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start
+    `since`; segments last written before it are not read. Every segment is read whole: for a one-off report
+    (a look keeps running counts instead, `list_tally.Tally`)."""
+    start = _utc(since)
     frames = []
     for path in live.segments(events_dir):
         if pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC") < start:
@@ -293,9 +298,9 @@ def lists_since(events_dir: str | Path, since: str | dt.datetime) -> pd.DataFram
     return lists
 
 
-def _counts(lists: pd.DataFrame, arm: str, model_version: str) -> tuple[int, int, int]:
-    mine = lists[(lists["arm"] == arm) & (lists["model_version"] == model_version)]
-    return len(mine), int(mine["clicked"].sum()), int(mine["converted"].sum())
+def _utc(since: str | dt.datetime) -> pd.Timestamp:
+    start = pd.Timestamp(since)
+    return start.tz_localize("UTC") if start.tzinfo is None else start
 
 
 def _combine(decisions: dict[str, Decision]) -> str:
@@ -307,12 +312,12 @@ def _combine(decisions: dict[str, Decision]) -> str:
     return "inconclusive" if "inconclusive" in verdicts else "promote"
 
 
-def look(state: GateState, config: CanaryConfig, lists: pd.DataFrame) -> tuple[str, dict[str, Decision], Counts]:
-    """The combined verdict on the lists served since the state opened, each metric's decision, and each API
-    arm's (lists, clicked lists, converted lists); the state's running intervals move on (the caller writes
-    the state back)."""
-    champion = _counts(lists, "champion", state.champion["model_version"])
-    challenger = _counts(lists, "challenger", state.challenger["model_version"])
+def look(state: GateState, config: CanaryConfig, lists: ListCounts) -> tuple[str, dict[str, Decision], Counts]:
+    """The combined verdict on the lists served since the state opened (their counts per API arm and model
+    version), each metric's decision, and each API arm's (lists, clicked lists, converted lists) for the state's
+    versions; the state's running intervals move on (the caller writes the state back)."""
+    champion = lists.get(("champion", state.champion["model_version"]), (0, 0, 0))
+    challenger = lists.get(("challenger", state.challenger["model_version"]), (0, 0, 0))
     counts = {"champion": champion, "challenger": challenger}
     if state.phase == "holdout":  # the new champion is under test against the previous one
         champion, challenger = challenger, champion
@@ -402,5 +407,9 @@ def step(tracking: MlflowTracking, store: Storage, config: CanaryConfig, events_
     state = read_state(store)
     if state is None:
         return None
-    verdict, decisions, counts = look(state, config, lists_since(events_dir, state.started_at))
+    tally = Tally.from_json(state.tally)
+    window = pd.Timedelta(minutes=config.attribution_minutes)
+    tally.advance(events_dir, _utc(state.started_at), window)
+    state.tally = tally.to_json()
+    verdict, decisions, counts = look(state, config, tally.counts())
     return apply(tracking, store, config, state, verdict, decisions, counts)

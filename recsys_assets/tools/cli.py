@@ -158,13 +158,18 @@ def canary_command(store, args: argparse.Namespace) -> int:
     import pandas as pd
 
     from recsys_assets.lib import canary, champion
+    from recsys_assets.lib.list_tally import Tally
 
     if args.action == "stop-canary":
         stopped = canary.stop(store, args.actor or champion.default_actor(), args.reason)
         print(f"closed the {stopped.phase}: the champion serves every user" if stopped else "no canary or holdout open")
         return 0
     state = canary.read_state(store)
-    print(json.dumps(dataclasses.asdict(state), indent=2, default=str) if state else "no canary or holdout open")
+    if state is None:
+        print("no canary or holdout open")
+    else:  # the running counts without the lists they remember
+        shown = {**dataclasses.asdict(state), "tally": Tally.from_json(state.tally).summary()}
+        print(json.dumps(shown, indent=2, default=str))
     decisions = canary.read_decisions(store).tail(10)
     columns = ["at", "phase", "verdict", "action", "champion_lists", "challenger_lists", "estimate", "low", "high"]
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):

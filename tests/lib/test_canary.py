@@ -11,6 +11,7 @@ import pandas as pd
 
 from recsys_assets.contract.canary import CanaryConfig, in_challenger_arm
 from recsys_assets.lib.canary import GateState, look
+from recsys_assets.lib.list_tally import counts_of
 
 CONFIG = CanaryConfig(min_lists=100, max_lists=100_000, conversion=True)
 
@@ -54,7 +55,7 @@ def test_only_the_arms_own_versions_count() -> None:
             ("challenger", "Z", 50, 0.0, 0.0),
         ]
     )
-    verdict, decisions, counts = look(s, CONFIG, served)
+    verdict, decisions, counts = look(s, CONFIG, counts_of(served))
     assert counts["champion"][0] == 900 and counts["challenger"][0] == 300
     assert set(decisions) == {"ctr"}  # no conversion in either arm: CTR alone decides
     assert verdict == "continue" and s.looks == 1
@@ -62,39 +63,39 @@ def test_only_the_arms_own_versions_count() -> None:
 
 def test_a_worse_canary_is_withdrawn_and_a_drop_in_the_holdout_is_the_new_champions() -> None:
     served = lists([("champion", "A", 3000, 0.12, 0.0), ("challenger", "B", 3000, 0.06, 0.0)])
-    verdict, decisions, _ = look(state("canary"), CONFIG, served)
+    verdict, decisions, _ = look(state("canary"), CONFIG, counts_of(served))
     assert verdict == "withdraw" and decisions["ctr"].high < 0
     # in a holdout the API's champion (A, the new one) is under test against the held-out B: A leads on the
     # same counts, so the holdout ends with A kept
-    verdict, decisions, _ = look(state("holdout"), CONFIG, served)
+    verdict, decisions, _ = look(state("holdout"), CONFIG, counts_of(served))
     assert verdict == "promote" and decisions["ctr"].estimate > 0
     served = lists([("champion", "A", 3000, 0.06, 0.0), ("challenger", "B", 3000, 0.12, 0.0)])
-    verdict, _, _ = look(state("holdout"), CONFIG, served)
+    verdict, _, _ = look(state("holdout"), CONFIG, counts_of(served))
     assert verdict == "withdraw"  # the new champion dropped: the caller rolls back
 
 
 def test_a_canary_as_clicked_but_converting_less_is_withdrawn() -> None:
     served = lists([("champion", "A", 6000, 0.10, 0.08), ("challenger", "B", 6000, 0.10, 0.02)], seed=3)
-    verdict, decisions, counts = look(state(), CONFIG, served)
+    verdict, decisions, counts = look(state(), CONFIG, counts_of(served))
     assert set(decisions) == {"ctr", "conversion"} and counts["challenger"][2] > 0
     assert decisions["conversion"].verdict == "withdraw" and decisions["ctr"].verdict != "withdraw"
     assert verdict == "withdraw"
     # without the conversion test the same traffic does not withdraw it
-    verdict, decisions, _ = look(state(), CONFIG.model_copy(update={"conversion": False}), served)
+    verdict, decisions, _ = look(state(), CONFIG.model_copy(update={"conversion": False}), counts_of(served))
     assert set(decisions) == {"ctr"} and verdict != "withdraw"
 
 
 def test_the_interval_carries_over_between_looks_through_the_stored_state() -> None:
     first = lists([("champion", "A", 800, 0.10, 0.0), ("challenger", "B", 800, 0.30, 0.0)], seed=1)
     s = state()
-    look(s, CONFIG, first)
+    look(s, CONFIG, counts_of(first))
     low_first = s.tests["ctr"]["low"]
     # the state goes to JSON and back (the next sensor tick); a look on more lists keeps the narrower bound
     s2 = GateState(**json.loads(json.dumps(dataclasses.asdict(s))))
     more = pd.concat([first, lists([("champion", "A", 400, 0.10, 0.0), ("challenger", "B", 400, 0.0, 0.0)])])
-    _, decisions, _ = look(s2, CONFIG, more)
+    _, decisions, _ = look(s2, CONFIG, counts_of(more))
     fresh = GateState(**{**dataclasses.asdict(state()), "tests": {}})
-    _, alone, _ = look(fresh, CONFIG, more)
+    _, alone, _ = look(fresh, CONFIG, counts_of(more))
     assert decisions["ctr"].low >= low_first and decisions["ctr"].low >= alone["ctr"].low
     assert s2.looks == 2
 

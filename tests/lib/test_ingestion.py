@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -205,3 +206,17 @@ def test_items_keep_catalog_only_items_and_matrix_maps_ids(settings: Settings) -
     u, i = m.iloc[0][["user_idx", "item_idx"]]
     assert us["user_id"].iloc[u] == m.iloc[0]["user_id"] and it["item_id"].iloc[i] == m.iloc[0]["item_id"]
     assert csr.nnz == len(m) and csr.sum() == pytest.approx(r.interactions["weight"].sum())
+
+
+def test_a_source_with_an_empty_column_stacks_with_live_rows_without_a_dtype_guess() -> None:
+    """A source's text is held as objects, stored live windows' as strings: a column empty in the source
+    (no `event_id` in MovieLens) must not leave the result's type to pandas' all-null rule (a FutureWarning)."""
+    source = pd.DataFrame({"user_id": ["1", "2"], "event_id": [None, None], "source_line": [2, 3]})
+    live_rows = pd.DataFrame({"user_id": ["u"], "event_id": ["e1"], "source_line": [2]}, dtype="string").astype(
+        {"source_line": "int64"}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        both = readers.stack(source, live_rows)
+    assert both["user_id"].tolist() == ["1", "2", "u"] and both["event_id"].tolist()[2] == "e1"
+    assert both["event_id"].isna().tolist() == [True, True, False] and both["source_line"].dtype == "int64"

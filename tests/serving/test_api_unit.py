@@ -17,13 +17,13 @@ import pytest
 from litestar.testing import TestClient
 
 from recsys_assets.contract.artifact import write_to_storage
+from recsys_assets.contract.canary import in_challenger_arm
 from recsys_assets.contract.settings import EventLogSource, Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib.ingest import cleaning, readers
 from serving.app import create_app
 from serving.eventlog import LOG_COLUMNS, EventLog
 from serving.loaded import LoadedModel
-from serving.model import challenger_arm
 from serving.recommend import blend, build_history
 from serving.schemas import LiveEvent
 from serving.security import ApiKeys
@@ -441,7 +441,7 @@ def test_ab_split_is_stable_and_recorded(api_settings: Settings, artifact, tmp_p
         for i in range(200):
             body = recs(c, f"user-{i}", k=1)
             arms[f"user-{i}"] = body["arm"]
-            expected = "challenger" if challenger_arm(f"user-{i}", 0.3) else "champion"
+            expected = "challenger" if in_challenger_arm(f"user-{i}", 0.3) else "champion"
             assert body["arm"] == expected
             assert body["model_version"] == ("Hybrid-test-challenger" if expected == "challenger" else "Hybrid-test-A")
         assert 0.2 < sum(a == "challenger" for a in arms.values()) / 200 < 0.4

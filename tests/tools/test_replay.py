@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from recsys_assets.contract.artifact import ServingArtifact, write_to_storage
+from recsys_assets.contract.canary import in_challenger_arm
 from recsys_assets.contract.events import ITEM_COLUMNS, REJECT_REASONS, USER_COLUMNS
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.contract.settings import DEFAULT_EVENT_WEIGHTS, get_settings
@@ -447,7 +448,6 @@ def test_replay_through_the_api_counts_exactly_what_the_log_attributes(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     from serving.loaded import LoadedModel
-    from serving.model import challenger_arm
     from serving.recommend import build_history, recommend
     from serving.schemas import LiveEvent
 
@@ -473,12 +473,12 @@ def test_replay_through_the_api_counts_exactly_what_the_log_attributes(
         models = {"champion": LoadedModel.build(champion, "a"), "challenger": LoadedModel.build(baseline, "c")}
 
         def served(user: str, live: list[LiveEvent]) -> list[str]:
-            model = models["challenger" if challenger_arm(user, 0.5) else "champion"]
+            model = models["challenger" if in_challenger_arm(user, 0.5) else "champion"]
             history = build_history(model, user, live, DEFAULT_EVENT_WEIGHTS)
             return [it.item_id for it in recommend(model, history, 10, None, True)]
 
         def first(arm: bool, candidates: list[str]) -> list[str]:
-            return [u for u in candidates if challenger_arm(u, 0.5) == arm][:1]
+            return [u for u in candidates if in_challenger_arm(u, 0.5) == arm][:1]
 
         newcomers = [f"newcomer-{n}" for n in range(20)]
         known = [str(n) for n in range(1, 50)]

@@ -349,7 +349,7 @@ def clean_batch(
     union), and the unit their numeric times read in."""
     live_rows = live.read_live_events(store, unit=unit, keys=plan.new_windows)
     if len(live_rows):
-        raw = pd.concat([raw, live_rows], ignore_index=True) if len(raw) else live_rows.reset_index(drop=True)
+        raw = readers.stack(raw, live_rows) if len(raw) else live_rows.reset_index(drop=True)
     seen_unit = check_unit(store, raw, unit, plan.full)
     rules = config.model_copy(update={"kcore_user": 0, "kcore_item": 0})
     return cleaning.clean_events(raw, rules, unit=unit), seen_unit

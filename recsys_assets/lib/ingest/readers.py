@@ -436,3 +436,11 @@ def conform(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
         if c not in out:
             out[c] = None
     return out[list(columns)]
+
+
+def stack(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `first` then `second` (the same columns). A column typed differently in the two (a source's
+    text held as objects, stored live windows' as strings) is held as objects in both, so that a column with no
+    value in one table does not decide the type of the result."""
+    differ = {c: object for c in first.columns if c in second.columns and first[c].dtype != second[c].dtype}
+    return pd.concat([first.astype(differ), second.astype(differ)], ignore_index=True)

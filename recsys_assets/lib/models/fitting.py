@@ -251,7 +251,8 @@ def evaluate_settings(
     frames = [
         evaluate_lists(lists[s][member[s]], pdata, model, sample[member[s]], evaluation.ci_level, s) for s in settings
     ]
-    out = pd.concat(frames, ignore_index=True)
+    # a setting with nobody to judge gives an empty frame: left out, so the others' dtypes decide the columns'
+    out = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     out["repeat_share"] = repeat_share(pdata)
     return out
 

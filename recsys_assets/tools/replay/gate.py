@@ -147,7 +147,7 @@ def _by_model(events_dir: Path, since: str) -> dict[str, dict[str, float]]:
     }
 
 
-def _replay(settings: Settings, workdir: Path, api_url: str, events_dir: Path, seed: int, max_seconds: float):
+def _replay(workdir: Path, api_url: str, events_dir: Path, seed: int, max_seconds: float):
     from recsys_assets.tools.replay.data import read_events
     from recsys_assets.tools.replay.simulator import ReplayConfig, run_replay
 
@@ -195,7 +195,7 @@ def run_one(cfg: GateConfig, settings: Settings, versions: dict[str, str], name:
         _wait_split(api, "canary")
         started = time.monotonic()
         worker = threading.Thread(
-            target=_replay, args=(settings, cfg.workdir, api.url, events_dir, seed, cfg.max_seconds), daemon=True
+            target=_replay, args=(cfg.workdir, api.url, events_dir, seed, cfg.max_seconds), daemon=True
         )
         worker.start()
         while True:
@@ -242,7 +242,7 @@ def reference(cfg: GateConfig, settings: Settings, versions: dict[str, str], fol
     since = pd.Timestamp.now(tz="UTC").isoformat()
     api = _Api(cfg.workdir / "replay.env", events_dir, run_dir / "logs")
     try:
-        _replay(settings, cfg.workdir, api.url, events_dir, 42, cfg.max_seconds)
+        _replay(cfg.workdir, api.url, events_dir, 42, cfg.max_seconds)
     finally:
         api.stop()
     by_model = _by_model(events_dir, since)
