@@ -223,13 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--share", type=float, default=0.1, help="the canary's share of users (0.1)")
     g.add_argument("--holdout-share", type=float, default=0.05, help="the previous champion's holdout share (0.05)")
     g.add_argument("--look-seconds", type=float, default=2.0, help="seconds between the gate's looks (2)")
-    g.add_argument(
-        "--min-lists",
-        type=int,
-        default=500,
-        help="lists per arm before any verdict (500); more than the replay serves keeps the canary open to the "
-        "end, to measure what it realises over the whole future",
-    )
+    more = "; more than the replay serves keeps the canary open to the end (what it realises on the whole future)"
+    g.add_argument("--min-lists", type=int, default=500, help=f"lists per arm before any verdict (500){more}")
     g.add_argument("--no-reference", action="store_true", help="skip the runs of each model on every user")
 
     args = parser.parse_args(argv)
