@@ -18,14 +18,14 @@ clicks an item once, so an item counts in the candidate's first list that shows 
   its propensity at that position is its probability of being in the list at all, which is what the
   item model needs. Unbiased when every item of the candidate's list could have been logged.
 * `dr`: doubly robust, written here because obp's `DoublyRobust` takes dense (lists x items x positions)
-  arrays and a regression model per action, which a catalogue of items cannot afford. Its reward model
-  is each item's click rate (shrunk to the overall rate), fitted on the other half of the lists
-  (cross-fitting): the model's value of the candidate's list, plus the IPS-weighted residuals of the
-  logged impressions. Under the once-per-user rule the rate is learnt from each item's first logged
-  showing to each user (`first_logged_showings`), the question a candidate's first showing asks; a rate
-  over every impression would count the passed-over repeats of the logging policy's own list against
-  every item. It stays unbiased where IPS is, and gives an answer (the model's) for items the
-  logging policy could not show, where IPS counts zero.
+  arrays and a regression model per action, which a catalogue of items cannot afford. Its reward model is
+  each item's click rate times its user's factor (the user's click rate over the overall one), each shrunk
+  to the overall rate and fitted on the other half of the lists (cross-fitting): the model's value of the
+  candidate's list, plus the IPS-weighted residuals of the logged impressions. Under the once-per-user
+  rule the rates are learnt from each item's first logged showing to each user (`first_logged_showings`),
+  the question a candidate's first showing asks; rates over every impression would count the passed-over
+  repeats of the logging policy's own list against every item. It stays unbiased where IPS is, and gives
+  an answer (the model's) for items the logging policy could not show, where IPS counts zero.
 * `ips_position` and `rips`: obp's `SlateIndependentIPS` with the candidate's item at the same position,
   and `SlateRewardInteractionIPS` (the cascade: the candidate's first j items equal the logged ones). They
   need the candidate to put the logged items at the logged positions, so they only fit a candidate close
@@ -153,13 +153,28 @@ def _interval(samples: np.ndarray, alpha: float, n_boot: int, seed: int) -> tupl
     return float(ci[f"{100 * (1 - alpha)}% CI (lower)"]), float(ci[f"{100 * (1 - alpha)}% CI (upper)"])
 
 
-def _item_rates(item: np.ndarray, reward: np.ndarray, rows: np.ndarray) -> tuple[dict[str, float], float]:
-    """Click rate of each item over the impressions `rows`, shrunk to the overall rate."""
-    overall = float(reward[rows].mean()) if rows.any() else 0.0
-    frame = pd.DataFrame({"item": item[rows], "r": reward[rows]})
-    agg = frame.groupby("item")["r"].agg(["sum", "size"])
-    rates = (agg["sum"] + SHRINK * overall) / (agg["size"] + SHRINK)
-    return rates.to_dict(), overall
+def _rates(keys: np.ndarray, reward: np.ndarray, rows: np.ndarray, overall: float) -> dict[str, float]:
+    frame = pd.DataFrame({"key": keys[rows], "r": reward[rows]})
+    agg = frame.groupby("key")["r"].agg(["sum", "size"])
+    return ((agg["sum"] + SHRINK * overall) / (agg["size"] + SHRINK)).to_dict()
+
+
+class _RewardModel:
+    """A click's probability as an item's rate times its user's factor (the user's rate over the overall
+    one), each shrunk to the overall rate, fitted on the impressions `rows`; without users, the item's rate."""
+
+    def __init__(self, item: np.ndarray, user: np.ndarray | None, reward: np.ndarray, rows: np.ndarray) -> None:
+        self.overall = float(reward[rows].mean()) if rows.any() else 0.0
+        self.item = _rates(item, reward, rows, self.overall)
+        users = _rates(user, reward, rows, self.overall) if user is not None and self.overall > 0 else {}
+        self.user = {u: r / self.overall for u, r in users.items()}
+
+    def rows(self, items: np.ndarray, users: np.ndarray | None) -> np.ndarray:
+        """The model's probability for each (item, user) row."""
+        rates = pd.Series(items).map(self.item).fillna(self.overall).to_numpy(np.float64)
+        if users is not None:
+            rates = rates * pd.Series(users).map(self.user).fillna(1.0).to_numpy(np.float64)
+        return np.minimum(rates, 1.0)
 
 
 def estimate(
@@ -224,12 +239,18 @@ def estimate(
     list_fold = np.arange(n) % 2
     row_fold = list_fold[slate]
     dr_rows = np.zeros(n)
+    user = logged["user_id"].astype(str).to_numpy() if "user_id" in logged else None
+    slate_user = None if user is None else pd.Series(user).groupby(slate).first().to_numpy()
     for f in (0, 1):
-        rates, overall = _item_rates(item, reward, (row_fold != f) & model_rows)
-        for s in np.flatnonzero(list_fold == f).tolist():
-            dr_rows[s] = sum(rates.get(it, overall) for it in eligible[slate_codes[s]])
+        model = _RewardModel(item, user, reward, (row_fold != f) & model_rows)
+        # the model's value of the candidate's list: its items that can earn a click, one row each
+        pairs = [(s, it) for s in np.flatnonzero(list_fold == f).tolist() for it in eligible[slate_codes[s]]]
+        at = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+        shown = np.asarray([p[1] for p in pairs], dtype=object)
+        value = model.rows(shown, None if slate_user is None else slate_user[at])
+        dr_rows += np.bincount(at, weights=value, minlength=n)
         rows_f = row_fold == f
-        q = np.fromiter((rates.get(it, overall) for it in item[rows_f]), float, int(rows_f.sum()))
+        q = model.rows(item[rows_f], None if user is None else user[rows_f])
         residual = in_list[rows_f] * (reward[rows_f] - q) / pscore[rows_f]
         dr_rows += np.bincount(slate[rows_f], weights=residual, minlength=n)
     out["dr"] = {"value": float(dr_rows.mean()), **_ci(dr_rows, alpha, n_bootstrap, seed)}
