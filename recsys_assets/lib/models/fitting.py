@@ -401,7 +401,7 @@ def evaluate_artifact(
     known = pos >= 0
 
     def score(users: np.ndarray) -> np.ndarray:
-        scored = art.scorer.score(hist[users], user_idx=upos[users])
+        scored = art.scorer.score_many(hist[users], user_idx=upos[users])
         out = np.full((len(users), len(items)), -np.inf, dtype=np.float32)
         out[:, known] = scored[:, pos[known]]
         return out
