@@ -271,9 +271,12 @@ class Component:
 
     def _fold_in_one(self, items: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
         reg = float(self.params.get("fold_in_reg", 0.1))
+        top = float(w.max())
+        if top <= 0:  # nothing liked (e.g. ratings of 0): no preference to fold in
+            return np.zeros(items.shape[1], dtype=np.float32)
         v = items[idx].astype(np.float64)
         a = v.T @ v + reg * np.eye(v.shape[1])
-        return np.linalg.solve(a, v.T @ (w / w.max())).astype(np.float32)
+        return np.linalg.solve(a, v.T @ (w / top)).astype(np.float32)
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """User vectors for histories not seen in training: ridge regression onto the item factors."""
@@ -286,6 +289,8 @@ class Component:
                 continue
             v = item_f[history.indices[lo:hi]]
             w = history.data[lo:hi].astype(np.float64)
+            if w.max() <= 0:
+                continue
             # rank-1 targets: the user likes these items in proportion to their weights
             a = v.T @ v + reg * np.eye(v.shape[1])
             out[r] = np.linalg.solve(a, v.T @ (w / w.max()))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsys_assets.contract.canary import CanaryConfig
@@ -86,9 +86,9 @@ class Settings(BaseSettings):
     )
 
     # --- cleaning ---
-    event_weights: dict[str, float] = Field(
+    event_weights: dict[str, PositiveFloat] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
-        description="Weight of each event type in the interaction matrix; ratings weigh their value.",
+        description="Weight (> 0) of each event type in the interaction matrix; ratings weigh their value.",
     )
     rating_min: float = Field(default=0.5, description="Smallest valid rating value.")
     rating_max: float = Field(default=5.0, description="Largest valid rating value.")

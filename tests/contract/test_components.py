@@ -90,3 +90,17 @@ def test_repeat_the_stored_recency_and_then_the_last_weight_of_an_item_count() -
     np.testing.assert_array_equal(got, np.array([tail[0], tail[1], 2.0, tail[3]], dtype=np.float32))
     unknown = component.score_one(np.array([1, 2, 1]), np.array([4.0, 8.0, 0.0], dtype=np.float32), -1)
     np.testing.assert_array_equal(unknown, np.array([tail[0], tail[1], 5.0, tail[3]], dtype=np.float32))
+
+
+def test_an_unknown_user_with_nothing_liked_folds_in_to_no_preference() -> None:
+    """Ratings of 0 are kept with weight 0: an embedding folds such a history in as no preference, finite
+    scores, not the 0/0 of scaling by the largest weight."""
+    rng = np.random.default_rng(0)
+    component = _component("embedding", 50, rng)
+    idx, w = np.array([3, 7], dtype=np.int32), np.zeros(2, dtype=np.float32)
+    one = component.score_one(idx, w, -1)
+    assert np.isfinite(one).all() and not one.any()
+    history = sp.csr_matrix((np.array([0.0, 0.0, 2.0], np.float32), ([0, 0, 1], [3, 7, 5])), shape=(2, 50))
+    assert history.nnz == 3  # the ratings of 0 are stored
+    batch = component.score_many(history, None)
+    assert np.isfinite(batch).all() and not batch[0].any() and batch[1].any()

@@ -59,6 +59,14 @@ def test_bad_storage_uri_is_named(uri: str) -> None:
         get_settings(storage_uri=uri, azure_connection_string="x")
 
 
+@pytest.mark.parametrize("weight", [0, -1])
+def test_an_event_weight_must_be_positive(monkeypatch: pytest.MonkeyPatch, weight: int) -> None:
+    # a zero or negative weight would cancel or invert a user's history (and divide by zero in a fold-in)
+    monkeypatch.setenv("RECSYS_EVENT_WEIGHTS", json.dumps({"view": 1, "dislike": weight}))
+    with pytest.raises(ValidationError, match=r"event_weights\.dislike\n.*greater than 0"):
+        get_settings()
+
+
 def test_event_log_source_required_and_event_types_checked() -> None:
     with pytest.raises(ValidationError, match="RECSYS_EVENT_LOG"):
         get_settings(source="event_log")
