@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +42,7 @@ from recsys_assets.lib.evaluation.batched import (
 )
 from recsys_assets.lib.evaluation.metrics import RESULT_COLUMNS, evaluate_topk, exclusion_matrix
 from recsys_assets.lib.models.ann import candidate_recall, retrieval_arrays
-from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
+from recsys_assets.lib.models.base import ListsFn, ProtocolData, Recommender, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ ALL = "all"
 SLICES = (ALL, *S.USER_SLICES, S.NEW_ITEM_SLICE)
 CHAMPION_METRIC = ("ndcg", 10, S.TEMPORAL)
 DISCOVERY, REPEAT, BLENDED = "discovery", "repeat", "blended"
-# A model's own top-k lists of `users` with each one's row of items to hide (or None), equal to ranking its
-# scores (`ranked_lists`): a model that ranks without a dense score row (popularity: one order) offers one.
-ListsFn = Callable[[np.ndarray, int, sp.csr_matrix | None], np.ndarray]
 SETTINGS = (DISCOVERY, REPEAT)  # the evaluation settings (`setting` column; a table without it is discovery)
 TARGETS = (DISCOVERY, REPEAT, BLENDED)  # what the champion can be chosen on
 
@@ -279,8 +276,8 @@ class Candidate:
 
     @property
     def lists_fn(self) -> ListsFn | None:
-        """The model's own top-k lists (`ListsFn`), when it ranks without dense scores."""
-        return getattr(self.model, "lists", None)
+        """The model's own top-k lists (`Recommender.lists`), when it ranks without dense scores."""
+        return self.model.lists
 
 
 def valid_ndcg(
