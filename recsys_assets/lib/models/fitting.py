@@ -229,22 +229,23 @@ def evaluate_settings(
     member = {s: np.isin(sample, pools[s]) for s in settings}
     k, n_items = max(KS), pdata.data.n_items
     lists = {s: np.full((len(sample), k), -1, dtype=np.int64) for s in settings}
-    step = batch_size(n_items, evaluation.batch_memory_mb)
-    if lists_fn is not None:  # the model ranks without scores
+    if lists_fn is not None:  # the model ranks without scores: its own lists, setting by setting
         for s in settings:
             hide, rows = truths[s][1], sample[member[s]]
             lists[s][member[s]] = lists_fn(rows, k, None if hide is None else hide[rows])
-    for start in range(0, len(sample) if lists_fn is None else 0, step):  # scored a batch at a time
-        rows = sample[start : start + step]
-        scores = score_fn(rows)
-        if scores.shape != (len(rows), n_items):
-            raise ValueError(f"the score function returned shape {scores.shape}, expected {(len(rows), n_items)}")
-        for s in settings:
-            at = np.flatnonzero(member[s][start : start + step])
-            if len(at):
-                hide = truths[s][1]
-                hidden = None if hide is None else hide[rows[at]]
-                lists[s][start + at] = topk_from_scores(scores[at], k, hidden)
+    else:  # scored a batch at a time, each batch ranked for every setting
+        step = batch_size(n_items, evaluation.batch_memory_mb)
+        for start in range(0, len(sample), step):
+            rows = sample[start : start + step]
+            scores = score_fn(rows)
+            if scores.shape != (len(rows), n_items):
+                raise ValueError(f"the score function returned shape {scores.shape}, expected {(len(rows), n_items)}")
+            for s in settings:
+                at = np.flatnonzero(member[s][start : start + step])
+                if len(at):
+                    hide = truths[s][1]
+                    hidden = None if hide is None else hide[rows[at]]
+                    lists[s][start + at] = topk_from_scores(scores[at], k, hidden)
     frames = [
         evaluate_lists(lists[s][member[s]], pdata, model, sample[member[s]], evaluation.ci_level, s) for s in settings
     ]
