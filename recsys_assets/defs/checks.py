@@ -154,7 +154,7 @@ def _challenger_against_champion(
     """The champion's and the challenger's NDCG@10 (on the evaluation `target`) on the same events, and
     which events those are."""
     # the training stack loads in the step that refits, not with the code location
-    from recsys_assets.lib.models.refit import refit_artifact
+    from recsys_assets.lib.models.refit import refit_winner
 
     protocol = S.deciding_protocol(interactions)
     champion_art = read_from_storage(store, *current["path"])
@@ -167,17 +167,7 @@ def _challenger_against_champion(
         # Like with like: the challenger's model trained exactly as the champion was, on the
         # champion's data, both scored on the events that came after it.
         pdata = prepare(interactions, items, users, protocol, ratios=(len(old), 0, n_new))
-        challenger_art = refit_artifact(
-            str(best["model"]),
-            old,
-            items,
-            users,
-            tuned=tuned_params(store),
-            budget=str(best.get("budget", "standard")),
-            seed=SEED,
-            hybrid_cf=str(best.get("collaborative", "")) or None,
-            threads=threads,
-        )
+        challenger_art = refit_winner(best, old, items, users, tuned=tuned_params(store), seed=SEED, threads=threads)
         compared_on = f"{n_new} events after the champion's data ({data_until}); both trained on it"
     else:
         # No new events: the temporal test part, where the champion may have trained on some

@@ -123,7 +123,7 @@ def champion_model(
     a holdout the runner-up (as evaluated) gets alias `challenger`, and `artifacts/CHALLENGER.json` when it
     beats the popularity baseline (the API serves it to `RECSYS_AB_CHALLENGER_SHARE` of users)."""
     # the training stack loads in the step that refits, not with the code location
-    from recsys_assets.lib.models.refit import refit_artifact
+    from recsys_assets.lib.models.refit import refit_winner
 
     store = storage.get()
     tracker = mlflow.tracker()
@@ -132,18 +132,15 @@ def champion_model(
     winner = challenger_model.iloc[0]
     evaluated = read_from_storage(store, "candidates", winner["model"])
     started = time.perf_counter()
-    art = refit_artifact(
-        str(winner["model"]),
+    art = refit_winner(
+        winner,
         interactions,
         items,
         users,
         tuned=tuned_params(store),
-        budget=str(winner.get("budget", "standard")),
         seed=SEED,
-        reference=evaluated,
-        hybrid_cf=str(winner.get("collaborative", "")) or None,
-        hybrid_repeat="buy_again" in evaluated.scorer.components,
         threads=settings.limits.training_threads(),
+        reference=evaluated,
     )
     refit_seconds = time.perf_counter() - started
     context.log.info(

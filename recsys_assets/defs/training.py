@@ -348,5 +348,5 @@ def _result_line(cand: Candidate, res: pd.DataFrame, pdata: ProtocolData) -> str
         f"{cand.name} ({pdata.protocol}): NDCG@10 {ndcg:.4f}"
         + ("" if repeat is None else f" (repeat {repeat:.4f})")
         + f", valid {cand.valid_ndcg10:.4f}, {cand.train_seconds:.1f}s"
-        + (f" (blend search {search:.1f}s)" if (search := getattr(cand.model, "search_seconds", None)) else "")
+        + (f" (blend search {search:.1f}s)" if (search := cand.model.search_seconds) else "")
     )

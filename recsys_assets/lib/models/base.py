@@ -11,6 +11,7 @@ training event are part of that space, so cold-start cases are scored like any o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, Self, runtime_checkable
 
@@ -21,6 +22,10 @@ import scipy.sparse as sp
 from recsys_assets.contract.scoring import Scorer
 from recsys_assets.lib.evaluation import splits as S
 from recsys_assets.lib.evaluation.batched import ranked_lists
+
+# A model's own top-k lists of `users` with each one's row of items to hide (or None), equal to ranking its
+# scores (`ranked_lists`): a model that ranks without a dense score row (popularity: one order) offers one.
+ListsFn = Callable[[np.ndarray, int, sp.csr_matrix | None], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,13 @@ class Recommender(Protocol):
     * `params()` are the hyper-parameters a training run records.
 
     `family` is "recbole" (trained through the RecBole adapter) or "native".
+
+    Two optional capabilities, which every model states (None and 0.0 when it has neither):
+
+    * `lists` is the model's own `ListsFn`, for a model that ranks every user from one global order
+      (popularity), so evaluation ranks without scoring; None: evaluation ranks `score`'s rows.
+    * `search_seconds` is the time the last `fit` spent searching its own choices on the validation part
+      (the hybrid's half-life and blend weights), reported apart from training; 0.0 for a model with no search.
     """
 
     history: sp.csr_matrix
@@ -110,6 +122,12 @@ class Recommender(Protocol):
 
     @property
     def scorer(self) -> Scorer | None: ...
+
+    @property
+    def lists(self) -> ListsFn | None: ...
+
+    @property
+    def search_seconds(self) -> float: ...
 
     def fit(self, data: ProtocolData) -> Self: ...
 

@@ -15,6 +15,7 @@ dominates what people consume again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -70,6 +71,8 @@ class BuyAgainModel:
     half_lives: tuple[float | None, ...] = (None, 7.0, 30.0, 90.0)
     name: str = NAME
     family = "native"
+    lists: ClassVar[None] = None  # ranks through `score` (`Recommender.lists`)
+    search_seconds: ClassVar[float] = 0.0  # its half-life search is not reported apart from training
 
     def fit(self, data: TrainData | ProtocolData) -> BuyAgainModel:
         valid = data.valid_truth if isinstance(data, ProtocolData) else None

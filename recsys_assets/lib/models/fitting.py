@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +42,7 @@ from recsys_assets.lib.evaluation.batched import (
 )
 from recsys_assets.lib.evaluation.metrics import RESULT_COLUMNS, evaluate_topk, exclusion_matrix
 from recsys_assets.lib.models.ann import candidate_recall, retrieval_arrays
-from recsys_assets.lib.models.base import ProtocolData, Recommender, TrainData
+from recsys_assets.lib.models.base import ListsFn, ProtocolData, Recommender, TrainData
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ ALL = "all"
 SLICES = (ALL, *S.USER_SLICES, S.NEW_ITEM_SLICE)
 CHAMPION_METRIC = ("ndcg", 10, S.TEMPORAL)
 DISCOVERY, REPEAT, BLENDED = "discovery", "repeat", "blended"
-# A model's own top-k lists of `users` with each one's row of items to hide (or None), equal to ranking its
-# scores (`ranked_lists`): a model that ranks without a dense score row (popularity: one order) offers one.
-ListsFn = Callable[[np.ndarray, int, sp.csr_matrix | None], np.ndarray]
 SETTINGS = (DISCOVERY, REPEAT)  # the evaluation settings (`setting` column; a table without it is discovery)
 TARGETS = (DISCOVERY, REPEAT, BLENDED)  # what the champion can be chosen on
 
@@ -232,22 +229,23 @@ def evaluate_settings(
     member = {s: np.isin(sample, pools[s]) for s in settings}
     k, n_items = max(KS), pdata.data.n_items
     lists = {s: np.full((len(sample), k), -1, dtype=np.int64) for s in settings}
-    step = batch_size(n_items, evaluation.batch_memory_mb)
-    if lists_fn is not None:  # the model ranks without scores
+    if lists_fn is not None:  # the model ranks without scores: its own lists, setting by setting
         for s in settings:
             hide, rows = truths[s][1], sample[member[s]]
             lists[s][member[s]] = lists_fn(rows, k, None if hide is None else hide[rows])
-    for start in range(0, len(sample) if lists_fn is None else 0, step):  # scored a batch at a time
-        rows = sample[start : start + step]
-        scores = score_fn(rows)
-        if scores.shape != (len(rows), n_items):
-            raise ValueError(f"the score function returned shape {scores.shape}, expected {(len(rows), n_items)}")
-        for s in settings:
-            at = np.flatnonzero(member[s][start : start + step])
-            if len(at):
-                hide = truths[s][1]
-                hidden = None if hide is None else hide[rows[at]]
-                lists[s][start + at] = topk_from_scores(scores[at], k, hidden)
+    else:  # scored a batch at a time, each batch ranked for every setting
+        step = batch_size(n_items, evaluation.batch_memory_mb)
+        for start in range(0, len(sample), step):
+            rows = sample[start : start + step]
+            scores = score_fn(rows)
+            if scores.shape != (len(rows), n_items):
+                raise ValueError(f"the score function returned shape {scores.shape}, expected {(len(rows), n_items)}")
+            for s in settings:
+                at = np.flatnonzero(member[s][start : start + step])
+                if len(at):
+                    hide = truths[s][1]
+                    hidden = None if hide is None else hide[rows[at]]
+                    lists[s][start + at] = topk_from_scores(scores[at], k, hidden)
     frames = [
         evaluate_lists(lists[s][member[s]], pdata, model, sample[member[s]], evaluation.ci_level, s) for s in settings
     ]
@@ -279,8 +277,8 @@ class Candidate:
 
     @property
     def lists_fn(self) -> ListsFn | None:
-        """The model's own top-k lists (`ListsFn`), when it ranks without dense scores."""
-        return getattr(self.model, "lists", None)
+        """The model's own top-k lists (`Recommender.lists`), when it ranks without dense scores."""
+        return self.model.lists
 
 
 def valid_ndcg(

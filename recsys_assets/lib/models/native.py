@@ -34,7 +34,7 @@ from recsys_assets.contract.scoring import (
 )
 from recsys_assets.lib.evaluation.batched import sample_users, users_with_truth
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
-from recsys_assets.lib.models.base import ProtocolData, TrainData
+from recsys_assets.lib.models.base import ListsFn, ProtocolData, TrainData
 from recsys_assets.lib.models.blend_search import BlendCandidates, blend_candidates
 from recsys_assets.lib.models.buy_again import buy_again_component
 
@@ -49,6 +49,8 @@ class ComponentModel:
     family = "native"
     scorer: Scorer
     history: sp.csr_matrix
+    lists: ListsFn | None = None  # ranks through `score` (popularity overrides it: one order for everyone)
+    search_seconds: float = 0.0  # no search in `fit` (the hybrid's is timed)
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
         """The scorer's scores of a batch of users (`Scorer.score_many`: each row as the one-user path gives it)."""

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.lib.evaluation.batched import DEFAULT_EVALUATION, EvaluationConfig, users_with_truth
-from recsys_assets.lib.models.base import ProtocolData
+from recsys_assets.lib.models.base import ListsFn, ProtocolData
 from recsys_assets.lib.models.fitting import valid_ndcg
 from recsys_assets.lib.models.recbole_adapter import (
     RecBoleModelConfig,
@@ -35,6 +35,8 @@ class RecBoleRecommender:
     """
 
     family = "recbole"
+    lists: ListsFn | None = None  # ranks through `score` (`Recommender.lists`)
+    search_seconds: float = 0.0  # no search reported apart from training (early stopping is training)
 
     def __init__(
         self,

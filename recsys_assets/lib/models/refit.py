@@ -99,6 +99,35 @@ def refit_artifact(
     return art
 
 
+def refit_winner(
+    winner: pd.Series,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    *,
+    tuned: dict[str, Any],
+    seed: int,
+    threads: int = 1,
+    reference: ServingArtifact | None = None,
+) -> ServingArtifact:
+    """`refit_artifact` of a row of the model ranking (`model`, and `budget` and `collaborative` as training
+    recorded them; a row without them: the standard budget, no collaborative model). With `reference` (the
+    row's evaluated artifact) its metrics are copied and a hybrid blends BuyAgain when the evaluated one did."""
+    return refit_artifact(
+        str(winner["model"]),
+        interactions,
+        items,
+        users,
+        tuned=tuned,
+        budget=str(winner.get("budget", "standard")),
+        seed=seed,
+        reference=reference,
+        hybrid_cf=str(winner.get("collaborative", "")) or None,
+        threads=threads,
+        hybrid_repeat=reference is not None and "buy_again" in reference.scorer.components,
+    )
+
+
 def every_event(
     pdata: ProtocolData, interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame
 ) -> ProtocolData:

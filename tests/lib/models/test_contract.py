@@ -28,6 +28,7 @@ from recsys_assets.lib.models.candidates import fit_candidate, native_model
 from recsys_assets.lib.models.catalog import IMPLICIT, NATIVE
 from recsys_assets.lib.models.fitting import Candidate, serving_artifact
 from recsys_assets.lib.models.implicit_cf import implicit_model
+from recsys_assets.lib.models.native import PopularityModel
 from recsys_assets.lib.models.recbole_adapter import SUPPORTED_MODELS, RecBoleModelConfig
 from recsys_assets.lib.models.recbole_recommender import RecBoleRecommender
 
@@ -163,6 +164,15 @@ def test_fits(fitted: Fitted) -> None:
     trained_items = fitted.popularity > 0
     assert np.isfinite(scores[np.ix_(fitted.warm, trained_items)]).all()
     assert np.isfinite(fitted.cand.valid_ndcg10)
+
+
+def test_optional_capabilities(fitted: Fitted) -> None:
+    """Every model states `lists` and `search_seconds`; its own lists, where it has them, rank as its scores do."""
+    model, users = fitted.model, np.arange(fitted.build.data.n_users)
+    assert model.search_seconds >= 0.0
+    assert (model.lists is not None) == isinstance(model, PopularityModel)  # one order for everyone
+    if model.lists is not None:
+        np.testing.assert_array_equal(model.lists(users, 5, model.history[users]), recommend(model, users, 5))
 
 
 def test_ranks_the_obvious_items_first(fitted: Fitted) -> None:

@@ -163,7 +163,7 @@ def test_evaluation_target_is_strict() -> None:
 
 def test_the_champion_refit_keeps_buy_again() -> None:
     """Promotion refits the chosen model on every event: BuyAgain, and a hybrid evaluated with it, keep it."""
-    from recsys_assets.lib.models.refit import refit_artifact
+    from recsys_assets.lib.models.refit import refit_artifact, refit_winner
 
     tables = basket_log()
     art = refit_artifact("BuyAgain", *tables, tuned={}, budget="smoke", seed=1)
@@ -173,6 +173,11 @@ def test_the_champion_refit_keeps_buy_again() -> None:
     )
     hybrid = refit_artifact("Hybrid", *tables, tuned={}, budget="smoke", seed=1, hybrid_repeat=True)
     assert "buy_again" in hybrid.scorer.components
+    # the ranking's row refitted as promotion does: BuyAgain blended because the evaluated hybrid had it
+    row = pd.Series({"model": "Hybrid", "budget": "smoke", "collaborative": "", "ndcg@10": 0.5})
+    promoted = refit_winner(row, *tables, tuned={}, seed=1, reference=hybrid)
+    assert promoted.model_name == "Hybrid" and "buy_again" in promoted.scorer.components
+    assert "buy_again" not in refit_winner(row, *tables, tuned={}, seed=1).scorer.components
 
 
 def test_a_split_where_every_test_positive_is_a_repeat_is_judged_on_repeat() -> None:
