@@ -19,7 +19,6 @@ thread of its own so the open-loop generator keeps its schedule. Availability is
 from __future__ import annotations
 
 import contextlib
-import http.client
 import math
 import os
 import signal
@@ -130,8 +129,7 @@ class Prober:
                 if self.metrics_at is not None and self.metrics is None and time.perf_counter() - t0 >= self.metrics_at:
                     self.metrics = metrics_counts(self.url)
                 status = 0
-                # no answer: refused, timed out, or cut mid-response by a worker killed while it answered
-                with contextlib.suppress(OSError, http.client.HTTPException):
+                with contextlib.suppress(OSError):
                     status = http_get(f"{self.url}/ready", timeout=2.0)[0]
                 self.results.append((time.perf_counter() - t0, status))
                 n += 1
@@ -148,7 +146,7 @@ class Prober:
 
 def metrics_counts(url: str) -> tuple[float, float] | None:
     """(requests, answered 5xx) so far from the API's `/metrics`, as `metrics_text.availability` counts."""
-    with contextlib.suppress(OSError, http.client.HTTPException):
+    with contextlib.suppress(OSError):
         status, body = http_get(f"{url}/metrics")
         found = metrics_text.availability(body.decode()) if status == 200 else None
         if found is not None and not math.isnan(found[0]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import http.client
 import os
 import re
 import shutil
@@ -31,11 +32,15 @@ def progress(text: str) -> None:
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body); an answer cut off mid-way (a worker killed while it answered) raises `ConnectionError`,
+    an `OSError` like every other failure to get an answer."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"GET {url}: the answer was cut off ({exc!r})") from exc
 
 
 def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
