@@ -167,7 +167,11 @@ def _challenger_against_champion(
         # Like with like: the challenger's model trained exactly as the champion was, on the
         # champion's data, both scored on the events that came after it.
         pdata = prepare(interactions, items, users, protocol, ratios=(len(old), 0, n_new))
-        challenger_art = refit_winner(best, old, items, users, tuned=tuned_params(store), seed=SEED, threads=threads)
+        # as the promotion refits it: a hybrid blends BuyAgain when its evaluated artifact did
+        evaluated = read_from_storage(store, "candidates", str(best["model"]))
+        challenger_art = refit_winner(
+            best, old, items, users, tuned=tuned_params(store), seed=SEED, threads=threads, reference=evaluated
+        )
         compared_on = f"{n_new} events after the champion's data ({data_until}); both trained on it"
     else:
         # No new events: the temporal test part, where the champion may have trained on some

@@ -246,3 +246,31 @@ def test_popularity_lists_equal_its_ranked_scores_in_both_settings() -> None:
     listed = evaluate_settings(cand.scores, pdata, cand.name, lists_fn=cand.lists_fn)
     assert set(listed["setting"]) == {"discovery", "repeat"}
     pd.testing.assert_frame_equal(listed, evaluate_settings(cand.scores, pdata, cand.name), check_exact=True)
+
+
+def test_the_promotion_check_judges_the_hybrid_the_promotion_would_serve(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On events after the champion's data, the check refits the challenger on the champion's data: a hybrid
+    evaluated with BuyAgain is refitted with it, as the promotion refits it, not without."""
+    from recsys_assets.contract.artifact import write_to_storage
+    from recsys_assets.contract.storage import Storage
+    from recsys_assets.defs import checks
+    from recsys_assets.lib.models.refit import refit_artifact
+
+    inter, items, users = basket_log()
+    store = Storage.from_uri(str(tmp_path))
+    cut = inter["timestamp"].sort_values().iloc[-200]
+    old = inter[inter["timestamp"] < cut]
+    champion = refit_artifact("Popularity", old, items, users, tuned={}, budget="smoke", seed=1)
+    write_to_storage(champion, store, "artifacts", "champion")
+    evaluated = refit_artifact("Hybrid", inter, items, users, tuned={}, budget="smoke", seed=1, hybrid_repeat=True)
+    write_to_storage(evaluated, store, "candidates", "Hybrid")
+    judged = []
+    monkeypatch.setattr(checks, "_artifact_value", lambda art, pdata, target: judged.append(art) or 0.0)
+    current = {"path": ["artifacts", "champion"], "data_until": old["timestamp"].max().isoformat()}
+    row = pd.Series({"model": "Hybrid", "budget": "smoke", "collaborative": ""})
+    _, _, compared_on = checks._challenger_against_champion(store, row, current, inter, items, users)
+    assert "after the champion's data" in compared_on
+    challenger = judged[1]
+    assert challenger.model_name == "Hybrid" and "buy_again" in challenger.scorer.components
