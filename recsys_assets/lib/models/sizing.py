@@ -4,7 +4,9 @@
 users, items, interactions, factors and neighbours); `check` compares it with the limits and returns
 the reason a candidate is refused, so the pipeline skips it with that reason instead of being
 OOM-killed half way. The constants were calibrated on this machine against measured peak RSS and
-wall time (docs/benchmarks.md, "Models that scale"): they are rough (within ~2x), and err high.
+wall time (docs/benchmarks.md, "Models that scale"): they are rough (within ~2x), and err high. The time
+constants were measured again after the evaluation got faster ("The plan recalibrated (2026-12-04)"):
+each candidate's step per split within ~1.6x of the measured one at 1M events, and at most 10% below it.
 
 EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019) is the one model whose
 memory grows with items squared: it inverts a dense item x item Gram matrix. It is refused outright
@@ -49,24 +51,30 @@ BPR_SECONDS = 8e-9  # per interaction x factor per iteration
 KNN_SECONDS = 1e-7  # per co-occurring item pair (sum over users of their items squared)
 # What every candidate's step pays per split besides its model, per training event: the split cut again
 # in the step, the metrics and their slices, the results saved. Popularity's whole step, which is nearly
-# only this: 1.7 s a split at 1M events, 50 s at 10M (the first reads 3x high, the second as measured).
-STEP_SECONDS_PER_EVENT = 6e-6
+# only this: 1.7-3.1 s a split at 1M events (read 1.3-2.4x high), 37 s at 10M (read 1.1x high).
+STEP_SECONDS_PER_EVENT = 5e-6
 # Scoring and ranking an evaluated user over every item, twice (validation and test; the discovery and
 # repeat settings share one pass), per user x item cell. The dense scorers (ALS, BPR, RecBole's models)
 # pay the product and `top_k_wide` over float scores: ALS's evaluation is 25-30 s a split at 10,000 users
 # x 100k items (1M log). The others are batched (`score_many`) and cheaper per cell, measured on the same
 # log: item-item and BuyAgain (sparse products, rows mostly tied at zero), Content (dense cosines) and the
-# Hybrid (its parts standardised and blended row by row; 150 s a split at 10,000 x 1M items, 10M log).
+# Hybrid (its parts standardised and blended row by row).
 # Popularity's lists come from one order (`native.popularity_lists`): nothing per cell.
 SCORE_SECONDS_PER_CELL = 3.2e-8
 EVAL_SECONDS_PER_CELL = {
     "Popularity": 0.0,
-    "ItemItemCosine": 5e-9,
-    "ItemItemBM25": 5e-9,
-    "BuyAgain": 5e-9,
-    "Content": 1.2e-8,
-    "Hybrid": 1.4e-8,
+    "ItemItemCosine": 6e-9,
+    "ItemItemBM25": 6e-9,
+    "BuyAgain": 6e-9,
+    "Content": 7e-9,
+    "Hybrid": 7e-9,
 }
+# ... and per evaluated user, where the scores are standardised or normalised a row at a time: 6e-4 s a user
+# and 7e-9 a cell put the Hybrid's evaluation at 13 s a split at 100k items (measured 11-14) and 76 s at 1M
+# items (measured 65-73)
+EVAL_SECONDS_PER_USER = {"Content": 6e-4, "Hybrid": 6e-4}
+# Content's item profiles, per catalog item (0.4-1.2 s at 100k items; with popularity's, 6 s at 1M)
+CONTENT_SECONDS_PER_ITEM = 1e-5
 # BuyAgain's half-life search scores the evaluation's user sample once per half-life, per user x item cell
 # (4 half-lives: 3.8-4.4 s a split at 10,000 users x 100k items)
 BUY_AGAIN_SECONDS_PER_CELL = 1.2e-9
@@ -85,9 +93,9 @@ HYBRID_PER_PART, MEMORY_MB_BLEND = PER_PART, MEMORY_MB
 # Above the threshold, building the candidates, per tuning user x catalog item (every component together:
 # popularity proposes from its one order and item-item from its stored scores, the dense parts are scored
 # and standardised), and one trial per tuning user x candidate (`HYBRID_PARTS x HYBRID_PER_PART`). Both
-# searches (half-life and blend) took 6.3-6.9 s a split at 2,500 users x 100k items (1M log) and 40-49 s
+# searches (half-life and blend) took 6.3-8.8 s a split at 2,500 users x 100k items (1M log) and 28-38 s
 # at 2,000 users x 1M items (10M log): the candidates, not the trials, grow with the catalog.
-HYBRID_CANDIDATE_SECONDS_PER_CELL = 2.2e-8
+HYBRID_CANDIDATE_SECONDS_PER_CELL = 1.8e-8
 HYBRID_TRIAL_SECONDS_PER_CELL = 5e-9
 
 # admitted before the others whatever the comparison's time budget (`within_budget`)
@@ -166,7 +174,7 @@ def _model_bytes_and_seconds(
     if model in ("Pop", "Popularity"):
         return matrix, s.n_events * 2e-7
     if model == "Content":
-        return matrix + s.n_items * 400.0, s.n_items * 2e-5
+        return matrix + s.n_items * 400.0, s.n_items * CONTENT_SECONDS_PER_ITEM
     if model == "ALS":
         work = s.nnz * factors + rows * factors**2
         return 3 * matrix + 3 * rows * factors * 4.0, epochs * work * ALS_SECONDS / per_core
@@ -186,7 +194,7 @@ def _model_bytes_and_seconds(
     if model == "BuyAgain":  # its half-life search over the evaluation's user sample (`estimate`)
         return 3 * matrix + emb, 0.0
     if model == "Hybrid":  # its parts' training: content and popularity (the collaborative part is given)
-        return 3 * matrix + emb, s.n_items * 2e-5 + s.n_events * 2e-7
+        return 3 * matrix + emb, s.n_items * CONTENT_SECONDS_PER_ITEM + s.n_events * 2e-7
     return 3 * matrix + emb, epochs * s.n_events * RECBOLE_SECONDS_PER_EVENT_EPOCH.get(model, 1e-5)
 
 
@@ -237,6 +245,7 @@ def estimate(
     if model == "BuyAgain":
         seconds += BUY_AGAIN_HALF_LIVES * eval_cells * BUY_AGAIN_SECONDS_PER_CELL
     seconds += eval_cells * EVAL_SECONDS_PER_CELL.get(model, SCORE_SECONDS_PER_CELL)
+    seconds += evaluated * EVAL_SECONDS_PER_USER.get(model, 0.0)
     seconds += shape.n_events * STEP_SECONDS_PER_EVENT
     total = BASE_BYTES + shape.n_events * BYTES_PER_EVENT + model_bytes + scoring
     return Estimate(model=model, memory_gb=total / GB, minutes=seconds / 60.0)
