@@ -26,8 +26,8 @@ from .checkerboard import checkerboard
 SHOP_1M = sizing.DataShape(n_users=48_000, n_items=85_000, nnz=800_000, n_events=1_000_000, pair_work=6e7)
 SHOP_10M = sizing.DataShape(n_users=480_000, n_items=1_000_000, nnz=8_000_000, n_events=10_000_000, pair_work=6e8)
 # The scale benchmark's 1M-event log (47,619 users, 100k items) as the plan sees its random split, and each
-# candidate's step per split measured there (its step's wall time over its two splits), seconds: a quieter
-# run and a busier one (docs/benchmarks.md, "The plan recalibrated (2026-12-04)").
+# candidate's step per split measured there (its step's wall time over its two splits), seconds: runs 1 and
+# 2 of docs/benchmarks.md, "The plan recalibrated (2026-12-04)" (in its quiet run 3 ALS and ImplicitBPR took less)
 BENCH_1M = sizing.DataShape(
     n_users=47_619, n_items=100_000, nnz=587_566, n_events=803_567, pair_work=22_322_742.0, evaluated_users=44_715
 )
