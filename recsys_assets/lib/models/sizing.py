@@ -55,10 +55,11 @@ KNN_SECONDS = 1e-7  # per co-occurring item pair (sum over users of their items 
 STEP_SECONDS_PER_EVENT = 5e-6
 # Scoring and ranking an evaluated user over every item, twice (validation and test; the discovery and
 # repeat settings share one pass), per user x item cell. The dense scorers (ALS, BPR, RecBole's models)
-# pay the product and `top_k_wide` over float scores: ALS's evaluation is 25-30 s a split at 10,000 users
-# x 100k items (1M log). The others are batched (`score_many`) and cheaper per cell, measured on the same
-# log: item-item and BuyAgain (sparse products, rows mostly tied at zero), Content (dense cosines) and the
-# Hybrid (its parts standardised and blended row by row).
+# pay the product and `top_k_wide` over float scores: ALS's evaluation took 25-30 s a split at 10,000 users
+# x 100k items (1M log) on a busy machine and about 5 s on a quiet one; the constant follows the busy runs,
+# so the dense scorers read up to ~3.8x high on a quiet machine. The others are batched (`score_many`) and
+# cheaper per cell, measured on the same log: item-item and BuyAgain (sparse products, rows mostly tied at
+# zero), Content (dense cosines) and the Hybrid (its parts standardised and blended row by row).
 # Popularity's lists come from one order (`native.popularity_lists`): nothing per cell.
 SCORE_SECONDS_PER_CELL = 3.2e-8
 EVAL_SECONDS_PER_CELL = {
