@@ -192,6 +192,9 @@ def size_gate(
     evaluated = len(users_with_truth(pdata.test_truth))
     shape = sizing.DataShape.of(pdata.data.matrix, len(pdata.split.train), evaluated_users=evaluated)
     out = {e.model: e for e in sizing.plan(names, shape, limits, threads=lim.training_threads(), epochs=epochs)}
+    if only is None:  # the estimates, to hold against each step's measured time
+        estimates = ", ".join(f"{e.model} {e.minutes:.2f} min {e.memory_gb:.1f} GB" for e in out.values())
+        context.log.info(f"estimates on the {pdata.protocol} split ({limits.comparison_minutes:g} min): {estimates}")
     for e in out.values():
         if not e.fits and only in (None, e.model):
             context.log.warning(f"skipping {e.model} on the {pdata.protocol} split: {e.reason}")

@@ -4,7 +4,9 @@
 users, items, interactions, factors and neighbours); `check` compares it with the limits and returns
 the reason a candidate is refused, so the pipeline skips it with that reason instead of being
 OOM-killed half way. The constants were calibrated on this machine against measured peak RSS and
-wall time (docs/benchmarks.md, "Models that scale"): they are rough (within ~2x), and err high.
+wall time (docs/benchmarks.md, "Models that scale"): they are rough (within ~2x), and err high. The time
+constants were measured again after the evaluation got faster ("The plan recalibrated (2026-12-04)"):
+each candidate's step per split within ~1.6x of the measured one at 1M events, and at most 10% below it.
 
 EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019) is the one model whose
 memory grows with items squared: it inverts a dense item x item Gram matrix. It is refused outright
@@ -42,12 +44,42 @@ RECBOLE_EVAL_SECONDS_PER_CELL = 3e-9
 RECBOLE_ITEMKNN_BYTES_PER_CELL = 70
 RECBOLE_SECONDS_PER_EVENT_EPOCH = {"BPR": 4e-6, "NeuMF": 2e-5, "LightGCN": 4e-5, "MultiVAE": 3e-6, "SASRec": 2e-4}
 # implicit's loops, per unit of work on one thread; measured on the 1M-event / 100k-item synthetic log
-# (docs/benchmarks.md): ALS 14 s, BPR 150 s, item-item 9-10 s on 2 threads
-ALS_SECONDS = 1.1e-8  # per (interaction x factor + row x factor^2) per iteration
-BPR_SECONDS = 6.6e-8  # per interaction x factor per iteration
-KNN_SECONDS = 6.5e-7  # per co-occurring item pair (sum over users of their items squared)
-# scoring and ranking an evaluated user over every item, twice (validation and test), per user x item cell
-SCORE_SECONDS_PER_CELL = 3e-8
+# (docs/benchmarks.md, "The plan recalibrated (2026-12-04)"), a split on 2 threads: ALS 4.7-12.4 s, BPR
+# 9.8-19.6 s, item-item 0.5-1.7 s (the higher figures in a run on a busier machine)
+ALS_SECONDS = 7e-9  # per (interaction x factor + row x factor^2) per iteration
+BPR_SECONDS = 8e-9  # per interaction x factor per iteration
+KNN_SECONDS = 1e-7  # per co-occurring item pair (sum over users of their items squared)
+# What every candidate's step pays per split besides its model, per training event: the split cut again
+# in the step, the metrics and their slices, the results saved. Popularity's whole step, which is nearly
+# only this: 1.7-3.1 s a split at 1M events (read 1.3-2.4x high), 37 s at 10M (read 1.1x high).
+STEP_SECONDS_PER_EVENT = 5e-6
+# Scoring and ranking an evaluated user over every item, twice (validation and test; the discovery and
+# repeat settings share one pass), per user x item cell. The dense scorers (ALS, BPR, RecBole's models)
+# pay the product and `top_k_wide` over float scores: ALS's evaluation took 25-30 s a split at 10,000 users
+# x 100k items (1M log) on a busy machine and about 5 s on a quiet one; the constant follows the busy runs,
+# so the dense scorers read up to ~3.8x high on a quiet machine. The others are batched (`score_many`) and
+# cheaper per cell, measured on the same log: item-item and BuyAgain (sparse products, rows mostly tied at
+# zero), Content (dense cosines) and the Hybrid (its parts standardised and blended row by row).
+# Popularity's lists come from one order (`native.popularity_lists`): nothing per cell.
+SCORE_SECONDS_PER_CELL = 3.2e-8
+EVAL_SECONDS_PER_CELL = {
+    "Popularity": 0.0,
+    "ItemItemCosine": 6e-9,
+    "ItemItemBM25": 6e-9,
+    "BuyAgain": 6e-9,
+    "Content": 7e-9,
+    "Hybrid": 7e-9,
+}
+# ... and per evaluated user, where the scores are standardised or normalised a row at a time: 6e-4 s a user
+# and 7e-9 a cell put the Hybrid's evaluation at 13 s a split at 100k items (measured 11-14) and 76 s at 1M
+# items (measured 65-73)
+EVAL_SECONDS_PER_USER = {"Content": 6e-4, "Hybrid": 6e-4}
+# Content's item profiles, per catalog item (0.4-1.2 s at 100k items; with popularity's, 6 s at 1M)
+CONTENT_SECONDS_PER_ITEM = 1e-5
+# BuyAgain's half-life search scores the evaluation's user sample once per half-life, per user x item cell
+# (4 half-lives: 3.8-4.4 s a split at 10,000 users x 100k items)
+BUY_AGAIN_SECONDS_PER_CELL = 1.2e-9
+BUY_AGAIN_HALF_LIVES = 4
 # The Hybrid's blend search (`native.HybridModel`'s defaults): at most this many validation users and
 # users x items per component, standardised in float64, and at most this many blends scored.
 HYBRID_TUNE_USERS = 5_000
@@ -59,6 +91,13 @@ HYBRID_PARTS = 4  # collaborative, content, popularity (and BuyAgain in the repe
 # above this many items the search ranks each user's candidates (`blend_search`)
 HYBRID_CANDIDATES_ABOVE = HybridModel.candidates_above
 HYBRID_PER_PART, MEMORY_MB_BLEND = PER_PART, MEMORY_MB
+# Above the threshold, building the candidates, per tuning user x catalog item (every component together:
+# popularity proposes from its one order and item-item from its stored scores, the dense parts are scored
+# and standardised), and one trial per tuning user x candidate (`HYBRID_PARTS x HYBRID_PER_PART`). Both
+# searches (half-life and blend) took 6.3-8.8 s a split at 2,500 users x 100k items (1M log) and 28-38 s
+# at 2,000 users x 1M items (10M log): the candidates, not the trials, grow with the catalog.
+HYBRID_CANDIDATE_SECONDS_PER_CELL = 1.8e-8
+HYBRID_TRIAL_SECONDS_PER_CELL = 5e-9
 
 # admitted before the others whatever the comparison's time budget (`within_budget`)
 ADMITTED_FIRST = ("Hybrid", "Popularity")
@@ -136,7 +175,7 @@ def _model_bytes_and_seconds(
     if model in ("Pop", "Popularity"):
         return matrix, s.n_events * 2e-7
     if model == "Content":
-        return matrix + s.n_items * 400.0, s.n_items * 2e-5
+        return matrix + s.n_items * 400.0, s.n_items * CONTENT_SECONDS_PER_ITEM
     if model == "ALS":
         work = s.nnz * factors + rows * factors**2
         return 3 * matrix + 3 * rows * factors * 4.0, epochs * work * ALS_SECONDS / per_core
@@ -153,6 +192,10 @@ def _model_bytes_and_seconds(
         return 3 * 8.0 * s.n_items**2, (s.n_items / 1000.0) ** 3 * 0.15
     # the other RecBole models: embeddings (and their Adam moments) plus per-epoch work
     emb = 4 * rows * max(factors, 64) * 4.0
+    if model == "BuyAgain":  # its half-life search over the evaluation's user sample (`estimate`)
+        return 3 * matrix + emb, 0.0
+    if model == "Hybrid":  # its parts' training: content and popularity (the collaborative part is given)
+        return 3 * matrix + emb, s.n_items * CONTENT_SECONDS_PER_ITEM + s.n_events * 2e-7
     return 3 * matrix + emb, epochs * s.n_events * RECBOLE_SECONDS_PER_EVENT_EPOCH.get(model, 1e-5)
 
 
@@ -186,8 +229,8 @@ def estimate(
         tune_rows = min(HYBRID_CANDIDATE_USERS, HYBRID_CANDIDATE_CELLS // max(shape.n_items, 1), evaluated)
         tune_cells = float(tune_rows) * HYBRID_PARTS * HYBRID_PER_PART
         scoring += (HYBRID_PARTS + 2) * tune_cells * 8.0 + MEMORY_MB_BLEND * 2**20
-        seconds += HYBRID_MAX_TRIALS * tune_cells * SCORE_SECONDS_PER_CELL / 2
-        seconds += float(tune_rows) * shape.n_items * HYBRID_PARTS * SCORE_SECONDS_PER_CELL  # the candidates
+        seconds += HYBRID_MAX_TRIALS * tune_cells * HYBRID_TRIAL_SECONDS_PER_CELL
+        seconds += float(tune_rows) * shape.n_items * HYBRID_CANDIDATE_SECONDS_PER_CELL  # the candidates
     elif model == "Hybrid":  # the blend search: each component's standardised scores (float64) and their sum
         tune_rows = min(HYBRID_TUNE_USERS, HYBRID_TUNE_CELLS // max(shape.n_items, 1), evaluated)
         tune_cells = float(tune_rows) * shape.n_items
@@ -200,7 +243,11 @@ def estimate(
             seconds += (epochs + 1) * full * RECBOLE_EVAL_SECONDS_PER_CELL
         else:  # validated every epoch in batches (`RecBoleRecommender.validated_in_batches`)
             seconds += epochs * eval_cells * SCORE_SECONDS_PER_CELL / 2
-    seconds += eval_cells * SCORE_SECONDS_PER_CELL
+    if model == "BuyAgain":
+        seconds += BUY_AGAIN_HALF_LIVES * eval_cells * BUY_AGAIN_SECONDS_PER_CELL
+    seconds += eval_cells * EVAL_SECONDS_PER_CELL.get(model, SCORE_SECONDS_PER_CELL)
+    seconds += evaluated * EVAL_SECONDS_PER_USER.get(model, 0.0)
+    seconds += shape.n_events * STEP_SECONDS_PER_EVENT
     total = BASE_BYTES + shape.n_events * BYTES_PER_EVENT + model_bytes + scoring
     return Estimate(model=model, memory_gb=total / GB, minutes=seconds / 60.0)
 
