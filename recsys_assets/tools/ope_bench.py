@@ -57,30 +57,37 @@ def arm_values(events: pd.DataFrame) -> list[dict[str, object]]:
     return out
 
 
-def replay_click_value(
-    events: pd.DataFrame, lists: pd.DataFrame, eligible: dict[str, set[str]], future_csv: Path
-) -> float:
-    """What a perfect per-list estimator would find on this log: the candidate's items that earn a click
-    (`eligible`, its first showings) scored with the replay's own click rule (`replay.behaviour`: the user
-    really takes the item at that visit or later), on the logged users' histories. Against the value the
-    candidate realises when it serves, this separates what the estimators miss from what the logged
-    trajectory itself changes (the candidate's lists ranked on histories the logging policy's clicks made).
-    A replay diagnostic: it reads the held-out future, which no estimator may."""
-    from recsys_assets.tools.replay.data import build_visits, read_events, real_events
+class ReplayClicks:
+    """What a perfect per-list estimator would find on this log: a candidate's items that earn a click (its
+    first showings) scored with the replay's own click rule (`replay.behaviour`: the user really takes the item
+    at that visit or later), on the logged users' histories. Against the value the candidate realises when it
+    serves, this separates what the estimators miss from what the logged trajectory itself changes (the
+    candidate's lists ranked on histories the logging policy's clicks made). A replay diagnostic: it reads the
+    held-out future, which no estimator may. Built once per log; `value` per candidate."""
 
-    future = read_events(future_csv)
-    start = {(v.user_id, v.index): v.start for v in build_visits(real_events(future))}
-    seconds = (future["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-    last = seconds.groupby([future["user_id"].astype(str), future["item_id"].astype(str)]).max().to_dict()
-    # a user's n-th list (over every arm) answers their n-th visit: a user's visits run one after another
-    every = off_policy.list_frame(attribution.impressions(events))
-    every = every.assign(_t=pd.to_datetime(every["served_at"], utc=True)).sort_values("_t", kind="stable")
-    visit = dict(zip(every["recommendation_id"].astype(str), every.groupby("user_id").cumcount(), strict=True))
-    total = 0
-    for rec, user in zip(lists["recommendation_id"].astype(str), lists["user_id"].astype(str), strict=True):
-        at = start[(user, int(visit[rec]))]
-        total += sum(last.get((user, item), -1.0) >= at for item in eligible.get(rec, ()))
-    return total / len(lists) if len(lists) else float("nan")
+    def __init__(self, events: pd.DataFrame, future_csv: Path) -> None:
+        from recsys_assets.tools.replay.data import build_visits, read_events, real_events
+
+        future = read_events(future_csv)
+        start = {(v.user_id, v.index): v.start for v in build_visits(real_events(future))}
+        seconds = (future["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        self.last = seconds.groupby([future["user_id"].astype(str), future["item_id"].astype(str)]).max().to_dict()
+        # a user's n-th list (over every arm) answers their n-th visit: a user's visits run one after another
+        every = off_policy.list_frame(attribution.impressions(events))
+        every = every.assign(_t=pd.to_datetime(every["served_at"], utc=True)).sort_values("_t", kind="stable")
+        visit = every.groupby("user_id").cumcount()
+        self.visit_start = {
+            str(rec): start[(str(user), int(n))]
+            for rec, user, n in zip(every["recommendation_id"], every["user_id"], visit, strict=True)
+        }
+
+    def value(self, lists: pd.DataFrame, eligible: dict[str, set[str]]) -> float:
+        """Clicks per list of `lists` (`recommendation_id`, `user_id`) crediting their `eligible` items."""
+        total = 0
+        for rec, user in zip(lists["recommendation_id"].astype(str), lists["user_id"].astype(str), strict=True):
+            at = self.visit_start[rec]
+            total += sum(self.last.get((user, item), -1.0) >= at for item in eligible.get(rec, ()))
+        return total / len(lists) if len(lists) else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "--future",
         type=Path,
         help="the replay's future events (<workdir>/future/events.csv): also print each candidate's value on the "
-        "logged trajectory under the replay's click rule (`replay_click_value`)",
+        "logged trajectory under the replay's click rule (`ReplayClicks`)",
     )
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
@@ -138,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(row)
     trajectory = {}
     if args.future:
+        clicks = ReplayClicks(events, args.future)
         for name, ranked in candidates.items():
             eligible = (
                 {r: set(v) for r, v in ranked.items()} if args.every_list else off_policy.first_showings(lists, ranked)
             )
-            trajectory[name] = replay_click_value(events, lists, eligible, args.future)
+            trajectory[name] = clicks.value(lists, eligible)
             print(f"{name}: {trajectory[name]:.4f} clicks per list on the logged trajectory (replay click rule)")
     if args.json:
         body = {"estimates": table.to_dict("records"), "logged": arms, "logged_trajectory_value": trajectory}

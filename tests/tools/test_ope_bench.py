@@ -8,7 +8,7 @@ import pandas as pd
 
 from recsys_assets.contract import attribution
 from recsys_assets.lib import off_policy
-from recsys_assets.tools.ope_bench import replay_click_value
+from recsys_assets.tools.ope_bench import ReplayClicks
 
 
 def test_each_list_is_scored_against_the_visit_it_answered(tmp_path: Path) -> None:
@@ -47,7 +47,8 @@ def test_each_list_is_scored_against_the_visit_it_answered(tmp_path: Path) -> No
     # r0 (u's first visit, t=100): b is taken later (clicked), x never; rv (t=150): a is taken then;
     # r1 (t=200): a was taken at 100, before this visit; r2 (t=300): c is taken at this visit
     eligible = {"r0": {"b", "x"}, "rv": {"a"}, "r1": {"a"}, "r2": {"c"}}
-    assert replay_click_value(events, lists, eligible, future) == 3 / 4
+    clicks = ReplayClicks(events, future)
+    assert clicks.value(lists, eligible) == 3 / 4
     # only u's later lists: their visits are still u's second and third
     later = lists[lists["recommendation_id"].isin(["r1", "r2"])]
-    assert replay_click_value(events, later, eligible, future) == 1 / 2
+    assert clicks.value(later, eligible) == 1 / 2

@@ -61,9 +61,7 @@ class GateRun:
     holdout_verdict: str = ""
     final_champion: str = ""
     lists: int = 0
-    ctr_by_model: dict[str, float] = field(default_factory=dict)
-    clicks_per_list_by_model: dict[str, float] = field(default_factory=dict)
-    lists_by_model: dict[str, int] = field(default_factory=dict)
+    by_model: dict[str, dict[str, float]] = field(default_factory=dict)  # `_by_model`
 
 
 def _versions(settings: Settings, tracking: MlflowTracking, folders: list[str]) -> dict[str, str]:
@@ -210,11 +208,8 @@ def run_one(cfg: GateConfig, settings: Settings, versions: dict[str, str], name:
     finally:
         api.stop()
     result.final_champion = str((tracking.alias_version("champion") or {}).get("tags", {}).get("recsys.model_version"))
-    by_model = _by_model(events_dir, state.started_at)
-    result.lists = sum(int(v["lists"]) for v in by_model.values())
-    result.ctr_by_model = {mv: v["ctr"] for mv, v in by_model.items()}
-    result.clicks_per_list_by_model = {mv: v["clicks_per_list"] for mv, v in by_model.items()}
-    result.lists_by_model = {mv: int(v["lists"]) for mv, v in by_model.items()}
+    result.by_model = _by_model(events_dir, state.started_at)
+    result.lists = sum(int(v["lists"]) for v in result.by_model.values())
     gate.close_split(store, "ended", gate.read_state(store))
     return result
 
@@ -246,8 +241,7 @@ def reference(cfg: GateConfig, settings: Settings, versions: dict[str, str], fol
     finally:
         api.stop()
     by_model = _by_model(events_dir, since)
-    lists = sum(int(v["lists"]) for v in by_model.values())
-    return {"folder": folder, "lists": lists, "ctr": {mv: v["ctr"] for mv, v in by_model.items()}, "by_model": by_model}
+    return {"folder": folder, "lists": sum(int(v["lists"]) for v in by_model.values()), "by_model": by_model}
 
 
 def run(cfg: GateConfig) -> dict[str, Any]:
