@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from recsys_assets.contract import attribution
 from recsys_assets.contract.artifact import MANIFEST, read_from_storage
 from recsys_assets.contract.events import ONLINE_ESTIMATES
 from recsys_assets.contract.settings import Settings
@@ -46,26 +47,29 @@ def online_estimates(
 ) -> dg.Output[pd.DataFrame]:
     """Each candidate's clicks per list (its list CTR when a list gets one click at most) estimated on the
     lists the champion served, from the stored live windows: the candidate ranks its own list for each logged
-    one (the user's interactions before it was served), and Open Bandit Pipeline's estimators weight the
-    logged clicks by the propensities the API logged (`ips`, `dr`; `ips_position` and `rips` for a candidate
-    that keeps the champion's order). Intervals: bootstrap over lists. Without exploration
+    one (the user's interactions before it was served, without the clicks the champion's own lists brought
+    unless the candidate had shown those items too: `off_policy.candidate_lists`), and Open Bandit Pipeline's
+    estimators weight the logged clicks by the propensities the API logged (`ips`, `dr`; `ips_position` and
+    `rips` for a candidate that keeps the champion's order). Intervals: bootstrap over lists. Without exploration
     (`RECSYS_EXPLORATION`) only items the champion itself showed can be judged. Empty when the log holds fewer
     than `exploration.estimates.min_lists` champion lists."""
     store = storage.get()
     config = settings.exploration.estimates
-    imps = off_policy.champion_impressions(live.read_windows(store, live.stored_windows(store)), config.max_lists)
+    events = attribution.prepare_events(live.read_windows(store, live.stored_windows(store)))
+    imps = off_policy.champion_impressions(events, config.max_lists)
     lists = off_policy.list_frame(imps)
     empty = pd.DataFrame(columns=list(off_policy.ESTIMATE_COLUMNS))
     if len(lists) < config.min_lists:
         context.log.info(f"{len(lists)} champion lists in the live windows (< {config.min_lists}): no estimate")
         return dg.Output(empty, metadata={"lists": len(lists), "estimated": 0})
     candidates = {}
+    answers = off_policy.list_answers(events)
     for model in sorted(model_candidates["model"].unique()) if len(model_candidates) else []:
         if not store.exists("candidates", model, MANIFEST):
             continue
         art = read_from_storage(store, "candidates", model)
         rank = off_policy.artifact_ranker(art, config.exclude_seen)
-        candidates[model] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, interactions)
+        candidates[model] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, interactions, answers)
     table = off_policy.estimate_table(
         imps, candidates, config.alpha, config.bootstrap, config.seed, once_per_user=config.once_per_user
     )

@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the replay's future events (<workdir>/future/events.csv): also print each candidate's value on the "
         "logged trajectory under the replay's click rule (`ReplayClicks`)",
     )
+    parser.add_argument(
+        "--logged-trajectory",
+        action="store_true",
+        help="rank candidates on the logged histories as they are, the logging policy's clicks included (by default "
+        "those are left out until the candidate shows the item: `off_policy.candidate_lists`)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
 
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(lists)} champion lists, policies {sorted(imps['policy'].unique())}", file=sys.stderr)
     live_rows = live_history(events, settings.event_weights)
     live_rows["timestamp"] = pd.to_datetime(live_rows["timestamp"], utc=True)
+    answers = None if args.logged_trajectory else off_policy.list_answers(events)
     names = [m for m in args.models.split(",") if m] or sorted(p.rsplit("/", 1)[-1] for p in store.list("candidates"))
     candidates = {}
     for name in names:
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         rank = off_policy.artifact_ranker(art, exclude_seen=not args.include_seen)
         # what the API ranks from when it serves this artifact: its history, then the user's live events
         history = pd.concat([off_policy.artifact_history(art), live_rows], ignore_index=True)
-        candidates[name] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, history)
+        candidates[name] = off_policy.candidate_lists(rank, art.item_ids.tolist(), lists, history, answers)
         print(f"ranked {name}", file=sys.stderr)
     table = off_policy.estimate_table(imps, candidates, n_bootstrap=args.bootstrap, once_per_user=not args.every_list)
     with pd.option_context("display.width", 200, "display.max_columns", 20):

@@ -103,6 +103,66 @@ def test_candidate_lists_use_only_the_history_before_each_list() -> None:
     assert out == {"r1": ["x", "y"], "r2": ["x", "y"]}
 
 
+def test_candidate_lists_leave_out_what_the_logged_lists_brought_until_the_candidate_shows_it() -> None:
+    # u rated a before any list; the logging policy's list r0 brought a click on b and a rating of b after it
+    history = pd.DataFrame(
+        {
+            "user_id": "u",
+            "item_id": ["a", "b", "b"],
+            "timestamp": pd.to_datetime(["2026-01-01 00:00", "2026-01-02 00:01", "2026-01-02 00:02"], utc=True),
+            "weight": [1.0, 1.0, 5.0],
+        }
+    )
+    answers = history.iloc[1:][["user_id", "item_id", "timestamp"]]
+    lists = pd.DataFrame(
+        {
+            "recommendation_id": ["r0", "r1", "r2", "r3"],
+            "user_id": "u",
+            "served_at": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"], utc=True),
+            "k": 1,
+        }
+    )
+    items = ["a", "b", "c", "d"]
+
+    def ranked(shows: list[str]) -> tuple[dict[str, list[str]], list[tuple[list[int], list[float]]]]:
+        seen: list[tuple[list[int], list[float]]] = []
+
+        def rank(idx: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+            seen.append((idx.tolist(), weights.tolist()))
+            return np.asarray([items.index(shows[len(seen) - 1])])
+
+        return off_policy.candidate_lists(rank, items, lists, history, answers), seen
+
+    # a candidate that never shows b ranks without it: the click was the logging policy's doing
+    out, seen = ranked(["c", "d", "c", "d"])
+    assert [s[0] for s in seen] == [[0], [0], [0], [0]]
+    assert out == {"r0": ["c"], "r1": ["d"], "r2": ["c"], "r3": ["d"]}
+    # one that shows b (at r1, after the logged click) has it, and its rating, from its next list on
+    _, seen = ranked(["c", "b", "c", "d"])
+    assert seen[2] == ([0, 1], [1.0, 6.0])
+    assert [s[0] for s in seen] == [[0], [0], [0, 1], [0, 1]]
+    # one that showed b in the very list that brought the click has it at once
+    _, seen = ranked(["b", "c", "c", "d"])
+    assert [s[0] for s in seen] == [[0], [0, 1], [0, 1], [0, 1]]
+    # without `answers`, the logged history as it is
+    seen_all: list[list[int]] = []
+    off_policy.candidate_lists(lambda i, w, k: seen_all.append(i.tolist()) or np.asarray([2]), items, lists, history)
+    assert seen_all == [[0], [0, 1], [0, 1], [0, 1]]
+
+
+def test_list_answers_are_the_feedback_events_naming_a_list() -> None:
+    events = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "u"],
+            "item_id": ["a", "a", "b", "c"],
+            "event_type": ["impression", "click", "purchase", "click"],
+            "timestamp": pd.to_datetime(["2026-01-01"] * 4, utc=True),
+            "recommendation_id": ["r", "r", "r", None],
+        }
+    )
+    assert off_policy.list_answers(events)["item_id"].tolist() == ["a", "b"]
+
+
 def test_an_item_earns_a_click_once_per_user() -> None:
     lists = pd.DataFrame(
         {
