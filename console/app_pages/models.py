@@ -275,8 +275,9 @@ def render_online_estimates(settings: Settings) -> None:
         return
     st.caption(
         "Clicks per list each candidate would get on the champion's lists (its list CTR when a list gets one "
-        "click at most), estimated off-policy from the logged propensities, with bootstrap intervals. `ips` and "
-        "`dr` judge the candidate's own lists; `ips_position` and `rips` count only the champion's positions."
+        "click at most), estimated off-policy from the logged propensities, with bootstrap intervals. `ips`, "
+        "`snips` (IPS self-normalised by the candidate's items that can earn a click) and `dr` judge the "
+        "candidate's own lists; `ips_position` and `rips` count only the champion's positions."
     )
     st.dataframe(
         table,

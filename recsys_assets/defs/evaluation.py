@@ -48,11 +48,11 @@ def online_estimates(
     """Each candidate's clicks per list (its list CTR when a list gets one click at most) estimated on the
     lists the champion served, from the stored live windows: the candidate ranks its own list for each logged
     one (the user's interactions before it was served, without the clicks the champion's own lists brought
-    unless the candidate had shown those items too: `off_policy.candidate_lists`), and Open Bandit Pipeline's
-    estimators weight the logged clicks by the propensities the API logged (`ips`, `dr`; `ips_position` and
-    `rips` for a candidate that keeps the champion's order). Intervals: bootstrap over lists. Without exploration
-    (`RECSYS_EXPLORATION`) only items the champion itself showed can be judged. Empty when the log holds fewer
-    than `exploration.estimates.min_lists` champion lists."""
+    unless the candidate had shown those items too: `off_policy.candidate_lists`), and the estimators weight
+    the logged clicks by the propensities the API logged (`ips`, its self-normalised `snips`, `dr`;
+    `ips_position` and `rips` for a candidate that keeps the champion's order). Intervals: bootstrap over lists.
+    Without exploration (`RECSYS_EXPLORATION`) only items the champion itself showed can be judged. Empty when
+    the log holds fewer than `exploration.estimates.min_lists` champion lists."""
     store = storage.get()
     config = settings.exploration.estimates
     events = attribution.prepare_events(live.read_windows(store, live.stored_windows(store)))

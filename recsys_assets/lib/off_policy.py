@@ -17,6 +17,19 @@ clicks an item once, so an item counts in the candidate's first list that shows 
   1[item in the candidate's list] / propensity. The exploration puts an item at one position only, so
   its propensity at that position is its probability of being in the list at all, which is what the
   item model needs. Unbiased when every item of the candidate's list could have been logged.
+* `snips`: self-normalised IPS (Swaminathan and Joachims, "The Self-normalized Estimator for Counterfactual
+  Learning", NIPS 2015) under the same item model. Per list, a is `ips`'s weighted clicks, b the same
+  weights without the clicks, and c the candidate's items that can earn a click there (`eligible`, known
+  exactly); b's expectation is c when every one of them could have been logged, so b is the weights' control
+  variate, and the value is (mean a / mean b) * mean c: the click rate of the weighted impressions times the
+  eligible items per list. Items the logging policy could not show get the click rate of those it could
+  (`ips` counts them zero). Biased by O(1 / lists), steadier than `ips` when a few small propensities carry
+  large weights; its interval is the bootstrap of its delta-method linearisation per list. Not obp's
+  `SelfNormalizedSlateIndependentIPS` (obp 0.5; the 0.4 pinned here has none): that divides each position's
+  weighted clicks by the mean weight of that position over all lists, so each position counts as holding one
+  item that can earn a click; under the once-per-user rule most of a candidate's lists hold none or one, and
+  it reads about (positions) / (eligible items per list) times the value (0 / 0 at a position that never
+  holds one).
 * `dr`: doubly robust, written here because obp's `DoublyRobust` takes dense (lists x items x positions)
   arrays and a regression model per action, which a catalogue of items cannot afford. Its reward model is
   each item's click rate times its user's factor (the user's click rate over the overall one), each shrunk
@@ -49,7 +62,7 @@ from recsys_assets.contract import attribution
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.events import IMPRESSION
 
-ESTIMATORS: tuple[str, ...] = ("ips", "dr", "ips_position", "rips")
+ESTIMATORS: tuple[str, ...] = ("ips", "snips", "dr", "ips_position", "rips")
 ESTIMATE_COLUMNS: tuple[str, ...] = (
     "model",
     "estimator",
@@ -270,6 +283,8 @@ def estimate(
         evaluation_policy_pscore_item_position=in_list.astype(float),
     )
     out["ips"] = {"value": float(value), **_ci(per_list(ips_rows), alpha, n_bootstrap, seed)}
+    eligible_per_list = np.fromiter((len(eligible[r]) for r in slate_codes), np.float64, n)
+    out["snips"] = _snips(per_list(ips_rows), per_list(in_list / pscore), eligible_per_list, alpha, n_bootstrap, seed)
 
     # doubly robust, cross-fitted: the reward model of one half of the lists is fitted on the other half
     list_fold = np.arange(n) % 2
@@ -319,6 +334,21 @@ def estimate(
         out[name]["lists"] = float(n)
         out[name]["matched_per_list"] = matched
     return out
+
+
+def _snips(
+    clicks: np.ndarray, weights: np.ndarray, eligible: np.ndarray, alpha: float, n_boot: int, seed: int
+) -> dict[str, float]:
+    """Self-normalised IPS from per-list sums: `clicks` a (weighted clicks), `weights` b (weights), `eligible` c
+    (the candidate's items that can earn a click). With A, B, C their means over lists: (A / B) * C, the click
+    rate of the weighted impressions times the eligible items per list. The interval is the bootstrap of its
+    delta-method linearisation per list, whose mean is the value."""
+    a, b, c = float(clicks.mean()), float(weights.mean()), float(eligible.mean())
+    if b == 0.0:
+        return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    value = a / b * c
+    linear = value + c / b * (clicks - a) - a * c / b**2 * (weights - b) + a / b * (eligible - c)
+    return {"value": value, **_ci(linear, alpha, n_boot, seed)}
 
 
 def _ci(per_list_values: np.ndarray, alpha: float, n_boot: int, seed: int) -> dict[str, float]:

@@ -84,7 +84,7 @@ def test_online_estimates_runs_on_a_small_log(settings: Settings) -> None:
     assert 9.0 <= hybrid.loc["ips", "matched_per_list"] <= 10.0
     # its estimate covers its own logged clicks per list (its greedy list differs in one slot at most)
     logged = hybrid.loc["ips", "logged_value"]
-    for name in ("ips", "dr", "ips_position", "rips"):
+    for name in ("ips", "snips", "dr", "ips_position", "rips"):
         assert hybrid.loc[name, "ci_low"] <= logged <= hybrid.loc[name, "ci_high"], name
     assert "Online estimates" in _online(table)
 

@@ -42,8 +42,8 @@ def synthetic_log(n_lists: int, seed: int) -> tuple[pd.DataFrame, dict[str, list
 
 
 def test_estimates_cover_the_true_value_of_the_target_list() -> None:
-    hits = {"ips": 0, "dr": 0}
-    errors: dict[str, list[float]] = {"ips": [], "dr": []}
+    hits = {"ips": 0, "snips": 0, "dr": 0}
+    errors: dict[str, list[float]] = {"ips": [], "snips": [], "dr": []}
     runs = 20
     for seed in range(runs):
         log, target, truth = synthetic_log(3000, seed)
@@ -73,6 +73,76 @@ def test_unweighted_clicks_would_be_biased_and_the_logging_policy_is_judged_exac
     est = off_policy.estimate(deterministic, own, n_bootstrap=300)
     for name in off_policy.ESTIMATORS:
         assert est[name]["value"] == pytest.approx(logged), name
+
+
+def _weights(log: pd.DataFrame, eligible: dict[str, set[str]]) -> np.ndarray:
+    rows = zip(log["recommendation_id"], log["item_id"], strict=True)
+    return np.fromiter((it in eligible[r] for r, it in rows), bool, len(log)) / log["propensity"].to_numpy()
+
+
+def test_snips_normalises_by_the_items_that_can_earn_a_click() -> None:
+    """Under the once-per-user rule most of a candidate's lists hold no item, or one, that can earn a click. The
+    weights of a list add up to its eligible items on average, not to one per list or one per position."""
+    keep = 0.06  # each of the target's five items stays eligible in a list with this chance: 0.3 per list
+    covered = 0
+    for seed in range(10):
+        log, target, full = synthetic_log(4000, seed)
+        rng = np.random.default_rng(100 + seed)
+        eligible = {r: {it for it in items if rng.random() < keep} for r, items in target.items()}
+        truth = keep * full
+        est = off_policy.estimate(log, target, n_bootstrap=300, seed=seed, eligible=eligible)["snips"]
+        covered += est["ci_low"] <= truth <= est["ci_high"]
+        w = _weights(log, eligible)
+        wr = w * log["clicked"].to_numpy()
+        # the weights normalised to one per list: the click rate of an eligible item, about 1 / 0.3 times the truth
+        per_list = wr.sum() / w.sum()
+        # normalised to one per position (obp's SelfNormalizedSlateIndependentIPS), positions with no weight left
+        # out (obp's would give 0 / 0 there): every position counted as holding an eligible item
+        at = [log["position"].to_numpy() == p for p in range(1, K + 1)]
+        per_position = sum(wr[m].sum() / w[m].mean() for m in at if w[m].any()) / log["recommendation_id"].nunique()
+        assert est["ci_high"] < per_list < per_position, (seed, est, per_list, per_position, truth)
+    assert covered >= 8, covered
+
+
+def _heavy_tailed_log(n_lists: int, seed: int) -> tuple[pd.DataFrame, dict[str, list[str]], float]:
+    """Each list: an item the target does not hold at position 1, then the target's two items, each logged with its
+    own propensity (log-uniform on 0.01-1: weights up to 100) and clicked with a chance uniform on 0.5-0.9 if shown.
+    """
+    rng = np.random.default_rng(seed)
+    rows, target = [], {}
+    for t in range(n_lists):
+        rec = f"r{t}"
+        rows.append((rec, 1, "other", 1.0, bool(rng.random() < 0.1)))
+        target[rec] = [f"i{t}-0", f"i{t}-1"]
+        propensity = np.exp(rng.uniform(np.log(0.01), 0.0, 2))
+        click = rng.uniform(0.5, 0.9, 2)
+        for pos, (it, p, q) in enumerate(zip(target[rec], propensity.tolist(), click.tolist(), strict=True), 2):
+            if rng.random() < p:
+                rows.append((rec, pos, it, p, bool(rng.random() < q)))
+    log = pd.DataFrame(rows, columns=["recommendation_id", "position", "item_id", "propensity", "clicked"])
+    return log, target, 2 * 0.7
+
+
+def test_snips_is_narrower_than_ips_under_heavy_tailed_weights() -> None:
+    hits = {"ips": 0, "snips": 0}
+    runs = 20
+    for seed in range(runs):
+        log, target, truth = _heavy_tailed_log(2000, seed)
+        est = off_policy.estimate(log, target, n_bootstrap=300, seed=seed)
+        for name in hits:
+            hits[name] += est[name]["ci_low"] <= truth <= est[name]["ci_high"]
+        # a list's weighted clicks rise with its weights: dividing by them takes most of the weights' spread out
+        width = {name: est[name]["ci_high"] - est[name]["ci_low"] for name in hits}
+        assert width["snips"] < 0.8 * width["ips"], (seed, width)
+    assert min(hits.values()) >= 16, hits
+
+
+def test_snips_without_any_weight_is_nan() -> None:
+    log, target, _ = synthetic_log(50, 0)
+    elsewhere = {r: ["not-logged"] for r in target}
+    est = off_policy.estimate(log, elsewhere, n_bootstrap=100)
+    assert np.isnan([est["snips"][k] for k in ("value", "ci_low", "ci_high")]).all()
+    assert est["ips"]["value"] == 0.0
 
 
 def test_candidate_lists_use_only_the_history_before_each_list() -> None:

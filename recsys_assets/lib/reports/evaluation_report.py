@@ -168,7 +168,8 @@ def _online(online: pd.DataFrame | None) -> str:
         "<section><h2>Online estimates on the champion's logged lists</h2><p>Clicks per list each candidate would "
         "get on the lists the champion served (its list CTR when a list gets one click at most), estimated "
         "off-policy from the logged propensities; <code>ci_low</code>-<code>ci_high</code>: bootstrap interval; "
-        "<code>logged_value</code>: the champion's own on the same lists. <code>ips</code> and <code>dr</code> "
-        "judge the candidate's own lists; <code>ips_position</code> and <code>rips</code> only count items at "
+        "<code>logged_value</code>: the champion's own on the same lists. <code>ips</code>, <code>snips</code> "
+        "(IPS self-normalised by the candidate's items that can earn a click) and <code>dr</code> judge the "
+        "candidate's own lists; <code>ips_position</code> and <code>rips</code> only count items at "
         f"the champion's positions.</p>{_table(online)}</section>"
     )
