@@ -60,10 +60,10 @@ def arm_values(events: pd.DataFrame) -> list[dict[str, object]]:
 class ReplayClicks:
     """What a perfect per-list estimator would find on this log: a candidate's items that earn a click (its
     first showings) scored with the replay's own click rule (`replay.behaviour`: the user really takes the item
-    at that visit or later), on the logged users' histories. Against the value the candidate realises when it
-    serves, this separates what the estimators miss from what the logged trajectory itself changes (the
-    candidate's lists ranked on histories the logging policy's clicks made). A replay diagnostic: it reads the
-    held-out future, which no estimator may. Built once per log; `value` per candidate."""
+    at that visit or later), on the histories its lists were ranked on (its own trajectory by default, the logged
+    one with `--logged-trajectory`). Against the value the candidate realises when it serves, this separates
+    what the estimators miss from what the trajectory changes. A replay diagnostic: it reads the held-out
+    future, which no estimator may. Built once per log; `value` per candidate."""
 
     def __init__(self, events: pd.DataFrame, future_csv: Path) -> None:
         from recsys_assets.tools.replay.data import build_visits, read_events, real_events
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--future",
         type=Path,
-        help="the replay's future events (<workdir>/future/events.csv): also print each candidate's value on the "
-        "logged trajectory under the replay's click rule (`ReplayClicks`)",
+        help="the replay's future events (<workdir>/future/events.csv): also print each candidate's value on its "
+        "lists under the replay's click rule (`ReplayClicks`)",
     )
     parser.add_argument(
         "--logged-trajectory",
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 {r: set(v) for r, v in ranked.items()} if args.every_list else off_policy.first_showings(lists, ranked)
             )
             trajectory[name] = clicks.value(lists, eligible)
-            print(f"{name}: {trajectory[name]:.4f} clicks per list on the logged trajectory (replay click rule)")
+            print(f"{name}: {trajectory[name]:.4f} clicks per list under the replay's click rule")
     if args.json:
-        body = {"estimates": table.to_dict("records"), "logged": arms, "logged_trajectory_value": trajectory}
+        body = {"estimates": table.to_dict("records"), "logged": arms, "replay_rule_value": trajectory}
         args.json.write_text(json.dumps(body, indent=1))
     return 0
 
