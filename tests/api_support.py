@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 
 from recsys_assets.contract.artifact import ARRAYS, ServingArtifact, write_to_storage
+from recsys_assets.contract.attribution import EVENT_LOG_COLUMNS
+from recsys_assets.contract.exploration import sample_slot
 from recsys_assets.contract.storage import Storage
 from recsys_assets.tools.chaos import quick_hybrid
 from tests.conftest import ROOT, free_port, wait_for_port
@@ -194,3 +198,28 @@ def register_versions(tracking, folder: Path, aliases: dict[str, str], store: St
         )
         versions[name] = tracking.register_artifact(str(folder / name), run_id, alias)
     return versions
+
+
+def exploring_log(
+    art: ServingArtifact, n_lists: int, rng: np.random.Generator, k: int = 10, depth: int = 40, share: float = 0.5
+) -> pd.DataFrame:
+    """The event-log rows of `n_lists` lists `art` served to its first 300 users with the last of `k` slots explored
+    (`share`, ranks up to `depth`): each list's impressions with propensities, and a click on 3% of them."""
+    rows = []
+    start = pd.Timestamp("2026-12-01T10:00", tz="UTC")
+    for t in range(n_lists):
+        u = t % 300
+        lo, hi = art.history.indptr[u], art.history.indptr[u + 1]
+        idx, w = art.history.indices[lo:hi], art.history.data[lo:hi]
+        ranked = art.scorer.topk_one(idx, w, depth, exclude=idx)
+        ranks, propensity = sample_slot(k, len(ranked), share, depth, rng)
+        at = (start + pd.Timedelta(seconds=t)).isoformat()
+        rec = f"rec{t}"
+        policy = f"champion:{art.model_version}:slot{share:g}x{depth}"
+        for pos, (r, p) in enumerate(zip(ranks.tolist(), propensity.tolist(), strict=True), 1):
+            item = str(art.item_ids[ranked[r]])
+            row = [str(art.user_ids[u]), item, "impression", at, str(pos), f"{rec}:{pos}", rec, art.model_version]
+            rows.append([*row, "champion", policy, repr(p)])
+            if rng.random() < 0.03:
+                rows.append([str(art.user_ids[u]), item, "click", at, "", f"c{t}-{pos}", rec, "", "", "", ""])
+    return pd.DataFrame(rows, columns=list(EVENT_LOG_COLUMNS))

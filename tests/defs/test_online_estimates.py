@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_assets.contract.artifact import write_to_storage
-from recsys_assets.contract.attribution import EVENT_LOG_COLUMNS
-from recsys_assets.contract.exploration import ExplorationConfig, sample_slot
+from recsys_assets.contract.exploration import ExplorationConfig
 from recsys_assets.contract.settings import Settings
 from recsys_assets.contract.storage import Storage
 from recsys_assets.defs.evaluation import online_estimates
@@ -19,31 +18,9 @@ from recsys_assets.defs.resources import StorageResource
 from recsys_assets.lib import live_windows as live
 from recsys_assets.lib import off_policy
 from recsys_assets.lib.reports.evaluation_report import _online
-from tests.api_support import movielens_artifact
+from tests.api_support import exploring_log, movielens_artifact
 
 K, DEPTH, SHARE = 10, 40, 0.5
-
-
-def _window(art, n_lists: int, rng: np.random.Generator) -> pd.DataFrame:
-    """The rows the API would log: each list's impressions with propensities, and some clicks."""
-    rows = []
-    start = pd.Timestamp("2026-12-01T10:00", tz="UTC")
-    for t in range(n_lists):
-        u = t % 300
-        lo, hi = art.history.indptr[u], art.history.indptr[u + 1]
-        idx, w = art.history.indices[lo:hi], art.history.data[lo:hi]
-        ranked = art.scorer.topk_one(idx, w, DEPTH, exclude=idx)
-        ranks, propensity = sample_slot(K, len(ranked), SHARE, DEPTH, rng)
-        at = (start + pd.Timedelta(seconds=t)).isoformat()
-        rec = f"rec{t}"
-        policy = f"champion:{art.model_version}:slot{SHARE:g}x{DEPTH}"
-        for pos, (r, p) in enumerate(zip(ranks.tolist(), propensity.tolist(), strict=True), 1):
-            item = str(art.item_ids[ranked[r]])
-            row = [str(art.user_ids[u]), item, "impression", at, str(pos), f"{rec}:{pos}", rec, art.model_version]
-            rows.append([*row, "champion", policy, repr(p)])
-            if rng.random() < 0.03:
-                rows.append([str(art.user_ids[u]), item, "click", at, "", f"c{t}-{pos}", rec, "", "", "", ""])
-    return pd.DataFrame(rows, columns=list(EVENT_LOG_COLUMNS))
 
 
 def test_online_estimates_runs_on_a_small_log(settings: Settings) -> None:
@@ -52,7 +29,7 @@ def test_online_estimates_runs_on_a_small_log(settings: Settings) -> None:
     write_to_storage(art, store, "candidates", "Hybrid")
     # a second candidate the log has never seen, to check it is read and judged too
     write_to_storage(dataclasses.replace(art, model_version="Hybrid-copy"), store, "candidates", "Copy")
-    window = _window(art, 400, np.random.default_rng(0))
+    window = exploring_log(art, 400, np.random.default_rng(0), K, DEPTH, SHARE)
     store.write_table(window, live.LIVE_EVENTS, "2026-12-01T1000.parquet")
     inter = pd.DataFrame(
         {
