@@ -52,6 +52,8 @@ def test_online_estimates_runs_on_a_small_log(settings: Settings) -> None:
     )
     table = out.value
     assert out.metadata["lists"].value == 400 and out.metadata["estimated"].value == 2
+    header = out.metadata["estimates"].value.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["model", "dr", "ips", "snips"]
     assert set(table["model"]) == {"Hybrid", "Copy"}
     assert set(table["estimator"]) == set(off_policy.ESTIMATORS)
     assert (table["lists"] == 400).all()
