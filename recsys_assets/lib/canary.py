@@ -46,7 +46,7 @@ from recsys_assets.contract.events import PROMOTION_DECISIONS
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib import champion as registry
 from recsys_assets.lib import live_windows as live
-from recsys_assets.lib.list_tally import ListCounts, Tally
+from recsys_assets.lib.list_tally import DesignEffects, ListCounts, Tally
 from recsys_assets.lib.sequential import Decision, SequentialTest
 from recsys_assets.lib.tracking import CHAMPION, MlflowTracking
 
@@ -312,15 +312,20 @@ def _combine(decisions: dict[str, Decision]) -> str:
     return "inconclusive" if "inconclusive" in verdicts else "promote"
 
 
-def look(state: GateState, config: CanaryConfig, lists: ListCounts) -> tuple[str, dict[str, Decision], Counts]:
+def look(
+    state: GateState, config: CanaryConfig, lists: ListCounts, effects: DesignEffects | None = None
+) -> tuple[str, dict[str, Decision], Counts]:
     """The combined verdict on the lists served since the state opened (their counts per API arm and model
-    version), each metric's decision, and each API arm's (lists, clicked lists, converted lists) for the state's
-    versions; the state's running intervals move on (the caller writes the state back)."""
-    champion = lists.get(("champion", state.champion["model_version"]), (0, 0, 0))
-    challenger = lists.get(("challenger", state.challenger["model_version"]), (0, 0, 0))
+    version, and the design effects of their rates: `list_tally.design_effect`), each metric's decision, and
+    each API arm's (lists, clicked lists, converted lists) for the state's versions; the state's running
+    intervals move on (the caller writes the state back)."""
+    keys = ("champion", state.champion["model_version"]), ("challenger", state.challenger["model_version"])
+    champion, challenger = (lists.get(key, (0, 0, 0)) for key in keys)
+    deff_a, deff_b = ((effects or {}).get(key, (1.0, 1.0)) for key in keys)
     counts = {"champion": champion, "challenger": challenger}
     if state.phase == "holdout":  # the new champion is under test against the previous one
         champion, challenger = challenger, champion
+        deff_a, deff_b = deff_b, deff_a
     metrics = METRICS if config.conversion else METRICS[:1]
     alpha = config.alpha / len(metrics)
     cap = config.max_lists if state.phase == "canary" else config.holdout_max_lists
@@ -330,7 +335,9 @@ def look(state: GateState, config: CanaryConfig, lists: ListCounts) -> tuple[str
             continue  # no conversion in either arm yet (or a log without them): CTR decides
         test = SequentialTest(alpha=alpha, margin=config.margin, max_lists=cap, min_lists=config.min_lists)
         test.resume(state.tests.get(metric))
-        decisions[metric] = test.update(champion[0], champion[index], challenger[0], challenger[index])
+        decisions[metric] = test.update(
+            champion[0], champion[index], challenger[0], challenger[index], deff_a[index - 1], deff_b[index - 1]
+        )
         state.tests[metric] = test.snapshot()
     state.looks += 1
     return _combine(decisions), decisions, counts
@@ -411,5 +418,5 @@ def step(tracking: MlflowTracking, store: Storage, config: CanaryConfig, events_
     window = pd.Timedelta(minutes=config.attribution_minutes)
     tally.advance(events_dir, _utc(state.started_at), window)
     state.tally = tally.to_json()
-    verdict, decisions, counts = look(state, config, tally.counts())
+    verdict, decisions, counts = look(state, config, tally.counts(), tally.design_effects())
     return apply(tracking, store, config, state, verdict, decisions, counts)

@@ -14,18 +14,29 @@ Those records are kept for `window` after the list was served (after the click, 
 in `window`, not with the lists since the start. Within the window the counts equal the full read's; a click
 or a conversion read later than `window` after its list is not counted (the full read would count it).
 
+Per user, the lists and the clicked and converted ones, for the design effect of each arm's rates
+(`design_effects`): the arms are split by user, so a user's lists are not independent draws, and the variance of
+an arm's list CTR is the delta-method (cluster-robust) one over users, not the Bernoulli one over lists. They are
+kept for a sample of users, the same on every look: a user is in it when a hash of their id, read as a number in
+[0, 1), is below `rate`; `rate` starts at 1 and halves (dropping the users above it) whenever more than
+`MAX_USERS` are kept, so the state stays bounded and every kept user's counts are whole since the start.
+
 The state is plain JSON (`to_json`, kept in `artifacts/CANARY.json` by the gate, so a restarted sensor goes
 on where it stopped): the offsets, the counts per arm, the newest impression's time, and the records in buckets
 of `BUCKET` by serving time, each bucket one string of `<recommendation_id>:<code>` separated by spaces (a
-code: the arm's index in `counts` times 4, plus 1 if clicked, plus 2 if converted; early feedback: the flags).
+code: the arm's index in `counts` times 4, plus 1 if clicked, plus 2 if converted; early feedback: the flags);
+the sampled users' counts per arm, the sample's `rate`, and which sampled user each remembered list was served
+to (`who`, in the same buckets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from recsys_assets.contract import attribution
@@ -37,6 +48,45 @@ CLICKED, CONVERTED = 1, 2
 # (API arm, model version) -> (lists, clicked lists, converted lists)
 ListCounts = dict[tuple[str, str], tuple[int, int, int]]
 Records = dict[str, dict[str, int]]  # bucket -> recommendation id -> code
+# (API arm, model version) -> the design effects of its (list CTR, conversion per list)
+DesignEffects = dict[tuple[str, str], tuple[float, float]]
+MAX_USERS = 20_000  # users whose counts are kept for the design effect, over every arm
+
+
+def user_unit(user: str) -> float:
+    """A user's place in [0, 1) for the sample: the same on every machine and run (not Python's salted hash)."""
+    return int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "big") / 2.0**64
+
+
+def design_effect(lists: np.ndarray, hits: np.ndarray) -> float:
+    """The variance of an arm's rate sum(hits) / sum(lists) over users (each user's lists and lists with a hit)
+    taken as the cluster-robust (delta-method) one, over the Bernoulli one of independent lists: Kish's design
+    effect (Deng, Knoblich and Lu, "Applying the Delta Method in Metric Analytics", KDD 2018). 1 when it cannot
+    be told (fewer than two users, or no hit or no miss)."""
+    users, n = len(lists), float(np.sum(lists))
+    if users < 2 or n <= 0:
+        return 1.0
+    rate = float(np.sum(hits)) / n
+    bernoulli = rate * (1.0 - rate) / n
+    if bernoulli <= 0:
+        return 1.0
+    clustered = users / (users - 1) * float(np.sum((hits - rate * lists) ** 2)) / (n * n)
+    return clustered / bernoulli
+
+
+def design_effects_of(lists: pd.DataFrame) -> DesignEffects:
+    """The design effects of served lists (`attribution.served_lists`), read whole, over every user."""
+    out: DesignEffects = {}
+    for (arm, version), group in lists.groupby(["arm", "model_version"]):
+        per_user = group.groupby("user_id").agg(
+            lists=("clicked", "size"), clicked=("clicked", "sum"), converted=("converted", "sum")
+        )
+        n = per_user["lists"].to_numpy(np.float64)
+        out[(str(arm), str(version))] = (
+            design_effect(n, per_user["clicked"].to_numpy(np.float64)),
+            design_effect(n, per_user["converted"].to_numpy(np.float64)),
+        )
+    return out
 
 
 def counts_of(lists: pd.DataFrame) -> ListCounts:
@@ -77,6 +127,9 @@ class Tally:
     newest: pd.Timestamp | None = None  # the newest impression read
     open: Records = field(default_factory=dict)
     early: Records = field(default_factory=dict)
+    users: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # arm index -> user -> counts
+    rate: float = 1.0  # the user sample's threshold
+    who: dict[str, dict[str, str]] = field(default_factory=dict)  # bucket -> recommendation id -> sampled user
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Tally:
@@ -85,8 +138,18 @@ class Tally:
             [c["arm"], c["model_version"], c["lists"], c["clicked"], c["converted"]] for c in data.get("counts", [])
         ]
         newest = pd.Timestamp(data["newest"]) if data.get("newest") else None
+        users = {
+            int(index): {u: list(c) for u, c in by_user.items()} for index, by_user in data.get("users", {}).items()
+        }
         return cls(
-            dict(data.get("files", {})), arms, newest, _decode(data.get("open", {})), _decode(data.get("early", {}))
+            dict(data.get("files", {})),
+            arms,
+            newest,
+            _decode(data.get("open", {})),
+            _decode(data.get("early", {})),
+            users,
+            float(data.get("rate", 1.0)),
+            {b: dict(ids) for b, ids in data.get("who", {}).items()},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -97,20 +160,36 @@ class Tally:
             "newest": self.newest.isoformat() if self.newest is not None else None,
             "open": _encode(self.open),
             "early": _encode(self.early),
+            "users": {str(index): by_user for index, by_user in sorted(self.users.items())},
+            "rate": self.rate,
+            "who": {b: ids for b, ids in sorted(self.who.items()) if ids},
         }
 
     def summary(self) -> dict[str, Any]:
         """The state without its records (what an operator reads): the counts and how much is remembered."""
         doc = self.to_json()
-        del doc["open"], doc["early"]
+        del doc["open"], doc["early"], doc["users"], doc["who"]
         remembered = {
             "open_lists": sum(map(len, self.open.values())),
             "early_feedback": sum(map(len, self.early.values())),
+            "sampled_users": sum(map(len, self.users.values())),
+            "design_effects": [
+                {"arm": arm, "model_version": version, "ctr": round(ctr, 3), "conversion": round(conv, 3)}
+                for (arm, version), (ctr, conv) in self.design_effects().items()
+            ],
         }
         return {**doc, **remembered}
 
     def counts(self) -> ListCounts:
         return {(arm, version): (lists, clicked, converted) for arm, version, lists, clicked, converted in self.arms}
+
+    def design_effects(self) -> DesignEffects:
+        """Each arm's design effects (`design_effect`) over the sampled users."""
+        out: DesignEffects = {}
+        for index, (arm, version, *_) in enumerate(self.arms):
+            table = np.asarray(list(self.users.get(index, {}).values()), np.float64).reshape(-1, 3)
+            out[(arm, version)] = (design_effect(table[:, 0], table[:, 1]), design_effect(table[:, 0], table[:, 2]))
+        return out
 
     def advance(self, directory: str | os.PathLike[str], since: pd.Timestamp, window: pd.Timedelta) -> None:
         """Read the lines appended to the segments since the last look (a segment last written before `since` is
@@ -134,14 +213,22 @@ class Tally:
         if len(lists):
             served = pd.Timestamp(lists["served_at"].max())
             self.newest = served if self.newest is None else max(self.newest, served)
-        for rid, bucket, arm, version in zip(
-            lists["recommendation_id"], _buckets(lists["served_at"]), lists["arm"], lists["model_version"], strict=True
+        for rid, bucket, arm, version, user in zip(
+            lists["recommendation_id"],
+            _buckets(lists["served_at"]),
+            lists["arm"],
+            lists["model_version"],
+            lists["user_id"].astype(str),
+            strict=True,
         ):
             if self._find(rid) is not None:
                 continue  # its impressions were split between two looks: counted at the first
             index = self._arm_index(str(arm), str(version))
             self.arms[index][2] += 1
             self.open.setdefault(bucket, {})[rid] = index << 2
+            if user_unit(user) < self.rate:
+                self.users.setdefault(index, {}).setdefault(user, [0, 0, 0])[0] += 1
+                self.who.setdefault(bucket, {})[rid] = user
             flags = self._take_early(rid)
             if flags:
                 self._flag(rid, flags)
@@ -161,6 +248,18 @@ class Tally:
             if not self._flag(str(rid), bits):  # its list is not read yet (or was served before the start)
                 early = self.early.setdefault(bucket, {})
                 early[str(rid)] = early.get(str(rid), 0) | bits
+        while sum(map(len, self.users.values())) > MAX_USERS:
+            self._thin()
+
+    def _thin(self) -> None:
+        """Halve the user sample: drop the users (and their remembered lists) above the new threshold."""
+        self.rate /= 2.0
+        for by_user in self.users.values():
+            for user in [u for u in by_user if user_unit(u) >= self.rate]:
+                del by_user[user]
+        for ids in self.who.values():
+            for rid in [r for r, u in ids.items() if user_unit(u) >= self.rate]:
+                del ids[rid]
 
     def _arm_index(self, arm: str, version: str) -> int:
         for index, (a, v, *_) in enumerate(self.arms):
@@ -180,10 +279,14 @@ class Tally:
             return False
         code = self.open[bucket][rid]
         arm = self.arms[code >> 2]
+        user = self.who.get(bucket, {}).get(rid)
+        counts = self.users[code >> 2][user] if user is not None else [0, 0, 0]
         if bits & CLICKED and not code & CLICKED:
             arm[3] += 1
+            counts[1] += 1
         if bits & CONVERTED and not code & CONVERTED:
             arm[4] += 1
+            counts[2] += 1
         self.open[bucket][rid] = code | bits
         return True
 
@@ -197,6 +300,6 @@ class Tally:
         if self.newest is None:
             return
         cutoff = self.newest - window - BUCKET
-        for records in (self.open, self.early):
+        for records in (self.open, self.early, self.who):
             for bucket in [b for b in records if live.window_bounds(b, 0)[0] <= cutoff]:
                 del records[bucket]

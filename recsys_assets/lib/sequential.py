@@ -14,8 +14,11 @@ counting every click of a list would understate the variance). The statistic is 
 two list CTRs, challenger minus champion, taken as normal with variance V = p_a(1-p_a)/n_a + p_b(1-p_b)/n_b:
 the two-sample Bernoulli case of the papers, with the variance plugged in from the data (each rate
 shrunk by half a click, so an arm with no click yet does not get zero variance), and with unequal arms
-allowed. Mixing the likelihood ratio over a normal prior N(theta0, tau^2) on the difference gives, at a
-hypothesised difference theta0,
+allowed. The arms are split by user, and one user's lists are not independent (a user who clicks, clicks
+again): each arm's Bernoulli variance is multiplied by its design effect (`update`'s `champion_deff`,
+`challenger_deff`: the delta-method variance over users against the Bernoulli one, `lib/list_tally.py`),
+taken as at least 1; on the ml-100k replay the champion arm's is about 2. Mixing the likelihood ratio over a
+normal prior N(theta0, tau^2) on the difference gives, at a hypothesised difference theta0,
 
     Lambda(theta0) = sqrt(V / (V + tau^2)) * exp(tau^2 (d - theta0)^2 / (2 V (V + tau^2)))
 
@@ -157,9 +160,16 @@ class SequentialTest:
         return self
 
     def update(
-        self, champion_lists: int, champion_clicks: int, challenger_lists: int, challenger_clicks: int
+        self,
+        champion_lists: int,
+        champion_clicks: int,
+        challenger_lists: int,
+        challenger_clicks: int,
+        champion_deff: float = 1.0,
+        challenger_deff: float = 1.0,
     ) -> Decision:
-        """The decision on the cumulative counts so far (lists served, lists with a click, per arm)."""
+        """The decision on the cumulative counts so far (lists served, lists with a click, per arm), each arm's
+        variance multiplied by its design effect (at least 1) for the users' repeated lists."""
         _check_counts("champion", champion_lists, champion_clicks)
         _check_counts("challenger", challenger_lists, challenger_clicks)
         counts = (champion_lists, champion_clicks, challenger_lists, challenger_clicks)
@@ -174,7 +184,8 @@ class SequentialTest:
         diff = rate_b - rate_a
         # half a click of shrinkage keeps the variance of an arm with no clicks (or all clicks) above zero
         q_a, q_b = (champion_clicks + 0.5) / (n_a + 1.0), (challenger_clicks + 0.5) / (n_b + 1.0)
-        variance = q_a * (1.0 - q_a) / n_a + q_b * (1.0 - q_b) / n_b
+        deff_a, deff_b = max(champion_deff, 1.0), max(challenger_deff, 1.0)
+        variance = deff_a * q_a * (1.0 - q_a) / n_a + deff_b * q_b * (1.0 - q_b) / n_b
         lists = min(champion_lists, challenger_lists)
         if lists >= self.min_lists:
             half = mixture_half_width(variance, self.alpha, self.tau)
@@ -187,6 +198,7 @@ class SequentialTest:
             f"challenger {100 * rate_b:.2f}% vs champion {100 * rate_a:.2f}% "
             f"(diff {_pts(diff)}, {1 - self.alpha:.0%} interval [{_pts(self._low)}, {_pts(self._high)}]) "
             f"after {lists:,} lists per arm"
+            + (f", design effects {deff_a:.2f} and {deff_b:.2f}" if deff_a > 1.0 or deff_b > 1.0 else "")
         )
         verdict: Verdict
         if lists < self.min_lists:

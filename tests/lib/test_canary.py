@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys_assets.contract.canary import CanaryConfig, in_challenger_arm
 from recsys_assets.lib.canary import GateState, look
@@ -110,3 +111,23 @@ def test_each_canary_assigns_users_anew() -> None:
     assert {u for u in users[:200] if in_challenger_arm(u, 0.5)} == {
         u for u in users[:200] if in_challenger_arm(u, 0.5, "")
     }
+
+
+def test_each_arm_s_design_effect_widens_its_metric_s_interval() -> None:
+    served = lists([("champion", "A", 3000, 0.10, 0.02), ("challenger", "B", 3000, 0.085, 0.02)])
+    _, alone, _ = look(state(), CONFIG, counts_of(served))
+    # the users' repeated lists make the champion's CTR four times as variable as independent lists would
+    effects = {("champion", "A"): (4.0, 1.0), ("challenger", "B"): (1.0, 1.0)}
+    _, clustered, _ = look(state(), CONFIG, counts_of(served), effects)
+    ctr, ctr_alone = clustered["ctr"], alone["ctr"]
+    assert ctr.estimate == ctr_alone.estimate and ctr.high - ctr.low > 1.5 * (ctr_alone.high - ctr_alone.low)
+    assert clustered["conversion"].high - clustered["conversion"].low == pytest.approx(
+        alone["conversion"].high - alone["conversion"].low
+    )
+    assert "design effects 4.00 and 1.00" in ctr.reason
+    # in a holdout the roles turn round, and so do the design effects: the API's champion is under test
+    _, holdout, _ = look(state("holdout"), CONFIG, counts_of(served), effects)
+    assert "design effects 1.00 and 4.00" in holdout["ctr"].reason
+    # below 1 (users whose lists disagree more than independent ones would) counts as 1
+    _, low, _ = look(state(), CONFIG, counts_of(served), {("champion", "A"): (0.3, 0.3)})
+    assert low["ctr"].high - low["ctr"].low == pytest.approx(ctr_alone.high - ctr_alone.low)

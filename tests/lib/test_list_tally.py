@@ -19,7 +19,8 @@ from recsys_assets.contract.attribution import EVENT_LOG_COLUMNS
 from recsys_assets.contract.canary import CanaryConfig
 from recsys_assets.contract.storage import Storage
 from recsys_assets.lib import canary as gate
-from recsys_assets.lib.list_tally import Tally, counts_of
+from recsys_assets.lib import list_tally
+from recsys_assets.lib.list_tally import Tally, counts_of, design_effects_of, user_unit
 from recsys_assets.tools.cli import canary_command
 
 START = pd.Timestamp("2026-12-01T10:00:00Z")
@@ -41,9 +42,11 @@ def line(kind: str, rid: str, at: pd.Timedelta, item: str = "i1", **fields: obje
     return buf.getvalue()
 
 
-def impression(rid: str, arm: str, version: str, at: pd.Timedelta, items: int = 2) -> str:
+def impression(rid: str, arm: str, version: str, at: pd.Timedelta, items: int = 2, user: str = "u1") -> str:
     return "".join(
-        line("impression", rid, at, f"i{n}", value=n, event_id=f"{rid}:{n}", arm=arm, model_version=version)
+        line(
+            "impression", rid, at, f"i{n}", value=n, event_id=f"{rid}:{n}", arm=arm, model_version=version, user_id=user
+        )
         for n in range(1, items + 1)
     )
 
@@ -60,7 +63,10 @@ def look(tally: Tally, directory: Path, window: pd.Timedelta = WINDOW) -> Tally:
     """One look, after a round trip of the state through JSON, checked against the full read."""
     tally = Tally.from_json(json.loads(json.dumps(tally.to_json())))
     tally.advance(directory, START, window)
-    assert tally.counts() == counts_of(gate.lists_since(directory, START))
+    full = gate.lists_since(directory, START)
+    assert tally.counts() == counts_of(full)
+    effects = design_effects_of(full)
+    assert tally.design_effects() == {key: pytest.approx(value) for key, value in effects.items()}
     return tally
 
 
@@ -134,10 +140,12 @@ def test_counts_equal_the_full_read_as_lines_and_segments_arrive(tmp_path: Path)
 
 
 def test_counts_equal_the_full_read_on_a_random_log_cut_into_many_looks(tmp_path: Path) -> None:
-    """Lists served over an hour by three workers (the third starts halfway), each list's impressions written
-    up to two minutes late (a worker's buffer, stretched so that many clicks are read a look before their list),
-    clicks and conversions minutes later in any worker's segment, some sent twice."""
+    """Lists served over an hour by three workers (the third starts halfway) to 30 users of unequal click rates,
+    each list's impressions written up to two minutes late (a worker's buffer, stretched so that many clicks are
+    read a look before their list), clicks and conversions minutes later in any worker's segment, some sent
+    twice."""
     rng = np.random.default_rng(5)
+    rates = rng.uniform(0.05, 0.6, 30)
     events = tmp_path / "events"
     events.mkdir()
     writes: list[tuple[float, str, str]] = []  # (seconds after START the line is written, segment, line)
@@ -145,13 +153,14 @@ def test_counts_equal_the_full_read_on_a_random_log_cut_into_many_looks(tmp_path
         served = rng.uniform(0, 3600)
         worker = int(rng.integers(0, 3 if served > 1800 else 2))
         arm, version = ("challenger", "B") if rng.random() < 0.3 else ("champion", "A")
-        rid = f"r{n}"
-        text = impression(rid, arm, version, pd.Timedelta(seconds=served), items=int(rng.integers(1, 4)))
+        rid, user = f"r{n}", int(rng.integers(0, 30))
+        text = impression(rid, arm, version, pd.Timedelta(seconds=served), int(rng.integers(1, 4)), f"u{user}")
         writes.append((served + rng.uniform(0, 120), f"events-{worker}.csv", text))
-        for kind, p in (("click", 0.3), ("purchase", 0.08), ("rating", 0.1)):
+        for kind, p in (("click", rates[user]), ("purchase", 0.08), ("rating", 0.1)):
             if rng.random() < p:
                 at = served + rng.uniform(1, 300)
-                text = line(kind, rid, pd.Timedelta(seconds=at), value=int(rng.integers(1, 6)), event_id=f"{kind}{n}")
+                value, event_id = int(rng.integers(1, 6)), f"{kind}{n}"
+                text = line(kind, rid, pd.Timedelta(seconds=at), value=value, event_id=event_id, user_id=f"u{user}")
                 for _ in range(1 + int(rng.random() < 0.2)):
                     writes.append((at, f"events-{int(rng.integers(0, 3 if at > 1800 else 2))}.csv", text))
     writes.sort(key=lambda w: w[0])
@@ -166,6 +175,37 @@ def test_counts_equal_the_full_read_on_a_random_log_cut_into_many_looks(tmp_path
     counts = tally.counts()
     assert counts[("champion", "A")][0] + counts[("challenger", "B")][0] == 400
     assert all(clicked > 0 and converted > 0 for _, clicked, converted in counts.values())
+    # users who click more than others: their lists are not independent
+    assert tally.design_effects()[("champion", "A")][0] > 1.5
+
+
+def test_the_user_sample_halves_and_keeps_whole_counts_for_the_users_it_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(list_tally, "MAX_USERS", 10)
+    events = tmp_path / "events"
+    events.mkdir()
+    tally = Tally()
+    for n in range(120):
+        user = f"u{n % 40}"
+        text = impression(f"r{n}", "champion", "A", minutes(n / 2), user=user)
+        if n % 3 == 0:
+            text += line("click", f"r{n}", minutes(n / 2 + 0.1), user_id=user)
+        append(events, "events-0.csv", text)
+        if n % 10 == 9:  # a look, the state through JSON and back first
+            tally = Tally.from_json(json.loads(json.dumps(tally.to_json())))
+            tally.advance(events, START, WINDOW)
+            assert tally.counts() == counts_of(gate.lists_since(events, START))
+    full = gate.lists_since(events, START)
+    per_user = full.groupby("user_id").agg(lists=("clicked", "size"), clicked=("clicked", "sum"))
+    kept = tally.users[0]
+    assert 0 < len(kept) <= 10 and tally.rate < 1.0
+    assert all(user_unit(u) < tally.rate for u in kept)
+    # every user below the threshold is kept, with the counts of the full read
+    assert set(kept) == {u for u in per_user.index if user_unit(u) < tally.rate}
+    assert all(kept[u][:2] == [per_user.loc[u, "lists"], per_user.loc[u, "clicked"]] for u in kept)
+    summary = tally.summary()
+    assert summary["sampled_users"] == len(kept) and "users" not in summary
 
 
 def test_a_list_is_forgotten_after_the_attribution_window(tmp_path: Path) -> None:

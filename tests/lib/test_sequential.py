@@ -11,6 +11,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from recsys_assets.lib.list_tally import design_effect
 from recsys_assets.lib.sequential import (
     DEFAULT_TAU,
     SequentialTest,
@@ -183,3 +184,42 @@ def test_counts_must_be_cumulative() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float], bad: str) -> None:
     with pytest.raises(ValueError, match=bad):
         SequentialTest(**kwargs)  # type: ignore[arg-type]
+
+
+def clustered_arm(seed: int, users: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """One arm's cumulative lists and clicked lists per user after each batch, (RUNS, looks, users): users of
+    unequal activity (Zipf-like) and unequal CTR (Beta, mean `CTR`), so that one user's lists are correlated."""
+    rng = np.random.default_rng(seed)
+    looks = MAX_LISTS // BATCH
+    activity = 1.0 / np.arange(1, users + 1) ** 0.7
+    activity /= activity.sum()
+    ctr = rng.beta(30 * CTR, 30 * (1 - CTR), size=(RUNS, 1, users))  # intra-user correlation 1 / 31
+    lists = rng.multinomial(BATCH, activity, size=(RUNS, looks))
+    clicks = rng.binomial(lists, ctr)
+    return lists.cumsum(axis=1), clicks.cumsum(axis=1)
+
+
+def test_users_with_many_lists_need_the_design_effect_to_hold_alpha() -> None:
+    """A/A traffic where each arm is 300 users of unequal activity with correlated lists (20,000 lists per arm by
+    the end). Treating the lists as independent, the interval leaves out 0 far more often than alpha; with each
+    arm's design effect (`list_tally.design_effect`, from the per-user counts at each look) it holds."""
+    arms = [clustered_arm(seed) for seed in (21, 22)]
+    wrong = {"independent": 0, "design effect": 0}
+    deffs: list[float] = []
+    for run in range(RUNS):
+        for name in wrong:
+            test = SequentialTest(alpha=ALPHA, margin=0.0, max_lists=MAX_LISTS)
+            for j in range(MAX_LISTS // BATCH):
+                (la, ca), (lb, cb) = ((lists[run, j], clicks[run, j]) for lists, clicks in arms)
+                deff = (design_effect(la, ca), design_effect(lb, cb)) if name == "design effect" else (1.0, 1.0)
+                n = BATCH * (j + 1)
+                decision = test.update(n, int(ca.sum()), n, int(cb.sum()), *deff)
+                if decision.verdict != "continue":
+                    break
+            wrong[name] += decision.verdict in ("promote", "withdraw")
+            if name == "design effect" and run < 20:
+                deffs.append(deff[0])
+    rates = {name: count / RUNS for name, count in wrong.items()}
+    print(f"\nclustered A/A, no margin: ever shown different {rates}; design effect at the end ~{np.median(deffs):.1f}")
+    assert rates["independent"] > 2 * ALPHA
+    assert rates["design effect"] < ALPHA
