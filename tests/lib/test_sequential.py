@@ -186,40 +186,70 @@ def test_bad_settings_are_refused(kwargs: dict[str, float], bad: str) -> None:
         SequentialTest(**kwargs)  # type: ignore[arg-type]
 
 
-def clustered_arm(seed: int, users: int = 300) -> tuple[np.ndarray, np.ndarray]:
+def clustered_arm(seed: int, kappa: float, ctr_scale: float = 1.0, users: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """One arm's cumulative lists and clicked lists per user after each batch, (RUNS, looks, users): users of
-    unequal activity (Zipf-like) and unequal CTR (Beta, mean `CTR`), so that one user's lists are correlated."""
+    unequal activity (Zipf-like) and unequal CTR (Beta of mean `CTR` x `ctr_scale` and concentration `kappa`:
+    intra-user correlation 1 / (kappa + 1)), so that one user's lists are correlated."""
     rng = np.random.default_rng(seed)
     looks = MAX_LISTS // BATCH
     activity = 1.0 / np.arange(1, users + 1) ** 0.7
     activity /= activity.sum()
-    ctr = rng.beta(30 * CTR, 30 * (1 - CTR), size=(RUNS, 1, users))  # intra-user correlation 1 / 31
+    ctr = ctr_scale * rng.beta(kappa * CTR, kappa * (1 - CTR), size=(RUNS, 1, users))
     lists = rng.multinomial(BATCH, activity, size=(RUNS, looks))
-    clicks = rng.binomial(lists, ctr)
-    return lists.cumsum(axis=1), clicks.cumsum(axis=1)
+    return lists.cumsum(axis=1), rng.binomial(lists, ctr).cumsum(axis=1)
 
 
-def test_users_with_many_lists_need_the_design_effect_to_hold_alpha() -> None:
-    """A/A traffic where each arm is 300 users of unequal activity with correlated lists (20,000 lists per arm by
-    the end). Treating the lists as independent, the interval leaves out 0 far more often than alpha; with each
-    arm's design effect (`list_tally.design_effect`, from the per-user counts at each look) it holds."""
-    arms = [clustered_arm(seed) for seed in (21, 22)]
-    wrong = {"independent": 0, "design effect": 0}
-    deffs: list[float] = []
+def clustered_runs(
+    kappa: float, ctr_scale: float, margin: float, with_design_effect: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`simulate` on clustered arms (`clustered_arm`, the challenger's CTR scaled by `ctr_scale`), the test fed
+    each arm's design effect from its per-user counts at each look, or not."""
+    (la, ca), (lb, cb) = clustered_arm(seed, kappa), clustered_arm(seed + 1, kappa, ctr_scale)
+    verdicts, at = [], []
     for run in range(RUNS):
-        for name in wrong:
-            test = SequentialTest(alpha=ALPHA, margin=0.0, max_lists=MAX_LISTS)
-            for j in range(MAX_LISTS // BATCH):
-                (la, ca), (lb, cb) = ((lists[run, j], clicks[run, j]) for lists, clicks in arms)
-                deff = (design_effect(la, ca), design_effect(lb, cb)) if name == "design effect" else (1.0, 1.0)
-                n = BATCH * (j + 1)
-                decision = test.update(n, int(ca.sum()), n, int(cb.sum()), *deff)
-                if decision.verdict != "continue":
-                    break
-            wrong[name] += decision.verdict in ("promote", "withdraw")
-            if name == "design effect" and run < 20:
-                deffs.append(deff[0])
-    rates = {name: count / RUNS for name, count in wrong.items()}
-    print(f"\nclustered A/A, no margin: ever shown different {rates}; design effect at the end ~{np.median(deffs):.1f}")
-    assert rates["independent"] > 2 * ALPHA
-    assert rates["design effect"] < ALPHA
+        test = SequentialTest(alpha=ALPHA, margin=margin, max_lists=MAX_LISTS)
+        for j in range(MAX_LISTS // BATCH):
+            a, b = (la[run, j], ca[run, j]), (lb[run, j], cb[run, j])
+            deff = (design_effect(*a), design_effect(*b)) if with_design_effect else (1.0, 1.0)
+            n = BATCH * (j + 1)
+            decision = test.update(n, int(a[1].sum()), n, int(b[1].sum()), *deff)
+            if decision.verdict != "continue":
+                break
+        verdicts.append(decision.verdict)
+        at.append(decision.lists)
+    return np.array(verdicts), np.array(at)
+
+
+@pytest.mark.parametrize(("kappa", "label"), [(30.0, "heavy"), (200.0, "replay-like")])
+def test_clustered_users_need_the_design_effect_to_hold_alpha(kappa: float, label: str) -> None:
+    """A/A traffic where each arm is 300 users of unequal activity with correlated lists (20,000 lists per arm by
+    the end; design effect about 7 when heavy, about 2 replay-like). Treating the lists as independent, the
+    interval leaves out 0 more often than alpha; with each arm's design effect (`list_tally.design_effect`, from
+    the per-user counts at each look) it holds."""
+    rates = {}
+    for with_deff in (False, True):
+        verdicts, _ = clustered_runs(kappa, 1.0, 0.0, with_deff, seed=21)
+        rates[with_deff] = share(verdicts, "promote") + share(verdicts, "withdraw")
+    print(
+        f"\nclustered ({label}) A/A, margin 0: ever shown different {rates[False]:.2%} as independent lists, "
+        f"{rates[True]:.2%} with the design effect"
+    )
+    assert rates[True] < ALPHA < rates[False] * (1.0 if kappa > 100 else 0.5)
+
+
+def test_clustered_a_challenger_at_the_margin_is_rarely_promoted() -> None:
+    verdicts, _ = clustered_runs(30.0, 0.95, 0.05, True, seed=23)
+    promoted = share(verdicts, "promote")
+    print(f"\nclustered (heavy), challenger 5% worse (the margin): promoted {promoted:.2%} with the design effect")
+    assert promoted < ALPHA
+
+
+def test_clustered_replay_like_a_20_percent_worse_challenger_is_still_withdrawn() -> None:
+    for with_deff in (False, True):
+        verdicts, at = clustered_runs(200.0, 0.8, 0.05, with_deff, seed=25)
+        withdrawn = verdicts == "withdraw"
+        print(
+            f"\nclustered (replay-like), 20% worse, design effect {with_deff}: withdrawn {withdrawn.mean():.2%}, "
+            f"median {np.median(at[withdrawn]):.0f} lists per arm"
+        )
+    assert withdrawn.mean() > 0.85
