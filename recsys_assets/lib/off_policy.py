@@ -4,7 +4,8 @@ The logged data is one row per impression (`contract.attribution.impressions`): 
 the item, whether it was clicked, and the probability `propensity` with which the logging policy showed
 that item at that position (`contract/exploration.py`). For each logged list the candidate ranks its own
 top-k for the same user at the same moment (`candidate_lists`: the user's events before the list was
-served), and the estimators compare the two lists.
+served, on the candidate's own trajectory: without the clicks the logged lists brought on items the candidate
+had not shown), and the estimators compare the two lists.
 
 What is estimated is the candidate's expected clicked impressions per list, which equals its list CTR
 when a list gets at most one click (the replay's one rating per visit). The click model is the item
