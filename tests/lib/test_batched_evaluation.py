@@ -10,7 +10,14 @@ import pytest
 from recsys_assets.contract.scoring import topk_from_scores
 from recsys_assets.contract.settings import get_settings
 from recsys_assets.lib.evaluation import splits as S
-from recsys_assets.lib.evaluation.batched import EvaluationConfig, batch_size, mean_ci, ranked_lists, sample_users
+from recsys_assets.lib.evaluation.batched import (
+    EvaluationConfig,
+    batch_size,
+    mean_ci,
+    ranked_lists,
+    ranked_lists_by,
+    sample_users,
+)
 from recsys_assets.lib.evaluation.metrics import evaluate_topk
 from recsys_assets.lib.ingest import cleaning, readers
 from recsys_assets.lib.models.candidates import native_candidate
@@ -62,6 +69,31 @@ def test_ranked_lists_equal_one_ranking_of_every_user(temporal, content) -> None
     np.testing.assert_array_equal(ranked_lists(content.scores, users, 20, temporal.data.n_items, exclude, 1), whole)
     with pytest.raises(ValueError, match="exclude has shape"):
         ranked_lists(content.scores, users[:5], 20, temporal.data.n_items, exclude, 1)
+
+
+def test_rankings_of_one_scoring_pass_equal_their_own_rankings(temporal, content) -> None:
+    users = np.arange(temporal.data.n_users)
+    n_items = temporal.data.n_items
+    seen = temporal.data.matrix
+    # one ranking takes every user and hides what they have seen; the other takes the odd users, hides nothing
+    odd = users % 2 == 1
+    calls: list[int] = []
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        return content.scores(rows)
+
+    out = ranked_lists_by(score, users, 20, n_items, {"seen": (np.ones(len(users), bool), seen), "odd": (odd, None)}, 1)
+    assert sum(calls) == len(users)  # each user scored once
+    np.testing.assert_array_equal(out["seen"], ranked_lists(content.scores, users, 20, n_items, seen, 1))
+    np.testing.assert_array_equal(out["odd"][odd], ranked_lists(content.scores, users[odd], 20, n_items, None, 1))
+    assert (out["odd"][~odd] == -1).all()
+    # a batch no ranking takes is not scored
+    calls.clear()
+    ranked_lists_by(score, users, 20, n_items, {"few": (users < 3, None)}, 1)
+    assert sum(calls) <= batch_size(n_items, 1)
+    with pytest.raises(ValueError, match="'few': its mask has shape"):
+        ranked_lists_by(score, users, 20, n_items, {"few": (odd[:5], None)}, 1)
 
 
 def test_valid_ndcg_in_batches_equals_the_dense_one(temporal, content) -> None:

@@ -14,7 +14,7 @@ mean +- z x sd / sqrt(n) over the evaluated users (`mean_ci`), which says how pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -79,16 +79,42 @@ def ranked_lists(
     `exclude` has one row per entry of `users` (items never to rank for that user).
     """
     users = np.asarray(users, dtype=np.int64)
-    if exclude is not None and exclude.shape != (len(users), n_items):
-        raise ValueError(f"exclude has shape {exclude.shape}, expected {(len(users), n_items)}")
-    out = np.empty((len(users), k), dtype=np.int64)
+    return ranked_lists_by(score_fn, users, k, n_items, {"": (np.ones(len(users), bool), exclude)}, memory_mb)[""]
+
+
+def ranked_lists_by(
+    score_fn: ScoreFn,
+    users: np.ndarray,
+    k: int,
+    n_items: int,
+    rankings: Mapping[str, tuple[np.ndarray, sp.csr_matrix | None]],
+    memory_mb: int = DEFAULT_EVALUATION.batch_memory_mb,
+) -> dict[str, np.ndarray]:
+    """`ranked_lists` for several rankings of one scoring pass: each ranking (by name) takes the `users` of its
+    mask and hides its own items (one row per entry of `users`, or None), so a user several rankings take is
+    scored once. Each ranking's lists are len(users) x k, -1 for the users it does not take."""
+    users = np.asarray(users, dtype=np.int64)
+    for name, (member, exclude) in rankings.items():
+        if member.shape != (len(users),):
+            raise ValueError(f"ranking {name!r}: its mask has shape {member.shape}, expected {(len(users),)}")
+        if exclude is not None and exclude.shape != (len(users), n_items):
+            raise ValueError(f"exclude has shape {exclude.shape}, expected {(len(users), n_items)}")
+    out = {name: np.full((len(users), k), -1, dtype=np.int64) for name in rankings}
     step = batch_size(n_items, memory_mb)
     for start in range(0, len(users), step):
         stop = min(start + step, len(users))
+        wanted = {name: np.flatnonzero(member[start:stop]) for name, (member, _) in rankings.items()}
+        if not any(len(at) for at in wanted.values()):
+            continue
         scores = score_fn(users[start:stop])
         if scores.shape != (stop - start, n_items):
             raise ValueError(f"the score function returned shape {scores.shape}, expected {(stop - start, n_items)}")
-        out[start:stop] = topk_from_scores(scores, k, None if exclude is None else exclude[start:stop])
+        for name, at in wanted.items():
+            if not len(at):
+                continue
+            exclude = rankings[name][1]
+            rows = scores if len(at) == stop - start else scores[at]  # no copy when the ranking takes the batch
+            out[name][start + at] = topk_from_scores(rows, k, None if exclude is None else exclude[start + at])
     return out
 
 

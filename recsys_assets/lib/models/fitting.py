@@ -35,8 +35,8 @@ from recsys_assets.lib.evaluation.batched import (
     DEFAULT_EVALUATION,
     EvaluationConfig,
     ScoreFn,
-    batch_size,
     ranked_lists,
+    ranked_lists_by,
     sample_users,
     users_with_truth,
 )
@@ -234,18 +234,8 @@ def evaluate_settings(
             hide, rows = truths[s][1], sample[member[s]]
             lists[s][member[s]] = lists_fn(rows, k, None if hide is None else hide[rows])
     else:  # scored a batch at a time, each batch ranked for every setting
-        step = batch_size(n_items, evaluation.batch_memory_mb)
-        for start in range(0, len(sample), step):
-            rows = sample[start : start + step]
-            scores = score_fn(rows)
-            if scores.shape != (len(rows), n_items):
-                raise ValueError(f"the score function returned shape {scores.shape}, expected {(len(rows), n_items)}")
-            for s in settings:
-                at = np.flatnonzero(member[s][start : start + step])
-                if len(at):
-                    hide = truths[s][1]
-                    hidden = None if hide is None else hide[rows[at]]
-                    lists[s][start + at] = topk_from_scores(scores[at], k, hidden)
+        rankings = {s: (member[s], None if truths[s][1] is None else truths[s][1][sample]) for s in settings}
+        lists = ranked_lists_by(score_fn, sample, k, n_items, rankings, evaluation.batch_memory_mb)
     frames = [
         evaluate_lists(lists[s][member[s]], pdata, model, sample[member[s]], evaluation.ci_level, s) for s in settings
     ]
