@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
-from recsys_assets.contract.scoring import BUCKET_EDGES, BUCKETS, Component, Scorer, topk_from_scores
+from recsys_assets.contract.scoring import Component, Scorer, topk_from_scores
 from serving.errors import UnknownItemError
 from serving.loaded import LoadedModel
 from serving.schemas import LiveEvent, ReasonKind, RecommendedItem, SimilarItem
@@ -95,32 +95,9 @@ def build_history(
     return UserHistory(idx=idx, weights=merged_w, user=-1, live_types=types)
 
 
-def _standardise_one(scores: np.ndarray) -> np.ndarray:
-    # the arithmetic of `recsys_assets.contract.scoring`'s one-user path; tests check the blend is identical
-    std = float(scores.std())
-    if std <= 1e-12:
-        return np.zeros_like(scores, dtype=np.float32)
-    return ((scores - scores.mean()) / np.float32(std)).astype(np.float32, copy=False)
-
-
 def blend(scorer: Scorer, history: UserHistory) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`Scorer.score_one` for one history, plus each active component's weighted share of it."""
-    n = len(history.idx)
-    bucket = BUCKETS[int(np.searchsorted(np.asarray(BUCKET_EDGES), n, side="right")) - 1]
-    active = {k: w for k, w in scorer.weights_for(bucket).items() if w != 0}
-    if len(active) == 1:
-        (name,) = active
-        raw = scorer.components[name].score_one(history.idx, history.weights, history.user)
-        return raw, {name: raw}
-    total = np.zeros(scorer.n_items, dtype=np.float32)
-    parts: dict[str, np.ndarray] = {}
-    for name, w in active.items():
-        part = np.float32(w) * _standardise_one(
-            scorer.components[name].score_one(history.idx, history.weights, history.user)
-        )
-        total += part
-        parts[name] = part
-    return total, parts
+    return scorer.score_parts(history.idx, history.weights, history.user)
 
 
 def _item_vectors(component: Component) -> np.ndarray | None:

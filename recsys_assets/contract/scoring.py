@@ -105,6 +105,13 @@ class Scorer:
         The API scores through here; offline evaluation through `score_many`, whose rows equal this exactly.
         A lone component is returned unstandardised.
         """
+        return self.score_parts(idx, weights, user)[0]
+
+    def score_parts(
+        self, idx: np.ndarray, weights: np.ndarray, user: int = -1
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`score_one` and each active component's weighted share of it (a lone component: all of it), which is
+        what the API's reasons weigh."""
         active = self.active(history_bucket(len(idx)))
         return self._blend(active, {name: self.components[name].score_one(idx, weights, user) for name in active})
 
@@ -130,19 +137,23 @@ class Scorer:
                     slot[name][rows] = np.arange(len(rows))
             for r in range(stop - start):
                 row = {name: scores[name][slot[name][r]] for name in active[chunk[r]]}
-                out[start + r] = self._blend(active[chunk[r]], row)
+                out[start + r] = self._blend(active[chunk[r]], row)[0]
         return out
 
-    def _blend(self, active: dict[str, float], scores: dict[str, np.ndarray]) -> np.ndarray:
-        """One user's blend of the `active` components' `scores`: a lone one as it is, else the weighted sum of
-        the standardised ones, in the weights' order."""
+    def _blend(
+        self, active: dict[str, float], scores: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One user's blend of the `active` components' `scores` and each one's share of it: a lone one as it is,
+        else the weighted sum of the standardised ones, in the weights' order."""
         if len(active) == 1:
             (name,) = active
-            return scores[name]
+            return scores[name], {name: scores[name]}
         total = np.zeros(self.n_items, dtype=np.float32)
+        parts = {}
         for name, w in active.items():
-            total += np.float32(w) * standardise_one(scores[name])
-        return total
+            parts[name] = np.float32(w) * standardise_one(scores[name])
+            total += parts[name]
+        return total, parts
 
     def topk_one(
         self,
