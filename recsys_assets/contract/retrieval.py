@@ -28,13 +28,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.scoring import (
-    BUCKET_EDGES,
-    BUCKETS,
-    DENSE_LIMIT,
-    Component,
-    Scorer,
-)
+from recsys_assets.contract.scoring import DENSE_LIMIT, Component, Scorer, history_bucket
 from recsys_assets.contract.topk import top_k
 
 VECTOR_KINDS = ("embedding", "autoencoder")
@@ -268,9 +262,7 @@ class Retriever:
         `exclude` (item indices) are left out of the candidates; `allowed` (item indices, e.g. a
         category) restricts them, topped up with the category's most popular items.
         """
-        n = len(idx)
-        bucket = BUCKETS[int(np.searchsorted(np.asarray(BUCKET_EDGES), n, side="right")) - 1]
-        active = {k: w for k, w in self.scorer.weights_for(bucket).items() if w != 0}
+        active = self.scorer.active(history_bucket(len(idx)))
         preps = {name: self._prepare(name, idx, weights, user) for name in active}
         pools = [self._state["popular"], *(self._propose(name, prep) for name, prep in preps.items())]
         if allowed is not None:
