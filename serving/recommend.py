@@ -7,9 +7,9 @@ empty history: every component but popularity is silent and the blend falls back
 hybrid's bucket "0"), which is the cold start. For a known user with live events, an embedding
 component folds the whole history in rather than using the stored user vector, which predates them.
 
-`blend` repeats `Scorer.score` for one user while keeping each component's weighted share (the
-sums are the same operations in the same order, and a test checks equality); the shares say which
-component put an item in the list, and so which reason it gets:
+`Scorer.score_parts` gives the blend for one user with each component's weighted share of it (the
+same blend offline evaluation scores, which a test checks); the shares say which component put an item
+in the list, and so which reason it gets:
 
 * a collaborative or content component: the history item contributing most to that item's score
   (S[i, j] for item-item, x_i·x_j for content, v_i·v_j for embeddings, times the event weight):
@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_assets.contract.events import CANONICAL_EVENT_TYPES
-from recsys_assets.contract.scoring import Component, Scorer, topk_from_scores
+from recsys_assets.contract.scoring import Component, topk_from_scores
 from serving.errors import UnknownItemError
 from serving.loaded import LoadedModel
 from serving.schemas import LiveEvent, ReasonKind, RecommendedItem, SimilarItem
@@ -95,11 +95,6 @@ def build_history(
     return UserHistory(idx=idx, weights=merged_w, user=-1, live_types=types)
 
 
-def blend(scorer: Scorer, history: UserHistory) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`Scorer.score_one` for one history, plus each active component's weighted share of it."""
-    return scorer.score_parts(history.idx, history.weights, history.user)
-
-
 def _item_vectors(component: Component) -> np.ndarray | None:
     """Dense item vectors whose dot products say how alike two items are for this component."""
     if component.kind == "embedding":
@@ -149,7 +144,7 @@ def recommend(
         top, top_scores = cand[pos], cand_scores[pos].astype(np.float64)
         shares = {name: p[pos] for name, p in parts.items()}
     else:
-        scores, parts = blend(model.artifact.scorer, history)
+        scores, parts = model.artifact.scorer.score_parts(history.idx, history.weights, history.user)
         scores = scores.astype(np.float64)
         if allowed is not None:
             masked = np.full_like(scores, -np.inf)

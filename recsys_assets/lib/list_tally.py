@@ -279,14 +279,12 @@ class Tally:
             return False
         code = self.open[bucket][rid]
         arm = self.arms[code >> 2]
-        user = self.who.get(bucket, {}).get(rid)
-        counts = self.users[code >> 2][user] if user is not None else [0, 0, 0]
-        if bits & CLICKED and not code & CLICKED:
-            arm[3] += 1
-            counts[1] += 1
-        if bits & CONVERTED and not code & CONVERTED:
-            arm[4] += 1
-            counts[2] += 1
+        user = self.who.get(bucket, {}).get(rid)  # None: the user is not in the sample
+        for bit, column in ((CLICKED, 3), (CONVERTED, 4)):
+            if bits & bit and not code & bit:
+                arm[column] += 1
+                if user is not None:
+                    self.users[code >> 2][user][column - 2] += 1
         self.open[bucket][rid] = code | bits
         return True
 

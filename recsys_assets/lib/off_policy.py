@@ -389,10 +389,11 @@ def estimate_table(
     return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
 
 
-def champion_impressions(raw_log: pd.DataFrame, max_lists: int) -> pd.DataFrame:
+def champion_impressions(events: pd.DataFrame, max_lists: int) -> pd.DataFrame:
     """The impressions (`contract.attribution.impressions`) of the latest `max_lists` lists the champion arm
-    served, from raw event-log rows."""
-    imps = attribution.impressions(attribution.prepare_events(raw_log))
+    served, from typed event-log rows (`attribution.prepare_events`, which the caller runs once for this and
+    `list_answers`)."""
+    imps = attribution.impressions(events)
     imps = imps[imps["arm"] == "champion"]
     latest = imps.drop_duplicates("recommendation_id")["recommendation_id"].tail(max_lists)
     return imps[imps["recommendation_id"].isin(set(latest))].reset_index(drop=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from litestar.testing import TestClient
 
 from recsys_assets.contract.artifact import write_to_storage
@@ -24,7 +25,7 @@ from recsys_assets.lib.ingest import cleaning, readers
 from serving.app import create_app
 from serving.eventlog import LOG_COLUMNS, EventLog
 from serving.loaded import LoadedModel
-from serving.recommend import blend, build_history
+from serving.recommend import build_history
 from serving.schemas import LiveEvent
 from serving.security import ApiKeys
 from tests.api_support import (
@@ -454,7 +455,9 @@ def test_ab_split_is_stable_and_recorded(api_settings: Settings, artifact, tmp_p
     }
 
 
-def test_blend_equals_the_scorer_and_reasons_follow_the_evidence(artifact) -> None:
+def test_the_request_blend_equals_the_offline_scores_and_its_shares_add_up(artifact) -> None:
+    """What a request ranks (`Scorer.score_parts` on its live history) is what offline evaluation scores for the
+    same history (`Scorer.score_many`), and the components' shares add up to it."""
     model = LoadedModel.build(artifact, "artifacts/x")
     weights = {"view": 1.0, "click": 2.0}
     for user, events in (
@@ -465,9 +468,11 @@ def test_blend_equals_the_scorer_and_reasons_follow_the_evidence(artifact) -> No
         ("fresh", []),
     ):
         history = build_history(model, user, events, weights)
-        total, parts = blend(artifact.scorer, history)
-        np.testing.assert_array_equal(total, artifact.scorer.score_one(history.idx, history.weights, history.user))
-        assert set(parts) <= set(artifact.scorer.components)
+        total, parts = artifact.scorer.score_parts(history.idx, history.weights, history.user)
+        row = sp.csr_matrix((history.weights, history.idx, [0, len(history.idx)]), shape=(1, artifact.scorer.n_items))
+        np.testing.assert_array_equal(total, artifact.scorer.score_many(row, np.asarray([history.user]))[0])
+        assert set(parts) <= set(artifact.scorer.components) and parts
+        np.testing.assert_array_equal(sum(parts.values()), total)
 
 
 def test_openapi_documents_every_operation_and_docs_load_locally(client: TestClient) -> None:

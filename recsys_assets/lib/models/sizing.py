@@ -190,9 +190,10 @@ def _model_bytes_and_seconds(
         return 3 * matrix + sim + dense_rows, seconds
     if model == "EASE":
         return 3 * 8.0 * s.n_items**2, (s.n_items / 1000.0) ** 3 * 0.15
-    # the other RecBole models: embeddings (and their Adam moments) plus per-epoch work
+    # the rest: embeddings (and their Adam moments), the memory figure RecBole's models were calibrated with,
+    # which BuyAgain and the Hybrid are charged too; their times are their own, RecBole's are per-epoch work
     emb = 4 * rows * max(factors, 64) * 4.0
-    if model == "BuyAgain":  # its half-life search over the evaluation's user sample (`estimate`)
+    if model == "BuyAgain":  # its time is its half-life search over the evaluation's user sample (`estimate`)
         return 3 * matrix + emb, 0.0
     if model == "Hybrid":  # its parts' training: content and popularity (the collaborative part is given)
         return 3 * matrix + emb, s.n_items * CONTENT_SECONDS_PER_ITEM + s.n_events * 2e-7
