@@ -86,11 +86,27 @@ def kill_a_worker_under_load(api: ApiProcess, events_dir: Path) -> list[int]:
         futures = [pool.submit(load) for _ in range(2)]
         try:
             time.sleep(0.5)
-            before = set(workers_of(api))
+            before: set[int] = set()
+
+            def both_up() -> bool:
+                before.clear()
+                before.update(workers_of(api))
+                return len(before) == 2
+
+            wait_for("both workers", both_up, api=api)
             victim = min(before)
             os.kill(victim, signal.SIGKILL)
-            wait_for("a replacement worker", lambda: len(workers_of(api)) == 2 and victim not in workers_of(api))
-            (new,) = set(workers_of(api)) - before
+            # one read per check: two reads can straddle a fork or a health-check restart
+            replaced: set[int] = set()
+
+            def replacement_up() -> bool:
+                now = set(workers_of(api))
+                replaced.clear()
+                replaced.update(now - before)
+                return len(now) == 2 and victim not in now and len(replaced) == 1
+
+            wait_for("a replacement worker", replacement_up, api=api)
+            (new,) = replaced
             wait_for("the replacement serving", lambda: any(events_dir.glob(f"events-*-{new}-*.csv")), 60, api)
             time.sleep(1.0)
         finally:
