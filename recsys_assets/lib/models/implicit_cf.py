@@ -20,11 +20,13 @@ BM25 and Beyond" (2009).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from recsys_assets.contract.scoring import Component, Scorer
 from recsys_assets.lib.models.base import ProtocolData, TrainData
@@ -75,7 +77,9 @@ class ALSModel(ComponentModel):
             num_threads=_threads(self.threads),
             random_state=self.seed,
         )
-        model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=False)
+        # implicit's threads solve users (items) side by side; a BLAS pool inside each would contend with them
+        with threadpool_limits(1, "blas"):
+            model.fit(sp.csr_matrix(data.matrix, dtype=np.float32), show_progress=False)
         self.component = _embedding(model.user_factors, model.item_factors, self.regularization)
         self.scorer = Scorer({"collaborative": self.component}, {"collaborative": 1.0})
         self.history = data.matrix
@@ -141,6 +145,7 @@ class ItemItemModel(ComponentModel):
 
     def fit(self, data: TrainData | ProtocolData) -> ItemItemModel:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+        from implicit.utils import ParameterWarning
 
         data = _train_part(data)
         if self.measure not in ("cosine", "bm25"):
@@ -152,7 +157,11 @@ class ItemItemModel(ComponentModel):
             else BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b, num_threads=threads)
         )
         binary = data.matrix.sign().astype(np.float32)
-        model.fit(sp.csr_matrix(binary), show_progress=False)
+        with warnings.catch_warnings():
+            # implicit's own cosine and BM25 weighting hand a COO matrix to its kNN, which converts it
+            # and warns each fit; the input given here is CSR already
+            warnings.filterwarnings("ignore", "Method expects CSR input", ParameterWarning)
+            model.fit(sp.csr_matrix(binary), show_progress=False)
         sim = sp.csr_matrix(model.similarity, dtype=np.float32)
         # an item never recommends itself (it is seen anyway); keeps the blend's scale honest. A subtraction,
         # not setdiag: that would insert explicit entries, one by one, for items with no self-similarity.
