@@ -30,6 +30,7 @@ import streamlit as st
 
 from console import kpis
 from recsys_assets.contract import events as schema
+from recsys_assets.contract import shared_scripts
 from recsys_assets.contract.events import (
     CHAMPION_CHANGES,
     DRIFT_RESULTS,
@@ -138,11 +139,29 @@ def report_html(settings: Settings, path: str) -> str | None:
     for prefix in (store.uri(""), store.root + "/", f"{store.protocol}://"):
         key = key.removeprefix(prefix)
     if store.exists(key):
-        return store.read_bytes(key).decode("utf-8", errors="replace")
-    if store.fs.exists(path):
-        with store.fs.open(path, "rb") as fh:
-            return fh.read().decode("utf-8", errors="replace")
-    return None
+
+        def read(k: str) -> bytes | None:
+            return store.read_bytes(k) if store.exists(k) else None
+
+    elif store.fs.exists(path):
+        key = path
+
+        def read(k: str) -> bytes | None:
+            if not store.fs.exists(k):
+                return None
+            with store.fs.open(k, "rb") as fh:
+                return bytes(fh.read())
+
+    else:
+        return None
+
+    def script(name: str) -> str | None:
+        # the page is shown from a string, with no folder to load a shared script from: it goes inline
+        data = read(shared_scripts.lib_key(key, name))
+        return None if data is None else data.decode("utf-8")
+
+    page = read(key)
+    return None if page is None else shared_scripts.inline(page.decode("utf-8", errors="replace"), script)
 
 
 @st.cache_data(ttl=TABLE_TTL, show_spinner=False)

@@ -10,6 +10,7 @@ drift sensor turns that verdict into a retrain run.
 import dagster as dg
 import pandas as pd
 
+from recsys_assets.contract import shared_scripts
 from recsys_assets.contract.artifact import read_from_storage, read_pointer
 from recsys_assets.contract.settings import Settings
 from recsys_assets.defs.ingestion import INGESTION
@@ -88,8 +89,9 @@ def drift_report(
     champion: data drift (event-type mix, ratings, how much history the active users have, item
     popularity, share of new users and new items), prediction drift (served items and their
     popularity), and performance (online CTR and conversion of the served lists, the champion's
-    NDCG@10 on the window). Stored as an offline HTML report and as rows of `drift_results`; the
-    metadata's `retrain` is what the drift sensor acts on."""
+    NDCG@10 on the window). Stored as an offline HTML report (`drift/<window>/report.html`, loading
+    Evidently's renderer from `drift/lib/`) and as rows of `drift_results`; the metadata's `retrain` is
+    what the drift sensor acts on."""
     from recsys_assets.lib import drift
 
     key = context.partition_key
@@ -106,7 +108,14 @@ def drift_report(
     result = drift.detect_drift(reference, current, champion, settings.drift())
 
     folder = ("drift", live.file_key(key))
-    store.write_text(result.html, *folder, "report.html")
+    # Evidently's renderer is stored once under drift/lib/, not in every window's report (3.5 of its 3.8 MB);
+    # it is written before the first report that refers to it
+    scripts = drift.renderer_scripts()
+    page, used = shared_scripts.detach(result.html, scripts)
+    for name in used:
+        if not store.exists("drift", shared_scripts.LIB, name):
+            store.write_text(scripts[name], "drift", shared_scripts.LIB, name)
+    store.write_text(page, *folder, "report.html")
     report_uri = store.uri(*folder, "report.html")
     table = result.table.assign(
         window=key,

@@ -1,6 +1,7 @@
 """Drift of a live-event window against its reference window(s), and the verdict that triggers a retrain.
 
-Public: `interaction_features`, `served_features`, `window_performance` and `detect_drift` (-> `DriftResult`).
+Public: `interaction_features`, `served_features`, `window_performance`, `detect_drift` (-> `DriftResult`) and
+`renderer_scripts`.
 
 Every feature is measured relative to the champion's training data, so its distribution does not depend
 on how long the window is: a window of an hour and one of a day from the same traffic look alike.
@@ -50,6 +51,7 @@ import html
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -305,6 +307,16 @@ def _evidently(
         if m["config"]["type"].endswith(":ValueDrift")
     }
     return scores, snapshot.get_html_str(as_iframe=False)
+
+
+def renderer_scripts() -> dict[str, str]:
+    """Evidently's page renderer, the 3.5 MB script each report inlines, by the versioned file name a stored
+    report refers to it with (`contract/shared_scripts.py`)."""
+    import evidently
+    from evidently.legacy.utils import dashboard
+
+    with open(Path(dashboard.STATIC_PATH) / "index.js", encoding="utf-8") as fh:  # what its pages inline
+        return {f"evidently-{evidently.__version__}.js": fh.read()}
 
 
 def _stack(inter: pd.DataFrame, served: pd.DataFrame) -> pd.DataFrame:

@@ -476,3 +476,21 @@ def test_models_page_shows_the_canary_gate_and_its_decisions(fixture_storage: Se
     shown = next(df.value for df in at.dataframe if "verdict" in df.value.columns)
     assert shown["verdict"].tolist() == ["withdraw", "start"]  # newest first
     assert shown.loc[0, "high"] == pytest.approx(-0.012)
+
+
+def test_a_report_that_shares_a_script_is_shown_with_it_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from console import data
+
+    settings = console_settings(tmp_path, unreachable_url(), monkeypatch)
+    store = Storage.from_settings(settings)
+    page = '<html><body><script src="../lib/evidently-9.9.js"></script><p>report</p></body></html>'
+    store.write_text(page, "drift", "w1", "report.html")
+    store.write_text(page.replace("9.9", "9.8"), "drift", "w2", "report.html")  # its script is not stored
+    store.write_text("var renderer = 1;", "drift", "lib", "evidently-9.9.js")
+
+    shown = data.report_html(settings, "drift/w1/report.html")
+    assert shown == "<html><body><script>var renderer = 1;</script><p>report</p></body></html>"
+    # by the URI the drift table keeps, too
+    assert data.report_html(settings, store.uri("drift", "w1", "report.html")) == shown
+    assert data.report_html(settings, "drift/w2/report.html") == page.replace("9.9", "9.8")
+    assert data.report_html(settings, "drift/w3/report.html") is None

@@ -28,6 +28,7 @@ from recsys_assets.contract.storage import Storage
 from recsys_assets.defs import runs
 from recsys_assets.defs.definitions import LIVE_WINDOW_JOB, PIPELINE_JOB, build_definitions
 from recsys_assets.defs.monitoring import DRIFT_REPORT, LIVE_WINDOWS
+from recsys_assets.lib import drift
 from recsys_assets.lib import live_windows as live
 from recsys_assets.lib.ingest import readers
 from serving.eventlog import LOG_COLUMNS, encode_rows
@@ -345,7 +346,11 @@ def test_drift_retrains_and_the_api_serves_the_new_champion(loop) -> None:
     scores = check.metadata["scores"].value
     assert max(scores["new_user"], scores["user_history"]) >= settings.drift_threshold
     assert all(cursors[f"check:{w}"].passed for w in windows)
-    assert store.exists("drift", live.file_key(report.partition), "report.html")
+    page = store.read_bytes("drift", live.file_key(report.partition), "report.html").decode()
+    # Evidently's renderer is stored once beside the windows' reports, not in each
+    (renderer,) = drift.renderer_scripts()
+    assert f'src="../lib/{renderer}"' in page and len(page) < 1_000_000
+    assert len(store.read_bytes("drift", "lib", renderer)) > 1_000_000
     request = retrain_sensor(tick(defs, instance, quiet.cursor))
     assert [r.run_key for r in request.run_requests] == [f"drift:{live.window_key(starts[2])}"]
 

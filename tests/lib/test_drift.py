@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from recsys_assets.contract import shared_scripts
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.attribution import EVENT_LOG_COLUMNS
 from recsys_assets.contract.scoring import Component, Scorer
@@ -358,3 +359,17 @@ def test_html_is_self_contained(reference: pd.DataFrame, champion: ServingArtifa
     assert "drawDashboard" in page  # Evidently's renderer is inline
     assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?(https?:)?//", page, re.IGNORECASE)
     assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?(https?:)?//", page, re.IGNORECASE)
+
+
+def test_the_stored_report_shares_evidently_s_renderer(
+    reference: pd.DataFrame, champion: ServingArtifact, quiet: DriftConfig
+) -> None:
+    result = drift.detect_drift(reference, traffic(3, new_item_share=0.65, tag="cur"), champion, quiet)
+    scripts = drift.renderer_scripts()
+    (name,) = scripts
+    assert re.fullmatch(r"evidently-[0-9][0-9a-z.]*\.js", name) and len(scripts[name]) > 1_000_000
+    page, used = shared_scripts.detach(result.html, scripts)
+    assert used == [name] and f'<script src="../lib/{name}"></script>' in page
+    # the renderer was nearly all of it
+    assert len(page) < len(result.html) / 5 and "Drift verdict" in page
+    assert shared_scripts.inline(page, scripts.get) == result.html
