@@ -138,9 +138,9 @@ def test_a_removed_slot_takes_no_more_connections(storage: Path, redis_server: R
     assert api.proc is not None
     api.proc.send_signal(signal.SIGTTOU)
     deadline = time.monotonic() + 30
-    while len(worker_pids(api.proc.pid)) != 1:
+    while len(now := worker_pids(api.proc.pid)) != 1:
         assert time.monotonic() < deadline, f"a worker was not removed; log:\n{api.log()[-3000:]}"
         time.sleep(0.2)
-    (left,) = worker_pids(api.proc.pid)
+    (left,) = now
     # connections that hash to the removed slot would time out (recv) if its socket were still open
     assert set().union(*pids_per_connection(api.port, requests=1)) == {left}
