@@ -14,7 +14,9 @@ then blends the components on those candidates only, with the same arithmetic as
 standardisation is the exact one, not one over the candidates: each component's per-user mean and
 standard deviation over *all* items come from moments stored at training time (the mean item vector
 and the second-moment matrix `A^T A / n` of the item matrix, so mean = q.m and E[s^2] = q^T G q for a
-user vector q; for item-item the user's sparse score row itself). A candidate's score is therefore the
+user vector q; for content, q is the user's normalised term profile, and G is stored dense up to
+`CONTENT_GRAM_LIMIT` terms and sparse above, e.g. a shop's thousands of categories; for item-item the
+user's sparse score row itself). A candidate's score is therefore the
 score the exact path gives it, whichever other candidates were drawn; what the approximation can
 lose is only a top item that no source proposed. Below the threshold the exact path serves.
 """
@@ -32,8 +34,12 @@ from recsys_assets.contract.scoring import DENSE_LIMIT, Component, Scorer, histo
 from recsys_assets.contract.topk import top_k
 
 VECTOR_KINDS = ("embedding", "autoencoder")
-# content moments are a vocabulary x vocabulary matrix: stored up to this vocabulary (8 MB)
+# content moments are a vocabulary x vocabulary matrix: stored dense up to this vocabulary (8 MB)
 CONTENT_GRAM_LIMIT = 1_024
+# above it (a shop's thousands of categories), stored sparse when it has at most this many entries (~24 MB);
+# building it costs one product per pair of an item's terms, bounded by SPARSE_GRAM_WORK first
+SPARSE_GRAM_LIMIT = 2_000_000
+SPARSE_GRAM_WORK = 100_000_000
 # cold items whose content scores are computed per request (the rest are reached by other sources)
 MAX_COLD = 20_000
 # HNSW search breadth (never below the candidates asked for). At 1M items (`expansion_add` 128) the
@@ -68,10 +74,16 @@ def moments(component: Component, chunk: int = 65_536) -> dict[str, np.ndarray]:
         return {"mean": mean / a.shape[0], "gram": gram / a.shape[0]}
     if component.kind == "content":
         feats = sp.csr_matrix(component.arrays["item_features"], dtype=np.float64)
-        if feats.shape[1] > CONTENT_GRAM_LIMIT:
+        n, vocabulary = feats.shape
+        mean = np.asarray(feats.sum(axis=0)).ravel() / n
+        if vocabulary <= CONTENT_GRAM_LIMIT:
+            return {"mean": mean, "gram": (feats.T @ feats).toarray() / n}
+        if int(np.square(np.diff(feats.indptr), dtype=np.int64).sum()) > SPARSE_GRAM_WORK:
+            return {}  # many terms per item (words of long texts): scored over the catalog per request
+        gram = sp.csr_matrix(feats.T @ feats) / n
+        if gram.nnz > SPARSE_GRAM_LIMIT:
             return {}
-        n = feats.shape[0]
-        return {"mean": np.asarray(feats.sum(axis=0)).ravel() / n, "gram": (feats.T @ feats).toarray() / n}
+        return {"mean": mean, "gram_data": gram.data, "gram_indices": gram.indices, "gram_indptr": gram.indptr}
     return {}
 
 
@@ -111,6 +123,9 @@ class Retriever:
             stored = {k.split(".", 1)[1]: v for k, v in self.arrays.items() if k.startswith(f"{name}.")}
             if "mean" not in stored and "stats" not in stored:
                 stored.update(moments(comp))  # an artifact made before the moments were stored
+            if "gram_data" in stored:  # a wide vocabulary's Gram matrix, stored sparse
+                parts = (stored.pop("gram_data"), stored.pop("gram_indices"), stored.pop("gram_indptr"))
+                stored["gram"] = sp.csr_matrix(parts, shape=(len(stored["mean"]),) * 2)
             self._state["moments"][name] = stored
         pops = [c for c in self.scorer.components.values() if c.kind == "popularity"]
         if pops:
@@ -243,7 +258,9 @@ class Retriever:
         else:
             assert prep.profile is not None
             terms, vals = prep.profile.indices, prep.profile.data.astype(np.float64)
-            mean, second = float(vals @ m["mean"][terms]), float(vals @ m["gram"][np.ix_(terms, terms)] @ vals)
+            gram = m["gram"]
+            block = gram[terms][:, terms].toarray() if sp.issparse(gram) else gram[np.ix_(terms, terms)]
+            mean, second = float(vals @ m["mean"][terms]), float(vals @ block @ vals)
         std = float(np.sqrt(max(second - mean * mean, 0.0)))
         if std <= 1e-12 * max(1.0, abs(mean)):
             return np.zeros_like(raw, dtype=np.float32)

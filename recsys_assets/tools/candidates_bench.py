@@ -3,6 +3,7 @@
     python -m recsys_assets.tools.candidates_bench synthetic --items 100000 --out /tmp/art100k
     python -m recsys_assets.tools.candidates_bench memory --artifact /tmp/art1m --workers 4
     python -m recsys_assets.tools.candidates_bench ml100k
+    python -m recsys_assets.tools.candidates_bench content --items 1000000 --categories 9439
 
 `synthetic`: a catalog of clustered embedding vectors with a popularity component (the 1M row of
 issue 17's table), written as an artifact with its ANN index; the served top-10 of the candidate path
@@ -11,6 +12,8 @@ against the exact top-10 (recall), and one user's scoring time on both paths (p5
 proportional set size (PSS: shared pages divided among the processes that map them) per process.
 `ml100k`: a MovieLens Hybrid with the candidate path forced (threshold 0): recall@10 against the exact
 top-10 and offline NDCG@10 of both paths on the temporal protocol's test users.
+`content`: the synthetic catalog with a content component over many categories: the candidate path with
+the content Gram matrix stored sparse against scoring the content part over the whole catalog.
 """
 
 from __future__ import annotations
@@ -144,6 +147,62 @@ def bench_synthetic(
     users = np.random.default_rng(1).choice(len(art.user_ids), size=n_users, replace=False)
     compare_paths(art, users[:20])  # warm caches and the index pages
     result.update(compare_paths(art, users))
+    return result
+
+
+def bench_content(n_items: int, n_categories: int, n_users: int = 300) -> dict[str, object]:
+    """The synthetic artifact with a content component over `n_categories` categories (one per item, Zipf
+    sizes: a shop's log whose only item metadata is a category): the candidate path's time per user with
+    the content Gram matrix stored sparse, against scoring the content part over the whole catalog (what
+    a vocabulary above `CONTENT_GRAM_LIMIT` got before), both in this run."""
+    import contextlib
+
+    from recsys_assets.contract import retrieval
+    from recsys_assets.contract.scoring import Component, Scorer
+    from recsys_assets.lib.models.ann import retrieval_arrays
+
+    art = synthetic_artifact(n_items)
+    rng = np.random.default_rng(2)
+    cats = (rng.zipf(1.3, n_items) - 1) % n_categories
+    feats = sp.csr_matrix((np.ones(n_items, np.float32), (np.arange(n_items), cats)), shape=(n_items, n_categories))
+    art.scorer = Scorer(
+        {**art.scorer.components, "content": Component("content", {"item_features": feats})},
+        {**art.scorer.weights, "content": 0.5},
+    )
+    t = time.perf_counter()
+    moments = retrieval.moments(art.scorer.components["content"])
+    result: dict[str, object] = {"items": n_items, "categories": n_categories}
+    result["gram_build_s"] = round(time.perf_counter() - t, 2)
+    result["gram_mb"] = round(sum(v.nbytes for k, v in moments.items() if k.startswith("gram")) / 1e6, 2)
+    arrays = retrieval_arrays(art.scorer, art.history)
+    hist = art.history
+    users = np.random.default_rng(1).choice(len(art.user_ids), size=n_users, replace=False)
+    old = {k: v for k, v in arrays.items() if not k.startswith("content.") or k == "content.cold"}
+    with contextlib.ExitStack() as stack:
+        # the catalog path as it was: no content moments stored, none computed when the retriever starts
+        stack.callback(setattr, retrieval, "SPARSE_GRAM_LIMIT", retrieval.SPARSE_GRAM_LIMIT)
+        retrieval.SPARSE_GRAM_LIMIT = 0
+        catalog = retrieval.Retriever(art.scorer, old)
+    sparse = retrieval.Retriever(art.scorer, arrays)
+    times: dict[str, list[float]] = {"sparse_gram": [], "catalog": []}
+    for rnd in range(2):  # the first round warms caches; the second is timed, the two paths alternated
+        for u in users.tolist():
+            lo, hi = hist.indptr[u], hist.indptr[u + 1]
+            idx, w = hist.indices[lo:hi], hist.data[lo:hi]
+            for name, r in (("sparse_gram", sparse), ("catalog", catalog)):
+                t = time.perf_counter()
+                r.topk_one(idx, w, 10, u, exclude=idx)
+                if rnd:
+                    times[name].append(time.perf_counter() - t)
+    same = [
+        np.array_equal(sparse.topk_one(i, w, 10, u, exclude=i), catalog.topk_one(i, w, 10, u, exclude=i))
+        for u in users[:50].tolist()
+        for i, w in [
+            (hist.indices[hist.indptr[u] : hist.indptr[u + 1]], hist.data[hist.indptr[u] : hist.indptr[u + 1]])
+        ]
+    ]
+    result |= {name: _quantiles(ts) for name, ts in times.items()}
+    result["same_top10_share"] = round(float(np.mean(same)), 3)
     return result
 
 
@@ -354,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--artifact", required=True, help="an artifact folder (or a storage root with a champion)")
     t.add_argument("--users", type=int, default=300)
     sub.add_parser("ml100k")
+    c = sub.add_parser("content")
+    c.add_argument("--items", type=int, required=True)
+    c.add_argument("--categories", type=int, default=9_439, help="distinct categories (Taobao's full log: 9,439)")
+    c.add_argument("--users", type=int, default=300)
     args = parser.parse_args(argv)
     if args.cmd == "synthetic":
         print(f"building a {args.items}-item artifact and its ANN index ...", file=sys.stderr, flush=True)
@@ -367,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             expansion_add=args.expansion_add,
             threads=args.threads,
         )
+    elif args.cmd == "content":
+        out = bench_content(args.items, args.categories, args.users)
     elif args.cmd == "paths":
         out = bench_paths(_artifact_dir(args.artifact), args.users)
     elif args.cmd == "memory":

@@ -119,7 +119,7 @@ def test_threshold_switch() -> None:
     assert use_candidates(1_682, 0)
 
 
-def _artifact(scorer: Scorer, history: sp.csr_matrix) -> ServingArtifact:
+def _artifact(scorer: Scorer, history: sp.csr_matrix, arrays: dict[str, np.ndarray] | None = None) -> ServingArtifact:
     ids = np.asarray([f"i{j}" for j in range(N_ITEMS)])
     return ServingArtifact(
         model_name="Synthetic",
@@ -130,7 +130,7 @@ def _artifact(scorer: Scorer, history: sp.csr_matrix) -> ServingArtifact:
         history=history,
         item_titles=ids,
         item_categories=np.full(N_ITEMS, "", dtype=str),
-        retrieval=retrieval_arrays(scorer, history),
+        retrieval=retrieval_arrays(scorer, history) if arrays is None else arrays,
     )
 
 
@@ -218,3 +218,53 @@ def test_candidate_recall_measures_the_approximation(scored) -> None:
     exact = scorer.topk(hist, 10, user_idx=np.arange(30), exclude=hist)
     popular = set(np.argsort(-scorer.components["pop"].arrays["popularity"])[:10].tolist())
     assert np.mean([len(set(e) & popular) / 10 for e in exact.tolist()]) < recall - 0.3
+
+
+def _wide_content(seed: int = 5) -> tuple[Scorer, sp.csr_matrix]:
+    """Content over 3,000 categories (most items in one, some in two), as a shop's log gives it."""
+    rng = np.random.default_rng(seed)
+    first = rng.zipf(1.4, N_ITEMS) % 3_000
+    second = rng.integers(0, 3_000, N_ITEMS)
+    two = rng.random(N_ITEMS) < 0.2
+    rows = np.concatenate([np.arange(N_ITEMS), np.flatnonzero(two)])
+    cols = np.concatenate([first, second[two]])
+    feats = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(N_ITEMS, 3_000))
+    feats.data[:] = 1.0
+    scorer, history = _scorer(seed)
+    components = {
+        "content": Component("content", {"item_features": feats}),
+        "pop": scorer.components["pop"],
+        "knn": scorer.components["knn"],
+    }
+    return Scorer(components, {"content": 1.0, "pop": 0.3, "knn": 0.5}), history
+
+
+def test_a_wide_vocabulary_is_standardised_from_a_sparse_gram(tmp_path: Path) -> None:
+    scorer, history = _wide_content()
+    arrays = retrieval_arrays(scorer, history)
+    assert "content.gram_data" in arrays and "content.gram" not in arrays
+    stored = sum(arrays[f"content.gram_{k}"].nbytes for k in ("data", "indices", "indptr"))
+    assert stored < 3_000 * 3_000 * 8 / 20  # far below the dense matrix
+    save_artifact(_artifact(scorer, history, arrays), str(tmp_path))
+    mapped = load_artifact(str(tmp_path), mmap=True)
+    for retriever in (Retriever(scorer, arrays), Retriever(mapped.scorer, mapped.retrieval)):
+        for u in range(0, N_USERS, 5):
+            idx, w = _row(history, u)
+            # the content part is scored on the candidates, not over the catalog
+            assert retriever._prepare("content", idx, w, u).profile is not None
+            cand, total, _ = retriever.blend(idx, w, u)
+            np.testing.assert_allclose(total, scorer.score_one(idx, w, u)[cand], rtol=1e-4, atol=1e-4)
+
+
+def test_a_gram_too_large_to_store_scores_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_assets.contract import retrieval
+
+    scorer, history = _wide_content()
+    monkeypatch.setattr(retrieval, "SPARSE_GRAM_LIMIT", 100)
+    arrays = retrieval_arrays(scorer, history)
+    assert not any(k.startswith("content.gram") for k in arrays)
+    retriever = Retriever(scorer, arrays)
+    idx, w = _row(history, 3)
+    assert retriever._prepare("content", idx, w, 3).full is not None
+    cand, total, _ = retriever.blend(idx, w, 3)
+    np.testing.assert_allclose(total, scorer.score_one(idx, w, 3)[cand], rtol=1e-4, atol=1e-4)
