@@ -4,6 +4,7 @@ seconds at a low fixed rate, then the soak command end to end in a short version
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,11 @@ def test_soak_with_a_worker_killed_and_redis_restarted_reports_availability(stor
     assert 480 - client["failed"] - 10 <= api["requests"] <= 480 + 10 and api["answered_5xx"] == 0
     assert api["pct"] == 100.0
     probe = avail["ready_probe"]
-    assert 20 <= probe["probes"] <= 25 and probe["pct"] >= 90
+    assert 20 <= probe["probes"] <= 25
+    # a probe can fail only while the killed worker's slot waits for its replacement (once a second, 2 s
+    # timeout): how many depends on how long the replacement took to start on this machine
+    failed_probes = round(probe["probes"] * (1 - probe["pct"] / 100))
+    assert failed_probes <= math.ceil(faults["kill_worker"]["replaced_after_s"]) + 1, (probe, faults)
     assert client["pct"] >= 98 and avail["goal_pct_min"] == 99.9
     assert avail["met"] == (client["pct"] >= 99.9)
 
