@@ -7,7 +7,8 @@ list at a million items). Above `candidate_threshold_items` a `Retriever` first 
   the user's vector, from a usearch HNSW index built when the artifact was made (`<name>.ann`);
 * for an item-item component, the items its neighbour lists reach from the user's history;
 * the most popular items (a fallback that is always there);
-* for a content component, the best content matches among the cold items (no training events,
+* for a content component, the best matches among the items of largest weight in each of the user's
+  terms (`<name>.term_items`, `term_lists`), and among the cold items (no training events,
   `<name>.cold`), which no collaborative component can surface;
 
 then blends the components on those candidates only, with the same arithmetic as `Scorer`. The
@@ -40,6 +41,10 @@ CONTENT_GRAM_LIMIT = 1_024
 # building it costs one product per pair of an item's terms, bounded by SPARSE_GRAM_WORK first
 SPARSE_GRAM_LIMIT = 2_000_000
 SPARSE_GRAM_WORK = 100_000_000
+# a request's content profile is also made dense (for products with feature rows) up to this vocabulary
+DENSE_PROFILE_LIMIT = 1 << 16
+# content candidates: each term's items of largest weight (its "champion list"), this many per term
+CONTENT_PER_TERM = 200
 # cold items whose content scores are computed per request (the rest are reached by other sources)
 MAX_COLD = 20_000
 # HNSW search breadth (never below the candidates asked for). At 1M items (`expansion_add` 128) the
@@ -87,6 +92,26 @@ def moments(component: Component, chunk: int = 65_536) -> dict[str, np.ndarray]:
     return {}
 
 
+def term_lists(component: Component, per_term: int = CONTENT_PER_TERM) -> dict[str, np.ndarray]:
+    """A content component's champion lists (Manning, Raghavan and Schuetze, Introduction to Information
+    Retrieval, 7.1.3): each term's `per_term` items of largest weight, ties to the lowest index, as the
+    exact path breaks them. `term_items` holds them term after term, `term_indptr` where each term's start.
+    A user's content candidates are the best of the lists of the terms in their profile: exact for items
+    whose score comes from one term (one category); an item that matches the profile on several terms but
+    is in no list's top is what the approximation can miss."""
+    feats = sp.csc_matrix(component.arrays["item_features"], dtype=np.float32)
+    counts = np.diff(feats.indptr)
+    column = np.repeat(np.arange(feats.shape[1]), counts)
+    # by column, then weight (largest first), then item: each column keeps its place in the layout
+    order = np.lexsort((feats.indices, -feats.data, column))
+    rank = np.arange(len(order)) - np.repeat(feats.indptr[:-1], counts)
+    kept = np.minimum(counts, per_term)
+    return {
+        "term_items": feats.indices[order[rank < per_term]].astype(np.int32),
+        "term_indptr": np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
+    }
+
+
 def cold_items(history: sp.csr_matrix, limit: int = MAX_COLD) -> np.ndarray:
     """Items nobody has an event on (the last `limit` of them by index: the newest, in a catalog
     that appends new items)."""
@@ -102,7 +127,18 @@ class _Prepared:
     vec: np.ndarray | None = None  # the query vector (embedding, Mult-VAE hidden layer)
     row: sp.csr_matrix | None = None  # item-item: the 1 x n sparse score row
     profile: sp.csr_matrix | None = None  # content: the normalised 1 x vocabulary profile
+    terms: np.ndarray | None = None  # content: the same, dense over the vocabulary (up to DENSE_PROFILE_LIMIT)
+    history: int = 0  # content: the user's history length
     silent: bool = False  # scores nothing for this user: zeros everywhere
+
+
+def _content_scores(rows: sp.csr_matrix, prep: _Prepared) -> np.ndarray:
+    """Content scores of the items in `rows` (their feature rows) against the user's profile: a sparse
+    times dense product (a sparse times sparse one costs more in scipy's bookkeeping than in arithmetic)."""
+    if prep.terms is not None:
+        return np.asarray(rows @ prep.terms, dtype=np.float32)
+    assert prep.profile is not None
+    return np.asarray((rows @ prep.profile.T).todense(), dtype=np.float32).ravel()
 
 
 @dataclass
@@ -181,7 +217,10 @@ class Retriever:
         norm2 = float(profile.multiply(profile).sum())
         if norm2 <= 0:
             return _Prepared(silent=True)
-        return _Prepared(profile=profile / np.float32(np.sqrt(norm2)))
+        profile = profile / np.float32(np.sqrt(norm2))
+        dense = profile.shape[1] <= DENSE_PROFILE_LIMIT
+        terms = np.asarray(profile.todense(), np.float32).ravel() if dense else None
+        return _Prepared(profile=profile, terms=terms, history=len(idx))
 
     def _propose(self, name: str, prep: _Prepared) -> np.ndarray:
         """This component's candidates (item indices)."""
@@ -201,11 +240,34 @@ class Retriever:
             row = prep.row
             keep = np.argsort(-row.data, kind="stable")[: self.n_neighbours]
             return row.indices[keep].astype(np.int64)
-        cold = self.arrays.get(f"{name}.cold")
-        if cold is None or prep.profile is None or len(cold) == 0:
+        if prep.profile is None:
             return np.empty(0, dtype=np.int64)
-        scores = self._raw(name, prep, np.asarray(cold, dtype=np.int64))
-        return np.asarray(cold, dtype=np.int64)[top_k(scores, min(self.n_cold, len(cold)))]
+        feats = comp._cache()["feats"]
+        items, indptr = self._term_lists(name)
+        terms = prep.profile.indices
+        drawn = np.unique(np.concatenate([items[a:b] for a, b in zip(indptr[terms], indptr[terms + 1], strict=True)]))
+        # the best of them, with room for the user's own items (left out later)
+        best = top_k(_content_scores(feats[drawn], prep), min(self.n_neighbours + prep.history, len(drawn)))
+        pools = [drawn[best].astype(np.int64)]
+        cold = self.arrays.get(f"{name}.cold")
+        if cold is not None and len(cold):
+            cache = self._state.setdefault("cold_features", {})
+            if name not in cache:  # the cold items' rows, taken out of the feature matrix once, not per request
+                cache[name] = feats[np.asarray(cold, dtype=np.int64)]
+            scores = _content_scores(cache[name], prep)
+            pools.append(np.asarray(cold, dtype=np.int64)[top_k(scores, min(self.n_cold, len(cold)))])
+        return np.concatenate(pools)
+
+    def _term_lists(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The content component's champion lists (`term_lists`): stored, or built once for an artifact
+        made before they were."""
+        cache = self._state.setdefault("term_lists", {})
+        if name not in cache:
+            stored = {k: self.arrays.get(f"{name}.{k}") for k in ("term_items", "term_indptr")}
+            if any(v is None for v in stored.values()):
+                stored = term_lists(self.scorer.components[name])
+            cache[name] = (np.asarray(stored["term_items"]), np.asarray(stored["term_indptr"]))
+        return cache[name]
 
     def _raw(self, name: str, prep: _Prepared, cand: np.ndarray) -> np.ndarray:
         """The component's unnormalised scores on `cand`, as `Component.score_one` computes them."""
@@ -228,8 +290,7 @@ class Retriever:
             hit[hit] = row.indices[pos[hit]] == cand[hit]
             out[hit] = row.data[pos[hit]]
             return out
-        assert prep.profile is not None
-        return np.asarray((c["feats"][cand] @ prep.profile.T).todense(), dtype=np.float32).ravel()
+        return _content_scores(c["feats"][cand], prep)
 
     def _standardised(self, name: str, prep: _Prepared, raw: np.ndarray) -> np.ndarray:
         """`raw` standardised with the user's mean and deviation over every item, not the candidates."""

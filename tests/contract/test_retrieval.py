@@ -239,7 +239,14 @@ def _wide_content(seed: int = 5) -> tuple[Scorer, sp.csr_matrix]:
     return Scorer(components, {"content": 1.0, "pop": 0.3, "knn": 0.5}), history
 
 
-def test_a_wide_vocabulary_is_standardised_from_a_sparse_gram(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dense_profile", [True, False])
+def test_a_wide_vocabulary_is_standardised_from_a_sparse_gram(
+    dense_profile: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_assets.contract import retrieval
+
+    if not dense_profile:  # a vocabulary too wide for a dense profile per request
+        monkeypatch.setattr(retrieval, "DENSE_PROFILE_LIMIT", 100)
     scorer, history = _wide_content()
     arrays = retrieval_arrays(scorer, history)
     assert "content.gram_data" in arrays and "content.gram" not in arrays
@@ -251,7 +258,8 @@ def test_a_wide_vocabulary_is_standardised_from_a_sparse_gram(tmp_path: Path) ->
         for u in range(0, N_USERS, 5):
             idx, w = _row(history, u)
             # the content part is scored on the candidates, not over the catalog
-            assert retriever._prepare("content", idx, w, u).profile is not None
+            prepared = retriever._prepare("content", idx, w, u)
+            assert prepared.profile is not None and (prepared.terms is not None) == dense_profile
             cand, total, _ = retriever.blend(idx, w, u)
             np.testing.assert_allclose(total, scorer.score_one(idx, w, u)[cand], rtol=1e-4, atol=1e-4)
 
@@ -268,3 +276,44 @@ def test_a_gram_too_large_to_store_scores_the_catalog(monkeypatch: pytest.Monkey
     assert retriever._prepare("content", idx, w, 3).full is not None
     cand, total, _ = retriever.blend(idx, w, 3)
     np.testing.assert_allclose(total, scorer.score_one(idx, w, 3)[cand], rtol=1e-4, atol=1e-4)
+
+
+def test_term_lists_keep_each_term_s_heaviest_items_ties_to_the_lowest_index() -> None:
+    from recsys_assets.contract.retrieval import term_lists
+
+    feats = sp.csr_matrix(
+        np.array(
+            [
+                [0.5, 0.0, 1.0],
+                [0.9, 0.0, 0.0],
+                [0.5, 0.0, 0.7],
+                [0.5, 0.0, 0.0],
+                [0.2, 0.0, 0.7],
+            ],
+            dtype=np.float32,
+        )
+    )
+    lists = term_lists(Component("content", {"item_features": feats}), per_term=3)
+    items, indptr = lists["term_items"], lists["term_indptr"]
+    assert indptr.tolist() == [0, 3, 3, 6]  # term 1 has no item
+    assert items[0:3].tolist() == [1, 0, 2]  # 0.9, then the 0.5s by index (3 is fourth)
+    assert items[3:6].tolist() == [0, 2, 4]
+
+
+def test_a_content_champion_over_many_categories_keeps_its_top_items_on_the_candidate_path() -> None:
+    scorer, history = _wide_content()
+    content = Scorer(
+        {"content": scorer.components["content"], "pop": scorer.components["pop"]}, {"content": 1.0, "pop": 0.1}
+    )
+    arrays = retrieval_arrays(content, history)
+    assert {"content.term_items", "content.term_indptr"} <= set(arrays)
+    # every item with an event, as in a log the catalog is read from: no cold item to propose
+    arrays["content.cold"] = np.empty(0, dtype=np.int64)
+    for retriever in (Retriever(content, arrays), Retriever(content, {})):  # stored, or built for an older artifact
+        recall = []
+        for u in range(N_USERS):
+            idx, w = _row(history, u)
+            exact = content.topk_one(idx, w, 10, u, exclude=idx)
+            approx = retriever.topk_one(idx, w, 10, u, exclude=idx)
+            recall.append(len(set(exact.tolist()) & set(approx.tolist())) / 10)
+        assert np.mean(recall) >= 0.95, np.mean(recall)

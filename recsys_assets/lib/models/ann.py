@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_assets.contract.retrieval import VECTOR_KINDS, cold_items, item_matrix, moments
+from recsys_assets.contract.retrieval import VECTOR_KINDS, cold_items, item_matrix, moments, term_lists
 from recsys_assets.contract.scoring import Scorer
 
 CONNECTIVITY = 16
@@ -41,7 +41,7 @@ def retrieval_arrays(
     scorer: Scorer, history: sp.csr_matrix, ann: bool = True, **ann_options: int
 ) -> dict[str, np.ndarray]:
     """Everything `contract.retrieval.Retriever` reads, by `<component>.<array>` name: score moments for
-    every component, an ANN index per vector component, the cold items for a content component."""
+    every component, an ANN index per vector component, the cold items and champion lists of a content component."""
     out: dict[str, np.ndarray] = {}
     for name, comp in scorer.components.items():
         for key, value in moments(comp).items():
@@ -50,6 +50,8 @@ def retrieval_arrays(
             out[f"{name}.ann"] = build_ann(item_matrix(comp), **ann_options)
         if comp.kind == "content":
             out[f"{name}.cold"] = cold_items(history)
+            for key, value in term_lists(comp).items():
+                out[f"{name}.{key}"] = value
     return out
 
 
