@@ -50,8 +50,9 @@ def retrieval_arrays(
             out[f"{name}.ann"] = build_ann(item_matrix(comp), **ann_options)
         if comp.kind == "content":
             out[f"{name}.cold"] = cold_items(history)
-            for key, value in term_lists(comp).items():
-                out[f"{name}.{key}"] = value
+            if f"{name}.mean" in out:  # moments stored: the candidate path scores it on candidates it proposes
+                for key, value in term_lists(comp).items():
+                    out[f"{name}.{key}"] = value
     return out
 
 
