@@ -263,10 +263,12 @@ class Retriever:
         made before they were."""
         cache = self._state.setdefault("term_lists", {})
         if name not in cache:
-            stored = {k: self.arrays.get(f"{name}.{k}") for k in ("term_items", "term_indptr")}
-            if any(v is None for v in stored.values()):
-                stored = term_lists(self.scorer.components[name])
-            cache[name] = (np.asarray(stored["term_items"]), np.asarray(stored["term_indptr"]))
+            keys = (f"{name}.term_items", f"{name}.term_indptr")
+            if all(k in self.arrays for k in keys):
+                cache[name] = (np.asarray(self.arrays[keys[0]]), np.asarray(self.arrays[keys[1]]))
+            else:
+                built = term_lists(self.scorer.components[name])
+                cache[name] = (built["term_items"], built["term_indptr"])
         return cache[name]
 
     def _raw(self, name: str, prep: _Prepared, cand: np.ndarray) -> np.ndarray:
