@@ -127,7 +127,7 @@ class _Prepared:
     vec: np.ndarray | None = None  # the query vector (embedding, Mult-VAE hidden layer)
     row: sp.csr_matrix | None = None  # item-item: the 1 x n sparse score row
     profile: sp.csr_matrix | None = None  # content: the normalised 1 x vocabulary profile
-    terms: np.ndarray | None = None  # content: the same, dense over the vocabulary (up to DENSE_PROFILE_LIMIT)
+    dense_profile: np.ndarray | None = None  # content: the same over the whole vocabulary (up to DENSE_PROFILE_LIMIT)
     history: int = 0  # content: the user's history length
     silent: bool = False  # scores nothing for this user: zeros everywhere
 
@@ -135,8 +135,8 @@ class _Prepared:
 def _content_scores(rows: sp.csr_matrix, prep: _Prepared) -> np.ndarray:
     """Content scores of the items in `rows` (their feature rows) against the user's profile: a sparse
     times dense product (a sparse times sparse one costs more in scipy's bookkeeping than in arithmetic)."""
-    if prep.terms is not None:
-        return np.asarray(rows @ prep.terms, dtype=np.float32)
+    if prep.dense_profile is not None:
+        return np.asarray(rows @ prep.dense_profile, dtype=np.float32)
     assert prep.profile is not None
     return np.asarray((rows @ prep.profile.T).todense(), dtype=np.float32).ravel()
 
@@ -218,9 +218,8 @@ class Retriever:
         if norm2 <= 0:
             return _Prepared(silent=True)
         profile = profile / np.float32(np.sqrt(norm2))
-        dense = profile.shape[1] <= DENSE_PROFILE_LIMIT
-        terms = np.asarray(profile.todense(), np.float32).ravel() if dense else None
-        return _Prepared(profile=profile, terms=terms, history=len(idx))
+        dense = np.asarray(profile.todense(), np.float32).ravel() if profile.shape[1] <= DENSE_PROFILE_LIMIT else None
+        return _Prepared(profile=profile, dense_profile=dense, history=len(idx))
 
     def _propose(self, name: str, prep: _Prepared) -> np.ndarray:
         """This component's candidates (item indices)."""
@@ -246,9 +245,10 @@ class Retriever:
         items, indptr = self._term_lists(name)
         terms = prep.profile.indices
         drawn = np.unique(np.concatenate([items[a:b] for a, b in zip(indptr[terms], indptr[terms + 1], strict=True)]))
-        # the best of them, with room for the user's own items (left out later)
-        best = top_k(_content_scores(feats[drawn], prep), min(self.n_neighbours + prep.history, len(drawn)))
-        pools = [drawn[best].astype(np.int64)]
+        pools = [np.empty(0, dtype=np.int64)]
+        if len(drawn):  # the best of them, with room for the user's own items (left out later)
+            best = top_k(_content_scores(feats[drawn], prep), min(self.n_neighbours + prep.history, len(drawn)))
+            pools.append(drawn[best].astype(np.int64))
         cold = self.arrays.get(f"{name}.cold")
         if cold is not None and len(cold):
             cache = self._state.setdefault("cold_features", {})

@@ -259,7 +259,7 @@ def test_a_wide_vocabulary_is_standardised_from_a_sparse_gram(
             idx, w = _row(history, u)
             # the content part is scored on the candidates, not over the catalog
             prepared = retriever._prepare("content", idx, w, u)
-            assert prepared.profile is not None and (prepared.terms is not None) == dense_profile
+            assert prepared.profile is not None and (prepared.dense_profile is not None) == dense_profile
             cand, total, _ = retriever.blend(idx, w, u)
             np.testing.assert_allclose(total, scorer.score_one(idx, w, u)[cand], rtol=1e-4, atol=1e-4)
 
