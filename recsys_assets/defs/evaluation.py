@@ -50,7 +50,8 @@ def online_estimates(
     one (the user's interactions before it was served, without the clicks the champion's own lists brought
     unless the candidate had shown those items too: `off_policy.candidate_lists`), and the estimators weight
     the logged clicks by the propensities the API logged (`ips`, its self-normalised `snips`, `dr`;
-    `ips_position` and `rips` for a candidate that keeps the champion's order). Intervals: bootstrap over lists.
+    `ips_position` and `rips` for a candidate that keeps the champion's order). Intervals: bootstrap over lists;
+    `dr`'s over users, its reward model fitted again in each resample.
     Without exploration (`RECSYS_EXPLORATION`) only items the champion itself showed can be judged. Empty when
     the log holds fewer than `exploration.estimates.min_lists` champion lists."""
     store = storage.get()

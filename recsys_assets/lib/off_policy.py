@@ -39,13 +39,14 @@ clicks an item once, so an item counts in the candidate's first list that shows 
   rule the rates are learnt from each item's first logged showing to each user (`first_logged_showings`),
   the question a candidate's first showing asks; rates over every impression would count the passed-over
   repeats of the logging policy's own list against every item. It stays unbiased where IPS is, and gives
-  an answer (the model's) for items the logging policy could not show, where IPS counts zero.
+  an answer (the model's) for items the logging policy could not show, where IPS counts zero. In
+  `lib/doubly_robust.py`, with its interval: users resampled and the reward model fitted again each time.
 * `ips_position` and `rips`: obp's `SlateIndependentIPS` with the candidate's item at the same position,
   and `SlateRewardInteractionIPS` (the cascade: the candidate's first j items equal the logged ones). They
   need the candidate to put the logged items at the logged positions, so they only fit a candidate close
   to the logging policy; they are reported for that case (a model judged on its own logs, say).
 
-Intervals are obp's bootstrap (`estimate_confidence_interval_by_bootstrap`) over the per-list estimates:
+The other intervals are obp's bootstrap (`estimate_confidence_interval_by_bootstrap`) over the per-list estimates:
 obp's own slate interval method sums each list with a scan of all rows per list, quadratic in the lists.
 """
 
@@ -62,6 +63,7 @@ from obp.utils import estimate_confidence_interval_by_bootstrap
 from recsys_assets.contract import attribution
 from recsys_assets.contract.artifact import ServingArtifact
 from recsys_assets.contract.events import IMPRESSION
+from recsys_assets.lib.doubly_robust import doubly_robust
 
 ESTIMATORS: tuple[str, ...] = ("ips", "snips", "dr", "ips_position", "rips")
 ESTIMATE_COLUMNS: tuple[str, ...] = (
@@ -75,7 +77,6 @@ ESTIMATE_COLUMNS: tuple[str, ...] = (
     "logged_value",
     "logged_ctr",
 )
-SHRINK = 10.0  # pseudo-impressions at the overall click rate in the reward model
 
 
 # ranks one list: user history (item indices, weights), k -> item indices of the candidate's top-k
@@ -203,30 +204,6 @@ def _interval(samples: np.ndarray, alpha: float, n_boot: int, seed: int) -> tupl
     return float(ci[f"{100 * (1 - alpha)}% CI (lower)"]), float(ci[f"{100 * (1 - alpha)}% CI (upper)"])
 
 
-def _rates(keys: np.ndarray, reward: np.ndarray, rows: np.ndarray, overall: float) -> dict[str, float]:
-    frame = pd.DataFrame({"key": keys[rows], "r": reward[rows]})
-    agg = frame.groupby("key")["r"].agg(["sum", "size"])
-    return ((agg["sum"] + SHRINK * overall) / (agg["size"] + SHRINK)).to_dict()
-
-
-class _RewardModel:
-    """A click's probability as an item's rate times its user's factor (the user's rate over the overall
-    one), each shrunk to the overall rate, fitted on the impressions `rows`; without users, the item's rate."""
-
-    def __init__(self, item: np.ndarray, user: np.ndarray | None, reward: np.ndarray, rows: np.ndarray) -> None:
-        self.overall = float(reward[rows].mean()) if rows.any() else 0.0
-        self.item = _rates(item, reward, rows, self.overall)
-        users = _rates(user, reward, rows, self.overall) if user is not None and self.overall > 0 else {}
-        self.user = {u: r / self.overall for u, r in users.items()}
-
-    def rows(self, items: np.ndarray, users: np.ndarray | None) -> np.ndarray:
-        """The model's probability for each (item, user) row."""
-        rates = pd.Series(items).map(self.item).fillna(self.overall).to_numpy(np.float64)
-        if users is not None:
-            rates = rates * pd.Series(users).map(self.user).fillna(1.0).to_numpy(np.float64)
-        return np.minimum(rates, 1.0)
-
-
 def estimate(
     logged: pd.DataFrame,
     candidate: Mapping[str, Sequence[str]],
@@ -287,25 +264,9 @@ def estimate(
     eligible_per_list = np.fromiter((len(eligible[r]) for r in slate_codes), np.float64, n)
     out["snips"] = _snips(per_list(ips_rows), per_list(in_list / pscore), eligible_per_list, alpha, n_bootstrap, seed)
 
-    # doubly robust, cross-fitted: the reward model of one half of the lists is fitted on the other half
-    list_fold = np.arange(n) % 2
-    row_fold = list_fold[slate]
-    dr_rows = np.zeros(n)
-    user = logged["user_id"].astype(str).to_numpy() if "user_id" in logged else None
-    slate_user = None if user is None else pd.Series(user).groupby(slate).first().to_numpy()
-    for f in (0, 1):
-        model = _RewardModel(item, user, reward, (row_fold != f) & model_rows)
-        # the model's value of the candidate's list: its items that can earn a click, one row each
-        pairs = [(s, it) for s in np.flatnonzero(list_fold == f).tolist() for it in eligible[slate_codes[s]]]
-        at = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
-        shown = np.asarray([p[1] for p in pairs], dtype=object)
-        value = model.rows(shown, None if slate_user is None else slate_user[at])
-        dr_rows += np.bincount(at, weights=value, minlength=n)
-        rows_f = row_fold == f
-        q = model.rows(item[rows_f], None if user is None else user[rows_f])
-        residual = in_list[rows_f] * (reward[rows_f] - q) / pscore[rows_f]
-        dr_rows += np.bincount(slate[rows_f], weights=residual, minlength=n)
-    out["dr"] = {"value": float(dr_rows.mean()), **_ci(dr_rows, alpha, n_bootstrap, seed)}
+    out["dr"] = doubly_robust(logged, slate, slate_codes, item, reward, in_list, pscore, model_rows, eligible).estimate(
+        alpha, n_bootstrap, seed
+    )
 
     value = iips.estimate_policy_value(
         slate_id=slate,

@@ -291,3 +291,54 @@ def test_doubly_robust_learns_its_reward_model_from_first_showings() -> None:
     eligible = off_policy.first_showings(off_policy.list_frame(log), candidate)
     diluted = off_policy.estimate(log, candidate, n_bootstrap=300, eligible=eligible, first_shown=None)
     assert diluted["dr"]["ci_high"] < truth
+
+
+def clustered_log(n_users: int, lists_per_user: int, seed: int) -> tuple[pd.DataFrame, dict[str, list[str]], float]:
+    """`synthetic_log`'s two groups and target, with users who differ widely in how much they click (a
+    Gamma(1, 1) factor on every click probability) and many lists each: one user's lists are correlated. The
+    truth is over the population of users, not the ones drawn."""
+    rng = np.random.default_rng(seed)
+    prob = np.random.default_rng(99).uniform(0.0, 0.25, size=(2, N_ITEMS))
+    rankings = [np.argsort(-prob[g] + np.random.default_rng(g).normal(0, 0.03, N_ITEMS)) for g in (0, 1)]
+    target_ranks = [0, 2, 6, 9, 12]
+    factor, group = rng.gamma(1.0, 1.0, n_users), rng.integers(0, 2, n_users)
+    rows, target = [], {}
+    for u in range(n_users):
+        g = group[u]
+        for v in range(lists_per_user):
+            rec = f"u{u}-{v}"
+            ranks, propensity = sample_slot(K, N_ITEMS, SHARE, DEPTH, rng)
+            items = rankings[g][ranks]
+            clicks = rng.random(K) < np.minimum(prob[g][items] * factor[u], 1.0)
+            rows += [
+                (rec, f"u{u}", pos, str(it), float(p), bool(c))
+                for pos, (it, p, c) in enumerate(
+                    zip(items.tolist(), propensity.tolist(), clicks.tolist(), strict=True), 1
+                )
+            ]
+            target[rec] = [str(j) for j in rankings[g][target_ranks].tolist()]
+    population = np.random.default_rng(1234).gamma(1.0, 1.0, 200_000)
+    truth = float(
+        np.mean(
+            [
+                np.minimum(prob[g][rankings[g][target_ranks]][:, None] * population, 1.0).mean(axis=1).sum()
+                for g in (0, 1)
+            ]
+        )
+    )
+    columns = ["recommendation_id", "user_id", "position", "item_id", "propensity", "clicked"]
+    return pd.DataFrame(rows, columns=columns), target, truth
+
+
+def test_the_doubly_robust_interval_resamples_users_and_covers_the_population() -> None:
+    hits, widths, by_list = 0, [], []
+    for seed in range(20):
+        log, target, truth = clustered_log(60, 40, seed)
+        dr = off_policy.estimate(log, target, n_bootstrap=200, seed=seed)["dr"]
+        hits += dr["ci_low"] <= truth <= dr["ci_high"]
+        widths.append(dr["ci_high"] - dr["ci_low"])
+        # without users, lists are what is resampled: a user's correlated lists counted as independent
+        lists = off_policy.estimate(log.drop(columns=["user_id"]), target, n_bootstrap=200, seed=seed)["dr"]
+        by_list.append(lists["ci_high"] - lists["ci_low"])
+    assert hits >= 16, hits
+    assert np.mean(widths) >= 1.5 * np.mean(by_list), (np.mean(widths), np.mean(by_list))
