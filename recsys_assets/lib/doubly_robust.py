@@ -55,7 +55,7 @@ def _reward_model(
 
 @dataclass
 class DoublyRobust:
-    """What the doubly robust estimate needs, as integer codes: the impressions (item, user, list, fold, reward,
+    """What the doubly robust estimate needs, as integer codes: the impressions (item, user, list, reward,
     whether the candidate's list holds the item, propensity, whether the reward model may learn from it) and
     the (list, item) pairs of the candidate's items that can earn a click."""
 
